@@ -1,0 +1,22 @@
+"""The model zoo: AlexNet, VGG, GoogLeNet and ResNet as flax.linen Modules.
+
+    import cnnjax.models
+    model = cnnjax.models.create("resnet50", num_classes=1000)
+    variables = model.init({"params": key, "dropout": key}, images, train=False)
+    logits = model.apply(variables, images)                       # eval
+    (logits, feats), state = model.apply(variables, images, train=True, features=True,
+                                         rngs={"dropout": key}, mutable=["batch_stats"])
+
+Needs only jax and flax (no TensorFlow, no optax).
+"""
+
+from cnnjax.errors import ModelError
+from cnnjax.models import layers
+from cnnjax.models import resnet
+from cnnjax.models.registry import ModelSpec, allowed_overrides, create, get_spec, list_models
+from cnnjax.models.resnet import to_scanned_variables, to_unscanned_variables
+
+__all__ = [
+    "ModelError", "ModelSpec", "allowed_overrides", "create", "get_spec", "layers",
+    "list_models", "resnet", "to_scanned_variables", "to_unscanned_variables",
+]

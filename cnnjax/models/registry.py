@@ -1,0 +1,94 @@
+"""The one registry of named architectures: `create(name, ...)`, `list_models()`.
+
+Each family contributes a table of `ModelSpec`s (module class + the keyword
+arguments that make the named network). `create` validates overrides
+against the module's fields and allowed option values before building, so a
+typo fails here, with the allowed names, rather than deep inside a trace.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from cnnjax.errors import ModelError, close_matches
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """How to build one named network."""
+
+  module: type[nn.Module]
+  kwargs: Mapping[str, Any]
+  family: str
+  num_classes: int = 1000  # default number of classes (10 for the CIFAR networks)
+  image_size: int = 224  # the resolution the paper used; profile and tables use it
+  description: str = ""
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+# Fields a caller never sets through `create` (Flax's own, or the signature's).
+_RESERVED = {"parent", "name", "num_classes", "dtype", "param_dtype"}
+
+
+def register(name: str, spec: ModelSpec) -> None:
+  """Adds `spec` under `name` (used by the family modules at import time)."""
+  if name in _REGISTRY:
+    raise ModelError(f"model {name!r} is registered twice")
+  _REGISTRY[name] = spec
+
+
+def list_models() -> list[str]:
+  """Every registered name (aliases included), sorted."""
+  return sorted(_REGISTRY)
+
+
+def get_spec(name: str) -> ModelSpec:
+  """The `ModelSpec` registered under `name`; ModelError with close matches if none."""
+  if name not in _REGISTRY:
+    raise ModelError(f"unknown model {name!r}; {close_matches(name, _REGISTRY)}")
+  return _REGISTRY[name]
+
+
+def allowed_overrides(module: type[nn.Module]) -> list[str]:
+  """The keyword arguments `create` accepts for a module class."""
+  return sorted(field.name for field in dataclasses.fields(module)
+                if field.init and field.name not in _RESERVED)
+
+
+def create(name: str, *, num_classes: int | None = None, dtype: Any = jnp.float32,
+           param_dtype: Any = jnp.float32, **overrides: Any) -> nn.Module:
+  """Builds the registered network `name` as a flax.linen Module.
+
+  Args:
+    name: one of `list_models()`.
+    num_classes: classifier outputs; default 1000, or 10 for the CIFAR networks.
+    dtype: computation dtype (e.g. jnp.bfloat16); BatchNorm statistics and the
+      returned logits stay float32.
+    param_dtype: parameter dtype (float32 for mixed precision).
+    **overrides: any field of the family's module (see `allowed_overrides`),
+      e.g. `width_multiplier=0.25`, `bn_group_size=32`, `scan_blocks=True`.
+
+  Returns:
+    A Module called as `model.apply(variables, images_nhwc, train=..., features=...)`.
+  """
+  spec = get_spec(name)
+  allowed = allowed_overrides(spec.module)
+  for key in overrides:
+    if key not in allowed:
+      raise ModelError(
+          f"{name} has no option {key!r}; {close_matches(key, allowed)} "
+          f"(options: {', '.join(allowed)})")
+  choices = getattr(spec.module, "CHOICES", {})
+  kwargs = {**spec.kwargs, **overrides}
+  for key, value in kwargs.items():
+    if key in choices and value not in choices[key]:
+      raise ModelError(
+          f"{name}: {key}={value!r} is not allowed; choose one of "
+          f"{', '.join(repr(c) for c in choices[key])}")
+  return spec.module(num_classes=spec.num_classes if num_classes is None else num_classes,
+                     dtype=dtype, param_dtype=param_dtype, **kwargs)
