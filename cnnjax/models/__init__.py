@@ -11,12 +11,12 @@ Needs only jax and flax (no TensorFlow, no optax).
 """
 
 from cnnjax.errors import ModelError
-from cnnjax.models import layers
-from cnnjax.models import resnet
+from cnnjax.models import alexnet, googlenet, layers, resnet, vgg
 from cnnjax.models.registry import ModelSpec, allowed_overrides, create, get_spec, list_models
 from cnnjax.models.resnet import to_scanned_variables, to_unscanned_variables
 
 __all__ = [
-    "ModelError", "ModelSpec", "allowed_overrides", "create", "get_spec", "layers",
-    "list_models", "resnet", "to_scanned_variables", "to_unscanned_variables",
+    "ModelError", "ModelSpec", "alexnet", "allowed_overrides", "create", "get_spec",
+    "googlenet", "layers", "list_models", "resnet", "to_scanned_variables",
+    "to_unscanned_variables", "vgg",
 ]
