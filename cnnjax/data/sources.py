@@ -1,0 +1,287 @@
+"""Where examples come from: dataset names -> prepared tfds builders -> tf.data.
+
+Three kinds of names, one reading path:
+  * any tfds image-classification dataset ("cifar10", "imagenet2012", ...);
+  * "image_folder:<path>", a local folder of class sub-folders, prepared by
+    our own tfds builder (`cnnjax.data.image_folder`);
+  * "digits", the embedded offline default (`cnnjax.data.digits`).
+
+Every source yields `{"image": <encoded bytes or uint8 HxWxC>, "label": int64}`
+in a fixed order for this process's share of a split; shuffling, decoding and
+augmentation happen later in `cnnjax.data.pipeline`, identically for all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from cnnjax.data import _tf_setup  # noqa: F401
+from cnnjax.errors import DataError, close_matches
+
+DIGITS = "digits"
+IMAGE_FOLDER_PREFIX = "image_folder:"
+
+# Remembered at import so we can tell when `tfds.testing.mock_data` has replaced
+# preparation with a no-op (then there is nothing to download or check).
+_REAL_DOWNLOAD_AND_PREPARE = vars(tfds.core.DatasetBuilder)["download_and_prepare"]
+
+
+def tfds_is_mocked() -> bool:
+  """True inside `tfds.testing.mock_data` (preparation replaced by a no-op)."""
+  return vars(tfds.core.DatasetBuilder)["download_and_prepare"] is not _REAL_DOWNLOAD_AND_PREPARE
+
+# Files a manual download must provide, for the datasets we know how to name.
+MANUAL_DOWNLOAD_FILES = {
+    "imagenet2012": ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"),
+}
+# Evaluation split by preference; the first one the dataset has is used.
+_EVAL_SPLIT_PREFERENCE = ("validation", "val", "test")
+# Evaluation split of well-known datasets when split metadata is unavailable (mocked).
+_KNOWN_EVAL_SPLITS = {"imagenet2012": "validation", "imagenette": "validation",
+                      "imagenet_resized": "validation", "imagewang": "validation"}
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> str:
+  """The tfds data directory: the argument, else $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
+  chosen = data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
+  return os.path.abspath(os.path.expanduser(os.fspath(chosen)))
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What training and evaluation code needs to know about a dataset.
+
+  `image_shape` is (H, W, 3) with None for sizes that vary per image; images
+  are always delivered with 3 channels. `skipped_images` counts unreadable
+  files skipped while preparing an image folder with on_bad_image="skip".
+  """
+  name: str
+  num_classes: int
+  train_split: str
+  eval_split: str
+  num_train_examples: int
+  num_eval_examples: int
+  image_shape: tuple[int | None, int | None, int]
+  class_names: tuple[str, ...] | None
+  data_dir: str
+  splits: dict[str, int]
+  skipped_images: int = 0
+
+
+@dataclasses.dataclass
+class Source:
+  """A prepared tfds builder plus the facts the pipeline needs to read it."""
+  name: str
+  builder: Any
+  image_key: str
+  label_key: str
+  num_classes: int
+  image_shape: tuple[int | None, int | None, int]
+  image_is_encoded: bool
+  data_dir: str
+  skipped_images: int = 0
+
+  @property
+  def is_mocked(self) -> bool:
+    return tfds_is_mocked()
+
+  def split_names(self) -> list[str]:
+    return list(self.builder.info.splits.keys())
+
+  def default_train_split(self) -> str:
+    return "train"
+
+  def default_eval_split(self) -> str:
+    names = self.split_names()
+    for candidate in _EVAL_SPLIT_PREFERENCE:
+      if candidate in names:
+        return candidate
+    if not names:  # Mocked data: no split metadata, any name is accepted.
+      return _KNOWN_EVAL_SPLITS.get(self.builder.name, "test")
+    others = [n for n in names if n != "train"]
+    if not others:
+      raise DataError(f"dataset {self.name!r} has only a 'train' split; pass split= for "
+                      "evaluation explicitly, e.g. split='train[90%:]'")
+    return others[0]
+
+  def check_split(self, split: str) -> None:
+    names = self.split_names()
+    if not names:
+      return
+    base = split.split("[")[0]
+    if base not in names:
+      raise DataError(f"dataset {self.name!r} has no split {base!r}; "
+                      f"{close_matches(base, names)}")
+
+  def share(self, split: str, process_index: int, process_count: int):
+    """This process's disjoint, contiguous share of `split` (tfds even split)."""
+    self.check_split(split)
+    if process_count == 1:
+      return split
+    return tfds.even_splits(split, n=process_count)[process_index]
+
+  def num_examples(self, split_or_share) -> int:
+    """Examples in a split or share, from metadata (or by counting, when mocked)."""
+    if self.split_names():
+      return int(self.builder.info.splits[split_or_share].num_examples)
+    cardinality = int(self.read(split_or_share).cardinality())
+    if cardinality < 0:
+      raise DataError(f"cannot tell how many examples {self.name!r} split "
+                      f"{split_or_share!r} has (no split metadata)")
+    return cardinality
+
+  def read(self, split_or_share) -> tf.data.Dataset:
+    """The examples of a split/share in a fixed order, images still encoded.
+
+    The image is left encoded (SkipDecoding) so that (a) examples skipped on
+    resume cost no decoding and (b) JPEG crops can be decoded fused with the
+    crop (`tf.image.decode_and_crop_jpeg`).
+    """
+    decoders = {self.image_key: tfds.decode.SkipDecoding()} if self.image_is_encoded else None
+    read_config = tfds.ReadConfig(shuffle_seed=0, interleave_cycle_length=16,
+                                  enable_ordering_guard=False, add_tfds_id=False)
+    ds = self.builder.as_dataset(split=split_or_share, shuffle_files=False,
+                                 decoders=decoders, read_config=read_config)
+    image_key, label_key = self.image_key, self.label_key
+    return ds.map(lambda ex: {"image": ex[image_key], "label": tf.cast(ex[label_key], tf.int64)},
+                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+  def info(self) -> DatasetInfo:
+    train, evaluation = self.default_train_split(), self.default_eval_split()
+    splits = {name: int(s.num_examples) for name, s in self.builder.info.splits.items()}
+    label_feature = self.builder.info.features[self.label_key]
+    return DatasetInfo(
+        name=self.name,
+        num_classes=self.num_classes,
+        train_split=train,
+        eval_split=evaluation,
+        num_train_examples=splits.get(train) or self.num_examples(train),
+        num_eval_examples=splits.get(evaluation) or self.num_examples(evaluation),
+        image_shape=self.image_shape,
+        class_names=tuple(label_feature.names) if label_feature.names else None,
+        data_dir=self.data_dir,
+        splits=splits,
+        skipped_images=self.skipped_images,
+    )
+
+
+def dataset_info(dataset: str, data_dir: str | os.PathLike | None = None, *,
+                 on_bad_image: str = "raise") -> DatasetInfo:
+  """Facts about `dataset` (prepares it first if needed: digits, image folders, downloads)."""
+  return get_source(dataset, data_dir, on_bad_image=on_bad_image).info()
+
+
+def get_source(dataset: str, data_dir: str | os.PathLike | None = None, *,
+               on_bad_image: str = "raise") -> Source:
+  """Resolves a dataset name to a prepared `Source` (raises DataError naming the fix)."""
+  if not isinstance(dataset, str) or not dataset:
+    raise DataError(f"dataset must be a non-empty name, got {dataset!r}")
+  root = resolve_data_dir(data_dir)
+  skipped = 0
+  if dataset == DIGITS:
+    from cnnjax.data.digits import CnnjaxDigits
+    builder = CnnjaxDigits(data_dir=root)
+  elif dataset.startswith(IMAGE_FOLDER_PREFIX):
+    from cnnjax.data.image_folder import image_folder_builder
+    builder = image_folder_builder(dataset[len(IMAGE_FOLDER_PREFIX):], root,
+                                   on_bad_image=on_bad_image)
+  else:
+    builder = _tfds_builder(dataset, root)
+  _prepare(dataset, builder, root)
+  if dataset.startswith(IMAGE_FOLDER_PREFIX):
+    from cnnjax.data.image_folder import read_skipped_images
+    skipped = len(read_skipped_images(builder))
+  return _source_from_builder(dataset, builder, root, skipped)
+
+
+def _tfds_builder(name: str, root: str):
+  try:
+    return tfds.builder(name, data_dir=root)
+  except tfds.core.registered.DatasetNotFoundError as error:
+    known = list(tfds.list_builders()) + [DIGITS, IMAGE_FOLDER_PREFIX + "<path>"]
+    raise DataError(f"unknown dataset {name!r}: {close_matches(name.split(':')[0].split('/')[0], known)}"
+                    " (a local folder of class sub-folders is 'image_folder:/path/to/folder')") from error
+  except Exception as error:  # noqa: BLE001 - anything tfds says about a bad name/config
+    raise DataError(f"cannot open dataset {name!r} from {root}: {error}") from error
+
+
+def manual_download_message(name: str, builder, root: str) -> str:
+  """How to provide a dataset that tfds cannot download (ImageNet)."""
+  manual_dir = os.path.join(root, "downloads", "manual")
+  files = MANUAL_DOWNLOAD_FILES.get(builder.name)
+  wanted = (" the files " + ", ".join(files)) if files else " the files its instructions name"
+  return (
+      f"dataset {name!r} must be downloaded by hand: put{wanted} into {manual_dir}/ "
+      f"(from the dataset's website after registration), then prepare it once with "
+      f"`tfds build {builder.name} --data_dir={root}` "
+      f"(or in Python: tfds.builder({builder.name!r}, data_dir={root!r})"
+      ".download_and_prepare()). Preparation writes TFRecords beside the archives (~150 GB for ImageNet).")
+
+
+def _prepare(name: str, builder, root: str) -> None:
+  """Prepares `builder` if needed; never substitutes another dataset on failure."""
+  if builder.is_prepared():
+    return
+  if tfds_is_mocked():
+    return  # tfds.testing.mock_data: examples are generated, nothing to prepare.
+  if getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None):
+    manual_dir = os.path.join(root, "downloads", "manual")
+    files = MANUAL_DOWNLOAD_FILES.get(builder.name, ())
+    missing = [f for f in files if not os.path.exists(os.path.join(manual_dir, f))]
+    if missing or not os.path.isdir(manual_dir) or not os.listdir(manual_dir):
+      raise DataError(manual_download_message(name, builder, root)
+                      + (f" Missing: {', '.join(missing)}." if missing else ""))
+  try:
+    builder.download_and_prepare()
+  except DataError:
+    raise
+  except Exception as error:  # noqa: BLE001 - network, disk, corrupt archive...
+    raise DataError(
+        f"could not prepare dataset {name!r} into {root}: {type(error).__name__}: {error}. "
+        "No other dataset is used in its place; fix the cause (network access, disk space), "
+        "or prepare it on a machine with access and copy the data_dir here. "
+        "The offline default dataset is 'digits'.") from error
+
+
+def _source_from_builder(name: str, builder, root: str, skipped: int) -> Source:
+  features = builder.info.features
+  image_key, label_key = _image_and_label_keys(name, builder)
+  image_feature = features[image_key]
+  label_feature = features[label_key]
+  if not isinstance(label_feature, tfds.features.ClassLabel):
+    raise DataError(f"dataset {name!r}: label feature {label_key!r} is "
+                    f"{type(label_feature).__name__}, not a ClassLabel; not an image-classification dataset")
+  is_encoded = isinstance(image_feature, tfds.features.Image)
+  if not is_encoded and not isinstance(image_feature, tfds.features.Tensor):
+    raise DataError(f"dataset {name!r}: image feature {image_key!r} is "
+                    f"{type(image_feature).__name__}, expected an Image")
+  shape = tuple(image_feature.shape)
+  if len(shape) != 3 or shape[-1] not in (1, 3, 4, None):
+    raise DataError(f"dataset {name!r}: image feature {image_key!r} has shape {shape}; "
+                    "expected (height, width, channels) with 1, 3 or 4 channels")
+  return Source(name=name, builder=builder, image_key=image_key, label_key=label_key,
+                num_classes=int(label_feature.num_classes), image_shape=(shape[0], shape[1], 3),
+                image_is_encoded=is_encoded, data_dir=root, skipped_images=skipped)
+
+
+def _image_and_label_keys(name: str, builder) -> tuple[str, str]:
+  features = builder.info.features
+  keys = list(features.keys()) if hasattr(features, "keys") else []
+  supervised = builder.info.supervised_keys
+  if (isinstance(supervised, tuple) and len(supervised) == 2
+      and all(isinstance(k, str) for k in supervised)):
+    image_key, label_key = supervised
+  else:
+    image_key, label_key = "image", "label"
+  if image_key not in keys:
+    raise DataError(f"dataset {name!r} has no image feature (features: {keys}); "
+                    "cnnjax reads image-classification datasets with an 'image' and a 'label' feature")
+  if label_key not in keys:
+    raise DataError(f"dataset {name!r} has no label feature (features: {keys}); "
+                    "cnnjax reads image-classification datasets with an 'image' and a 'label' feature")
+  return image_key, label_key
