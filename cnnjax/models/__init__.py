@@ -12,11 +12,12 @@ Needs only jax and flax (no TensorFlow, no optax).
 
 from cnnjax.errors import ModelError
 from cnnjax.models import alexnet, googlenet, layers, resnet, vgg
+from cnnjax.models.profiling import LayerRow, Profile, profile
 from cnnjax.models.registry import ModelSpec, allowed_overrides, create, get_spec, list_models
 from cnnjax.models.resnet import to_scanned_variables, to_unscanned_variables
 
 __all__ = [
-    "ModelError", "ModelSpec", "alexnet", "allowed_overrides", "create", "get_spec",
-    "googlenet", "layers", "list_models", "resnet", "to_scanned_variables",
+    "LayerRow", "ModelError", "ModelSpec", "Profile", "alexnet", "allowed_overrides",
+    "create", "get_spec", "googlenet", "layers", "list_models", "profile", "resnet", "to_scanned_variables",
     "to_unscanned_variables", "vgg",
 ]

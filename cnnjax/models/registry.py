@@ -9,6 +9,7 @@ typo fails here, with the allowed names, rather than deep inside a trace.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -42,9 +43,15 @@ def register(name: str, spec: ModelSpec) -> None:
   _REGISTRY[name] = spec
 
 
+def _natural_key(name: str) -> tuple[Any, ...]:
+  """"resnet18" < "resnet101": digit runs compare as numbers."""
+  return tuple(int(part) if part.isdigit() else part
+               for part in re.split(r"(\d+)", name))
+
+
 def list_models() -> list[str]:
-  """Every registered name (aliases included), sorted."""
-  return sorted(_REGISTRY)
+  """Every registered name (aliases included), in natural order."""
+  return sorted(_REGISTRY, key=_natural_key)
 
 
 def get_spec(name: str) -> ModelSpec:
