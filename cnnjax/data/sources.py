@@ -236,16 +236,39 @@ def _prepare(name: str, builder, root: str) -> None:
     if missing or not os.path.isdir(manual_dir) or not os.listdir(manual_dir):
       raise DataError(manual_download_message(name, builder, root)
                       + (f" Missing: {', '.join(missing)}." if missing else ""))
+  created = _missing_directories(builder, root)
   try:
     builder.download_and_prepare()
   except DataError:
+    _remove_empty(created)
     raise
   except Exception as error:  # noqa: BLE001 - network, disk, corrupt archive...
+    _remove_empty(created)
     raise DataError(
         f"could not prepare dataset {name!r} into {root}: {type(error).__name__}: {error}. "
         "No other dataset is used in its place; fix the cause (network access, disk space), "
         "or prepare it on a machine with access and copy the data_dir here. "
         "The offline default dataset is 'digits'.") from error
+
+
+def _missing_directories(builder, root: str) -> list[str]:
+  """Directories tfds may create while preparing that do not exist yet (deepest first)."""
+  candidates = [os.path.join(root, "downloads", "extracted"), os.path.join(root, "downloads")]
+  path = os.fspath(builder.data_dir)
+  while path.startswith(root + os.sep):
+    candidates.append(path)
+    path = os.path.dirname(path)
+  candidates.append(root)
+  return sorted({c for c in candidates if not os.path.exists(c)}, key=len, reverse=True)
+
+
+def _remove_empty(directories: list[str]) -> None:
+  """Removes what a failed preparation left of `directories` (only if empty)."""
+  for directory in directories:
+    try:
+      os.rmdir(directory)
+    except OSError:
+      pass  # not empty (then not ours to delete) or already gone
 
 
 def _source_from_builder(name: str, builder, root: str, skipped: int) -> Source:

@@ -1,0 +1,244 @@
+"""Local image folders ("image_folder:<path>") as a prepared tfds dataset.
+
+Layout (the class of an image is the name of its folder):
+
+    <path>/train/<class>/<image>        splits are the sub-folders named
+    <path>/val/<class>/<image>          train, val, validation or test
+    ...
+  or, without split folders:
+    <path>/<class>/<image>              every image is split by a stable hash
+                                        of its relative path: 1 in 10 goes to
+                                        "val", the rest to "train"; adding
+                                        images never moves existing ones
+
+Images may be JPEG, PNG, GIF, BMP, WebP or TIFF (by extension; other files
+are ignored). Preparation reads every image once with Pillow, through a tfds
+builder of ours, into TFRecords under `<data_dir>/cnnjax_image_folder/<key>/`
+(key: a hash of the folder path, its file list with sizes and mtimes, and
+`on_bad_image`), so that a changed folder is prepared anew and the result
+flows through exactly the code path of any tfds dataset. RGB JPEGs and PNGs
+are stored byte for byte (fused JPEG decode-and-crop stays possible); grey,
+CMYK, palette and 16-bit images are converted to 8-bit RGB, transparent ones
+composited on white, and re-encoded (JPEG quality 95 if they were JPEG, else
+lossless PNG).
+
+An unreadable image (zero bytes, truncated or corrupt data, not an image)
+either aborts preparation with a DataError naming the file
+(on_bad_image="raise", the default) or is left out and counted
+(on_bad_image="skip"; `DatasetInfo.skipped_images`, and the paths are kept in
+the prepared dataset's metadata). tfds prepares into a temporary directory
+and renames it when complete, so a failure leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import io
+import logging
+import os
+
+import tensorflow_datasets as tfds
+
+from cnnjax.data import _tf_setup  # noqa: F401
+from cnnjax.errors import DataError
+
+SPLIT_FOLDER_NAMES = ("train", "val", "validation", "test")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
+ON_BAD_IMAGE = ("raise", "skip")
+FLAT_LAYOUT_VAL_FRACTION = 10  # 1 image in 10 goes to "val" when there are no split folders.
+_CHUNK = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderLayout:
+  """The scanned folder: class names and, per split, (relative path, class) pairs."""
+  root: str
+  class_names: tuple[str, ...]
+  splits: dict[str, tuple[tuple[str, str], ...]]
+  key: str
+
+
+def _is_image(name: str) -> bool:
+  return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _subfolders(path: str) -> list[str]:
+  return sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
+
+
+def scan_folder(root: str, on_bad_image: str = "raise") -> FolderLayout:
+  """Reads the directory structure (not the images); DataError for a bad layout."""
+  if on_bad_image not in ON_BAD_IMAGE:
+    raise DataError(f"on_bad_image must be one of {ON_BAD_IMAGE}, got {on_bad_image!r}")
+  root = os.path.abspath(os.path.expanduser(root))
+  if not os.path.isdir(root):
+    raise DataError(f"image folder {root} does not exist or is not a directory")
+  top = _subfolders(root)
+  if not top:
+    raise DataError(f"image folder {root} has no class sub-folders; expected "
+                    f"{root}/<class>/<image> or {root}/train/<class>/<image>")
+  split_folders = [name for name in top if name in SPLIT_FOLDER_NAMES]
+  signature = hashlib.sha256(f"{root}\0{on_bad_image}".encode())
+  splits: dict[str, list[tuple[str, str]]] = {}
+  classes: set[str] = set()
+
+  def scan_classes(folder: str, relative_prefix: str):
+    class_folders = _subfolders(folder)
+    if not class_folders:
+      raise DataError(f"image folder {folder} has no class sub-folders (expected {folder}/<class>/<image>)")
+    found = []
+    for class_name in class_folders:
+      class_dir = os.path.join(folder, class_name)
+      entries = sorted((e for e in os.scandir(class_dir) if e.is_file() and _is_image(e.name)),
+                       key=lambda e: e.name)
+      if not entries:
+        raise DataError(f"class folder {class_dir} has no images (looked for "
+                        f"{', '.join(IMAGE_EXTENSIONS)}); remove it or add images")
+      for entry in entries:
+        stat = entry.stat()
+        relative = os.path.join(relative_prefix, class_name, entry.name)
+        signature.update(f"{relative}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        found.append((relative, class_name))
+      classes.add(class_name)
+    return found
+
+  if split_folders:
+    others = [name for name in top if name not in SPLIT_FOLDER_NAMES]
+    if others:
+      raise DataError(f"image folder {root} mixes split folders {split_folders} with other folders "
+                      f"{others}; put every class folder inside a split folder "
+                      f"({', '.join(SPLIT_FOLDER_NAMES)})")
+    for split in split_folders:
+      splits[split] = scan_classes(os.path.join(root, split), split)
+  else:
+    for relative, class_name in scan_classes(root, ""):
+      digest = int(hashlib.sha1(relative.encode()).hexdigest(), 16)
+      split = "val" if digest % FLAT_LAYOUT_VAL_FRACTION == 0 else "train"
+      splits.setdefault(split, []).append((relative, class_name))
+  return FolderLayout(root=root, class_names=tuple(sorted(classes)),
+                      splits={k: tuple(v) for k, v in splits.items()},
+                      key=signature.hexdigest()[:16])
+
+
+class BadImageError(Exception):
+  """An image file that cannot be read as an image."""
+
+
+def load_as_rgb_bytes(path: str) -> bytes:
+  """The encoded bytes of `path` as an 8-bit RGB JPEG or PNG (BadImageError if unreadable)."""
+  from PIL import Image, UnidentifiedImageError  # pylint: disable=import-outside-toplevel
+
+  with open(path, "rb") as f:
+    data = f.read()
+  if not data:
+    raise BadImageError("zero-byte file")
+  try:
+    with Image.open(io.BytesIO(data)) as image:
+      image_format, mode = image.format, image.mode
+      if image_format in ("JPEG", "PNG") and mode == "RGB":
+        if image_format == "JPEG":
+          # Decoding at 1/8 scale still walks the whole entropy-coded stream
+          # (so truncation and corruption are caught) at a fraction of the cost.
+          image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
+        image.load()
+        return data
+      image.load()
+      rgb = _to_rgb(image)
+  except (UnidentifiedImageError, OSError, ValueError, SyntaxError,
+          Image.DecompressionBombError) as error:
+    raise BadImageError(f"{type(error).__name__}: {error}") from error
+  buffer = io.BytesIO()
+  if image_format == "JPEG":
+    rgb.save(buffer, format="JPEG", quality=95)
+  else:
+    rgb.save(buffer, format="PNG")
+  return buffer.getvalue()
+
+
+def _to_rgb(image):
+  """8-bit RGB, compositing transparency over white and rescaling 16-bit data."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+
+  if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    values = np.asarray(image, dtype=np.float64)
+    peak = 65535.0 if values.max() > 255 else 255.0
+    image = Image.fromarray(np.clip(values * (255.0 / peak), 0, 255).astype(np.uint8), mode="L")
+  if image.mode == "P":
+    image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+  if image.mode in ("RGBA", "LA", "PA"):
+    rgba = image.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+  return image.convert("RGB")
+
+
+class CnnjaxImageFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """A folder of class sub-folders, prepared as a tfds dataset (see module docstring)."""
+
+  VERSION = tfds.core.Version("1.0.0")
+
+  def __init__(self, layout: FolderLayout, on_bad_image: str, **kwargs):
+    self._layout = layout
+    self._on_bad_image = on_bad_image
+    super().__init__(config=tfds.core.BuilderConfig(name=layout.key), **kwargs)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=f"Image folder {self._layout.root}",
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(None, None, 3)),
+            "label": tfds.features.ClassLabel(names=list(self._layout.class_names)),
+            "file_name": tfds.features.Text(),
+        }),
+        supervised_keys=("image", "label"),
+        metadata=tfds.core.MetadataDict(),
+    )
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    self.info.metadata["root"] = self._layout.root
+    self.info.metadata["skipped_images"] = []
+    return {split: self._generate_examples(files) for split, files in self._layout.splits.items()}
+
+  def _generate_examples(self, files):
+    root = self._layout.root
+    workers = min(32, (os.cpu_count() or 1) + 2)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+      for start in range(0, len(files), _CHUNK):
+        chunk = files[start:start + _CHUNK]
+        loaded = pool.map(_try_load, [os.path.join(root, relative) for relative, _ in chunk])
+        for (relative, class_name), (encoded, problem) in zip(chunk, loaded):
+          path = os.path.join(root, relative)
+          if problem is not None:
+            if self._on_bad_image == "raise":
+              raise DataError(f"unreadable image {path}: {problem}; fix or delete the file, "
+                              "or pass on_bad_image='skip' to leave such files out (they are counted)")
+            logging.warning("skipping unreadable image %s: %s", path, problem)
+            self.info.metadata["skipped_images"].append(path)
+            continue
+          yield relative, {"image": encoded, "label": class_name, "file_name": relative}
+
+
+def _try_load(path: str) -> tuple[bytes | None, str | None]:
+  try:
+    return load_as_rgb_bytes(path), None
+  except BadImageError as error:
+    return None, str(error)
+  except OSError as error:  # e.g. permission denied
+    return None, f"{type(error).__name__}: {error}"
+
+
+def image_folder_builder(path: str, data_dir: str, *, on_bad_image: str = "raise"):
+  """The (possibly not yet prepared) builder of an image folder."""
+  layout = scan_folder(path, on_bad_image)
+  return CnnjaxImageFolder(layout, on_bad_image,
+                           data_dir=data_dir)
+
+
+def read_skipped_images(builder) -> list[str]:
+  """Paths left out (on_bad_image="skip") when the folder was prepared."""
+  return list(builder.info.metadata.get("skipped_images", []) or [])
