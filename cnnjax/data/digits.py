@@ -32,7 +32,7 @@ def digits_images_and_labels() -> tuple[np.ndarray, np.ndarray]:
   upsampled = np.empty((len(grey), IMAGE_SIZE, IMAGE_SIZE), np.uint8)
   for i, image in enumerate(grey):
     # PIL's float mode keeps full precision through the bicubic filter.
-    big = Image.fromarray(image.astype(np.float32), mode="F").resize(
+    big = Image.fromarray(image.astype(np.float32)).resize(
         (IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC)
     upsampled[i] = np.clip(np.rint(np.asarray(big)), 0, 255).astype(np.uint8)
   rgb = np.repeat(upsampled[..., None], 3, axis=-1)

@@ -165,7 +165,7 @@ def _to_rgb(image):
     import numpy as np  # pylint: disable=import-outside-toplevel
     values = np.asarray(image, dtype=np.float64)
     peak = 65535.0 if values.max() > 255 else 255.0
-    image = Image.fromarray(np.clip(values * (255.0 / peak), 0, 255).astype(np.uint8), mode="L")
+    image = Image.fromarray(np.clip(values * (255.0 / peak), 0, 255).astype(np.uint8))
   if image.mode == "P":
     image = image.convert("RGBA" if "transparency" in image.info else "RGB")
   if image.mode in ("RGBA", "LA", "PA"):

@@ -56,6 +56,7 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> str:
 class DatasetInfo:
   """What training and evaluation code needs to know about a dataset.
 
+  `eval_split` is None when the dataset has nothing but a training split.
   `image_shape` is (H, W, 3) with None for sizes that vary per image; images
   are always delivered with 3 channels. `skipped_images` counts unreadable
   files skipped while preparing an image folder with on_bad_image="skip".
@@ -63,7 +64,7 @@ class DatasetInfo:
   name: str
   num_classes: int
   train_split: str
-  eval_split: str
+  eval_split: str | None
   num_train_examples: int
   num_eval_examples: int
   image_shape: tuple[int | None, int | None, int]
@@ -96,7 +97,7 @@ class Source:
   def default_train_split(self) -> str:
     return "train"
 
-  def default_eval_split(self) -> str:
+  def default_eval_split(self, required: bool = True) -> str | None:
     names = self.split_names()
     for candidate in _EVAL_SPLIT_PREFERENCE:
       if candidate in names:
@@ -105,6 +106,8 @@ class Source:
       return _KNOWN_EVAL_SPLITS.get(self.builder.name, "test")
     others = [n for n in names if n != "train"]
     if not others:
+      if not required:
+        return None
       raise DataError(f"dataset {self.name!r} has only a 'train' split; pass split= for "
                       "evaluation explicitly, e.g. split='train[90%:]'")
     return others[0]
@@ -152,7 +155,7 @@ class Source:
                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
   def info(self) -> DatasetInfo:
-    train, evaluation = self.default_train_split(), self.default_eval_split()
+    train, evaluation = self.default_train_split(), self.default_eval_split(required=False)
     splits = {name: int(s.num_examples) for name, s in self.builder.info.splits.items()}
     label_feature = self.builder.info.features[self.label_key]
     return DatasetInfo(
@@ -161,7 +164,8 @@ class Source:
         train_split=train,
         eval_split=evaluation,
         num_train_examples=splits.get(train) or self.num_examples(train),
-        num_eval_examples=splits.get(evaluation) or self.num_examples(evaluation),
+        num_eval_examples=(0 if evaluation is None
+                           else splits.get(evaluation) or self.num_examples(evaluation)),
         image_shape=self.image_shape,
         class_names=tuple(label_feature.names) if label_feature.names else None,
         data_dir=self.data_dir,
@@ -292,19 +296,29 @@ def _source_from_builder(name: str, builder, root: str, skipped: int) -> Source:
                 image_is_encoded=is_encoded, data_dir=root, skipped_images=skipped)
 
 
+def _is_image_feature(feature) -> bool:
+  if isinstance(feature, tfds.features.Image):
+    return True
+  return isinstance(feature, tfds.features.Tensor) and len(feature.shape) == 3
+
+
 def _image_and_label_keys(name: str, builder) -> tuple[str, str]:
+  """The image and label features: the supervised keys, else "image" and "label"."""
   features = builder.info.features
   keys = list(features.keys()) if hasattr(features, "keys") else []
   supervised = builder.info.supervised_keys
+  candidates = []
   if (isinstance(supervised, tuple) and len(supervised) == 2
       and all(isinstance(k, str) for k in supervised)):
-    image_key, label_key = supervised
-  else:
-    image_key, label_key = "image", "label"
-  if image_key not in keys:
-    raise DataError(f"dataset {name!r} has no image feature (features: {keys}); "
-                    "cnnjax reads image-classification datasets with an 'image' and a 'label' feature")
-  if label_key not in keys:
-    raise DataError(f"dataset {name!r} has no label feature (features: {keys}); "
-                    "cnnjax reads image-classification datasets with an 'image' and a 'label' feature")
+    candidates.append(supervised)
+  candidates.append(("image", "label"))
+  image_key = next((i for i, _ in candidates if i in keys and _is_image_feature(features[i])), None)
+  label_key = next((l for _, l in candidates if l in keys), None)
+  described = ", ".join(f"{k}: {type(features[k]).__name__}" for k in keys)
+  if image_key is None:
+    raise DataError(f"dataset {name!r} has no image feature ({described}); cnnjax reads "
+                    "image-classification datasets with an image and a class label")
+  if label_key is None:
+    raise DataError(f"dataset {name!r} has no label feature ({described}); cnnjax reads "
+                    "image-classification datasets with an image and a class label")
   return image_key, label_key
