@@ -71,10 +71,10 @@ def check_fits(image: tf.Tensor, height: int, width: int, what: str) -> tf.Tenso
                       "image; use a smaller crop/image_size or resize the image up first")
     return image
   h, w = image_hw(image)
-  assertion = tf.debugging.Assert(
-      tf.logical_and(h >= height, w >= width),
-      [f"{DATA_ERROR_MARKER} {what}: a {height}x{width} crop is bigger than the image of size",
-       h, w, "; use a smaller crop/image_size or resize the image up first"])
+  message = tf.strings.format(
+      f"{DATA_ERROR_MARKER} {what}: a {height}x{width} crop is bigger than the image of size "
+      "{}x{}; use a smaller crop/image_size or resize the image up first", (h, w))
+  assertion = tf.debugging.Assert(tf.logical_and(h >= height, w >= width), [message])
   with tf.control_dependencies([assertion]):
     return tf.identity(image)
 
@@ -122,8 +122,8 @@ def center_crop_image(image: tf.Tensor, height: int, width: int, what: str = "ce
   image = check_fits(image, height, width, what)
   h, w = image_hw(image)
   top, left = (h - height) // 2, (w - width) // 2
-  cropped = image[top:top + height, left:left + width, :]
-  cropped.set_shape([height, width, 3])
+  cropped = image[..., top:top + height, left:left + width, :]
+  cropped.set_shape(image.shape[:-3].concatenate([height, width, 3]))
   return cropped
 
 

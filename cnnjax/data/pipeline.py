@@ -268,8 +268,10 @@ def _default_shuffle_buffer(source: Source, split: str, num_local: int) -> int:
 def _checked_label(label, num_classes: int, index, where: str):
   """The label, after a cheap assertion that it is a valid class id."""
   valid = tf.logical_and(label >= 0, label < num_classes)
-  check = tf.debugging.Assert(valid, [
-      f"{DATA_ERROR_MARKER} label", label, f"is outside [0, {num_classes}) at", where, index])
+  message = tf.strings.format(
+      DATA_ERROR_MARKER + " label {} is outside [0, " + str(num_classes) + ") at " + where + " {}",
+      (label, index))
+  check = tf.debugging.Assert(valid, [message])
   with tf.control_dependencies([check]):
     return tf.identity(label)
 
@@ -295,7 +297,7 @@ def _numpy_batches(ds: tf.data.Dataset, what: str) -> Iterator[dict[str, np.ndar
       message = error.message
       if DATA_ERROR_MARKER in message:
         detail = message[message.index(DATA_ERROR_MARKER) + len(DATA_ERROR_MARKER):]
-        detail = detail.split("\n\t [[")[0].strip()
+        detail = detail.split("\n")[0].rstrip("]").strip().replace("\\'", "'")
         raise DataError(f"{what}: {detail}") from None
       raise DataError(f"{what}: cannot read an example: {message.splitlines()[0]}") from error
     yield {k: v.numpy() for k, v in batch.items()}

@@ -54,12 +54,13 @@ def multiscale_keys(scales: Sequence[int] = DEFAULT_MULTISCALE) -> list[str]:
 
 def five_crops(image: tf.Tensor, size: int) -> list[tf.Tensor]:
   """Top-left, top-right, bottom-left, bottom-right and centre size x size crops."""
-  image = check_fits(image, size, size, "10-crop view")
+  image = check_fits(image, size, size, "multi-crop view")
   h, w = image_hw(image)
-  crops = [image[:size, :size], image[:size, w - size:], image[h - size:, :size],
-           image[h - size:, w - size:], center_crop_image(image, size, size)]
+  crops = [image[..., :size, :size, :], image[..., :size, w - size:, :],
+           image[..., h - size:, :size, :], image[..., h - size:, w - size:, :],
+           center_crop_image(image, size, size)]
   for crop in crops:
-    crop.set_shape([size, size, 3])
+    crop.set_shape(image.shape[:-3].concatenate([size, size, 3]))
   return crops
 
 
@@ -122,16 +123,16 @@ def eval_op(view: str, *, image_size: int, native_size: int | None, normalize_op
 
   def multi_crop(ex: Example) -> Example:
     image = decode_image(ex["image"], native_size)
-    views = []
+    per_scale = []
     for q in scales:
-      resized = resize_shorter_side_image(image, q)
-      for square in _three_squares(resized, q):
-        crops = five_crops(square, image_size) + [_resize(square, image_size, image_size)]
-        for crop in crops:
-          crop = tf.cast(crop, tf.float32)
-          views += [crop, tf.image.flip_left_right(crop)]
-    stacked = tf.stack(views)
-    stacked.set_shape([len(views), image_size, image_size, 3])
+      squares = tf.cast(tf.stack(_three_squares(resize_shorter_side_image(image, q), q)),
+                        tf.float32)                                    # [3, Q, Q, 3]
+      crops = five_crops(squares, image_size) + [_resize(squares, image_size, image_size)]
+      crops = tf.stack(crops, axis=1)                                  # [3, 6, S, S, 3]
+      mirrored = tf.stack([crops, tf.reverse(crops, axis=[-2])], axis=2)  # [3, 6, 2, S, S, 3]
+      per_scale.append(tf.reshape(mirrored, [-1, image_size, image_size, 3]))
+    stacked = tf.concat(per_scale, axis=0)
+    stacked.set_shape([len(scales) * 36, image_size, image_size, 3])
     return dict(ex, image=normalized(stacked))
   return multi_crop
 

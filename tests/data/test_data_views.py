@@ -1,0 +1,100 @@
+"""Evaluation views: exact pixels of the deterministic crops, and their shapes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cnnjax.data import augment, views
+from cnnjax.errors import DataError
+
+IDENTITY = augment.to_float()
+
+
+def _distinct_image(height: int, width: int) -> np.ndarray:
+  """Every pixel different, so a crop's position is identified by its values."""
+  values = np.arange(height * width * 3, dtype=np.int64).reshape(height, width, 3)
+  return (values % 251).astype(np.uint8)
+
+
+def _apply(op, image):
+  eager = op({"image": tf.constant(image), "label": tf.constant(0)})
+  in_data = next(iter(tf.data.Dataset.from_tensors({"image": tf.constant(image),
+                                                    "label": tf.constant(0)}).map(op)))
+  for key in eager:
+    np.testing.assert_allclose(np.asarray(eager[key]), np.asarray(in_data[key]), atol=1e-3)
+  return {k: np.asarray(v) for k, v in eager.items()}
+
+
+def test_ten_crop_views_are_the_documented_pixels():
+  image = _distinct_image(40, 40)
+  op = views.eval_op("10crop", image_size=32, native_size=None, normalize_op=IDENTITY,
+                     resize_size=40)
+  crops = _apply(op, image)["image"]
+  assert crops.shape == (10, 32, 32, 3)
+  expected = [image[:32, :32], image[:32, 8:], image[8:, :32], image[8:, 8:], image[4:36, 4:36]]
+  expected += [e[:, ::-1] for e in expected]
+  for index, (got, want) in enumerate(zip(crops, expected)):
+    np.testing.assert_array_equal(got, want, err_msg=f"view {index}")
+
+
+def test_ten_crop_of_a_landscape_image_uses_the_centre_square():
+  image = _distinct_image(40, 60)
+  op = views.eval_op("10crop", image_size=32, native_size=None, normalize_op=IDENTITY,
+                     resize_size=40)
+  crops = _apply(op, image)["image"]
+  np.testing.assert_array_equal(crops[0], image[:32, 10:42])
+  np.testing.assert_array_equal(crops[3], image[8:, 18:50])
+
+
+def test_center_view_is_identity_at_native_size_and_crops_otherwise():
+  image = _distinct_image(32, 32)
+  op = views.eval_op("center", image_size=32, native_size=32, normalize_op=IDENTITY)
+  np.testing.assert_array_equal(_apply(op, image)["image"], image)
+  big = _distinct_image(64, 80)
+  op = views.eval_op("center", image_size=56, native_size=None, normalize_op=IDENTITY)
+  out = _apply(op, big)["image"]
+  assert out.shape == (56, 56, 3)
+  np.testing.assert_array_equal(out, big[4:60, 12:68])  # 56 / 0.875 = 64: no resize needed
+
+
+def test_multiscale_shapes_and_mirrors():
+  image = _distinct_image(30, 45)
+  op = views.eval_op("multiscale", image_size=24, native_size=None, normalize_op=IDENTITY,
+                     scales=(30, 36))
+  out = _apply(op, image)
+  assert set(out) == {"image_q30", "image_q36", "label"} == set(views.multiscale_keys((30, 36))) | {"label"}
+  assert out["image_q30"].shape == (2, 30, 30, 3) and out["image_q36"].shape == (2, 36, 36, 3)
+  np.testing.assert_array_equal(out["image_q30"][0], image[:, 7:37])
+  np.testing.assert_array_equal(out["image_q30"][1], image[:, 7:37][:, ::-1])
+
+
+def test_144_crop_layout():
+  image = _distinct_image(20, 30)
+  op = views.eval_op("144crop", image_size=16, native_size=None, normalize_op=IDENTITY,
+                     scales=(20, 22, 24, 26))
+  crops = _apply(op, image)["image"]
+  assert crops.shape == (144, 16, 16, 3)
+  # Scale 0 (Q = 20 = the image's shorter side: no resize); square 0 = left 20x20.
+  left = image[:, :20]
+  np.testing.assert_array_equal(crops[0], left[:16, :16])      # top-left corner
+  np.testing.assert_array_equal(crops[1], left[:16, :16][:, ::-1])  # its mirror
+  np.testing.assert_array_equal(crops[2], left[:16, 4:])       # top-right corner
+  np.testing.assert_array_equal(crops[8], left[2:18, 2:18])     # centre crop
+  right = image[:, 10:]
+  v = ((0 * 3 + 2) * 6 + 3) * 2  # scale 0, square 2 (right), crop 3 (bottom-right)
+  np.testing.assert_array_equal(crops[v], right[4:, 4:])
+  portrait = _apply(op, _distinct_image(30, 20))["image"]
+  top = _distinct_image(30, 20)[:20]
+  np.testing.assert_array_equal(portrait[0], top[:16, :16])
+
+
+def test_view_errors():
+  with pytest.raises(DataError, match="did you mean '10crop'"):
+    views.eval_op("10crops", image_size=224, native_size=None, normalize_op=IDENTITY)
+  with pytest.raises(DataError, match="smaller than the 224x224 crop"):
+    views.eval_op("10crop", image_size=224, native_size=None, normalize_op=IDENTITY,
+                  resize_size=200)
+  with pytest.raises(DataError, match="does not take"):
+    views.eval_op("center", image_size=224, native_size=None, normalize_op=IDENTITY, scales=(1,))
