@@ -1,0 +1,49 @@
+r"""GoogLeNet / Inception v1 (Szegedy et al., CVPR 2015) on ILSVRC-2012.
+
+Run:
+  python train.py --config cnnjax/configs/googlenet_imagenet.py --workdir workdirs/googlenet
+
+Hardware assumed: one host with 8 GPUs (any with >= 12 GiB). The paper
+trained asynchronously on a CPU cluster (DistBelief); this is the synchronous
+replication with the solver of the public Caffe reproduction: batch 32,
+lr 0.01, weight decay 2e-4, momentum 0.9, lr x 0.96 every 8 epochs (the
+paper's "decreasing the learning rate by 4% every 8 epochs"), 250 epochs.
+Polyak averaging of the parameters (EMA, decay 0.9999) is evaluated beside
+the raw parameters. Auxiliary classifiers on 4a and 4d, loss weight 0.3;
+Inception-style crops of 8-100% of the area, aspect 3/4..4/3, photometric
+distortions.
+
+For a faster run on more devices use a larger batch with the linear scaling
+rule: `--config.batch_size=256 --config.lr_scaling=linear`.
+
+Aims at: top-5 validation error 10.07% (one model, one crop; the paper's
+Table 3); 144-crop evaluation with cnnjax's evaluation tools reads lower.
+"""
+
+from cnnjax.configs import base
+
+
+def get_config(arg=None):
+  del arg
+  c = base.get_base_config()
+  c.model = "googlenet"
+  c.dataset = "imagenet2012"
+  c.normalize = "per_channel"
+  c.augment = "inception"
+  c.image_size = 224
+  c.batch_size = 32
+  c.num_epochs = 250.0
+  c.learning_rate = 0.01
+  c.lr_base_batch_size = 32
+  c.momentum = 0.9
+  c.weight_decay = 2e-4
+  c.weight_decay_mask = "kernels"
+  c.schedule = "exponential"
+  c.lr_decay_factor = 0.96
+  c.lr_decay_every_epochs = 8.0
+  c.ema_decay = 0.9999
+  c.aux_loss_weight = 0.3
+  c.eval_every_epochs = 1.0
+  c.checkpoint_every_epochs = 1.0
+  c.log_every_steps = 200
+  return base.finalize(c)

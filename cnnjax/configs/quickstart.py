@@ -1,0 +1,42 @@
+r"""Quickstart: CIFAR ResNet-20 on the embedded `digits` dataset, offline, on a CPU.
+
+Run (no arguments needed; this is `python train.py`'s default):
+  python train.py
+  python train.py --config cnnjax/configs/quickstart.py --workdir workdirs/quickstart
+
+Hardware assumed: any laptop CPU (measured on a 2-core x86_64 VM).
+Dataset: scikit-learn's 1,797 handwritten digits (8x8, upscaled to 32x32x3),
+split by cnnjax.data into train and test; no download.
+
+Recipe: SGD with momentum 0.9 and Nesterov, batch 64, weight decay 5e-4 on
+kernels, linear warm-up then cosine decay of lr 0.1, no augmentation (flips
+would change digits), per-channel mean subtraction.
+
+Result: (measured below, see benchmarks/RESULTS.md section "quickstart").
+"""
+
+from cnnjax.configs import base
+
+
+def get_config(arg=None):
+  del arg
+  c = base.get_base_config()
+  c.model = "cifar_resnet20"
+  c.dataset = "digits"
+  c.normalize = "per_channel"
+  c.augment = "none"
+  c.batch_size = 64
+  c.eval_batch_size = 128
+  c.num_steps = 300
+  c.learning_rate = 0.1
+  c.momentum = 0.9
+  c.nesterov = True
+  c.weight_decay = 5e-4
+  c.weight_decay_mask = "kernels"
+  c.schedule = "warmup_cosine"
+  c.warmup_steps = 30
+  c.log_every_steps = 25
+  c.eval_every_steps = 100
+  c.checkpoint_every_steps = 100
+  c.keep_checkpoints = 2
+  return base.finalize(c)

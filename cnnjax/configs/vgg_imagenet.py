@@ -1,0 +1,72 @@
+r"""VGG A..E (Simonyan & Zisserman, ICLR 2015) on ILSVRC-2012.
+
+Run (argument: the configuration letter, then options):
+  python train.py --config cnnjax/configs/vgg_imagenet.py:A --workdir workdirs/vgg_a
+  python train.py --config cnnjax/configs/vgg_imagenet.py:D,jitter,init_from=workdirs/vgg_a \
+      --workdir workdirs/vgg_d
+
+  letter   A, A_LRN, B, C, D or E
+  jitter   scale jitter S in [256, 512] (default: fixed S=256)
+  S=384    fixed training scale 384 instead of 256
+  init_from=<workdir>
+           the paper's warm start: the first four conv layers and the last
+           three FC layers come from a trained net A, the rest is random
+           (equivalently `--config.init_from=<workdir>`).
+
+Hardware assumed: one host with 8 GPUs of >= 24 GiB (the paper: 4 Titan
+Black GPUs, 2-3 weeks per net). Global batch 256.
+
+Recipe (paper, Section 3.1): SGD, batch 256, momentum 0.9, weight decay
+5e-4, dropout 0.5 on fc6/fc7 (the model's), lr 0.01 divided by 10 when the
+validation accuracy stops improving (three times), 74 epochs; random 224
+crops of the rescaled image, flips, RGB colour shift.
+
+Aims at (top-1 / top-5 validation error): D or E trained with jitter,
+multi-scale dense evaluation 24.8 / 7.5, dense + multi-crop 24.4 / 7.1;
+single-scale test of D with jitter, Q=384: 25.6 / 8.1 (paper Table 3).
+"""
+
+from cnnjax.configs import base
+from cnnjax.errors import ConfigError
+
+LETTERS = ("A", "A_LRN", "B", "C", "D", "E")
+
+
+def get_config(arg="A"):
+  words, pairs = base.parse_arg(arg)
+  letters = [w for w in words if w.upper() in LETTERS]
+  options = [w for w in words if w.upper() not in LETTERS]
+  letter = letters[0].upper() if letters else "A"
+  unknown = [o for o in options if o != "jitter" and not o.startswith("S=")]
+  unknown += [k for k in pairs if k not in ("init_from", "S")]
+  if unknown or len(letters) > 1:
+    raise ConfigError(
+        f"vgg_imagenet.py argument {arg!r}: expected one of {LETTERS}, then "
+        "optional 'jitter', 'S=<scale>', 'init_from=<workdir>'; "
+        f"not understood: {unknown or letters}")
+  c = base.get_base_config()
+  c.model = "vgg_" + letter.lower()
+  c.dataset = "imagenet2012"
+  c.normalize = "per_channel"
+  c.augment = "scale_jitter"
+  scale = int(pairs.get("S", 256))
+  if "jitter" in options:
+    c.augment_kwargs = {"scale_min": 256, "scale_max": 512, "pca_color": True}
+  else:
+    c.augment_kwargs = {"scale_min": scale, "scale_max": scale, "pca_color": True}
+  c.image_size = 224
+  c.init_from = pairs.get("init_from", "")
+  c.batch_size = 256
+  c.num_epochs = 74.0
+  c.learning_rate = 0.01
+  c.momentum = 0.9
+  c.weight_decay = 5e-4
+  c.weight_decay_mask = "kernels"
+  c.schedule = "plateau"
+  c.lr_decay_factor = 0.1
+  c.plateau_patience = 2
+  c.plateau_max_reductions = 3
+  c.eval_every_epochs = 1.0
+  c.checkpoint_every_epochs = 1.0
+  c.log_every_steps = 100
+  return base.finalize(c)

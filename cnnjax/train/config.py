@@ -1,0 +1,160 @@
+"""Config validation, before anything is compiled or read.
+
+`validate` checks that every key is one `cnnjax/configs/base.py` declares,
+with that key's type, and that the enumerated keys hold allowed values. Errors are `ConfigError`s that
+name the key, what was given and what is allowed.
+
+Durations are converted by `cnnjax.train.durations` (re-exported here).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from cnnjax.configs import base
+from cnnjax.errors import ConfigError, close_matches
+from cnnjax.train.durations import boundaries_to_steps, to_steps  # noqa: F401  (re-exported)
+
+_NUMBER_TYPES = {int: (int,), float: (int, float), bool: (bool,), str: (str,), tuple: (tuple, list)}
+
+
+def as_plain_dict(config: Any) -> dict[str, Any]:
+  """A ConfigDict (or mapping) as nested plain dicts, JSON-serialisable."""
+  if hasattr(config, "to_dict"):
+    config = config.to_dict()
+  return json.loads(json.dumps(dict(config), default=list))
+
+
+def _type_name(value: Any) -> str:
+  return type(value).__name__
+
+
+def _check_type(key: str, value: Any, default: Any) -> None:
+  expected = type(default)
+  if expected is bool or isinstance(value, bool):
+    ok = isinstance(value, bool) and expected is bool
+  elif isinstance(default, Mapping) or hasattr(default, "to_dict"):
+    ok = isinstance(value, Mapping) or hasattr(value, "to_dict")
+  else:
+    ok = isinstance(value, _NUMBER_TYPES.get(expected, (expected,)))
+  if not ok:
+    raise ConfigError(
+        f"config.{key} must be of type {expected.__name__} (default {default!r}), "
+        f"got {_type_name(value)} {value!r}")
+
+
+def _require(condition: bool, key: str, value: Any, allowed: str) -> None:
+  if not condition:
+    raise ConfigError(f"config.{key}={value!r} is not allowed: {allowed}")
+
+
+def validate(config: Any, *, num_devices: int | None = None,
+             model_names: list[str] | None = None) -> None:
+  """Raises ConfigError for any unknown key, wrong type or bad value.
+
+  Args:
+    config: a ConfigDict or mapping with the keys of `base.get_base_config()`.
+    num_devices: the global device count; the batch size must divide by it.
+    model_names: the registry's names (checked when given).
+  """
+  reference = base.get_base_config()
+  given = as_plain_dict(config)
+  known = set(reference.keys())
+  for key in given:
+    if key not in known:
+      raise ConfigError(f"unknown config key {key!r}: {close_matches(key, known)}")
+  for key in known:
+    if key not in given:
+      raise ConfigError(
+          f"config key {key!r} is missing; start recipes from "
+          "cnnjax.configs.base.get_base_config()")
+  for key, value in given.items():
+    _check_type(key, value, reference[key])
+
+  for key, allowed in base.CHOICES.items():
+    if given[key] not in allowed:
+      raise ConfigError(
+          f"config.{key}={given[key]!r} is not one of {allowed}: "
+          f"{close_matches(str(given[key]), allowed)}")
+  if model_names is not None and given["model"] not in model_names:
+    raise ConfigError(
+        f"config.model={given['model']!r} is not a registered model: "
+        f"{close_matches(given['model'], model_names)}")
+
+  c = given
+  _require(c["batch_size"] >= 1, "batch_size", c["batch_size"], "a positive integer")
+  if num_devices is not None and c["batch_size"] % num_devices:
+    raise ConfigError(
+        f"config.batch_size={c['batch_size']} is not divisible by the {num_devices} "
+        f"devices: use a multiple of {num_devices} (e.g. "
+        f"{max(num_devices, c['batch_size'] // num_devices * num_devices)})")
+  _require(c["eval_batch_size"] >= 0, "eval_batch_size", c["eval_batch_size"],
+           "0 (same as batch_size) or a positive integer")
+  eval_batch = c["eval_batch_size"] or c["batch_size"]
+  if num_devices is not None and eval_batch % num_devices:
+    raise ConfigError(
+        f"config.eval_batch_size={eval_batch} is not divisible by the {num_devices} devices")
+  if c["num_steps"] < 0 and c["num_epochs"] <= 0:
+    raise ConfigError(
+        "the run has no length: set config.num_steps (>= 0) or config.num_epochs (> 0)")
+  for name in base.DURATIONS:
+    steps, epochs = c[f"{name}_steps"], c[f"{name}_epochs"]
+    _require(steps >= -1, f"{name}_steps", steps, "-1 (unset) or >= 0")
+    _require(epochs == -1 or epochs >= 0, f"{name}_epochs", epochs, "-1 (unset) or >= 0")
+  for key in ("lr_boundaries_steps", "lr_boundaries_epochs"):
+    values = list(c[key])
+    _require(all(isinstance(v, (int, float)) and v > 0 for v in values), key, values,
+             "positive numbers")
+    _require(values == sorted(values), key, values, "increasing boundaries")
+  _require(c["learning_rate"] > 0, "learning_rate", c["learning_rate"], "> 0")
+  _require(c["lr_base_batch_size"] >= 1, "lr_base_batch_size", c["lr_base_batch_size"], ">= 1")
+  _require(0 <= c["momentum"] < 1, "momentum", c["momentum"], "0 <= momentum < 1")
+  _require(c["weight_decay"] >= 0, "weight_decay", c["weight_decay"], ">= 0")
+  _require(c["grad_clip_norm"] >= 0, "grad_clip_norm", c["grad_clip_norm"], ">= 0 (0: off)")
+  _require(0 < c["lr_decay_factor"] < 1 or c["schedule"] in ("constant", "warmup_cosine"),
+           "lr_decay_factor", c["lr_decay_factor"], "0 < factor < 1")
+  if c["schedule"] == "multistep":
+    _require(bool(c["lr_boundaries_steps"] or c["lr_boundaries_epochs"]),
+             "lr_boundaries_steps", c["lr_boundaries_steps"],
+             "schedule 'multistep' needs lr_boundaries_steps or lr_boundaries_epochs")
+  if c["schedule"] == "exponential":
+    _require(c["lr_decay_every_steps"] > 0 or c["lr_decay_every_epochs"] > 0,
+             "lr_decay_every_steps", c["lr_decay_every_steps"],
+             "schedule 'exponential' needs lr_decay_every_steps or lr_decay_every_epochs > 0")
+  if c["schedule"] == "plateau":
+    _require(c["eval_every_steps"] > 0 or c["eval_every_epochs"] > 0,
+             "eval_every_steps", c["eval_every_steps"],
+             "schedule 'plateau' follows the validation error: set eval_every_steps "
+             "or eval_every_epochs > 0")
+  _require(c["plateau_patience"] >= 1, "plateau_patience", c["plateau_patience"], ">= 1")
+  _require(0 < c["plateau_rtol"] < 1, "plateau_rtol", c["plateau_rtol"], "0 < rtol < 1")
+  _require(c["plateau_max_reductions"] >= 0, "plateau_max_reductions",
+           c["plateau_max_reductions"], ">= 0")
+  _require(0 <= c["error_warmup_factor"] <= 1, "error_warmup_factor",
+           c["error_warmup_factor"], "0 (off) .. 1")
+  _require(0 < c["error_warmup_threshold"] <= 1, "error_warmup_threshold",
+           c["error_warmup_threshold"], "0 < threshold <= 1")
+  _require(0 <= c["ema_decay"] < 1, "ema_decay", c["ema_decay"], "0 (off) <= decay < 1")
+  _require(0 <= c["label_smoothing"] < 1, "label_smoothing", c["label_smoothing"], "0 <= x < 1")
+  _require(c["aux_loss_weight"] >= 0, "aux_loss_weight", c["aux_loss_weight"], ">= 0")
+  _require(c["num_classes"] >= 0, "num_classes", c["num_classes"], "0 (the dataset's) or > 0")
+  _require(c["image_size"] >= 0, "image_size", c["image_size"], "0 (default) or > 0")
+  _require(c["eval_num_batches"] >= 0, "eval_num_batches", c["eval_num_batches"], ">= 0")
+  _require(c["bn_group_size"] >= -1, "bn_group_size", c["bn_group_size"],
+           "0 (per-device batch), -1 (synchronised over the global batch) or n > 0")
+  if c["bn_group_size"] > 0:
+    per_device = c["batch_size"] // (num_devices or 1)
+    _require(per_device % c["bn_group_size"] == 0, "bn_group_size", c["bn_group_size"],
+             f"must divide the per-device batch {per_device}")
+  _require(c["log_every_steps"] >= 1, "log_every_steps", c["log_every_steps"], ">= 1")
+  _require(c["keep_checkpoints"] >= 1, "keep_checkpoints", c["keep_checkpoints"], ">= 1")
+  _require(c["seed"] >= 0, "seed", c["seed"], ">= 0")
+  profile = list(c["profile_steps"])
+  _require(not profile or (len(profile) == 2 and all(isinstance(s, int) for s in profile)
+                           and 0 <= profile[0] <= profile[1]),
+           "profile_steps", profile, "() or (first_step, last_step)")
+  if c["init_from"] and not c["model"].startswith("vgg"):
+    raise ConfigError(
+        f"config.init_from is the VGG warm start; model {c['model']!r} is not a VGG")

@@ -1,0 +1,163 @@
+"""The pure train and eval steps: one SPMD program each, compiled by jit.
+
+`train_step(state, batch) -> (state, metrics)` and `eval_step(state, batch)
+-> summed metrics` are module-level functions of arrays only; the loop is
+the only stateful code. Under a mesh the batch is a global array sharded on
+'data' and the state is replicated, so jit inserts the gradient all-reduce
+(and, for synchronised BatchNorm, the statistics all-reduce) itself.
+
+Non-finite values never reach the state: when the loss, a gradient or a new
+BatchNorm statistic is NaN/Inf the step returns the *input* state unchanged
+and reports which quantity failed (`metrics["nonfinite"]`: 0 none, 1 loss,
+2 gradient, 3 BatchNorm statistic; `metrics["nonfinite_leaf"]`: the index
+of the first bad leaf in `jax.tree_util.tree_leaves` order, see
+`describe_nonfinite`). The loop then stops with a NonFiniteError and the
+last checkpoint, written from a finite state, stays the newest.
+
+Needs only jax, flax and optax.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from cnnjax.train import losses, metrics as metrics_lib, optim
+from cnnjax.train.state import TrainState
+
+Batch = dict[str, jax.Array]
+NONFINITE_QUANTITIES = ("none", "loss", "gradient", "BatchNorm statistic")
+
+
+def _first_nonfinite_leaf(tree) -> tuple[jax.Array, jax.Array]:
+  """(any leaf has a NaN/Inf, index of the first such leaf)."""
+  leaves = jax.tree_util.tree_leaves(tree)
+  if not leaves:
+    return jnp.zeros((), jnp.bool_), jnp.zeros((), jnp.int32)
+  bad = jnp.stack([jnp.logical_not(jnp.all(jnp.isfinite(x))) for x in leaves])
+  return jnp.any(bad), jnp.argmax(bad).astype(jnp.int32)
+
+
+def _model_variables(state: TrainState, params) -> dict[str, Any]:
+  variables = {"params": params}
+  if state.batch_stats:
+    variables["batch_stats"] = state.batch_stats
+  return variables
+
+
+def train_step_fn(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One SGD step on a global batch {"image": [B,H,W,C], "label": [B]} (not jitted)."""
+  recipe = state.recipe
+  dropout_rng = jax.random.fold_in(state.rng, state.step)
+
+  def loss_fn(params):
+    (logits, feats), model_state = state.apply_fn(
+        _model_variables(state, params), batch["image"], train=True, features=True,
+        rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
+    total, main = losses.total_training_loss(
+        logits, batch["label"], feats, loss=recipe.loss,
+        label_smoothing=recipe.label_smoothing, aux_loss_weight=recipe.aux_loss_weight)
+    return total, (main, logits, model_state)
+
+  (total, (main, logits, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params)
+  top1 = jnp.mean(metrics_lib.topk_wrong(logits, batch["label"], 1))
+  top5 = jnp.mean(metrics_lib.topk_wrong(logits, batch["label"], 5))
+
+  learning_rate = (recipe.learning_rate_fn(state.step)
+                   * recipe.lr_control.multiplier(state.lr_control))
+  opt_state = optim.set_learning_rate(state.opt_state, learning_rate)
+  updates, opt_state = state.tx.update(grads, opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  batch_stats = model_state.get("batch_stats", state.batch_stats) if state.batch_stats else {}
+  ema_params = state.ema_params
+  if ema_params is not None:
+    ema_params = optax.incremental_update(params, ema_params, step_size=1.0 - recipe.ema_decay)
+  new_state = state.replace(
+      step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
+      ema_params=ema_params, lr_control=recipe.lr_control.after_train_batch(state.lr_control, top1))
+
+  loss_bad = jnp.logical_not(jnp.isfinite(total))
+  grad_bad, grad_leaf = _first_nonfinite_leaf(grads)
+  stats_bad, stats_leaf = _first_nonfinite_leaf(batch_stats)
+  nonfinite = jnp.where(loss_bad, 1, jnp.where(grad_bad, 2, jnp.where(stats_bad, 3, 0)))
+  nonfinite_leaf = jnp.where(loss_bad, 0, jnp.where(grad_bad, grad_leaf, stats_leaf))
+  finite = nonfinite == 0
+  new_state = jax.tree_util.tree_map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+
+  step_metrics = {
+      "loss": main,
+      "total_loss": total,
+      "top1_error": top1,
+      "top5_error": top5,
+      "learning_rate": jnp.asarray(learning_rate, jnp.float32),
+      "grad_norm": metrics_lib.global_norm(grads),
+      "param_norm": metrics_lib.global_norm(params),
+      "update_norm": metrics_lib.global_norm(updates),
+      "nonfinite": nonfinite.astype(jnp.int32),
+      "nonfinite_leaf": nonfinite_leaf.astype(jnp.int32),
+  }
+  return new_state, step_metrics
+
+
+def eval_step_fn(state: TrainState, batch: Batch, use_ema: bool = False) -> dict[str, jax.Array]:
+  """Summed loss / top-1 / top-5 mistakes / count over a padded, masked batch (not jitted).
+
+  A multi-view batch (image [B, V, H, W, C], e.g. 10 crops) is scored by the
+  softmax averaged over its views.
+  """
+  variables = state.variables(use_ema)
+  images = batch["image"]
+  if images.ndim == 5:
+    num, views = images.shape[:2]
+    logits = state.apply_fn(variables, images.reshape((num * views,) + images.shape[2:]),
+                            train=False)
+    probs = jax.nn.softmax(logits.astype(jnp.float32)).reshape(num, views, -1).mean(axis=1)
+    logits = jnp.log(jnp.maximum(probs, jnp.finfo(jnp.float32).tiny))
+  else:
+    logits = state.apply_fn(variables, images, train=False)
+  per_example = losses.classification_loss(logits, batch["label"], loss=state.recipe.loss)
+  return metrics_lib.error_sums(logits, batch["label"], per_example, batch.get("mask"))
+
+
+def after_validation_fn(state: TrainState, validation_error: jax.Array) -> TrainState:
+  """Feeds a validation error to the learning-rate control (plateau schedule)."""
+  return state.replace(
+      lr_control=state.recipe.lr_control.after_validation(state.lr_control, validation_error))
+
+
+# Jitted, state donated (train) / kept (eval). The loop re-jits the same
+# functions with explicit shardings; these suit one device or default layouts.
+train_step = jax.jit(train_step_fn, donate_argnums=(0,))
+eval_step = jax.jit(eval_step_fn, static_argnames=("use_ema",))
+after_validation = jax.jit(after_validation_fn, donate_argnums=(0,))
+
+
+def path_name(path) -> str:
+  """'conv1/kernel' for a jax key path."""
+  parts = []
+  for key in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(key, attr):
+        parts.append(str(getattr(key, attr)))
+        break
+    else:
+      parts.append(str(key))
+  return "/".join(parts)
+
+
+def describe_nonfinite(state: TrainState, step_metrics: dict[str, Any]) -> str:
+  """'gradient params/conv1/kernel' etc. from a step's host-side metrics."""
+  code = int(step_metrics["nonfinite"])
+  what = NONFINITE_QUANTITIES[code]
+  if code in (2, 3):
+    tree = state.params if code == 2 else state.batch_stats
+    paths = [path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+    index = int(step_metrics["nonfinite_leaf"])
+    if 0 <= index < len(paths):
+      prefix = "params" if code == 2 else "batch_stats"
+      return f"{what} of {prefix}/{paths[index]}"
+  return what

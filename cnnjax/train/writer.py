@@ -1,0 +1,82 @@
+"""Metric output of a run: `metrics.jsonl` and TensorBoard events in the workdir.
+
+One JSON object per line, per logged training window and per evaluation:
+{"step", "split", "loss", "top1_error", "top5_error", "learning_rate",
+"images_per_sec", "epoch", "time", ...}. `split` is "train", or the
+validation split's name ("val", "val_ema" for the averaged parameters).
+The same scalars go to TensorBoard under "<split>/<name>" (events in
+<workdir>/tensorboard). Only process 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+
+
+def read_metrics(workdir: str, split: str | None = None) -> list[dict[str, Any]]:
+  """The rows of a workdir's metrics.jsonl (optionally of one split)."""
+  path = os.path.join(workdir, METRICS_FILE)
+  rows = []
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        line = line.strip()
+        if line:
+          rows.append(json.loads(line))
+  return [r for r in rows if split is None or r.get("split") == split]
+
+
+class MetricWriter:
+  """Appends rows to metrics.jsonl and TensorBoard; a no-op when disabled."""
+
+  def __init__(self, workdir: str, *, enabled: bool = True, tensorboard: bool = True):
+    self.enabled = enabled
+    self._jsonl = None
+    self._tb = None
+    if not enabled:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    self._jsonl = open(os.path.join(workdir, METRICS_FILE), "a", buffering=1)
+    if tensorboard:
+      try:
+        from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+        self._tb = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR))
+      except ImportError:  # tensorboardX is optional for library users
+        self._tb = None
+
+  def write(self, step: int, split: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    row = {"step": int(step), "split": split, "time": time.time()}
+    for key, value in values.items():
+      if isinstance(value, (int, float)) and not isinstance(value, bool):
+        row[key] = value if math.isfinite(value) else str(value)
+      else:
+        row[key] = value
+    if self.enabled:
+      self._jsonl.write(json.dumps(row) + "\n")
+      if self._tb is not None:
+        for key, value in values.items():
+          if isinstance(value, (int, float)) and not isinstance(value, bool):
+            self._tb.add_scalar(f"{split}/{key}", value, int(step))
+    return row
+
+  def flush(self) -> None:
+    if self._jsonl:
+      self._jsonl.flush()
+    if self._tb is not None:
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self._jsonl:
+      self._jsonl.close()
+      self._jsonl = None
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None

@@ -1,0 +1,114 @@
+r"""Train a cnnjax recipe: flags -> cnnjax.train.run(config, workdir).
+
+  python train.py                                   # offline quickstart (digits, ResNet-20, CPU)
+  python train.py --config cnnjax/configs/resnet_cifar10.py:110 --workdir workdirs/r110
+  python train.py --config cnnjax/configs/vgg_imagenet.py:D,jitter --workdir workdirs/vgg_d \
+      --config.batch_size=512 --config.lr_scaling=linear
+
+`--config.<key>=<value>` overrides any key of cnnjax/configs/base.py; values
+are parsed as Python literals (never evaluated). Free-form dicts take a dict
+literal: --config.model_kwargs="{'width_multiplier': 0.5}".
+
+Multi-host (GPU cluster, TPU slice): add --multihost to every process (see
+README, "Training"). Compilation cache: --config.compilation_cache_dir or
+$CNNJAX_COMPILATION_CACHE_DIR (default ~/.cache/cnnjax/jax; "none" = off).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from cnnjax.errors import CnnjaxError, ConfigError, close_matches
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_DEFAULT_CONFIG = os.path.join(_HERE, "cnnjax", "configs", "quickstart.py")
+_DEFAULT_WORKDIR = os.path.join("workdirs", "quickstart")
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", _DEFAULT_CONFIG, "Recipe file, optionally with an argument: path.py[:arg].")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, f"Checkpoints, metrics and config.json go here (default {_DEFAULT_WORKDIR} "
+    "for the quickstart, workdirs/<recipe> otherwise). A workdir with a checkpoint resumes.")
+_MULTIHOST = flags.DEFINE_bool(
+    "multihost", False, "Join a multi-process run with jax.distributed.initialize() "
+    "(auto-detected on TPU slices, SLURM, Open MPI; else give the three flags below).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0..num_processes-1.")
+
+
+def _override_errors(argv: list[str], error: Exception) -> ConfigError:
+  """A ConfigError naming the offending --config.<key> of a failed flag parse."""
+  from cnnjax.configs import base  # pylint: disable=g-import-not-at-top
+  reference = base.get_base_config()
+  for arg in argv[1:]:
+    if not arg.startswith("--config."):
+      continue
+    path, _, value = arg[len("--config."):].partition("=")
+    key, _, rest = path.partition(".")
+    if key not in reference:
+      return ConfigError(f"unknown config key {key!r} in {arg}: {close_matches(key, reference)}")
+    if rest and key in base.FREE_FORM_KEYS:
+      return ConfigError(
+          f"{arg}: config.{key} is a free-form dict; pass it whole as a literal, e.g. "
+          f"--config.{key}=\"{{'{rest}': {value or '...'}}}\"")
+    if rest:
+      return ConfigError(f"{arg}: config.{key} has no sub-keys")
+  return ConfigError(f"bad --config or --config.<key> flag: {error}")
+
+
+def _type_error(message: str) -> ConfigError:
+  from cnnjax.configs import base  # pylint: disable=g-import-not-at-top
+  reference = base.get_base_config()
+  for key in reference:
+    if f"--config.{key}=" in message:
+      default = reference[key]
+      return ConfigError(f"{message.strip()} (config.{key} takes a {type(default).__name__}, "
+                         f"e.g. {default!r})")
+  return ConfigError(message.strip())
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing with config mistakes reported as ConfigError, before any compute."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    error = _type_error(str(e))
+  except (AttributeError, KeyError) as e:
+    error = _override_errors(argv, e)
+  except CnnjaxError as e:
+    error = e
+  except (TypeError, ValueError) as e:
+    error = ConfigError(str(e))
+  print(f"{type(error).__name__}: {error}", file=sys.stderr)
+  sys.exit(2)
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}; configure with --config.<key>=<value>")
+  if _MULTIHOST.value:
+    from cnnjax.train import sharding  # pylint: disable=g-import-not-at-top
+    sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  config = _CONFIG.value
+  workdir = _WORKDIR.value
+  if workdir is None:
+    recipe = os.path.splitext(os.path.basename(config_flags.get_config_filename(flags.FLAGS["config"])))[0]
+    workdir = _DEFAULT_WORKDIR if recipe == "quickstart" else os.path.join("workdirs", recipe)
+  from cnnjax.train import loop  # pylint: disable=g-import-not-at-top
+  loop.enable_compilation_cache(config.compilation_cache_dir or None)
+  try:
+    summary = loop.run(config, workdir)
+  except CnnjaxError as e:
+    print(f"{type(e).__name__}: {e}", file=sys.stderr)
+    sys.exit(1)
+  if summary.get("interrupted"):
+    print(f"stopped at step {summary['step']}; rerun the same command to resume", file=sys.stderr)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)
