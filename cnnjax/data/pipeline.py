@@ -2,10 +2,11 @@
 
 Training stream (per process):
 
-  share of the split (tfds even split, fixed order, images still encoded)
+  share of the split (tfds even split, images still encoded)
     -> for epoch e = start_epoch, start_epoch + 1, ...:
-         shuffle with a seed derived from (seed, process, e); number the
-         elements with their global index  g = e * n + position
+         shard files in an order drawn from (seed, process, e), interleaved;
+         a shuffle buffer seeded by the same; number the elements with
+         their global index  g = e * n + position
     -> skip the elements of the first `start_step` batches (before decoding)
     -> decode + augment with stateless randomness seeded by (seed, process, g)
     -> batch (global_batch_size // process_count), prefetch
@@ -82,7 +83,6 @@ def train_iterator(dataset: str, *, data_dir: str | os.PathLike | None = None,
                   pca=pca, **augment_kwargs)
   augmentation = compose(ops)
   buffer = shuffle_buffer_size or _default_shuffle_buffer(source, split, num_local)
-  base = source.read(share)
   num_classes = source.num_classes
 
   base_seed = tf.random.experimental.stateless_fold_in(
@@ -94,8 +94,8 @@ def train_iterator(dataset: str, *, data_dir: str | os.PathLike | None = None,
     shuffle_seed = tf.random.stateless_uniform(
         [], tf.random.experimental.stateless_fold_in(epoch_seeds, e),
         minval=0, maxval=2**62, dtype=tf.int64)
-    shuffled = base.shuffle(min(buffer, num_local), seed=shuffle_seed,
-                            reshuffle_each_iteration=False)
+    shuffled = source.read_epoch(share, shuffle_seed).shuffle(
+        min(buffer, num_local), seed=shuffle_seed, reshuffle_each_iteration=False)
     return shuffled.enumerate().map(lambda i, ex: dict(ex, index=e * num_local + i))
 
   def process(ex):

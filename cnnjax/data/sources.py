@@ -154,6 +154,50 @@ class Source:
     return ds.map(lambda ex: {"image": ex[image_key], "label": tf.cast(ex[label_key], tf.int64)},
                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
+  def read_epoch(self, split_or_share, shuffle_seed: tf.Tensor) -> tf.data.Dataset:
+    """One epoch of a share with its shard files in an order drawn from `shuffle_seed`.
+
+    tfds' own file shuffling takes a Python seed fixed when the pipeline is
+    built; this one takes a tensor, so every epoch of an endless, resumable
+    stream gets a fresh file order that depends only on (seed, epoch). Used
+    for prepared TFRecord datasets with several shards; otherwise (one shard,
+    mocked data) the fixed-order `read` is returned and the caller's shuffle
+    buffer does all the mixing.
+    """
+    instructions = self._file_instructions(split_or_share)
+    if instructions is None or len(instructions) < 2:
+      return self.read(split_or_share)
+    files = tf.constant([os.fspath(i.filename) for i in instructions])
+    skips = tf.constant([int(i.skip) for i in instructions], tf.int64)
+    takes = tf.constant([int(i.take) for i in instructions], tf.int64)
+    order = tf.data.Dataset.from_tensor_slices((files, skips, takes)).shuffle(
+        len(instructions), seed=shuffle_seed, reshuffle_each_iteration=False)
+    records = order.interleave(
+        lambda f, skip, take: tf.data.TFRecordDataset(f, buffer_size=8 << 20).skip(skip).take(take),
+        cycle_length=min(16, len(instructions)), block_length=1,
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    features = self.builder.info.features
+    decoders = {self.image_key: tfds.decode.SkipDecoding()} if self.image_is_encoded else None
+    image_key, label_key = self.image_key, self.label_key
+
+    def parse(serialized):
+      example = features.deserialize_example(serialized, decoders=decoders)
+      return {"image": example[image_key], "label": tf.cast(example[label_key], tf.int64)}
+    return records.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+  def _file_instructions(self, split_or_share):
+    if self.is_mocked or not self.split_names():
+      return None
+    if self.builder.info.file_format != tfds.core.FileFormat.TFRECORD:
+      return None
+    try:
+      instructions = list(self.builder.info.splits[split_or_share].file_instructions)
+    except Exception:  # noqa: BLE001 - fall back to tfds' reader
+      return None
+    if not all(os.path.exists(os.fspath(i.filename)) for i in instructions):
+      return None
+    return instructions
+
   def info(self) -> DatasetInfo:
     train, evaluation = self.default_train_split(), self.default_eval_split(required=False)
     splits = {name: int(s.num_examples) for name, s in self.builder.info.splits.items()}

@@ -1,0 +1,136 @@
+"""Input-pipeline throughput: naive (decode whole JPEG, then crop) vs fused decode-and-crop.
+
+Generates a folder of ImageNet-sized JPEGs (random smooth content, default
+300 images of 500x375), then measures images/s on ONE CPU core (tf.data with
+a private one-thread pool, no parallel map) of
+
+  naive: tf.io.decode_jpeg of the whole image -> Inception crop -> resize 224 -> flip
+  fused: tf.image.decode_and_crop_jpeg of the crop window only -> resize 224 -> flip
+
+with the same crop windows (the same stateless seeds), using the ops that
+`cnnjax.data.augment` ships. It then runs the full training pipeline
+(`train_iterator(augment="inception")` on the folder prepared as an
+image_folder dataset) with all cores, and says how many cores one GPU that
+consumes 7,500 images/s would need.
+
+  python benchmarks/input_pipeline.py [--num-images 300] [--width 500 --height 375] [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+
+import numpy as np
+
+
+def make_jpeg_folder(root: str, num_images: int, width: int, height: int, seed: int = 0) -> None:
+  """root/train/<class>/<i>.jpg with smooth random content (photo-like JPEG sizes)."""
+  from PIL import Image
+  rng = np.random.default_rng(seed)
+  for i in range(num_images):
+    class_dir = os.path.join(root, "train", f"class{i % 10}")
+    os.makedirs(class_dir, exist_ok=True)
+    coarse = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    image = Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC)
+    noise = rng.normal(0, 8, (height, width, 3))  # texture, so the JPEG is not trivially small
+    pixels = np.clip(np.asarray(image, np.float64) + noise, 0, 255).astype(np.uint8)
+    Image.fromarray(pixels).save(os.path.join(class_dir, f"{i}.jpg"), quality=90)
+
+
+def one_core_rate(encoded: list[bytes], fused: bool, seconds: float, image_size: int | None = 224
+                  ) -> float:
+  """Images/s of decode + Inception crop (+ resize to image_size + flip) on one thread.
+
+  The crop windows are identical for fused and naive (same stateless seeds);
+  image_size=None measures decoding and cropping alone.
+  """
+  import tensorflow as tf
+  from cnnjax.data import augment
+
+  crop = augment.inception_crop()
+  rest = augment.compose([augment.random_interpolation_resize(image_size, ("bilinear",)),
+                          augment.random_flip_left_right()]) if image_size else None
+
+  def process(index, image_bytes):
+    rng = tf.stack([tf.constant(0, tf.int64), index])
+    image = image_bytes if fused else augment.decode_image(image_bytes)
+    image = crop({"image": image, "rng": rng})["image"]
+    if rest is None:
+      return tf.reduce_sum(tf.cast(image[:1, :1], tf.float32))  # keep the crop; fetch ~nothing
+    return rest({"image": image, "rng": rng})["image"]
+
+  ds = tf.data.Dataset.from_tensor_slices(encoded).repeat().enumerate()
+  ds = ds.map(process, num_parallel_calls=None).batch(32)
+  options = tf.data.Options()
+  options.threading.private_threadpool_size = 1
+  options.threading.max_intra_op_parallelism = 1
+  options.autotune.enabled = False
+  iterator = iter(ds.with_options(options))
+  for _ in range(3):  # warm-up: tracing, thread start
+    next(iterator)
+  count, start = 0, time.perf_counter()
+  while time.perf_counter() - start < seconds:
+    count += int(next(iterator).shape[0])
+  return count / (time.perf_counter() - start)
+
+
+def full_pipeline_rate(folder: str, data_dir: str, seconds: float) -> float:
+  import cnnjax.data
+  stream = cnnjax.data.train_iterator(f"image_folder:{folder}", data_dir=data_dir,
+                                      global_batch_size=64, augment="inception",
+                                      normalize="imagenet", process_index=0, process_count=1)
+  for _ in range(3):
+    next(stream)
+  count, start = 0, time.perf_counter()
+  while time.perf_counter() - start < seconds:
+    count += len(next(stream)["label"])
+  return count / (time.perf_counter() - start)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--num-images", type=int, default=300)
+  parser.add_argument("--width", type=int, default=500)
+  parser.add_argument("--height", type=int, default=375)
+  parser.add_argument("--seconds", type=float, default=10.0)
+  parser.add_argument("--gpu-images-per-second", type=float, default=7500.0)
+  parser.add_argument("--no-full", dest="full", action="store_false",
+                      help="skip the full train_iterator measurement")
+  args = parser.parse_args()
+
+  with tempfile.TemporaryDirectory() as workdir:
+    folder = os.path.join(workdir, "images")
+    make_jpeg_folder(folder, args.num_images, args.width, args.height)
+    paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs)
+    encoded = [open(p, "rb").read() for p in paths]
+    mean_kb = np.mean([len(e) for e in encoded]) / 1024
+    naive_decode = one_core_rate(encoded, fused=False, seconds=args.seconds, image_size=None)
+    fused_decode = one_core_rate(encoded, fused=True, seconds=args.seconds, image_size=None)
+    naive = one_core_rate(encoded, fused=False, seconds=args.seconds)
+    fused = one_core_rate(encoded, fused=True, seconds=args.seconds)
+    cores = os.cpu_count() or 1
+    full = full_pipeline_rate(folder, os.path.join(workdir, "data"), args.seconds) if args.full else 0
+
+  print(f"machine: {platform.machine()} {platform.processor() or ''}, {cores} cores, "
+        f"python {platform.python_version()}")
+  print(f"images: {args.num_images} JPEGs {args.width}x{args.height}, mean {mean_kb:.0f} KiB")
+  print("one core, Inception crop windows (8-100% area, aspect 3/4-4/3):")
+  print(f"  decode + crop only   naive {naive_decode:8.1f}  fused {fused_decode:8.1f} images/s "
+        f"({fused_decode / naive_decode:.2f}x)")
+  print(f"  + resize 224 + flip  naive {naive:8.1f}  fused {fused:8.1f} images/s "
+        f"({fused / naive:.2f}x)")
+  if full:
+    per_core_full = full / cores
+    print(f"full train_iterator(augment='inception') on {cores} cores: {full:.1f} images/s "
+          f"({per_core_full:.1f} per core)")
+    print(f"cores for one GPU at {args.gpu_images_per_second:.0f} images/s: "
+          f"{args.gpu_images_per_second / fused:.0f} (crop + resize + flip only), "
+          f"{args.gpu_images_per_second / per_core_full:.0f} (full pipeline)")
+
+
+if __name__ == "__main__":
+  main()
