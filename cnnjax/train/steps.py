@@ -6,10 +6,11 @@ the only stateful code. Under a mesh the batch is a global array sharded on
 'data' and the state is replicated, so jit inserts the gradient all-reduce
 (and, for synchronised BatchNorm, the statistics all-reduce) itself.
 
-Non-finite values never reach the state: when the loss, a gradient or a new
-BatchNorm statistic is NaN/Inf the step returns the *input* state unchanged
-and reports which quantity failed (`metrics["nonfinite"]`: 0 none, 1 loss,
-2 gradient, 3 BatchNorm statistic; `metrics["nonfinite_leaf"]`: the index
+Non-finite values never reach the state: when the loss, a gradient, a new
+BatchNorm statistic or an updated parameter is NaN/Inf the step returns the
+*input* state unchanged and reports which quantity failed
+(`metrics["nonfinite"]`: 0 none, 1 loss, 2 gradient, 3 BatchNorm statistic,
+4 updated parameter; `metrics["nonfinite_leaf"]`: the index
 of the first bad leaf in `jax.tree_util.tree_leaves` order, see
 `describe_nonfinite`). The loop then stops with a NonFiniteError and the
 last checkpoint, written from a finite state, stays the newest.
@@ -29,7 +30,7 @@ from cnnjax.train import losses, metrics as metrics_lib, optim
 from cnnjax.train.state import TrainState
 
 Batch = dict[str, jax.Array]
-NONFINITE_QUANTITIES = ("none", "loss", "gradient", "BatchNorm statistic")
+NONFINITE_QUANTITIES = ("none", "loss", "gradient", "BatchNorm statistic", "updated parameter")
 
 
 def _first_nonfinite_leaf(tree) -> tuple[jax.Array, jax.Array]:
@@ -83,8 +84,10 @@ def train_step_fn(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str
   loss_bad = jnp.logical_not(jnp.isfinite(total))
   grad_bad, grad_leaf = _first_nonfinite_leaf(grads)
   stats_bad, stats_leaf = _first_nonfinite_leaf(batch_stats)
-  nonfinite = jnp.where(loss_bad, 1, jnp.where(grad_bad, 2, jnp.where(stats_bad, 3, 0)))
-  nonfinite_leaf = jnp.where(loss_bad, 0, jnp.where(grad_bad, grad_leaf, stats_leaf))
+  params_bad, params_leaf = _first_nonfinite_leaf(params)
+  nonfinite = jnp.select([loss_bad, grad_bad, stats_bad, params_bad], [1, 2, 3, 4], 0)
+  nonfinite_leaf = jnp.select([loss_bad, grad_bad, stats_bad, params_bad],
+                              [0, grad_leaf, stats_leaf, params_leaf], 0)
   finite = nonfinite == 0
   new_state = jax.tree_util.tree_map(lambda new, old: jnp.where(finite, new, old), new_state, state)
 
@@ -153,11 +156,11 @@ def describe_nonfinite(state: TrainState, step_metrics: dict[str, Any]) -> str:
   """'gradient params/conv1/kernel' etc. from a step's host-side metrics."""
   code = int(step_metrics["nonfinite"])
   what = NONFINITE_QUANTITIES[code]
-  if code in (2, 3):
-    tree = state.params if code == 2 else state.batch_stats
+  if code in (2, 3, 4):
+    tree = state.batch_stats if code == 3 else state.params
     paths = [path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
     index = int(step_metrics["nonfinite_leaf"])
     if 0 <= index < len(paths):
-      prefix = "params" if code == 2 else "batch_stats"
+      prefix = "batch_stats" if code == 3 else "params"
       return f"{what} of {prefix}/{paths[index]}"
   return what
