@@ -1,0 +1,168 @@
+r"""Image embeddings: a network's last hidden layer for every image of a split.
+
+The lecture's observation about AlexNet: the 4096-d activations feeding the
+classifier place similar images close together in Euclidean distance. Every
+cnnjax model returns that vector as `feats["pre_logits"]` when called with
+`features=True`; this module collects it for a whole split, batch by batch,
+sharded over the devices, padding dropped.
+
+    from cnnjax import embed, retrieval
+    embeddings, labels = embed.embed_workdir("workdirs/quickstart", split="test")
+    distances, neighbours = retrieval.nearest_neighbours(embeddings, embeddings, k=6)
+
+    python -m cnnjax.embed --workdir workdirs/quickstart --split test --output test.npz
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from cnnjax.errors import CnnjaxError, DataError, ModelError
+
+DEFAULT_FEATURE = "pre_logits"
+
+
+def _make_embed_step(model: nn.Module, feature: str, mesh):
+  from cnnjax.train import sharding  # pylint: disable=import-outside-toplevel
+
+  def step(variables, batch):
+    _, feats = model.apply(variables, batch["image"], train=False, features=True)
+    if feature not in feats:
+      raise ModelError(f"{type(model).__name__} has no feature {feature!r}; it returns "
+                       f"{sorted(feats)}.")
+    values = feats[feature]
+    return values.reshape(values.shape[0], -1).astype(np.float32), batch["label"], batch["mask"]
+
+  # Replicated outputs: every process receives the whole global batch's rows.
+  return jax.jit(step, out_shardings=sharding.replicated(mesh))
+
+
+def embed(model: nn.Module, variables: Any, batches: Iterable[Mapping[str, np.ndarray]], *,
+          feature: str = DEFAULT_FEATURE, mesh=None, progress: bool = False,
+          total: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """Features of every real example of `batches`: (embeddings [N, D], labels [N]).
+
+  Args:
+    batches: eval batches with "image" [b, H, W, 3], "label" and "mask" (as
+      cnnjax.data.eval_iterator yields them, view "center"); rows whose mask
+      is False are padding and are dropped.
+    feature: which entry of the model's feature dict ("pre_logits" is the
+      embedding that feeds the classifier; others, e.g. a stage's map, are
+      flattened).
+    mesh: a 1-D 'data' mesh (default: every device); each batch is sharded
+      over it.
+
+  Rows come out in the order of the global batches (for one process, the
+  order of the split).
+  """
+  from cnnjax.train import sharding  # pylint: disable=import-outside-toplevel
+  mesh = mesh or sharding.make_mesh()
+  step = _make_embed_step(model, feature, mesh)
+  variables = jax.device_put(variables, sharding.replicated(mesh))
+  iterator = batches
+  if progress:
+    from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
+    iterator = tqdm(batches, total=total, desc=f"embed {feature}", unit="batch",
+                    disable=jax.process_index() != 0)
+  pieces, labels = [], []
+  for local_batch in iterator:
+    if "mask" not in local_batch or "image" not in local_batch:
+      raise DataError("embedding batches need 'image', 'label' and 'mask' (read them with "
+                      "cnnjax.data.eval_iterator(view='center')).")
+    images = local_batch["image"]
+    if images.ndim != 4:
+      raise DataError(f"embedding takes single images [b, H, W, 3]; got {images.shape}. "
+                      "Use view='center'.")
+    global_batch = sharding.global_batch(
+        {"image": images, "label": local_batch["label"], "mask": local_batch["mask"]}, mesh)
+    values, batch_labels, mask = jax.device_get(step(variables, global_batch))
+    keep = np.asarray(mask).astype(bool)
+    pieces.append(np.asarray(values)[keep])
+    labels.append(np.asarray(batch_labels)[keep])
+  if not pieces:
+    raise DataError("the data yielded no batches to embed.")
+  return np.concatenate(pieces), np.concatenate(labels).astype(np.int64)
+
+
+def embed_dataset(model: nn.Module, variables: Any, dataset: str, *, split: str | None = None,
+                  batch_size: int = 256, data_dir: str | None = None,
+                  image_size: int | None = None, normalize: str = "per_channel",
+                  stats_split: str | None = None, feature: str = DEFAULT_FEATURE,
+                  progress: bool = True, mesh=None) -> tuple[np.ndarray, np.ndarray]:
+  """`embed` over a dataset split read by cnnjax.data.eval_iterator (centre view).
+
+  Use the normalisation the model was trained with (`normalize`, and
+  `image_size`); `embed_workdir` takes both from the training config.
+  """
+  import math  # pylint: disable=import-outside-toplevel
+
+  from cnnjax import data  # pylint: disable=import-outside-toplevel
+  from cnnjax.train import sharding  # pylint: disable=import-outside-toplevel
+  mesh = mesh or sharding.make_mesh()
+  if batch_size % mesh.devices.size:
+    batch_size = -(-batch_size // mesh.devices.size) * mesh.devices.size
+  info = data.dataset_info(dataset, data_dir=data_dir)
+  split = split or info.eval_split or info.train_split
+  batches = data.eval_iterator(dataset, data_dir=data_dir, split=split,
+                               global_batch_size=batch_size, view="center",
+                               image_size=image_size, normalize=normalize,
+                               stats_split=stats_split)
+  total = None
+  if split in info.splits:
+    total = math.ceil(math.ceil(info.splits[split] / jax.process_count())
+                      / (batch_size // jax.process_count()))
+  return embed(model, variables, batches, feature=feature, mesh=mesh, progress=progress,
+               total=total)
+
+
+def embed_workdir(workdir: str, *, split: str | None = None, batch_size: int = 256,
+                  which: str = "latest", use_ema: bool | None = None,
+                  data_dir: str | None = None, feature: str = DEFAULT_FEATURE,
+                  progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+  """Embeddings of a split with a trained workdir's model and data settings."""
+  from cnnjax import evaluate  # pylint: disable=import-outside-toplevel
+  member = evaluate.load_member(workdir, which=which, use_ema=use_ema)
+  settings = evaluate.data_settings(member.config, split=split, data_dir=data_dir)
+  return embed_dataset(member.model, member.variables, settings.dataset, split=settings.split,
+                       batch_size=batch_size, data_dir=settings.data_dir,
+                       image_size=settings.image_size, normalize=settings.normalize,
+                       stats_split=settings.stats_split, feature=feature, progress=progress)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m cnnjax.embed",
+                                   description="Embeddings of a split, saved as .npz "
+                                               "(embeddings [N, D], labels [N]).")
+  parser.add_argument("--workdir", required=True)
+  parser.add_argument("--split", default=None, help="default: the training config's eval split")
+  parser.add_argument("--batch_size", type=int, default=256)
+  parser.add_argument("--feature", default=DEFAULT_FEATURE)
+  parser.add_argument("--which", default="latest", choices=("latest", "best"))
+  parser.add_argument("--data_dir", default=None)
+  parser.add_argument("--output", required=True, help="the .npz file to write")
+  args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+  try:
+    embeddings, labels = embed_workdir(args.workdir, split=args.split,
+                                       batch_size=args.batch_size, which=args.which,
+                                       data_dir=args.data_dir, feature=args.feature)
+  except CnnjaxError as error:
+    print(f"error: {error}", file=sys.stderr)
+    return 2
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    np.savez(args.output, embeddings=embeddings, labels=labels)
+    print(f"{embeddings.shape[0]} embeddings of dimension {embeddings.shape[1]} "
+          f"written to {args.output}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

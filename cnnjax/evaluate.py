@@ -1,0 +1,528 @@
+r"""Evaluation as the papers did it: multi-crop, dense multi-scale, ensembles.
+
+    python -m cnnjax.evaluate --workdir workdirs/quickstart --views 10crop
+    python -m cnnjax.evaluate --workdir workdirs/vgg_d --workdir workdirs/vgg_e \
+        --views dense_multiscale --output vgg_de.json
+
+Views (test-time augmentation; the softmax is averaged over a view's images):
+
+  center            one centre crop (shorter side -> image_size / 0.875).
+  10crop            four corners + centre of the 256 square, and their mirror
+                    images (AlexNet, ResNet).
+  dense_multiscale  the network applied fully convolutionally to whole
+                    rescaled images at several scales Q, the class-score map
+                    averaged spatially, and the mirror image (VGG: fc layers
+                    as convolutions, `fully_convolutional=True`, same
+                    parameters; ResNet: its global average pool already
+                    makes it so). Q: VGG {S-32, S, S+32} for a fixed training
+                    scale S, {Smin, (Smin+Smax)/2, Smax} for scale jitter;
+                    ResNet {224, 256, 384, 480, 640} (both scaled by
+                    image_size / 224 for smaller inputs).
+  144crop           GoogLeNet's 4 scales x 3 squares x 6 crops x 2 mirrors.
+
+Ensembles (AlexNet's 5 CNNs, GoogLeNet's 7 models, VGG D+E) average the
+softmax over models as well. Every example of the split is counted exactly
+once: batches are padded to a fixed shape and carry a mask. The report gives
+top-1 and top-5 error (and the cross-entropy of the averaged posteriors) for
+the ensemble and for each member.
+
+The same logic for notebooks:
+
+    from cnnjax import evaluate as ev
+    member = ev.load_member("workdirs/quickstart")            # EMA weights if kept
+    report = ev.evaluate([member], "digits", view="10crop")
+    probs = ev.predict_views(model, variables, batch, "10crop")   # [B, classes]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cnnjax.errors import CnnjaxError, ConfigError, DataError, ModelError, close_matches
+
+VIEWS = ("center", "10crop", "dense_multiscale", "144crop")
+# Names of the same views in cnnjax.data.eval_iterator.
+DATA_VIEWS = {"center": "center", "10crop": "10crop", "dense_multiscale": "multiscale",
+              "144crop": "144crop"}
+# ResNet paper, Table 3 footnote / Section 3.4: fully-convolutional test scales.
+RESNET_DENSE_SCALES = (224, 256, 384, 480, 640)
+GOOGLENET_SCALES = (256, 288, 320, 352)  # the 144-crop scales, for 224 crops
+VGG_SCALE_OFFSET = 32  # Q in {S - 32, S, S + 32} for a fixed training scale S
+REFERENCE_SIZE = 224  # the papers' crop; scales are given for it
+# Images per device per step when --batch_size is not given.
+DEFAULT_IMAGES_PER_DEVICE = 64
+DENSE_KEY_PREFIX = "image_q"
+
+
+# ----------------------------------------------------------------- members
+
+
+@dataclasses.dataclass
+class Member:
+  """One network of an ensemble: module, variables and where they came from.
+
+  `config` is the training config (a plain dict) when the member was
+  restored from a workdir; it supplies the data settings (dataset,
+  normalisation, image size) and the dense-evaluation scales.
+  """
+
+  model: nn.Module
+  variables: Any
+  name: str = "model"
+  config: Mapping[str, Any] | None = None
+
+  @property
+  def num_classes(self) -> int:
+    return int(self.model.num_classes)
+
+
+def load_member(workdir: str, *, which: str = "latest", use_ema: bool | None = None) -> Member:
+  """A trained workdir as an ensemble member.
+
+  Args:
+    which: "latest" checkpoint or the "best" by validation error.
+    use_ema: evaluate the Polyak/EMA parameters; None (default) uses them
+      whenever the run kept them (config.ema_decay > 0).
+  """
+  from cnnjax.train import checkpoint  # pylint: disable=import-outside-toplevel
+  stored = checkpoint.read_workdir_config(workdir)
+  if use_ema is None:
+    use_ema = float(stored.get("ema_decay", 0.0) or 0.0) > 0.0
+  config, model, variables = checkpoint.restore_for_eval(workdir, which=which, use_ema=use_ema)
+  plain = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+  name = os.path.basename(os.path.normpath(workdir)) + (" (EMA)" if use_ema else "")
+  return Member(model=model, variables=variables, name=name, config=plain)
+
+
+def _as_member(item: Any, index: int) -> Member:
+  if isinstance(item, Member):
+    return item
+  if isinstance(item, (tuple, list)) and len(item) == 2:
+    return Member(model=item[0], variables=item[1], name=f"model {index + 1}")
+  raise ModelError(
+      f"ensemble member {index + 1} is a {type(item).__name__}; pass evaluate.Member "
+      "objects, (model, variables) pairs, or workdirs through load_member.")
+
+
+def check_ensemble(members: Sequence[Member]) -> None:
+  """Members must predict the same classes (softmax averages need one label space)."""
+  if not members:
+    raise ModelError("evaluate needs at least one model (an ensemble of zero is undefined).")
+  counts = {member.name: member.num_classes for member in members}
+  if len(set(counts.values())) > 1:
+    listing = ", ".join(f"{name!r}: {count}" for name, count in counts.items())
+    raise ModelError(
+        f"ensemble members predict different numbers of classes ({listing}); their softmax "
+        "outputs cannot be averaged. Ensemble checkpoints trained on the same dataset.")
+
+
+# ---------------------------------------------------------- view and model
+
+
+def _family(model: nn.Module) -> str:
+  from cnnjax.models.resnet import ResNet  # pylint: disable=import-outside-toplevel
+  from cnnjax.models.vgg import VGG  # pylint: disable=import-outside-toplevel
+  if isinstance(model, VGG):
+    return "vgg"
+  if isinstance(model, ResNet):
+    return "resnet"
+  return type(model).__name__
+
+
+def model_for_view(model: nn.Module, view: str) -> nn.Module:
+  """The module that evaluates `view`: VGG runs fully convolutionally for dense views.
+
+  Raises ModelError for a view the architecture cannot take (dense
+  evaluation needs a network that maps any image size to a class-score map
+  averaged spatially: VGG with its FC layers as convolutions, or ResNet).
+  """
+  if view not in VIEWS:
+    raise ConfigError(f"unknown view {view!r}; {close_matches(view, VIEWS)}")
+  if view != "dense_multiscale":
+    return model
+  family = _family(model)
+  if family == "vgg":
+    return model.clone(fully_convolutional=True)
+  if family == "resnet":
+    return model
+  raise ModelError(
+      f"view 'dense_multiscale' needs a fully convolutional network (VGG, whose FC layers "
+      f"become convolutions, or ResNet); {type(model).__name__} is not one. Use '10crop' "
+      f"(AlexNet, ResNet) or '144crop' (GoogLeNet), or 'center'.")
+
+
+def dense_scales(model: nn.Module, config: Mapping[str, Any] | None = None,
+                 image_size: int | None = None) -> tuple[int, ...]:
+  """The test scales Q of dense evaluation for this model and training config.
+
+  VGG: {S-32, S, S+32} for a fixed training scale S, {Smin, (Smin+Smax)/2,
+  Smax} for scale jitter (S from the config's scale_jitter augment_kwargs,
+  else the 256-equivalent of the crop); ResNet: {224, 256, 384, 480, 640}.
+  Both scale with image_size / 224.
+  """
+  config = config or {}
+  image_size = int(image_size or config.get("image_size") or REFERENCE_SIZE)
+  ratio = image_size / REFERENCE_SIZE
+  family = _family(model)
+  if family == "resnet":
+    return tuple(int(round(q * ratio)) for q in RESNET_DENSE_SCALES)
+  if family != "vgg":
+    model_for_view(model, "dense_multiscale")  # raises the named error
+  kwargs = dict(config.get("augment_kwargs") or {})
+  default_s = int(round(256 * ratio))
+  if config.get("augment") == "scale_jitter":
+    smin = int(kwargs.get("scale_min", default_s))
+    smax = int(kwargs.get("scale_max", int(round(512 * ratio))))
+  else:
+    smin = smax = default_s
+  if smin == smax:
+    offset = int(round(VGG_SCALE_OFFSET * ratio))
+    return (smin - offset, smin, smin + offset)
+  return (smin, (smin + smax) // 2, smax)
+
+
+def _softmax_over_views(model: nn.Module, variables: Any, images: jax.Array) -> jax.Array:
+  """[B, V, H, W, 3] -> softmax averaged over the V views: [B, classes]."""
+  batch, views = images.shape[:2]
+  logits = model.apply(variables, images.reshape((batch * views,) + images.shape[2:]),
+                       train=False)
+  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+  return probs.reshape(batch, views, -1).mean(axis=1)
+
+
+def dense_keys(batch: Mapping[str, Any]) -> list[str]:
+  """The per-scale image keys of a dense batch, smallest scale first."""
+  keys = [key for key in batch if key.startswith(DENSE_KEY_PREFIX)]
+  return sorted(keys, key=lambda key: int(key[len(DENSE_KEY_PREFIX):]))
+
+
+def predict_views(model: nn.Module, variables: Any, batch: Mapping[str, Any] | Any,
+                  view: str) -> jax.Array:
+  """Class posteriors [B, classes] of one model, averaged over the view's images.
+
+  `batch` is an eval batch of cnnjax.data.eval_iterator for the matching
+  data view (or, for the single-array views, the image array itself):
+  "center" [B, H, W, 3]; "10crop"/"144crop" [B, V, H, W, 3];
+  "dense_multiscale" keys "image_q<Q>" of [B, 2, Q, Q, 3] (image and mirror).
+  Softmax first, then the mean: the papers average posteriors, not logits.
+  For dense views the model should be `model_for_view(model, view)`.
+  """
+  if not isinstance(batch, Mapping):
+    batch = {"image": batch}
+  if view == "center":
+    images = batch["image"]
+    if images.ndim != 4:
+      raise DataError(f"view 'center' takes images [B, H, W, 3]; got shape {images.shape}.")
+    return _softmax_over_views(model, variables, images[:, None])
+  if view in ("10crop", "144crop"):
+    images = batch["image"]
+    if images.ndim != 5:
+      raise DataError(f"view {view!r} takes images [B, views, H, W, 3]; got shape "
+                      f"{images.shape}. Read the data with eval_iterator(view={view!r}).")
+    return _softmax_over_views(model, variables, images)
+  if view == "dense_multiscale":
+    keys = dense_keys(batch)
+    if not keys:
+      raise DataError("view 'dense_multiscale' takes batches with one 'image_q<Q>' key per "
+                      "scale; read the data with eval_iterator(view='multiscale').")
+    per_scale = [_softmax_over_views(model, variables, batch[key]) for key in keys]
+    return jnp.mean(jnp.stack(per_scale), axis=0)
+  raise ConfigError(f"unknown view {view!r}; {close_matches(view, VIEWS)}")
+
+
+# -------------------------------------------------------------- the metrics
+
+
+def _error_sums(probs: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
+  from cnnjax.train.metrics import topk_wrong  # pylint: disable=import-outside-toplevel
+  weights = mask.astype(jnp.float32)
+  label_probs = jnp.take_along_axis(probs, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
+  nll = -jnp.log(jnp.maximum(label_probs, jnp.finfo(jnp.float32).tiny))
+  return {
+      "top1_wrong": jnp.sum(topk_wrong(probs, labels, 1) * weights),
+      "top5_wrong": jnp.sum(topk_wrong(probs, labels, 5) * weights),
+      "loss_sum": jnp.sum(nll * weights),
+      "count": jnp.sum(weights),
+  }
+
+
+def _summary(sums: Mapping[str, Any]) -> dict[str, float]:
+  count = float(sums["count"])
+  if count <= 0:
+    raise DataError("no evaluation examples were counted (an empty split, or batches whose "
+                    "mask is all False).")
+  return {"top1_error": float(sums["top1_wrong"]) / count,
+          "top5_error": float(sums["top5_wrong"]) / count,
+          "loss": float(sums["loss_sum"]) / count,
+          "num_examples": int(round(count))}
+
+
+def _make_step(models: Sequence[nn.Module], view: str, mesh):
+  """Jitted: (variables of each model, global batch) -> summed errors per member and ensemble."""
+  from cnnjax.train import sharding  # pylint: disable=import-outside-toplevel
+
+  def step(all_variables, batch):
+    probs = [predict_views(model, variables, batch, view)
+             for model, variables in zip(models, all_variables)]
+    ensemble = jnp.mean(jnp.stack(probs), axis=0)
+    return {"members": [_error_sums(p, batch["label"], batch["mask"]) for p in probs],
+            "ensemble": _error_sums(ensemble, batch["label"], batch["mask"])}
+
+  return jax.jit(step, out_shardings=sharding.replicated(mesh))
+
+
+# ------------------------------------------------------------- evaluation
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSettings:
+  """How to read the evaluation data (from the members' training config)."""
+
+  dataset: str
+  data_dir: str | None = None
+  split: str | None = None
+  image_size: int | None = None
+  normalize: str = "per_channel"
+  stats_split: str | None = None
+
+
+def data_settings(config: Mapping[str, Any], **overrides: Any) -> DataSettings:
+  """Dataset, split, image size and normalisation a training config implies."""
+  settings = DataSettings(
+      dataset=config["dataset"], data_dir=config.get("data_dir") or None,
+      split=config.get("eval_split") or None, image_size=config.get("image_size") or None,
+      normalize=config.get("normalize", "per_channel"),
+      stats_split=config.get("train_split") or None)
+  return dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _check_same_data(members: Sequence[Member]) -> None:
+  """Members restored from workdirs must agree on how their inputs look."""
+  configured = [m for m in members if m.config is not None]
+  for key in ("dataset", "normalize", "image_size"):
+    values = {m.name: m.config.get(key) for m in configured}
+    if len(set(map(str, values.values()))) > 1:
+      listing = ", ".join(f"{name!r}: {value!r}" for name, value in values.items())
+      raise ConfigError(
+          f"ensemble members were trained with different config.{key} ({listing}); one "
+          "evaluation stream cannot feed them all. Evaluate them separately.")
+
+
+def _default_batch_size(view: str, num_devices: int, view_kwargs: Mapping[str, Any]) -> int:
+  views = {"center": 1, "10crop": 10, "dense_multiscale": 2 * 3, "144crop": 144}[view]
+  if view == "144crop" and "scales" in view_kwargs:
+    views = 36 * len(view_kwargs["scales"])
+  per_device = max(1, DEFAULT_IMAGES_PER_DEVICE // views)
+  return per_device * num_devices
+
+
+def evaluate(members: Sequence[Member | tuple[nn.Module, Any]],
+             data: str | Iterable[Mapping[str, np.ndarray]] | DataSettings, *,
+             view: str = "center", batch_size: int | None = None, split: str | None = None,
+             data_dir: str | None = None, image_size: int | None = None,
+             normalize: str | None = None, scales: Sequence[int] | None = None,
+             progress: bool = True, mesh=None) -> dict[str, Any]:
+  """Top-1/top-5 error of one model or an ensemble under a test-time view.
+
+  Args:
+    members: `Member`s (e.g. from `load_member`) or (model, variables) pairs.
+    data: a dataset name for cnnjax.data.eval_iterator (settings from the
+      first member's training config unless overridden here), a
+      `DataSettings`, or an iterable of ready batches ({"image" or
+      "image_q<Q>", "label", "mask"}, as eval_iterator yields them for the
+      matching data view, with the global batch's rows).
+    view: one of VIEWS.
+    batch_size: global batch (examples, not images); default fills about
+      64 images per device.
+    scales: dense-evaluation scales Q (default: `dense_scales`).
+    mesh: a 1-D 'data' mesh (default: every device); the batch is sharded
+      over it, the variables replicated.
+
+  Returns:
+    {"view", "top1_error", "top5_error", "loss", "num_examples", "members":
+     [{"name", "top1_error", ...}], ...} -- the top-level errors are the
+     ensemble's (the only member's, for one model).
+  """
+  from cnnjax.train import sharding  # pylint: disable=import-outside-toplevel
+  members = [_as_member(item, index) for index, item in enumerate(members)]
+  check_ensemble(members)
+  _check_same_data(members)
+  models = [model_for_view(member.model, view) for member in members]
+  mesh = mesh or sharding.make_mesh()
+  num_devices = mesh.devices.size
+
+  report: dict[str, Any] = {"view": view}
+  view_kwargs: dict[str, Any] = {}
+  if view == "dense_multiscale":
+    chosen = tuple(scales) if scales else dense_scales(members[0].model, members[0].config,
+                                                       image_size)
+    for member in members[1:]:
+      if not scales and dense_scales(member.model, member.config, image_size) != chosen:
+        raise ConfigError(
+            f"ensemble members imply different dense scales ({chosen} for {members[0].name!r}, "
+            f"{dense_scales(member.model, member.config, image_size)} for {member.name!r}); "
+            "pass scales= (--scales) to choose one set.")
+    view_kwargs["scales"] = list(chosen)
+    report["scales"] = list(chosen)
+
+  batch_size = batch_size or _default_batch_size(view, num_devices, view_kwargs)
+  if batch_size % num_devices:
+    raise ConfigError(f"batch_size {batch_size} must be a multiple of the {num_devices} devices "
+                      "it is sharded over.")
+  total = None
+  if isinstance(data, (str, DataSettings)):
+    if isinstance(data, str):
+      base = data_settings(members[0].config, dataset=data) if members[0].config else (
+          DataSettings(dataset=data))
+    else:
+      base = data
+    settings = dataclasses.replace(base, **{k: v for k, v in {
+        "split": split, "data_dir": data_dir, "image_size": image_size,
+        "normalize": normalize}.items() if v is not None})
+    batches, resolved_split, total = _eval_batches(settings, view, view_kwargs, batch_size)
+    report.update(dataset=settings.dataset, split=resolved_split)
+  else:
+    batches = data
+
+  step = _make_step(models, view, mesh)
+  variables = jax.device_put([member.variables for member in members],
+                             sharding.replicated(mesh))
+  totals = None
+  iterator = batches
+  if progress:
+    from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
+    iterator = tqdm(batches, total=total, desc=f"evaluate {view}", unit="batch",
+                    disable=jax.process_index() != 0)
+  for local_batch in iterator:
+    if "mask" not in local_batch:
+      raise DataError("evaluation batches need a 'mask' of real examples (eval_iterator "
+                      "provides one); without it padding would be counted.")
+    sums = step(variables, sharding.global_batch(local_batch, mesh))
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  if totals is None:
+    raise DataError("the evaluation data yielded no batches.")
+  totals = jax.device_get(totals)
+
+  report.update(_summary(totals["ensemble"]))
+  report["members"] = [{"name": member.name, **_summary(member_sums)}
+                       for member, member_sums in zip(members, totals["members"])]
+  report["num_models"] = len(members)
+  return report
+
+
+def _eval_batches(settings: DataSettings, view: str, view_kwargs: Mapping[str, Any],
+                  batch_size: int):
+  """(eval_iterator for the settings, resolved split name, number of batches)."""
+  import math  # pylint: disable=import-outside-toplevel
+
+  from cnnjax import data  # pylint: disable=import-outside-toplevel
+  info = data.dataset_info(settings.dataset, data_dir=settings.data_dir)
+  split = settings.split or info.eval_split
+  if split is None:
+    raise DataError(f"dataset {settings.dataset!r} has no evaluation split; pass one "
+                    f"(--split), e.g. one of {sorted(info.splits)}.")
+  view_kwargs = dict(view_kwargs)
+  image_size = settings.image_size or (info.image_shape[0] if info.image_shape[0] ==
+                                       info.image_shape[1] else None) or REFERENCE_SIZE
+  if view == "144crop" and "scales" not in view_kwargs and image_size != REFERENCE_SIZE:
+    # GoogLeNet's 256..352 are for 224 crops; smaller networks get the same ratios.
+    view_kwargs["scales"] = [int(round(q * image_size / REFERENCE_SIZE))
+                             for q in GOOGLENET_SCALES]
+  batches = data.eval_iterator(
+      settings.dataset, data_dir=settings.data_dir, split=split,
+      global_batch_size=batch_size, view=DATA_VIEWS[view], view_kwargs=view_kwargs,
+      image_size=settings.image_size, normalize=settings.normalize,
+      stats_split=settings.stats_split)
+  total = None
+  if split in info.splits:
+    per_process = math.ceil(info.splits[split] / jax.process_count())
+    total = math.ceil(per_process / (batch_size // jax.process_count()))
+  return batches, split, total
+
+
+# ------------------------------------------------------------------ report
+
+
+def format_table(report: Mapping[str, Any]) -> str:
+  """The report as a text table: one row per member, then the ensemble."""
+  rows = [(m["name"], m["top1_error"], m["top5_error"]) for m in report["members"]]
+  if len(rows) > 1:
+    rows.append((f"ensemble of {len(rows)}", report["top1_error"], report["top5_error"]))
+  width = max(len("model"), *(len(name) for name, _, _ in rows))
+  title = f"view {report['view']}"
+  if "scales" in report:
+    title += f", scales {report['scales']}"
+  if "dataset" in report:
+    title += f", {report['dataset']} {report['split']}"
+  title += f", {report['num_examples']} examples"
+  lines = [title, f"{'model':<{width}}  top-1 err  top-5 err",
+           f"{'-' * width}  ---------  ---------"]
+  lines += [f"{name:<{width}}  {top1 * 100:8.2f}%  {top5 * 100:8.2f}%" for name, top1, top5 in rows]
+  return "\n".join(lines)
+
+
+def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(
+      prog="python -m cnnjax.evaluate", description=__doc__.split("\n\n")[0],
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--workdir", action="append", required=True,
+                      help="a trained workdir; repeat for an ensemble")
+  parser.add_argument("--views", "--view", dest="view", default="center", choices=VIEWS)
+  parser.add_argument("--split", default=None, help="default: the training config's eval split")
+  parser.add_argument("--batch_size", type=int, default=None,
+                      help="examples per global batch (default: ~64 images per device)")
+  parser.add_argument("--data_dir", default=None, help="default: the training config's")
+  parser.add_argument("--scales", default=None,
+                      help="dense_multiscale scales Q, comma-separated (default: the paper's)")
+  parser.add_argument("--which", default="latest", choices=("latest", "best"),
+                      help="which checkpoint of each workdir")
+  parser.add_argument("--ema", default="auto", choices=("auto", "yes", "no"),
+                      help="evaluate the EMA parameters (auto: when the run kept them)")
+  parser.add_argument("--output", default=None, help="write the JSON report here")
+  parser.add_argument("--no_progress", action="store_true")
+  return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = _parse_args(sys.argv[1:] if argv is None else argv)
+  try:
+    scales = None
+    if args.scales:
+      try:
+        scales = tuple(int(q) for q in args.scales.split(","))
+      except ValueError as error:
+        raise ConfigError(f"--scales={args.scales!r}: expected integers like 256,384,512") from error
+    use_ema = {"auto": None, "yes": True, "no": False}[args.ema]
+    members = [load_member(workdir, which=args.which, use_ema=use_ema)
+               for workdir in args.workdir]
+    report = evaluate(members, members[0].config["dataset"], view=args.view,
+                      batch_size=args.batch_size, split=args.split, data_dir=args.data_dir,
+                      scales=scales, progress=not args.no_progress)
+  except CnnjaxError as error:
+    print(f"error: {error}", file=sys.stderr)
+    return 2
+  report["workdirs"] = list(args.workdir)
+  report["which"] = args.which
+  print(format_table(report))
+  if args.output and jax.process_index() == 0:
+    directory = os.path.dirname(os.path.abspath(args.output))
+    os.makedirs(directory, exist_ok=True)
+    with open(args.output, "w") as f:
+      json.dump(report, f, indent=2)
+    print(f"report written to {args.output}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
