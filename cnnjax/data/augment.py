@@ -371,12 +371,9 @@ def normalize(mean, std=None) -> Op:
   def op(example: Example) -> Example:
     image = _as_float(example["image"])
     centre = mean_t
-    if mean.ndim == 3:
-      if image.shape[-3] is not None and tuple(image.shape[-3:-1]) == mean.shape[:2]:
-        centre = mean_t
-      else:
-        h, w = image_hw(image)
-        centre = tf.image.resize(mean_t, tf.stack([h, w]), method="bilinear", antialias=True)
+    if mean.ndim == 3 and tuple(image.shape[-3:-1]) != mean.shape[:2]:
+      h, w = image_hw(image)
+      centre = tf.image.resize(mean_t, tf.stack([h, w]), method="bilinear", antialias=True)
     image = image - centre
     if std_t is not None:
       image = image / std_t

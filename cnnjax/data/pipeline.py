@@ -34,8 +34,9 @@ from cnnjax.data import _tf_setup  # noqa: F401
 from cnnjax.data import augment as ops_lib
 from cnnjax.data.augment import DATA_ERROR_MARKER, Op, compose, train_ops
 from cnnjax.data.sources import Source, get_source
-from cnnjax.data.stats import (DEFAULT_MAX_EXAMPLES, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, ImageStats,
-                               compute_stats, load_or_compute_stats, stats_path, stats_resolution)
+from cnnjax.data.stats import (DEFAULT_MAX_EXAMPLES, IMAGENET_MEAN_RGB, IMAGENET_PCA_EIGVEC,
+                               IMAGENET_PCA_STD, IMAGENET_STD_RGB, ImageStats, compute_stats,
+                               load_or_compute_stats, stats_path, stats_resolution)
 from cnnjax.data.views import eval_op
 from cnnjax.errors import DataError, close_matches
 
@@ -246,7 +247,6 @@ def _pca(augment_kwargs: dict[str, Any], stats: ImageStats | None):
   if choice is False or choice is None:
     return None
   if choice == "imagenet":
-    from cnnjax.data.stats import IMAGENET_PCA_EIGVEC, IMAGENET_PCA_STD
     return IMAGENET_PCA_STD, IMAGENET_PCA_EIGVEC
   if choice is True:
     return stats.pca

@@ -224,12 +224,31 @@ def dataset_info(dataset: str, data_dir: str | os.PathLike | None = None, *,
   return get_source(dataset, data_dir, on_bad_image=on_bad_image).info()
 
 
+# Prepared sources of this process, so that dataset_info, train_iterator and
+# every evaluation do not re-open (or, for image folders, re-scan) the data.
+_SOURCES: dict[tuple[str, str, str], Source] = {}
+
+
 def get_source(dataset: str, data_dir: str | os.PathLike | None = None, *,
                on_bad_image: str = "raise") -> Source:
-  """Resolves a dataset name to a prepared `Source` (raises DataError naming the fix)."""
+  """Resolves a dataset name to a prepared `Source` (raises DataError naming the fix).
+
+  Resolved once per process and data_dir: an image folder changed while the
+  process runs is picked up (prepared anew) by the next process.
+  """
   if not isinstance(dataset, str) or not dataset:
     raise DataError(f"dataset must be a non-empty name, got {dataset!r}")
   root = resolve_data_dir(data_dir)
+  key = (dataset, root, on_bad_image)
+  if key in _SOURCES and not tfds_is_mocked():
+    return _SOURCES[key]
+  source = _open_source(dataset, root, on_bad_image)
+  if not tfds_is_mocked():
+    _SOURCES[key] = source
+  return source
+
+
+def _open_source(dataset: str, root: str, on_bad_image: str) -> Source:
   skipped = 0
   if dataset == DIGITS:
     from cnnjax.data.digits import CnnjaxDigits

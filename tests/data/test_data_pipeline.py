@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
 
 import numpy as np
 import pytest
@@ -107,6 +108,9 @@ def test_per_channel_normalisation_centres_the_training_set(digits_dir):
   pixel = next(cnnjax.data.train_iterator("digits", data_dir=digits_dir, global_batch_size=1497,
                                           normalize="per_pixel", process_index=0, process_count=1))
   np.testing.assert_allclose(pixel["image"].mean(axis=0), 0.0, atol=0.05)
+  cached = [os.path.relpath(os.path.join(d, f), digits_dir)
+            for d, _, files in os.walk(os.path.join(digits_dir, "cnnjax_stats")) for f in files]
+  assert len(cached) == 1 and cached[0].endswith(".npz")  # written once, no temporary left
 
 
 def test_mocked_cifar10_and_imagenet_presets_and_views(tmp_path):

@@ -81,6 +81,8 @@ def test_dataset_without_image_or_label_feature(tmp_path):
   with tfds.testing.mock_data(num_examples=2):
     with pytest.raises(DataError, match="no image feature"):
       cnnjax.data.dataset_info("imdb_reviews", data_dir=str(tmp_path))
+    with pytest.raises(DataError, match="no label feature"):
+      cnnjax.data.dataset_info("celeb_a", data_dir=str(tmp_path))
 
 
 def test_imagenet_without_archives_names_directory_files_and_command(tmp_path):
