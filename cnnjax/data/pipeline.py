@@ -100,8 +100,10 @@ def train_iterator(dataset: str, *, data_dir: str | os.PathLike | None = None,
     return shuffled.enumerate().map(lambda i, ex: dict(ex, index=e * num_local + i))
 
   def process(ex):
-    label = _checked_label(ex["label"], num_classes, ex["index"],
-                           f"training example (epoch * share size + position in the shuffled epoch; process {process_index})")
+    label = _checked_label(
+        ex["label"], num_classes, ex["index"],
+        f"training example (epoch * share size + position in the shuffled epoch; "
+        f"process {process_index})")
     ex = augmentation({"image": ex["image"], "label": label,
                        "rng": tf.random.experimental.stateless_fold_in(element_seeds, ex["index"])})
     return {"image": tf.cast(ex["image"], tf.float32), "label": tf.cast(label, tf.int32)}
