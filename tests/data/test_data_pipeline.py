@@ -148,7 +148,8 @@ def test_label_out_of_range_names_the_example(tmp_path):
   with tfds.testing.mock_data(as_dataset_fn=as_dataset):
     stream = cnnjax.data.eval_iterator("cifar10", data_dir=str(tmp_path), global_batch_size=4,
                                        normalize="none", process_index=0, process_count=1)
-    with pytest.raises(DataError, match=r"label 12 is outside \[0, 10\) at example \(position in process 0's share of 'test'\) 2$"):
+    expected = r"label 12 is outside \[0, 10\) at example \(position in process 0's share of 'test'\) 2$"
+    with pytest.raises(DataError, match=expected):
       next(stream)
 
 
