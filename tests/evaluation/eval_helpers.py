@@ -53,3 +53,21 @@ def numpy_errors(probs: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> tup
 
 def jax_device_count() -> int:
   return jax.device_count()
+
+
+def random_variables(model, image_shape, seed: int = 0, scale: float = 0.05):
+  """Variables shaped like model.init's, filled from numpy.
+
+  Jitting `model.init` compiles a random-number generator per parameter
+  shape (seconds for a VGG); these tests need values, not the initialiser.
+  """
+  shapes = jax.eval_shape(lambda x: model.init({"params": jax.random.key(0)}, x),
+                          jax.ShapeDtypeStruct((1,) + tuple(image_shape), jnp.float32))
+  rng = np.random.default_rng(seed)
+
+  def fill(leaf):
+    fan_in = int(np.prod(leaf.shape[:-1])) if len(leaf.shape) > 1 else 1
+    return jnp.asarray(rng.normal(scale=max(scale, 1.0 / np.sqrt(fan_in)), size=leaf.shape),
+                       leaf.dtype)
+
+  return jax.tree.map(fill, shapes)

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from eval_helpers import mean_colour_member, numpy_errors, numpy_probs
+from eval_helpers import mean_colour_member, numpy_errors, numpy_probs, random_variables
 
 from cnnjax import evaluate as ev
 from cnnjax import models
@@ -121,7 +121,7 @@ def test_dense_vgg_averages_the_class_score_map_then_softmax():
   """
   model = models.create("vgg_a", num_classes=5, width_multiplier=1 / 16)
   rng = np.random.default_rng(8)
-  variables = jax.jit(model.init)({"params": jax.random.key(0)}, jnp.zeros((1, 224, 224, 3)))
+  variables = random_variables(model, (224, 224, 3))
   dense_model = ev.model_for_view(model, "dense_multiscale")
   assert dense_model.fully_convolutional and not model.fully_convolutional
 
