@@ -19,7 +19,9 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported by cnnjax.data
+
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from cnnjax.errors import CnnjaxError, ConfigError, close_matches
@@ -28,8 +30,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 _DEFAULT_CONFIG = os.path.join(_HERE, "cnnjax", "configs", "quickstart.py")
 _DEFAULT_WORKDIR = os.path.join("workdirs", "quickstart")
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", _DEFAULT_CONFIG, "Recipe file, optionally with an argument: path.py[:arg].")
+_CONFIG = None  # defined in _define_config_flag: config_flags reads sys.argv when defined
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, f"Checkpoints, metrics and config.json go here (default {_DEFAULT_WORKDIR} "
     "for the quickstart, workdirs/<recipe> otherwise). A workdir with a checkpoint resumes.")
@@ -63,6 +64,9 @@ def _override_errors(argv: list[str], error: Exception) -> ConfigError:
 
 def _type_error(message: str) -> ConfigError:
   from cnnjax.configs import base  # pylint: disable=g-import-not-at-top
+  if "Traceback" in message:  # a recipe's get_config raised: keep its own message
+    last = [line for line in message.splitlines() if line.strip()][-1]
+    return ConfigError(last.split(": ", 1)[1] if last.startswith("cnnjax.errors.") else last)
   reference = base.get_base_config()
   for key in reference:
     if f"--config.{key}=" in message:
@@ -88,13 +92,40 @@ def parse_flags(argv: list[str]) -> list[str]:
   sys.exit(2)
 
 
+def _define_config_flag(argv: list[str]) -> None:
+  """DEFINE_config_file pre-parses the --config.<key> overrides in argv; report them as ConfigError."""
+  global _CONFIG
+  try:
+    _CONFIG = config_flags.DEFINE_config_file(
+        "config", _DEFAULT_CONFIG, "Recipe file, optionally with an argument: path.py[:arg].",
+        sys_argv=argv)
+    return
+  except (AttributeError, KeyError) as e:
+    error = _override_errors(argv, e)
+  except CnnjaxError as e:
+    error = e
+  except (flags.Error, TypeError, ValueError) as e:
+    error = _type_error(str(e))
+  print(f"{type(error).__name__}: {error}", file=sys.stderr)
+  sys.exit(2)
+
+
 def main(argv: list[str]) -> None:
+  logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}; configure with --config.<key>=<value>")
   if _MULTIHOST.value:
     from cnnjax.train import sharding  # pylint: disable=g-import-not-at-top
     sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   config = _CONFIG.value
+  try:
+    config.keys()  # config_flags defers a missing or broken file to the first access
+  except OSError as e:
+    from cnnjax.configs import RECIPES  # pylint: disable=g-import-not-at-top
+    reason = " ".join(str(e).split())
+    print(f"ConfigError: --config could not be loaded ({reason}); the recipes are "
+          f"{', '.join('cnnjax/configs/' + r + '.py' for r in RECIPES)}", file=sys.stderr)
+    sys.exit(2)
   workdir = _WORKDIR.value
   if workdir is None:
     recipe = os.path.splitext(os.path.basename(config_flags.get_config_filename(flags.FLAGS["config"])))[0]
@@ -111,4 +142,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+  _define_config_flag(sys.argv)
   app.run(main, flags_parser=parse_flags)

@@ -136,16 +136,27 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, digit
 VGG_TINY = {"width_multiplier": 0.125, "fc_features": 16}
 
 
-def test_vgg_warm_start_copies_the_papers_layers(tmp_path, digits_dir):
-  source_dir = str(tmp_path / "vgg_a")
-  run(make_tiny_config(digits_dir, model="vgg_a", model_kwargs=VGG_TINY, num_steps=1,
-                       image_size=32), source_dir)
-  config = make_tiny_config(digits_dir, model="vgg_b", model_kwargs=VGG_TINY, image_size=32,
-                            init_from=source_dir)
-  r = loop._Run(loop._mutable_copy(config), str(tmp_path / "vgg_b"), None)
-  os.makedirs(r.workdir)
+def _prepared_run(config, workdir):
+  """The loop's set-up without training: config checks, data, model, initial state."""
+  r = loop._Run(loop._mutable_copy(config), workdir, None)
+  os.makedirs(workdir, exist_ok=True)
   r.prepare()
   state, how = r.initial_state()
+  return r, state, how
+
+
+def test_vgg_warm_start_copies_the_papers_layers(tmp_path, digits_dir):
+  # A stands in for a trained net A: its random init saved as a step-1 checkpoint.
+  source_dir = str(tmp_path / "vgg_a")
+  config_a = make_tiny_config(digits_dir, model="vgg_a", model_kwargs=VGG_TINY, image_size=32)
+  r, state_a, _ = _prepared_run(config_a, source_dir)
+  r.store.save(state_a.arrays(), r.meta(state_a, 1))
+  r.store.wait()
+  r.store.close()
+
+  config = make_tiny_config(digits_dir, model="vgg_b", model_kwargs=VGG_TINY, image_size=32,
+                            init_from=source_dir)
+  r, state, how = _prepared_run(config, str(tmp_path / "vgg_b"))
   assert "warm start" in how
   source, _ = checkpoint.restore_variables(source_dir)
   fresh = loop.setup.create_state(r.init_fn, r.mesh, seed=config.seed)

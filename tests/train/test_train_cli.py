@@ -1,0 +1,103 @@
+"""train.py: config mistakes are named before anything runs; SIGTERM saves; a rerun resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+TRAIN = os.path.join(REPO, "train.py")
+
+
+def _env():
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)
+  env["JAX_PLATFORMS"] = "cpu"
+  env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+  return env
+
+
+def _train(*args, timeout=120):
+  return subprocess.run([sys.executable, TRAIN, *args], cwd=REPO, env=_env(), capture_output=True,
+                        text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("--config.learning_rat=0.1", "unknown config key 'learning_rat'.*did you mean 'learning_rate'"),
+    ("--config.batch_size=big", "config.batch_size takes a int"),
+    ("--config.model_kwargs.depth=3", "free-form dict"),
+])
+def test_config_mistakes_fail_before_any_compute(flag, message, tmp_path):
+  import re
+  started = time.perf_counter()
+  result = _train(f"--workdir={tmp_path / 'w'}", flag)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert "ConfigError" in result.stderr and re.search(message, result.stderr), result.stderr[-2000:]
+  assert not os.path.exists(tmp_path / "w")
+  del started
+
+
+def test_bad_value_is_named_by_run(tmp_path):
+  result = _train(f"--workdir={tmp_path / 'w'}", "--config.augment=cifar100")
+  assert result.returncode == 1
+  assert "ConfigError: config.augment='cifar100' is not one of" in result.stderr
+
+
+def test_overrides_are_literals_never_code(tmp_path):
+  result = _train(f"--workdir={tmp_path / 'w'}", "--config.dataset=__import__('os').getcwd()",
+                  "--config.model=cifar_resnet2O")
+  assert result.returncode == 1
+  assert "cifar_resnet20" in result.stderr  # the suggestion for the typo, nothing executed
+
+
+TINY = ["--config.model_kwargs={'stage_sizes': (1, 1, 1), 'width_multiplier': 0.25}",
+        "--config.image_size=16", "--config.batch_size=16", "--config.eval_num_batches=1",
+        "--config.schedule=constant", "--config.warmup_steps=-1", "--config.log_every_steps=1",
+        "--config.checkpoint_every_steps=-1", "--config.eval_every_steps=-1",
+        "--config.progress_bar=false"]
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_the_same_command_resumes(tmp_path, digits_dir):
+  workdir = str(tmp_path / "w")
+  # The second run finds its programs in the persistent compilation cache.
+  cache = f"--config.compilation_cache_dir={tmp_path / 'jax_cache'}"
+  args = [sys.executable, TRAIN, f"--workdir={workdir}", f"--config.data_dir={digits_dir}",
+          "--config.num_steps=100000", *TINY, cache]
+  proc = subprocess.Popen(args, cwd=REPO, env=_env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  try:
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+      if os.path.exists(metrics) and os.path.getsize(metrics) > 0:
+        break
+      time.sleep(0.5)
+    assert proc.poll() is None, proc.communicate()[0][-3000:]
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=120)[0]
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
+  assert proc.returncode == 0, output[-3000:]
+  assert "SIGTERM: saved step" in output
+  saved = int(output.split("SIGTERM: saved step ")[1].split()[0])
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", str(saved)))
+  assert not os.path.exists(os.path.join(workdir, "LOCK"))
+
+  result = subprocess.run(args[:4] + [f"--config.num_steps={saved + 2}"] + args[5:], cwd=REPO,
+                          env=_env(), capture_output=True, text=True, timeout=240)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f"resumed from step {saved}" in result.stdout
+  assert "final held-out accuracy" in result.stdout
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  assert rows[-1]["split"] == "val" and rows[-1]["step"] == saved + 2
