@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from eval_helpers import mean_colour_member, numpy_errors, numpy_probs, random_variables
@@ -17,8 +12,6 @@ from eval_helpers import mean_colour_member, numpy_errors, numpy_probs, random_v
 from cnnjax import evaluate as ev
 from cnnjax import models
 from cnnjax.errors import ConfigError, DataError, ModelError
-
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def hand_batches(view_count: int | None, *, seed: int = 0, batch: int = 8, num_batches: int = 3,
@@ -186,32 +179,6 @@ def test_other_bad_inputs_are_named():
     ev.evaluate([], hand_batches(None), progress=False)
   with pytest.raises(ModelError, match="Member"):
     ev.evaluate(["workdirs/x"], hand_batches(None), progress=False)
-
-
-def test_sharded_over_several_devices_gives_the_same_errors():
-  code = textwrap.dedent("""
-      import os, sys
-      os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
-      os.environ["JAX_PLATFORMS"] = "cpu"
-      sys.path.insert(0, %r)
-      import jax, json
-      from eval_helpers import mean_colour_member
-      from test_evaluate import hand_batches, reference
-      from cnnjax import evaluate as ev, embed
-      assert jax.device_count() == 4
-      members = [mean_colour_member(3), mean_colour_member(4)]
-      batches = hand_batches(10, seed=5)
-      report = ev.evaluate(members, batches, view="10crop", progress=False)
-      (top1, top5), count = reference(members, batches, 10)
-      assert abs(report["top1_error"] - top1) < 1e-9 and report["num_examples"] == count
-      embeddings, labels = embed.embed(members[0][0], members[0][1], hand_batches(None, seed=9))
-      assert embeddings.shape == (19, 3), embeddings.shape
-      print("ok")
-  """) % (HERE,)
-  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120)
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert result.stdout.strip().endswith("ok")
 
 
 # --------------------------------------------- a checkpoint trained by the quickstart
