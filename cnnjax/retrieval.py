@@ -37,9 +37,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from cnnjax.errors import DataError
+from cnnjax.train import sharding
 
 # Extra candidates beyond k kept from the expanded distances, so that near-ties
 # around the k-th neighbour are re-ranked exactly rather than certified away.
@@ -105,10 +105,11 @@ def nearest_neighbours(
   if num_queries == 0:
     return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
 
+  # The vectors are this process's numpy arrays: a mesh of its own devices.
   devices = list(devices) if devices is not None else jax.local_devices()
-  mesh = Mesh(np.array(devices), ("data",))
-  replicated = NamedSharding(mesh, PartitionSpec())
-  by_query = NamedSharding(mesh, PartitionSpec("data"))
+  mesh = sharding.make_mesh(devices)
+  replicated = sharding.replicated(mesh)
+  by_query = sharding.batch_sharded(mesh)
 
   # Centring on the gallery mean leaves every distance unchanged and reduces
   # the norms that the expansion's rounding error scales with.
@@ -354,9 +355,9 @@ def _brute_force(queries, padded_gallery, gallery_size, k, devices):
   chunk_size = max(1, min(gallery_size, _DIRECT_DIFFERENCE_BUDGET // (rows * dim)))
   num_chunks = -(-gallery_size // chunk_size)
   gallery = _pad_rows(padded_gallery[:gallery_size], num_chunks * chunk_size)
-  mesh = Mesh(np.array(devices), ("data",))
-  gallery = jax.device_put(gallery, NamedSharding(mesh, PartitionSpec()))
-  by_query = NamedSharding(mesh, PartitionSpec("data"))
+  mesh = sharding.make_mesh(devices)
+  gallery = jax.device_put(gallery, sharding.replicated(mesh))
+  by_query = sharding.batch_sharded(mesh)
   search = _brute_force_search(gallery_size, chunk_size, k)
   distances = np.empty((queries.shape[0], k), np.float32)
   indices = np.empty((queries.shape[0], k), np.int64)
