@@ -12,6 +12,7 @@ Imports jax, flax, optax and cnnjax only; never TensorFlow or ml_collections.
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
@@ -96,6 +97,96 @@ def _minimal_train_step(model, batch_size: int, image_shape):
     return new_state, {"loss": loss}
 
   return jax.jit(step, donate_argnums=(0,)), jax.jit(init)(jax.random.PRNGKey(0))
+
+
+def numerics_arrays(jax, model, params, batch_stats, batch) -> dict[str, np.ndarray]:
+  """Loss, logits, gradients and new BatchNorm statistics of one training-mode
+  forward + backward pass (cross-entropy of the main logits), as numpy arrays."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import optax  # pylint: disable=import-outside-toplevel
+
+  def loss_fn(params, batch):
+    variables = {"params": params}
+    if batch_stats:
+      variables["batch_stats"] = batch_stats
+    (logits, _), new_state = model.apply(variables, batch["image"], train=True, features=True,
+                                         rngs={"dropout": jax.random.PRNGKey(1)},
+                                         mutable=["batch_stats"])
+    wide = jnp.promote_types(logits.dtype, jnp.float32)
+    loss = optax.softmax_cross_entropy_with_integer_labels(
+        logits.astype(wide), batch["label"]).mean()
+    return loss, (logits, new_state.get("batch_stats", {}))
+
+  (loss, (logits, new_stats)), grads = jax.jit(
+      jax.value_and_grad(loss_fn, has_aux=True))(params, batch)
+  def host(leaf):  # float64 stays float64; bfloat16 and float32 are saved as float32
+    return np.asarray(leaf, np.float64 if leaf.dtype == jnp.float64 else np.float32)
+
+  arrays = {"loss": host(loss), "logits": host(logits)}
+  for prefix, tree in (("grad", grads), ("batch_stats", new_stats)):
+    for key_path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+      arrays[prefix + ":" + jax.tree_util.keystr(key_path)] = host(leaf)
+  return arrays
+
+
+class Float64Reference:
+  """The numerics of a variant's initial state recomputed in float64.
+
+  Enables x64, makes every explicit float32 inside cnnjax.models float64
+  (BatchNorm statistics, pooling, logits), loads the variables and batch the
+  float32 worker saved, and writes the same arrays. The distance of the
+  float32 default from this reference is the yardstick for "same results":
+  a variant passes when it is no further from float64 than the default is.
+  """
+
+  def __init__(self, spec: dict[str, Any]):
+    self.spec = spec
+
+  def setup(self) -> dict[str, Any]:
+    import jax  # pylint: disable=import-outside-toplevel
+    jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+    import cnnjax.models  # pylint: disable=import-outside-toplevel
+    from cnnjax import models  # pylint: disable=import-outside-toplevel
+
+    class Float64Namespace:
+      """jax.numpy, except that float32 means float64."""
+
+      def __getattr__(self, name):
+        return jnp.float64 if name == "float32" else getattr(jnp, name)
+
+    for module in list(sys.modules.values()):
+      if getattr(module, "__name__", "").startswith("cnnjax.models") and hasattr(module, "jnp"):
+        module.jnp = Float64Namespace()
+    del cnnjax
+    _variants.apply(self.spec.get("patches") or [])
+    saved = np.load(self.spec["numerics_source"])
+    model = models.create(self.spec["model"], dtype=jnp.float64, param_dtype=jnp.float64,
+                          **dict(self.spec.get("model_kwargs") or {}))
+
+    def rebuild(prefix):
+      leaves = {k[len(prefix) + 1:]: v for k, v in saved.items() if k.startswith(prefix + ":")}
+      tree: dict[str, Any] = {}
+      for key, value in leaves.items():
+        node = tree
+        parts = [part.strip("'") for part in key.strip("[]").split("][")]
+        for part in parts[:-1]:
+          node = node.setdefault(part, {})
+        node[parts[-1]] = jnp.asarray(value, jnp.float64)
+      return tree
+
+    size, batch_size = self.spec["image_size"], self.spec["batch_size"]
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((batch_size, size, size, 3), dtype=np.float32)
+    labels = rng.integers(0, model.num_classes, size=(batch_size,), dtype=np.int32)
+    batch = {"image": jnp.asarray(images, jnp.float64), "label": jnp.asarray(labels)}
+    arrays = numerics_arrays(jax, model, rebuild("init_params"), rebuild("init_batch_stats"),
+                             batch)
+    np.savez(self.spec["numerics_path"], **arrays)
+    return {"framework": "jax", "numerics": {"path": self.spec["numerics_path"]}}
+
+  def finish(self) -> dict[str, Any]:
+    return {}
 
 
 def measure_matmul_flops(dtype_name: str, platform: str) -> float:
@@ -204,31 +295,15 @@ class JaxRunner:
 
   def _dump_numerics(self, model, state, path: str) -> dict[str, Any]:
     """Writes logits, loss, gradients and new BatchNorm statistics of the initial
-    state on this batch to `path` (.npz), so the parent can compare XLA flags
-    and model variants against the default within float32 tolerance."""
-    jax = self._jax
-    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-    import optax  # pylint: disable=import-outside-toplevel
+    state on this batch to `path` (.npz), with the initial variables, so the
+    parent can compare XLA flags and model variants with the default and with a
+    float64 reference run on the same variables."""
     params = state.params if hasattr(state, "params") else state["params"]
     batch_stats = state.batch_stats if hasattr(state, "batch_stats") else state["batch_stats"]
-
-    def loss_fn(params, batch):
-      variables = {"params": params}
-      if batch_stats:
-        variables["batch_stats"] = batch_stats
-      (logits, _), new_state = model.apply(variables, batch["image"], train=True, features=True,
-                                           rngs={"dropout": jax.random.PRNGKey(1)},
-                                           mutable=["batch_stats"])
-      loss = optax.softmax_cross_entropy_with_integer_labels(
-          logits.astype(jnp.float32), batch["label"]).mean()
-      return loss, (logits, new_state.get("batch_stats", {}))
-
-    (loss, (logits, new_stats)), grads = jax.jit(
-        jax.value_and_grad(loss_fn, has_aux=True))(params, self.batch)
-    arrays = {"loss": np.asarray(loss), "logits": np.asarray(logits, np.float32)}
-    for prefix, tree in (("grad", grads), ("batch_stats", new_stats)):
-      for key_path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        arrays[prefix + ":" + jax.tree_util.keystr(key_path)] = np.asarray(leaf, np.float32)
+    arrays = numerics_arrays(self._jax, model, params, batch_stats, self.batch)
+    for prefix, tree in (("init_params", params), ("init_batch_stats", batch_stats)):
+      for key_path, leaf in self._jax.tree_util.tree_flatten_with_path(tree)[0]:
+        arrays[prefix + ":" + self._jax.tree_util.keystr(key_path)] = np.asarray(leaf)
     np.savez(path, **arrays)
     return {"path": path, "arrays": len(arrays)}
 

@@ -112,6 +112,42 @@ def _pointwise_conv_as_matmul() -> None:
   nn.Conv = PointwiseAsMatmulConv
 
 
+def _max_pool_as_shifted_slices() -> None:
+  """Max pooling as the maximum of the window's strided slices of the padded input.
+
+  XLA:CPU turns the gradient of a windowed max (select-and-scatter) into a
+  reduce-window that carries argmax indices plus a scatter. Written as
+  k*k strided slices and elementwise maxima, the forward is one loop fusion
+  and the gradient a chain of selects. Ties split the gradient (JAX's rule
+  for max) where select-and-scatter gives it to one input; after a ReLU the
+  tied inputs are zeros whose own gradient is zero, so the weights' gradients
+  agree (check with --check_numerics).
+  """
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+  original_max_pool = nn.max_pool
+
+  def max_pool(inputs, window_shape, strides=None, padding="VALID"):
+    strides = tuple(strides or (1,) * len(window_shape))
+    if inputs.ndim != 4 or len(window_shape) != 2 or isinstance(padding, str):
+      return original_max_pool(inputs, window_shape, strides, padding)
+    (top, bottom), (left, right) = padding
+    padded = jnp.pad(inputs, ((0, 0), (top, bottom), (left, right), (0, 0)),
+                     constant_values=-jnp.inf)
+    out_h = (padded.shape[1] - window_shape[0]) // strides[0] + 1
+    out_w = (padded.shape[2] - window_shape[1]) // strides[1] + 1
+    result = None
+    for di in range(window_shape[0]):
+      for dj in range(window_shape[1]):
+        window = padded[:, di:di + (out_h - 1) * strides[0] + 1:strides[0],
+                        dj:dj + (out_w - 1) * strides[1] + 1:strides[1], :]
+        result = window if result is None else jnp.maximum(result, window)
+    return result
+
+  nn.max_pool = max_pool
+
+
 VARIANTS: dict[str, Variant] = {
     "bn_one_pass_affine": Variant(
         "BatchNorm: E[x], E[x^2] in one pass; scale/bias folded into x * a + b",
@@ -119,6 +155,9 @@ VARIANTS: dict[str, Variant] = {
     "pointwise_conv_as_matmul": Variant(
         "1x1 convolutions as a channel matmul (einsum) on the (subsampled) map",
         _pointwise_conv_as_matmul),
+    "max_pool_as_slices": Variant(
+        "max pooling as the maximum of strided slices (no select-and-scatter gradient)",
+        _max_pool_as_shifted_slices),
 }
 
 

@@ -19,6 +19,9 @@ from benchmarks import _common
 
 
 def _runner(spec):
+  if spec["framework"] == "jax_float64_reference":
+    from benchmarks._jax_worker import Float64Reference  # pylint: disable=import-outside-toplevel
+    return Float64Reference(spec)
   if spec["framework"] == "jax":
     from benchmarks._jax_worker import JaxRunner  # pylint: disable=import-outside-toplevel
     return JaxRunner(spec)

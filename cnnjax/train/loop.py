@@ -369,6 +369,7 @@ def _train(r: _Run) -> dict[str, Any]:
   pending: tuple[int, Any] | None = None
   last_eval_step = -1
   last_results: dict[str, Any] = {}
+  profiling = False
   step = r.start_step
 
   def check(pending_item) -> None:
@@ -435,17 +436,19 @@ def _train(r: _Run) -> dict[str, Any]:
       while step < end_step:
         local = next(batch_iter)
         batch = sharding.global_batch(local, r.mesh)
-        if profile and step + 1 == profile[0]:
+        if profile and step + 1 == profile[0] and r.is_main:
           jax.profiler.start_trace(os.path.join(r.workdir, "profile"))
+          profiling = True
         state, device_metrics = train_fn(state, batch)
         step += 1
         window_steps += 1
         if pending is not None:
           check(pending)
         pending = (step, device_metrics)
-        if profile and step == profile[1]:
+        if profiling and step == profile[1]:
           jax.block_until_ready(state)
           jax.profiler.stop_trace()
+          profiling = False
           _log(f"profile of steps {profile[0]}..{profile[1]} written to {r.workdir}/profile", r)
         bar.update(1)
 
@@ -487,6 +490,8 @@ def _train(r: _Run) -> dict[str, Any]:
       if step > r.start_step:
         save(step)  # a no-op when this step is already saved
   finally:
+    if profiling:
+      jax.profiler.stop_trace()
     bar.close()
     r.store.wait()
     r.store.close()

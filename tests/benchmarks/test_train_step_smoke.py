@@ -101,15 +101,25 @@ def test_peak_flops_table_lookup():
   assert _common.lookup_peak_flops("cpu", "float32")[0] is None
 
 
-def test_numerics_comparison_flags_a_real_difference(tmp_path):
+def test_numerics_verdict_uses_the_float64_distance_of_the_default(tmp_path):
   import numpy as np
-  base = {"loss": np.float32(1.0), "logits": np.ones((2, 3), np.float32),
-          "grad:['w']": np.ones(4, np.float32), "batch_stats:['m']": np.ones(2, np.float32)}
-  np.savez(tmp_path / "a.npz", **base)
-  np.savez(tmp_path / "b.npz", **{**base, "grad:['w']": np.full(4, 1.0 + 1e-5, np.float32)})
-  np.savez(tmp_path / "c.npz", **{**base, "grad:['w']": np.full(4, 1.1, np.float32)})
-  same = train_step.compare_numerics(str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "float32")
-  different = train_step.compare_numerics(str(tmp_path / "a.npz"), str(tmp_path / "c.npz"),
-                                          "float32")
-  assert same["within_tolerance"] and not different["within_tolerance"]
-  assert different["grads_rel_l2"] == pytest.approx(0.1, rel=1e-4)
+  reference = {"loss": np.float64(1.0), "logits": np.ones((2, 3)),
+               "grad:['w']": np.ones(4), "batch_stats:['m']": np.ones(2),
+               "init_params:['w']": np.zeros(4, np.float32)}
+
+  def save(name, grad_value):
+    arrays = {**reference, "grad:['w']": np.full(4, grad_value, np.float32)}
+    np.savez(tmp_path / name, **arrays)
+    return str(tmp_path / name)
+
+  float64 = save("float64.npz", 1.0)
+  default = save("default.npz", 1.0 + 1e-3)  # the default's own float32 error
+  close = save("close.npz", 1.0 - 1.5e-3)  # a different order of summation
+  far = save("far.npz", 1.1)  # a real difference
+  default_error = train_step.compare_numerics(float64, default)
+  assert default_error["grads_rel_l2"] == pytest.approx(1e-3, rel=1e-3)
+  assert train_step.no_less_accurate(train_step.compare_numerics(float64, close), default_error)
+  assert not train_step.no_less_accurate(train_step.compare_numerics(float64, far), default_error)
+  other_init = str(tmp_path / "other_init.npz")
+  np.savez(other_init, **{**reference, "init_params:['w']": np.ones(4, np.float32)})
+  assert train_step.compare_numerics(float64, other_init)["comparable"] is False

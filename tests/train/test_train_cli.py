@@ -70,7 +70,7 @@ def test_sigterm_saves_and_the_same_command_resumes(tmp_path, digits_dir):
   # The second run finds its programs in the persistent compilation cache.
   cache = f"--config.compilation_cache_dir={tmp_path / 'jax_cache'}"
   args = [sys.executable, TRAIN, f"--workdir={workdir}", f"--config.data_dir={digits_dir}",
-          "--config.num_steps=100000", *TINY, cache]
+          "--config.num_steps=100000", *TINY, cache, "--config.profile_steps=(2, 2)"]
   proc = subprocess.Popen(args, cwd=REPO, env=_env(), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
   try:
@@ -92,8 +92,9 @@ def test_sigterm_saves_and_the_same_command_resumes(tmp_path, digits_dir):
   saved = int(output.split("SIGTERM: saved step ")[1].split()[0])
   assert os.path.isdir(os.path.join(workdir, "checkpoints", str(saved)))
   assert not os.path.exists(os.path.join(workdir, "LOCK"))
+  assert os.path.isdir(os.path.join(workdir, "profile"))
 
-  result = subprocess.run(args[:4] + [f"--config.num_steps={saved + 2}"] + args[5:], cwd=REPO,
+  result = subprocess.run(args[:4] + [f"--config.num_steps={saved + 2}"] + args[5:-1], cwd=REPO,
                           env=_env(), capture_output=True, text=True, timeout=240)
   assert result.returncode == 0, result.stderr[-3000:]
   assert f"resumed from step {saved}" in result.stdout

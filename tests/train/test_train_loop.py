@@ -57,6 +57,7 @@ def test_run_writes_metrics_checkpoints_and_learns(straight_run):
                 if s.isdigit()) == [4, 8]
 
 
+@pytest.mark.slow
 def test_interrupted_and_resumed_run_is_bitwise_identical(straight_run, tmp_path, digits_dir):
   straight_dir, _ = straight_run
   workdir = str(tmp_path / "resumed")

@@ -95,3 +95,20 @@ def test_plateau_update_through_the_state():
   state = steps.after_validation(state, jnp.float32(0.5))
   state = steps.after_validation(state, jnp.float32(0.6))
   assert float(state.recipe.lr_control.multiplier(state.lr_control)) == np.float32(0.1)
+
+
+def test_batch_of_one_example():
+  state, mesh = tiny_state(batch_size=1)
+  state, metrics = steps.train_step(state, sharding.global_batch(random_batch(batch_size=1), mesh))
+  assert int(metrics["nonfinite"]) == 0 and np.isfinite(float(metrics["loss"]))
+  sums = steps.eval_step(state, sharding.global_batch(random_batch(batch_size=1), mesh))
+  assert float(sums["count"]) == 1
+
+
+def test_batchnorm_group_resolution():
+  from cnnjax.train import setup
+  config = {"batch_size": 256, "bn_group_size": 0}
+  assert setup.bn_group_size(config, num_devices=8) == 32  # the papers' per-GPU statistics
+  assert setup.bn_group_size(dict(config, bn_group_size=-1), num_devices=8) is None
+  assert setup.bn_group_size(dict(config, bn_group_size=16), num_devices=8) == 16
+  assert setup.bn_group_size({"batch_size": 1, "bn_group_size": 0}, num_devices=1) == 1

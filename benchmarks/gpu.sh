@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The GPU train-step table: one accelerator (sized for one H100/H200), no network,
+# no TensorFlow, no ml_collections (only jax, flax, optax and this repository).
+#
+#   benchmarks/gpu.sh [OUTPUT_DIR]        # default: $OUT if set, else benchmarks/gpu_results
+#   TORCH=1 benchmarks/gpu.sh             # also time the torchvision twins (if installed)
+#   STEPS=30 WARMUP=5 benchmarks/gpu.sh   # more timed steps
+#
+# Writes one JSON report per row group plus gpu_table.md (markdown, the table for
+# benchmarks/RESULTS.md section "gpu") into OUTPUT_DIR. MFU divides by the dense
+# peak of the device's data sheet (bf16 989 TFLOP/s on H100 SXM / H200; float32
+# runs in TF32 by default, 495 TFLOP/s); override with PEAK_FLOPS=...
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+out="${1:-${OUT:-benchmarks/gpu_results}}"
+mkdir -p "$out"
+steps="${STEPS:-20}"
+warmup="${WARMUP:-5}"
+torch_flag="--no-torch"
+if [[ "${TORCH:-0}" == "1" ]]; then torch_flag="--torch"; fi
+peak=()
+if [[ -n "${PEAK_FLOPS:-}" ]]; then peak=(--peak_flops "$PEAK_FLOPS"); fi
+export TF_CPP_MIN_LOG_LEVEL=2
+
+python - <<'EOF'
+import sys
+for name in ("tensorflow", "ml_collections"):
+  __import__("importlib.util").util.find_spec(name) and print(f"note: {name} is installed; "
+                                                              "the benchmark does not import it")
+import jax
+print("devices:", jax.devices())
+EOF
+
+# model  batch  image  dtypes
+rows=(
+  "resnet50 256 224 bfloat16,float32"
+  "resnet152 128 224 bfloat16"
+  "vgg16 128 224 bfloat16"
+  "googlenet 256 224 bfloat16"
+  "alexnet 512 224 bfloat16"
+  "cifar_resnet56 128 32 bfloat16,float32"
+)
+reports=()
+for row in "${rows[@]}"; do
+  read -r model batch size dtypes <<<"$row"
+  report="$out/train_step_${model}_b${batch}.json"
+  echo "== $model batch $batch ${size}px $dtypes"
+  if python -m benchmarks.train_step --models "$model" --batch_sizes "$batch" \
+      --image_sizes "$size" --dtypes "$dtypes" --steps "$steps" --warmup "$warmup" \
+      --rounds 2 "$torch_flag" --torch_modes eager,compile "${peak[@]}" --output "$report"; then
+    reports+=("$report")
+  else
+    echo "!! $model failed; continuing" >&2
+  fi
+done
+
+if ((${#reports[@]})); then
+  python -m benchmarks._report "${reports[@]}" > "$out/gpu_table.md"
+  cat "$out/gpu_table.md"
+fi
