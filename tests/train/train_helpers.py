@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
@@ -65,17 +67,26 @@ def optimizer_config(**overrides):
   return config
 
 
-def tiny_state(model=None, *, image_shape=(8, 8, 3), mesh=None, seed=0, **config_overrides):
-  """(state, mesh) of TinyNet with an optimiser built from `optimizer_config`."""
+@functools.lru_cache(maxsize=None)
+def _components(model, image_shape, overrides):
+  """(init, mesh) for one setting, built once so repeated states reuse compiled programs."""
   from cnnjax.train import optim, setup, sharding
-  config = optimizer_config(**config_overrides)
-  model = model or TinyNet()
+  config = optimizer_config(**dict(overrides))
   tx = optim.create_optimizer(config)
   recipe = setup.step_recipe(config, steps_per_epoch=10, total_steps=100)
-  mesh = mesh or sharding.make_mesh()
-  init = setup.state_initializer(model, tx, recipe, image_shape)
-  state = setup.create_state(init, mesh, seed)
-  return state, mesh
+  return setup.state_initializer(model, tx, recipe, image_shape), sharding.make_mesh()
+
+
+def tiny_state(model=None, *, image_shape=(8, 8, 3), seed=0, **config_overrides):
+  """(state, mesh) of TinyNet with an optimiser built from `optimizer_config`.
+
+  States of the same setting share their static parts (model, optimiser,
+  recipe), so the jitted steps compile once per setting.
+  """
+  from cnnjax.train import setup
+  init, mesh = _components(model or TinyNet(), tuple(image_shape),
+                           tuple(sorted(config_overrides.items())))
+  return setup.create_state(init, mesh, seed), mesh
 
 
 def random_batch(batch_size=16, image_shape=(8, 8, 3), num_classes=10, seed=0):
