@@ -51,7 +51,8 @@ def test_option_a_pads_channels_and_subsamples():
 
 
 def test_zero_init_residual_zeroes_the_last_bn_scale(fast_compile):
-  model = models.create("cifar_resnet20", zero_init_residual=True, width_multiplier=0.25)
+  model = models.create("cifar_resnet20", zero_init_residual=True, width_multiplier=0.25,
+                        stage_sizes=(2, 1))
   x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 8, 8, 3)), jnp.float32)
 
   def init_and_apply(key, x):
@@ -65,6 +66,7 @@ def test_zero_init_residual_zeroes_the_last_bn_scale(fast_compile):
   np.testing.assert_array_equal(block["conv1"]["bn"]["scale"], 1)
   # With zero-initialised branches every block starts as the identity (stem output is >= 0).
   np.testing.assert_allclose(feats["stage1"], feats["stem"], rtol=1e-6)
+  assert "stage3" not in feats  # stage_sizes is an override like any other
 
 
 def test_scanned_and_unscanned_resnets_agree(make_variables, fast_compile):

@@ -3,9 +3,9 @@
 Narrow (width_multiplier) copies at small resolutions keep the compiles
 small; the structure (layer count, branches, shortcuts, grouping) is the
 registered network's. The default run compiles one network per code path
-(`REPRESENTATIVES`: grouped convs + LRN, dropout placement, VGG's LRN and
-1x1 + BN layers, GoogLeNet with its auxiliary heads, bottleneck + projection,
-basic + no shortcut, basic + option A, the scanned 1202-layer network); every other registered name differs from one of
+(`REPRESENTATIVES`: grouped convs + LRN + dropout, VGG's LRN and its 1x1 +
+BN layers, GoogLeNet with its auxiliary heads, bottleneck + projection
+shortcuts, basic blocks + option A, the scanned 1202-layer network); every other registered name differs from one of
 them only in depth or in a table column, and is traced in train mode at full
 size by test_registry.py. CNNJAX_TEST_ALL_MODELS=1 compiles every distinct
 registered network (about 4 CPU-seconds each).
@@ -32,8 +32,8 @@ SMALL = {
 }
 DEEP = {"resnet101", "resnet152", "plain101", "plain152", "cifar_resnet56",
         "cifar_resnet110", "cifar_resnet1202", "cifar_plain56", "cifar_plain110"}
-REPRESENTATIVES = ("alexnet", "alexnet_v2", "vgg_a_lrn", "vgg_c_bn", "googlenet", "resnet50",
-                   "plain18", "cifar_resnet20", "cifar_resnet1202")
+REPRESENTATIVES = ("alexnet", "vgg_a_lrn", "vgg_c_bn", "googlenet", "resnet50", "cifar_resnet20",
+                   "cifar_resnet1202")
 
 
 def distinct_models() -> list[str]:
