@@ -72,6 +72,10 @@ def scan_folder(root: str, on_bad_image: str = "raise") -> FolderLayout:
   """Reads the directory structure (not the images); DataError for a bad layout."""
   if on_bad_image not in ON_BAD_IMAGE:
     raise DataError(f"on_bad_image must be one of {ON_BAD_IMAGE}, got {on_bad_image!r}")
+  if not root.strip():
+    # abspath("") is the working directory: an unset shell variable in
+    # "image_folder:$DATA" would otherwise train on whatever lies there.
+    raise DataError("image_folder: needs a path, e.g. 'image_folder:/data/my_images'")
   root = os.path.abspath(os.path.expanduser(root))
   if not os.path.isdir(root):
     raise DataError(f"image folder {root} does not exist or is not a directory")
