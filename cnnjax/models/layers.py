@@ -304,11 +304,6 @@ class FullyConnected(nn.Module):
       y = x.reshape(x.shape[0], -1) @ kernel
     return y + bias.astype(self.dtype)
 
-  def macs(self, output: Array) -> int:
-    """Multiply-adds per example for an output of this shape (used by profile)."""
-    in_features = self.variables["params"]["kernel"].shape[0]
-    return int(np.prod(output.shape[1:-1])) * in_features * self.features
-
 
 # ------------------------------------------------------------------- pooling
 

@@ -27,7 +27,6 @@ variants), e.g. conv3_3 is C's 1x1 layer; `fc6`, `fc7`, `fc8` `{kernel,bias}`
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import flax.linen as nn
