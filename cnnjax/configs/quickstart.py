@@ -9,10 +9,16 @@ Dataset: scikit-learn's 1,797 handwritten digits (8x8, upscaled to 32x32x3),
 split by cnnjax.data into train and test; no download.
 
 Recipe: SGD with momentum 0.9 and Nesterov, batch 64, weight decay 5e-4 on
-kernels, linear warm-up then cosine decay of lr 0.1, no augmentation (flips
-would change digits), per-channel mean subtraction.
+kernels, 150 steps (~6.5 epochs of the 1,497 training digits): linear warm-up
+over 30 steps then cosine decay of lr 0.1; no augmentation (flips would change
+digits), per-channel mean subtraction.
 
-Result: (measured below, see benchmarks/RESULTS.md section "quickstart").
+Result (measured 2026-11-27, `python train.py` on the 2-core AMD EPYC VM,
+empty compilation cache): held-out top-1 accuracy 99.00% (297 of the 300
+test digits), top-5 100%, test loss 0.028; 2m10s of CPU time, 5m48s wall
+while other jobs kept the machine's load average at 7-10 (see
+benchmarks/RESULTS.md, section "quickstart"). The run is deterministic: the
+same machine gives the same numbers every time.
 """
 
 from cnnjax.configs import base
@@ -27,7 +33,7 @@ def get_config(arg=None):
   c.augment = "none"
   c.batch_size = 64
   c.eval_batch_size = 128
-  c.num_steps = 200
+  c.num_steps = 150
   c.learning_rate = 0.1
   c.momentum = 0.9
   c.nesterov = True
@@ -36,7 +42,7 @@ def get_config(arg=None):
   c.schedule = "warmup_cosine"
   c.warmup_steps = 30
   c.log_every_steps = 25
-  c.eval_every_steps = 100
-  c.checkpoint_every_steps = 100
+  c.eval_every_steps = 75
+  c.checkpoint_every_steps = 75
   c.keep_checkpoints = 2
   return base.finalize(c)
