@@ -131,8 +131,8 @@ def main(argv: list[str]) -> None:
     recipe = os.path.splitext(os.path.basename(config_flags.get_config_filename(flags.FLAGS["config"])))[0]
     workdir = _DEFAULT_WORKDIR if recipe == "quickstart" else os.path.join("workdirs", recipe)
   from cnnjax.train import loop  # pylint: disable=g-import-not-at-top
-  loop.enable_compilation_cache(config.compilation_cache_dir or None)
   try:
+    loop.enable_compilation_cache(config.compilation_cache_dir or None)  # before the first jit
     summary = loop.run(config, workdir)
   except CnnjaxError as e:
     print(f"{type(e).__name__}: {e}", file=sys.stderr)

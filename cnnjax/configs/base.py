@@ -24,6 +24,7 @@ CHOICES = {
     "lr_scaling": ("none", "linear"),
     "weight_decay_mask": ("kernels", "kernels_and_biases", "all", "none"),
     "loss": ("categorical_cross_entropy", "binary_cross_entropy", "mean_squared_error"),
+    "on_bad_image": ("raise", "skip"),
 }
 
 # Keys whose value is a free-form dict forwarded to another module.
@@ -61,6 +62,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.eval_view_kwargs = ml_collections.ConfigDict()
   c.eval_batch_size = 0  # 0: batch_size
   c.eval_num_batches = 0  # 0: the whole validation split
+  # An unreadable image file (image folders): "raise" stops before training
+  # with a DataError naming it; "skip" leaves it out and counts it.
+  c.on_bad_image = "raise"
 
   # --- batch and duration -------------------------------------------------
   c.batch_size = 128  # global, over every device of every process

@@ -11,6 +11,8 @@ Layout of a workdir:
     opt_state/             optax state: momentum, injected learning rate, ...
     progress/              step, rng, lr_control (plateau / warm-up state)
     meta/                  JSON: step, data position, best error, model, structure
+    cnnjax_manifest.json   size and SHA-256 of every file above
+  corrupt_checkpoints/     damaged checkpoints moved aside on resume (see below)
 
 The data position of a checkpoint is its step: `cnnjax.data.train_iterator
 (start_step=step)` yields the batches an uninterrupted run would have seen
@@ -22,13 +24,21 @@ devices (so the train step may donate them right away) and writing continues
 in the background; `wait()` blocks until it is on disk. No pickle: arrays go
 to tensorstore, metadata to JSON.
 
+Integrity: just before orbax commits a save (its atomic rename), the step
+directory gets `cnnjax_manifest.json` with the size and SHA-256 of every
+item file (`checkpoint_integrity`). A resuming run verifies the newest
+checkpoint and falls back to the previous intact one, moving damaged ones
+to <workdir>/corrupt_checkpoints/; evaluation restores refuse damaged ones.
+
 `restore_for_eval(workdir)` is the entry point for evaluation code: it needs
 no optimiser, no dataset and no TensorFlow.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -38,12 +48,47 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from cnnjax.errors import CheckpointError
+from cnnjax.train import checkpoint_integrity as integrity
 
 STATE_ITEMS = ("params", "batch_stats", "ema_params", "opt_state", "progress")
 META_ITEM = "meta"
 LATEST_DIR = "checkpoints"
 BEST_DIR = "best"
+QUARANTINE_DIR = "corrupt_checkpoints"
 CONFIG_FILE = "config.json"
+# Items every checkpoint has (checked even when a checkpoint has no manifest).
+REQUIRED_ITEMS = ("params", META_ITEM)
+
+log = logging.getLogger(__name__)
+
+
+def _manifested_temporary_path_class():
+  """orbax's atomic-rename save, with cnnjax_manifest.json written just before the rename.
+
+  The manifest (size + SHA-256 of every item file, see checkpoint_integrity)
+  thus commits atomically with the checkpoint. None when this orbax has no
+  such hook; checkpoints are then saved without manifests.
+  """
+  try:
+    from orbax.checkpoint.path import atomicity  # pylint: disable=g-import-not-at-top
+    base = atomicity.AtomicRenameTemporaryPath
+  except (ImportError, AttributeError):
+    return None
+
+  class ManifestedTemporaryPath(base):  # pylint: disable=missing-class-docstring
+    async def finalize(self, *args, **kwargs):
+      await asyncio.to_thread(integrity.write_manifest, os.fspath(self.get()))
+      return await super().finalize(*args, **kwargs)
+
+  return ManifestedTemporaryPath
+
+
+_TEMPORARY_PATH_CLASS = _manifested_temporary_path_class()
+
+
+def checkpoint_problem(step_dir: str) -> str | None:
+  """What is wrong with a committed checkpoint directory; None when intact."""
+  return integrity.find_problem(step_dir, required_items=REQUIRED_ITEMS)
 
 
 def _path_name(path) -> str:
@@ -95,22 +140,28 @@ def _item_handlers() -> dict[str, ocp.CheckpointHandler]:
 
 def _manager(directory: str, max_to_keep: int, *, read_only: bool = False,
              async_save: bool = True) -> ocp.CheckpointManager:
+  extra = {}
+  if _TEMPORARY_PATH_CLASS is not None and not read_only:
+    extra["temporary_path_class"] = _TEMPORARY_PATH_CLASS
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
-      enable_async_checkpointing=async_save)
+      enable_async_checkpointing=async_save,
+      cleanup_tmp_directories=not read_only,  # leftovers of a save killed mid-way
+      **extra)
   return ocp.CheckpointManager(os.path.abspath(directory), options=options,
                                item_handlers=_item_handlers())
 
 
 def _steps_in(directory: str) -> list[int]:
-  """Committed checkpoint steps under a manager directory, without creating anything."""
+  """Committed checkpoint steps under a manager directory, without creating anything.
+
+  orbax renames `<step>.orbax-checkpoint-tmp-*` to `<step>` when a save is
+  complete, so only all-digit names count.
+  """
   if not os.path.isdir(directory):
     return []
-  steps = []
-  for name in os.listdir(directory):
-    if name.isdigit() and os.path.isdir(os.path.join(directory, name, META_ITEM)):
-      steps.append(int(name))
-  return sorted(steps)
+  return sorted(int(name) for name in os.listdir(directory)
+                if name.isdigit() and os.path.isdir(os.path.join(directory, name)))
 
 
 def has_checkpoint(workdir: str) -> bool:
@@ -127,6 +178,38 @@ class CheckpointStore:
 
   def latest_step(self) -> int | None:
     return self.latest.latest_step()
+
+  def newest_restorable_step(self) -> int | None:
+    """The newest intact periodic checkpoint (None when there is none at all).
+
+    Damaged newer checkpoints (missing, truncated or altered files, see
+    checkpoint_integrity) are moved to <workdir>/corrupt_checkpoints with a
+    warning naming both steps. When every checkpoint is damaged nothing is
+    moved and CheckpointError says what is wrong: starting over is the
+    user's decision.
+    """
+    directory = os.fspath(self.latest.directory)
+    damaged = []
+    for step in sorted(_steps_in(directory), reverse=True):
+      problem = checkpoint_problem(os.path.join(directory, str(step)))
+      if problem is None:
+        break
+      damaged.append((step, problem))
+    else:
+      if damaged:
+        details = "; ".join(f"step {step}: {problem}" for step, problem in damaged)
+        raise CheckpointError(
+            f"no intact checkpoint in {directory} ({details}). Restore the files, or move "
+            f"{directory} away to start from scratch")
+      return None
+    for bad_step, problem in damaged:
+      moved = integrity.quarantine(os.path.join(directory, str(bad_step)),
+                                   os.path.join(self.workdir, QUARANTINE_DIR))
+      log.warning("checkpoint step %d in %s is damaged (%s); moved it to %s and resume from "
+                  "step %d", bad_step, directory, problem, moved, step)
+    if damaged:
+      self.latest.reload()
+    return step
 
   def save(self, arrays: Mapping[str, Any], meta: Mapping[str, Any], *, best: bool = False) -> None:
     """Saves a state (arrays as from TrainState.arrays()) at meta['step'].
@@ -212,25 +295,51 @@ def _single_device_target(metadata_tree) -> Any:
       lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device), metadata_tree)
 
 
+def _intact_step(directory: str, which: str, step: int | None) -> int:
+  """The step to read for evaluation: the requested one, or the newest intact one."""
+  steps = _steps_in(directory)
+  if not steps:
+    raise CheckpointError(
+        f"no {which} checkpoint in {directory}: train first (python train.py --workdir "
+        f"{os.path.dirname(directory)}), or pass which='latest'")
+  if step is not None or which == "best":
+    step = steps[-1] if step is None else step
+    if step not in steps:
+      raise CheckpointError(f"{directory} has no checkpoint of step {step}; it has {steps}")
+    problem = checkpoint_problem(os.path.join(directory, str(step)))
+    if problem:
+      raise CheckpointError(f"the {which} checkpoint {directory}/{step} (step {step}) is "
+                            f"damaged: {problem}")
+    return step
+  damaged = []
+  for candidate in reversed(steps):
+    problem = checkpoint_problem(os.path.join(directory, str(candidate)))
+    if problem is None:
+      if damaged:
+        log.warning("skipping damaged checkpoint(s) %s of %s; reading step %d",
+                    "; ".join(f"step {s}: {p}" for s, p in damaged), directory, candidate)
+      return candidate
+    damaged.append((candidate, problem))
+  raise CheckpointError(f"no intact checkpoint in {directory}: "
+                        + "; ".join(f"step {s}: {p}" for s, p in damaged))
+
+
 def restore_variables(workdir: str, *, which: str = "latest", use_ema: bool = False,
                       step: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
   """({"params", "batch_stats"?}, meta) of a workdir's checkpoint, on one local device.
 
   Args:
-    which: "latest" (the newest periodic checkpoint) or "best" (lowest
-      validation top-1 error seen during training).
+    which: "latest" (the newest intact periodic checkpoint; damaged newer ones
+      are skipped with a warning) or "best" (lowest validation top-1 error
+      seen during training).
     use_ema: return the Polyak/EMA parameters as "params" (CheckpointError if
       the run kept none).
+    step: a specific step of `which` (CheckpointError if it is damaged).
   """
   if which not in ("latest", "best"):
     raise CheckpointError(f"which={which!r}: choose 'latest' or 'best'")
   directory = os.path.join(workdir, LATEST_DIR if which == "latest" else BEST_DIR)
-  steps = _steps_in(directory)
-  if not steps:
-    raise CheckpointError(
-        f"no {which} checkpoint in {directory}: train first (python train.py --workdir "
-        f"{workdir}), or pass which='latest'")
-  step = steps[-1] if step is None else step
+  step = _intact_step(directory, which, step)
   manager = _manager(directory, 1, read_only=True)
   try:
     meta = dict(manager.restore(step, args=ocp.args.Composite(

@@ -10,6 +10,7 @@ Durations are converted by `cnnjax.train.durations` (re-exported here).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,6 +46,26 @@ def _check_type(key: str, value: Any, default: Any) -> None:
         f"got {_type_name(value)} {value!r}")
 
 
+INT32_RANGE = (-2**31, 2**31 - 1)
+SEED_RANGE = (0, 2**32 - 1)  # JAX keys hold 32 bits: a larger seed would wrap around
+
+
+def _is_number(value: Any) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_range(key: str, value: Any, default: Any) -> None:
+  """Integers fit the int32 counters of the compiled step; floats are finite."""
+  if isinstance(default, bool) or not _is_number(value):
+    return
+  if isinstance(default, int):
+    low, high = SEED_RANGE if key == "seed" else INT32_RANGE
+    if not low <= value <= high:
+      raise ConfigError(f"config.{key}={value} is outside [{low}, {high}]")
+  elif not math.isfinite(value):
+    raise ConfigError(f"config.{key}={value!r} must be a finite number")
+
+
 def _require(condition: bool, key: str, value: Any, allowed: str) -> None:
   if not condition:
     raise ConfigError(f"config.{key}={value!r} is not allowed: {allowed}")
@@ -72,6 +93,7 @@ def validate(config: Any, *, num_devices: int | None = None,
           "cnnjax.configs.base.get_base_config()")
   for key, value in given.items():
     _check_type(key, value, reference[key])
+    _check_range(key, value, reference[key])
 
   for key, allowed in base.CHOICES.items():
     if given[key] not in allowed:
@@ -103,9 +125,12 @@ def validate(config: Any, *, num_devices: int | None = None,
     steps, epochs = c[f"{name}_steps"], c[f"{name}_epochs"]
     _require(steps >= -1, f"{name}_steps", steps, "-1 (unset) or >= 0")
     _require(epochs == -1 or epochs >= 0, f"{name}_epochs", epochs, "-1 (unset) or >= 0")
+  boundaries = list(c["lr_boundaries_steps"])
+  _require(all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= INT32_RANGE[1]
+               for v in boundaries), "lr_boundaries_steps", boundaries, "positive integers")
   for key in ("lr_boundaries_steps", "lr_boundaries_epochs"):
     values = list(c[key])
-    _require(all(isinstance(v, (int, float)) and v > 0 for v in values), key, values,
+    _require(all(_is_number(v) and math.isfinite(v) and v > 0 for v in values), key, values,
              "positive numbers")
     _require(values == sorted(values), key, values, "increasing boundaries")
   _require(c["learning_rate"] > 0, "learning_rate", c["learning_rate"], "> 0")
@@ -152,7 +177,8 @@ def validate(config: Any, *, num_devices: int | None = None,
   _require(c["keep_checkpoints"] >= 1, "keep_checkpoints", c["keep_checkpoints"], ">= 1")
   _require(c["seed"] >= 0, "seed", c["seed"], ">= 0")
   profile = list(c["profile_steps"])
-  _require(not profile or (len(profile) == 2 and all(isinstance(s, int) for s in profile)
+  _require(not profile or (len(profile) == 2 and all(_is_number(s) and isinstance(s, int)
+                                                     for s in profile)
                            and 0 <= profile[0] <= profile[1]),
            "profile_steps", profile, "() or (first_step, last_step)")
   if c["init_from"] and not c["model"].startswith("vgg"):

@@ -16,9 +16,9 @@ while running.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -30,18 +30,18 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cnnjax.errors import CheckpointError, ConfigError, NonFiniteError, WorkdirLockedError
+from cnnjax.errors import CheckpointError, CnnjaxError, ConfigError, NonFiniteError
 from cnnjax.train import checkpoint as ckpt_lib
 from cnnjax.train import config as config_lib
 from cnnjax.train import metrics as metrics_lib
 from cnnjax.train import optim, setup, sharding, steps
 from cnnjax.train import warm_start as warm_start_lib
 from cnnjax.train.durations import to_steps
+from cnnjax.train.workdir_lock import LOCK_FILE, WorkdirLock  # noqa: F401  (LOCK_FILE re-exported)
 from cnnjax.train.writer import MetricWriter
 
 COMPILATION_CACHE_ENV = "CNNJAX_COMPILATION_CACHE_DIR"
 DEFAULT_COMPILATION_CACHE = os.path.join("~", ".cache", "cnnjax", "jax")
-LOCK_FILE = "LOCK"
 # Keys that define what the parameters mean; a workdir's checkpoint must agree.
 MODEL_KEYS = ("model", "model_kwargs", "num_classes")
 
@@ -61,53 +61,17 @@ def enable_compilation_cache(path: str | None = None) -> str | None:
   if path.lower() == "none":
     return None
   path = os.path.abspath(os.path.expanduser(path))
-  os.makedirs(path, exist_ok=True)
+  try:
+    os.makedirs(path, exist_ok=True)
+    if not os.access(path, os.W_OK):
+      raise PermissionError(f"{path} is not writable")
+  except OSError as e:
+    raise ConfigError(
+        f"config.compilation_cache_dir={path!r} is not usable ({e}); choose a writable "
+        f"directory (or ${COMPILATION_CACHE_ENV}), or 'none' to turn the cache off") from e
   jax.config.update("jax_compilation_cache_dir", path)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   return path
-
-
-class WorkdirLock:
-  """A LOCK file holding host and pid, so two runs never write the same workdir."""
-
-  def __init__(self, workdir: str):
-    self.path = os.path.join(workdir, LOCK_FILE)
-    self.held = False
-
-  def acquire(self) -> None:
-    host = socket.gethostname()
-    if os.path.exists(self.path):
-      try:
-        with open(self.path) as f:
-          other_host, other_pid = f.read().split()
-        other_pid = int(other_pid)
-      except (OSError, ValueError):
-        other_host, other_pid = "", -1
-      if other_host == host and other_pid != os.getpid() and _pid_alive(other_pid):
-        raise WorkdirLockedError(
-            f"{os.path.dirname(self.path)} is in use by process {other_pid} on {host}; wait for it "
-            f"to finish, stop it, or pick another --workdir (delete {self.path} if that process "
-            "is not a training run)")
-    with open(self.path, "w") as f:
-      f.write(f"{host} {os.getpid()}\n")
-    self.held = True
-
-  def release(self) -> None:
-    if self.held and os.path.exists(self.path):
-      os.remove(self.path)
-    self.held = False
-
-
-def _pid_alive(pid: int) -> bool:
-  if pid <= 0:
-    return False
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
 
 
 class StopRequest:
@@ -189,10 +153,11 @@ def _check_init_from(config: Mapping[str, Any], workdir: str) -> None:
     raise ConfigError("config.init_from must be another workdir than --workdir")
 
 
-def _split_size(dataset: str, data_dir: str | None, split: str, fallback: int) -> int:
+def _split_size(dataset: str, data_dir: str | None, split: str, fallback: int,
+                on_bad_image: str) -> int:
   from cnnjax.data import sources  # pylint: disable=g-import-not-at-top
   try:
-    return int(sources.get_source(dataset, data_dir).num_examples(split))
+    return int(sources.get_source(dataset, data_dir, on_bad_image=on_bad_image).num_examples(split))
   except Exception:  # pylint: disable=broad-except  (metadata not available: use the info's count)
     return int(fallback)
 
@@ -218,13 +183,23 @@ class _Run:
     self.data = data
     c = self.config
     self.data_dir = c.data_dir or None
-    info = data.dataset_info(c.dataset, self.data_dir)
+    info = data.dataset_info(c.dataset, self.data_dir, on_bad_image=c.on_bad_image)
+    self.skipped_images = int(getattr(info, "skipped_images", 0) or 0)
+    if self.skipped_images:
+      _log(f"skipped {self.skipped_images} unreadable image(s) of {c.dataset} "
+           "(on_bad_image='skip')", self)
     self.train_split = c.train_split or info.train_split
     self.eval_split = c.eval_split or info.eval_split
     if c.num_classes == 0:
       c.num_classes = int(info.num_classes)
+    elif c.num_classes < info.num_classes:
+      raise ConfigError(
+          f"config.num_classes={c.num_classes} is smaller than the {info.num_classes} classes of "
+          f"{c.dataset!r}: labels >= {c.num_classes} would have no output; use 0 (the dataset's "
+          "count) or more")
     check_workdir_compatible(self.workdir, c)
-    num_train = _split_size(c.dataset, self.data_dir, self.train_split, info.num_train_examples)
+    num_train = _split_size(c.dataset, self.data_dir, self.train_split, info.num_train_examples,
+                            c.on_bad_image)
     self.steps_per_epoch = max(num_train // c.batch_size, 1)
     self.total_steps = to_steps(c, "num", self.steps_per_epoch)
     self.eval_every = to_steps(c, "eval_every", self.steps_per_epoch)
@@ -236,7 +211,7 @@ class _Run:
     self.tx = optim.create_optimizer(c)
     self.recipe = setup.step_recipe(c, self.steps_per_epoch, self.total_steps)
     self.store = ckpt_lib.CheckpointStore(self.workdir, c.keep_checkpoints)
-    latest = self.store.latest_step()
+    latest = self.store.newest_restorable_step()
     self.start_step = int(latest or 0)
     meta = self.store.read_meta(latest) if latest is not None else {}
     self.best_error = float(meta.get("best_eval_error", float("inf")))
@@ -245,12 +220,19 @@ class _Run:
         c.dataset, data_dir=self.data_dir, split=self.train_split, global_batch_size=c.batch_size,
         augment=c.augment, augment_kwargs=c.augment_kwargs.to_dict(),
         image_size=c.image_size or None, normalize=c.normalize, seed=c.seed,
-        start_step=self.start_step)
+        start_step=self.start_step, on_bad_image=c.on_bad_image)
     self.first_batch = next(self.train_data)
     image_shape = self.first_batch["image"].shape[1:]
     self.init_fn = setup.state_initializer(self.model, self.tx, self.recipe, image_shape)
-    self.abstract = sharding.abstract_replicated(self.init_fn, self.mesh,
-                                                 jax.random.PRNGKey(c.seed))
+    try:
+      self.abstract = sharding.abstract_replicated(self.init_fn, self.mesh,
+                                                   jax.random.PRNGKey(c.seed))
+    except CnnjaxError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  (the model refused its options)
+      raise ConfigError(
+          f"config.model={c.model!r} / config.model_kwargs={c.model_kwargs.to_dict()} cannot "
+          f"be built for {tuple(image_shape)} images: {type(e).__name__}: {e}") from e
     if self.is_main:
       with open(os.path.join(self.workdir, ckpt_lib.CONFIG_FILE), "w") as f:
         f.write(c.to_json(indent=2, sort_keys=True) + "\n")
@@ -284,7 +266,7 @@ class _Run:
         c.dataset, data_dir=self.data_dir, split=self.eval_split,
         global_batch_size=self.eval_batch_size, view=c.eval_view,
         view_kwargs=c.eval_view_kwargs.to_dict(), image_size=c.image_size or None,
-        normalize=c.normalize)
+        normalize=c.normalize, on_bad_image=c.on_bad_image)
     total = None
     for index, local in enumerate(batches):
       if c.eval_num_batches and index >= c.eval_num_batches:
@@ -326,7 +308,10 @@ def run(config: Any, workdir: str, *, stop_after_steps: int | None = None) -> di
   if stop_after_steps is not None and stop_after_steps < 0:
     raise ConfigError(f"stop_after_steps must be >= 0, got {stop_after_steps}")
   enable_compilation_cache(config.compilation_cache_dir or None)
-  os.makedirs(workdir, exist_ok=True)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise ConfigError(f"--workdir {workdir!r} cannot be created: {e}") from e
   lock = WorkdirLock(workdir)
   if jax.process_index() == 0:
     lock.acquire()
@@ -362,7 +347,8 @@ def _train(r: _Run) -> dict[str, Any]:
     end_step = min(end_step, r.start_step + r.stop_after_steps)
   bar = tqdm(total=r.total_steps, initial=r.start_step, disable=not (c.progress_bar and r.is_main),
              dynamic_ncols=True, mininterval=1.0, unit="step", file=sys.stdout)
-  summary: dict[str, Any] = {"workdir": r.workdir, "interrupted": False}
+  summary: dict[str, Any] = {"workdir": r.workdir, "interrupted": False,
+                             "skipped_images": r.skipped_images}
   window: list[dict[str, float]] = []
   window_start = time.perf_counter()
   window_steps = 0

@@ -42,12 +42,18 @@ def create_model(config: Mapping[str, Any], *, num_devices: int) -> nn.Module:
   """The flax module of a config: float32 params, config.dtype compute, BN groups set.
 
   Raises ConfigError naming config.model / config.model_kwargs when the
-  registry refuses them.
+  registry or the module refuses them.
   """
   from cnnjax import models  # pylint: disable=g-import-not-at-top
   kwargs = _plain(config["model_kwargs"])
   if config["num_classes"] <= 0:
     raise ConfigError("config.num_classes must be resolved (> 0) before the model is built")
+  per_device = max(int(config["batch_size"]) // num_devices, 1)
+  group = kwargs.get("bn_group_size")
+  if isinstance(group, int) and not isinstance(group, bool) and (group <= 0 or per_device % group):
+    raise ConfigError(
+        f"config.model_kwargs bn_group_size={group} must divide the per-device batch "
+        f"{per_device} (or use config.bn_group_size)")
   try:
     spec = models.get_spec(config["model"])
     fields = models.allowed_overrides(spec.module)
@@ -55,8 +61,10 @@ def create_model(config: Mapping[str, Any], *, num_devices: int) -> nn.Module:
       kwargs["bn_group_size"] = bn_group_size(config, num_devices)
     return models.create(config["model"], num_classes=int(config["num_classes"]),
                          dtype=DTYPES[config["dtype"]], param_dtype=jnp.float32, **kwargs)
-  except ModelError as e:
-    raise ConfigError(f"config.model={config['model']!r} / config.model_kwargs={kwargs}: {e}") from e
+  except (ModelError, TypeError, ValueError, KeyError, ZeroDivisionError) as e:
+    raise ConfigError(
+        f"config.model={config['model']!r} / config.model_kwargs={kwargs}: "
+        f"{type(e).__name__}: {e}") from e
 
 
 def step_recipe(config: Mapping[str, Any], steps_per_epoch: int, total_steps: int) -> StepRecipe:
