@@ -88,6 +88,11 @@ def test_recipes_are_locked():
     ("learning_rate", -0.1, "learning_rate"),
     ("bn_group_size", -3, "bn_group_size"),
     ("profile_steps", (5,), "profile_steps"),
+    ("seed", 2**32, "seed"),  # JAX keys hold 32 bits
+    ("num_classes", 2**31, "num_classes"),
+    ("learning_rate", float("nan"), "learning_rate"),
+    ("lr_boundaries_steps", (1.5,), "lr_boundaries_steps"),
+    ("on_bad_image", "ignore", "on_bad_image"),
 ])
 def test_bad_values_are_named(key, value, fragment):
   config = get_recipe("quickstart").to_dict()
@@ -127,6 +132,13 @@ def test_recipe_requirements():
     config_lib.validate(dict(config, num_steps=-1, num_epochs=-1.0), num_devices=1)
   with pytest.raises(ConfigError, match="init_from"):
     config_lib.validate(dict(config, init_from="/somewhere"), num_devices=1)
+
+
+def test_durations_beyond_int32_steps_are_refused():
+  config = base.get_base_config()
+  config.warmup_epochs = 1e9
+  with pytest.raises(ConfigError, match="config.warmup_epochs"):
+    to_steps(config, "warmup", steps_per_epoch=100)
 
 
 def test_durations_convert_in_one_place():
