@@ -102,3 +102,19 @@ def test_sigterm_saves_and_the_same_command_resumes(tmp_path, digits_dir):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f]
   assert rows[-1]["split"] == "val" and rows[-1]["step"] == saved + 2
+
+
+def test_the_train_step_needs_neither_tensorflow_nor_ml_collections():
+  code = """
+import sys
+class Block:
+  def find_spec(self, name, path=None, target=None):
+    if name.split('.')[0] in ('ml_collections', 'tensorflow', 'tensorflow_datasets'):
+      raise ImportError('blocked ' + name)
+sys.meta_path.insert(0, Block())
+import cnnjax.train.steps, cnnjax.train.sharding, cnnjax.train.setup, cnnjax.train.checkpoint
+print('IMPORTED')
+"""
+  result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(), capture_output=True,
+                          text=True, timeout=120)
+  assert "IMPORTED" in result.stdout, result.stderr[-2000:]
