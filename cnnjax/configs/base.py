@@ -9,7 +9,7 @@ checks every key against this file before anything is compiled.
 Durations come in pairs, `<name>_steps` (int) and `<name>_epochs` (float);
 a recipe sets the one its paper used and leaves the other at -1. When both
 are set the step count wins, so `--config.num_steps=100` shortens any
-recipe. `cnnjax.train.config.to_steps` is the one place that converts.
+recipe. `cnnjax.train.durations.to_steps` is the one place that converts.
 """
 
 import ml_collections

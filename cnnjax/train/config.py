@@ -4,7 +4,7 @@
 with that key's type, and that the enumerated keys hold allowed values. Errors are `ConfigError`s that
 name the key, what was given and what is allowed.
 
-Durations are converted by `cnnjax.train.durations` (re-exported here).
+Durations are converted by `cnnjax.train.durations`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from typing import Any
 
 from cnnjax.configs import base
 from cnnjax.errors import ConfigError, close_matches
-from cnnjax.train.durations import boundaries_to_steps, to_steps  # noqa: F401  (re-exported)
 
 _NUMBER_TYPES = {int: (int,), float: (int, float), bool: (bool,), str: (str,), tuple: (tuple, list)}
 
