@@ -1,0 +1,178 @@
+"""Promise 2: a damaged checkpoint is detected, never half-restored.
+
+Each case copies the reference run's workdir (checkpoints at steps 39 and
+40), damages the newest checkpoint the way disks, copies and clean-up
+scripts do, and resumes. The run must fall back to step 27 with a warning
+naming both steps and move the damaged one aside; with nothing intact left
+it must stop with CheckpointError instead of silently starting from scratch.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import shutil
+import time
+
+import numpy as np
+import pytest
+from reliability_helpers import KILL_RUN, committed_steps, leaves
+
+from cnnjax.errors import CheckpointError
+from cnnjax.train import checkpoint
+from cnnjax.train import checkpoint_integrity as integrity
+from cnnjax.train import run
+
+NEWEST, PREVIOUS = 40, 39
+
+
+def _largest_file(step_dir: str, item: str) -> str:
+  files = [p for p in glob.glob(os.path.join(step_dir, item, "**", "*"), recursive=True)
+           if os.path.isfile(p) and os.path.basename(p) not in integrity.UNCOVERED_FILES]
+  return max(files, key=os.path.getsize)
+
+
+def _truncate(path: str) -> None:
+  with open(path, "r+b") as f:
+    f.truncate(os.path.getsize(path) // 2)
+
+
+def _flip_byte(path: str) -> None:
+  with open(path, "r+b") as f:
+    f.seek(os.path.getsize(path) // 2)
+    byte = f.read(1)
+    f.seek(-1, os.SEEK_CUR)
+    f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def _zero_fill(path: str) -> None:
+  """What a crash before the page cache reached the disk often leaves: the size, no data."""
+  size = os.path.getsize(path)
+  with open(path, "wb") as f:
+    f.write(b"\0" * size)
+
+
+DAMAGE = {
+    "truncated params data": lambda d: _truncate(_largest_file(d, "params")),
+    "deleted params data": lambda d: os.remove(_largest_file(d, "params")),
+    "flipped byte in optimizer state": lambda d: _flip_byte(_largest_file(d, "opt_state")),
+    "zero-filled BatchNorm statistics": lambda d: _zero_fill(_largest_file(d, "batch_stats")),
+    "truncated metadata": lambda d: _truncate(_largest_file(d, "meta")),
+    "deleted item folder": lambda d: shutil.rmtree(os.path.join(d, "progress")),
+    "emptied manifest": lambda d: open(os.path.join(d, integrity.MANIFEST_FILE), "w").close(),
+}
+
+
+@pytest.fixture()
+def copy_of_reference(reference_run, tmp_path):
+  source, _ = reference_run
+  assert committed_steps(os.path.join(source, checkpoint.LATEST_DIR)) == [PREVIOUS, NEWEST]
+
+  def make(name: str) -> str:
+    target = str(tmp_path / name.replace(" ", "_"))
+    shutil.copytree(source, target)
+    return target
+  return make
+
+
+def test_every_saved_checkpoint_has_a_verifiable_manifest(reference_run):
+  workdir, _ = reference_run
+  for kind in (checkpoint.LATEST_DIR, checkpoint.BEST_DIR):
+    directory = os.path.join(workdir, kind)
+    for step in committed_steps(directory):
+      step_dir = os.path.join(directory, str(step))
+      assert integrity.has_manifest(step_dir), step_dir
+      assert integrity.find_problem(step_dir) is None
+      covered = integrity.covered_files(step_dir)
+      assert any(path.startswith("params" + os.sep) for path in covered), covered
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_damaged_newest_checkpoint_is_detected_and_moved_aside(damage, copy_of_reference, caplog):
+  workdir = copy_of_reference(damage)
+  newest_dir = os.path.join(workdir, checkpoint.LATEST_DIR, str(NEWEST))
+  DAMAGE[damage](newest_dir)
+  problem = integrity.find_problem(newest_dir, required_items=checkpoint.STATE_ITEMS[:1])
+  assert problem, f"{damage} went unnoticed"
+
+  store = checkpoint.CheckpointStore(workdir)
+  try:
+    with caplog.at_level(logging.WARNING):
+      step = store.newest_restorable_step()
+  finally:
+    store.close()
+  assert step == PREVIOUS
+  warning = " ".join(r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
+  assert f"step {NEWEST}" in warning and f"step {PREVIOUS}" in warning, warning
+  assert committed_steps(os.path.join(workdir, checkpoint.LATEST_DIR)) == [PREVIOUS]
+  moved = glob.glob(os.path.join(workdir, checkpoint.QUARANTINE_DIR, f"*{NEWEST}*"))
+  assert len(moved) == 1, "the damaged checkpoint should be kept aside for inspection"
+
+
+def test_run_resumes_from_the_previous_good_checkpoint(copy_of_reference, tiny_config, caplog):
+  workdir = copy_of_reference("resume")
+  _truncate(_largest_file(os.path.join(workdir, checkpoint.LATEST_DIR, str(NEWEST)), "params"))
+  expected, _ = checkpoint.restore_variables(workdir, step=PREVIOUS)
+  with caplog.at_level(logging.WARNING):
+    summary = run(tiny_config(**KILL_RUN), workdir, stop_after_steps=0)
+  assert summary["step"] == PREVIOUS and summary["interrupted"]
+  assert any(f"step {NEWEST}" in r.getMessage() and f"step {PREVIOUS}" in r.getMessage()
+             for r in caplog.records), [r.getMessage() for r in caplog.records]
+  restored, meta = checkpoint.restore_variables(workdir)
+  assert meta["step"] == PREVIOUS
+  for a, b in zip(leaves(restored), leaves(expected)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_no_intact_checkpoint_stops_instead_of_starting_over(copy_of_reference, tiny_config,
+                                                             monkeypatch):
+  workdir = copy_of_reference("all_damaged")
+  for step in (PREVIOUS, NEWEST):
+    _truncate(_largest_file(os.path.join(workdir, checkpoint.LATEST_DIR, str(step)), "params"))
+  from cnnjax.train import loop
+
+  def no_fresh_start(*args, **kwargs):
+    raise AssertionError("started from scratch over damaged checkpoints")
+  monkeypatch.setattr(loop.setup, "create_state", no_fresh_start)
+  with pytest.raises(CheckpointError) as info:
+    run(tiny_config(**KILL_RUN), workdir)
+  message = str(info.value)
+  assert f"step {NEWEST}" in message and f"step {PREVIOUS}" in message, message
+  assert "params" in message  # names what is damaged
+  # Nothing was moved or deleted: the user decides.
+  assert committed_steps(os.path.join(workdir, checkpoint.LATEST_DIR)) == [PREVIOUS, NEWEST]
+
+
+def test_restore_for_evaluation_refuses_a_damaged_checkpoint(copy_of_reference, caplog):
+  workdir = copy_of_reference("evaluation")
+  best_dir = os.path.join(workdir, checkpoint.BEST_DIR)
+  (best_step,) = committed_steps(best_dir)
+  _truncate(_largest_file(os.path.join(best_dir, str(best_step)), "params"))
+  with pytest.raises(CheckpointError, match=rf"{best_step}.*params"):
+    checkpoint.restore_variables(workdir, which="best")
+  _truncate(_largest_file(os.path.join(workdir, checkpoint.LATEST_DIR, str(NEWEST)), "params"))
+  with pytest.raises(CheckpointError, match=rf"step {NEWEST}"):
+    checkpoint.restore_variables(workdir, step=NEWEST)
+  with caplog.at_level(logging.WARNING):
+    _, meta = checkpoint.restore_variables(workdir)  # the newest intact one, with a warning
+  assert meta["step"] == PREVIOUS
+  assert any(f"step {NEWEST}" in r.getMessage() for r in caplog.records)
+
+
+def test_leftover_of_a_killed_save_is_ignored_and_cleaned_up(copy_of_reference):
+  """A save killed before orbax's rename leaves `<step>.orbax-checkpoint-tmp-*`."""
+  workdir = copy_of_reference("killed_save")
+  directory = os.path.join(workdir, checkpoint.LATEST_DIR)
+  leftover = os.path.join(directory, f"{NEWEST + 3}.orbax-checkpoint-tmp-1234567")
+  shutil.copytree(os.path.join(directory, str(NEWEST)), leftover)
+  _truncate(_largest_file(leftover, "params"))
+  store = checkpoint.CheckpointStore(workdir)
+  try:
+    assert store.newest_restorable_step() == NEWEST
+    deadline = time.monotonic() + 60  # orbax removes leftovers in a background thread
+    while os.path.exists(leftover) and time.monotonic() < deadline:
+      time.sleep(0.1)
+  finally:
+    store.close()
+  assert not os.path.exists(leftover)
