@@ -37,6 +37,7 @@ no optimiser, no dataset and no TensorFlow.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -47,7 +48,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from cnnjax.errors import CheckpointError
+from cnnjax.errors import CheckpointError, CnnjaxError
 from cnnjax.train import checkpoint_integrity as integrity
 
 STATE_ITEMS = ("params", "batch_stats", "ema_params", "opt_state", "progress")
@@ -232,8 +233,9 @@ class CheckpointStore:
     step = manager.latest_step() if step is None else step
     if step is None:
       raise CheckpointError(f"no checkpoint in {manager.directory}")
-    return dict(manager.restore(step, args=ocp.args.Composite(
-        **{META_ITEM: ocp.args.JsonRestore()}))[META_ITEM])
+    with _read_errors_named(manager.directory, step):
+      return dict(manager.restore(step, args=ocp.args.Composite(
+          **{META_ITEM: ocp.args.JsonRestore()}))[META_ITEM])
 
   def restore(self, abstract_arrays: Mapping[str, Any], step: int | None = None, *,
               best: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -245,8 +247,9 @@ class CheckpointStore:
     meta = self.read_meta(step, best=best)
     target = state_items(abstract_arrays)
     check_structure(meta, target, where=f"{manager.directory}/{step}")
-    restored = manager.restore(step, args=ocp.args.Composite(
-        **{k: ocp.args.StandardRestore(v) for k, v in target.items()}))
+    with _read_errors_named(manager.directory, step):
+      restored = manager.restore(step, args=ocp.args.Composite(
+          **{k: ocp.args.StandardRestore(v) for k, v in target.items()}))
     return arrays_from_items(restored, abstract_arrays), meta
 
   def wait(self) -> None:
@@ -256,6 +259,25 @@ class CheckpointStore:
   def close(self) -> None:
     self.latest.close()
     self.best.close()
+
+
+@contextlib.contextmanager
+def _read_errors_named(directory, step: int):
+  """Whatever orbax or TensorStore raise while reading a checkpoint, as a CheckpointError.
+
+  A checkpoint with a manifest is verified before it is read; one without
+  (deleted, or saved by an older cnnjax) shows damage only here.
+  """
+  try:
+    yield
+  except CnnjaxError:
+    raise
+  except Exception as error:  # pylint: disable=broad-except  (TensorStore, JSON, KeyError, ...)
+    first_line = (str(error).strip().splitlines() or [""])[0][:300]
+    raise CheckpointError(
+        f"cannot read checkpoint step {step} in {directory}: {type(error).__name__}: "
+        f"{first_line}. Its files are damaged or incomplete: move {directory}/{step} away to "
+        "resume from an older checkpoint") from error
 
 
 def check_structure(meta: Mapping[str, Any], target_items: Mapping[str, Any], *, where: str) -> None:
@@ -342,18 +364,19 @@ def restore_variables(workdir: str, *, which: str = "latest", use_ema: bool = Fa
   step = _intact_step(directory, which, step)
   manager = _manager(directory, 1, read_only=True)
   try:
-    meta = dict(manager.restore(step, args=ocp.args.Composite(
-        **{META_ITEM: ocp.args.JsonRestore()}))[META_ITEM])
-    params_item = "ema_params" if use_ema else "params"
-    if params_item not in meta["items"]:
-      raise CheckpointError(
-          f"{directory}/{step} has no EMA parameters (the run had ema_decay=0); "
-          "use use_ema=False")
-    wanted = [params_item] + (["batch_stats"] if "batch_stats" in meta["items"] else [])
-    metadata = manager.item_metadata(step)
-    targets = {k: _single_device_target(metadata[k].tree) for k in wanted}
-    restored = manager.restore(step, args=ocp.args.Composite(
-        **{k: ocp.args.StandardRestore(v) for k, v in targets.items()}))
+    with _read_errors_named(directory, step):
+      meta = dict(manager.restore(step, args=ocp.args.Composite(
+          **{META_ITEM: ocp.args.JsonRestore()}))[META_ITEM])
+      params_item = "ema_params" if use_ema else "params"
+      if params_item not in meta["items"]:
+        raise CheckpointError(
+            f"{directory}/{step} has no EMA parameters (the run had ema_decay=0); "
+            "use use_ema=False")
+      wanted = [params_item] + (["batch_stats"] if "batch_stats" in meta["items"] else [])
+      metadata = manager.item_metadata(step)
+      targets = {k: _single_device_target(metadata[k].tree) for k in wanted}
+      restored = manager.restore(step, args=ocp.args.Composite(
+          **{k: ocp.args.StandardRestore(v) for k, v in targets.items()}))
   finally:
     manager.close()
   variables = {"params": restored[params_item]}
