@@ -203,12 +203,17 @@ class CheckpointStore:
             f"no intact checkpoint in {directory} ({details}). Restore the files, or move "
             f"{directory} away to start from scratch")
       return None
+    quarantine = os.path.join(self.workdir, QUARANTINE_DIR)
     for bad_step, problem in damaged:
-      moved = integrity.quarantine(os.path.join(directory, str(bad_step)),
-                                   os.path.join(self.workdir, QUARANTINE_DIR))
-      log.warning("checkpoint step %d in %s is damaged (%s); moved it to %s and resume from "
-                  "step %d", bad_step, directory, problem, moved, step)
+      # Every process verified the same shared files; one moves them.
+      if jax.process_index() == 0:
+        moved = integrity.quarantine(os.path.join(directory, str(bad_step)), quarantine)
+        log.warning("checkpoint step %d in %s is damaged (%s); moved it to %s and resume from "
+                    "step %d", bad_step, directory, problem, moved, step)
     if damaged:
+      if jax.process_count() > 1:
+        from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+        multihost_utils.sync_global_devices("cnnjax_checkpoint_quarantine")
       self.latest.reload()
     return step
 
