@@ -312,8 +312,11 @@ def read_workdir_config(workdir: str) -> dict[str, Any]:
     raise CheckpointError(
         f"{workdir} has no {CONFIG_FILE}: it is not a cnnjax workdir (expected the --workdir "
         "of a finished or running `python train.py`)")
-  with open(path) as f:
-    return json.load(f)
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError) as error:
+    raise CheckpointError(f"{path} is unreadable ({type(error).__name__}: {error})") from error
 
 
 def _single_device_target(metadata_tree) -> Any:

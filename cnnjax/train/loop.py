@@ -16,6 +16,7 @@ while running.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -119,10 +120,23 @@ def _model_identity(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def check_workdir_compatible(workdir: str, config: Mapping[str, Any]) -> None:
-  """CheckpointError when the workdir's checkpoints belong to another model."""
+  """CheckpointError when the workdir's checkpoints belong to another model.
+
+  A config.json that exists but cannot be read (torn by a crash of the
+  machine) only loses this early, friendly check: restoring compares the
+  checkpoint's own shapes with the model, and the file is rewritten whole.
+  """
   if not ckpt_lib.has_checkpoint(workdir):
     return
-  stored = _model_identity(ckpt_lib.read_workdir_config(workdir))
+  try:
+    stored_config = ckpt_lib.read_workdir_config(workdir)
+  except CheckpointError as error:
+    if not os.path.exists(os.path.join(workdir, ckpt_lib.CONFIG_FILE)):
+      raise
+    logging.getLogger(__name__).warning(
+        "%s; relying on the checkpoint's own shapes to match this model", error)
+    return
+  stored = _model_identity(stored_config)
   current = _model_identity(config)
   different = {k: (stored[k], current[k]) for k in MODEL_KEYS if stored[k] != current[k]}
   if different:
@@ -150,6 +164,16 @@ def _check_init_from(config: Mapping[str, Any], workdir: str) -> None:
         "start copies layers of a VGG (net A)")
   if os.path.abspath(source) == os.path.abspath(workdir):
     raise ConfigError("config.init_from must be another workdir than --workdir")
+
+
+def _write_whole(path: str, text: str) -> None:
+  """Replaces `path` in one rename: a run killed mid-write leaves the old file, not half."""
+  partial = path + ".partial"
+  with open(partial, "w") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(partial, path)
 
 
 def _split_size(dataset: str, data_dir: str | None, split: str, fallback: int,
@@ -233,8 +257,8 @@ class _Run:
           f"config.model={c.model!r} / config.model_kwargs={c.model_kwargs.to_dict()} cannot "
           f"be built for {tuple(image_shape)} images: {type(e).__name__}: {e}") from e
     if self.is_main:
-      with open(os.path.join(self.workdir, ckpt_lib.CONFIG_FILE), "w") as f:
-        f.write(c.to_json(indent=2, sort_keys=True) + "\n")
+      _write_whole(os.path.join(self.workdir, ckpt_lib.CONFIG_FILE),
+                   c.to_json(indent=2, sort_keys=True) + "\n")
 
   def initial_state(self):
     c = self.config
