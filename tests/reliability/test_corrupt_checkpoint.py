@@ -10,6 +10,7 @@ it must stop with CheckpointError instead of silently starting from scratch.
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
 import shutil
@@ -176,3 +177,86 @@ def test_leftover_of_a_killed_save_is_ignored_and_cleaned_up(copy_of_reference):
   finally:
     store.close()
   assert not os.path.exists(leftover)
+
+
+def test_damaged_checkpoint_without_manifest_is_a_checkpoint_error(copy_of_reference,
+                                                                  tiny_config):
+  """Without its manifest (deleted, or written by an older version) the damage shows
+  only while reading: the run must still say which checkpoint, not crash in TensorStore."""
+  workdir = copy_of_reference("no_manifest")
+  newest_dir = os.path.join(workdir, checkpoint.LATEST_DIR, str(NEWEST))
+  os.remove(os.path.join(newest_dir, integrity.MANIFEST_FILE))
+  _truncate(_largest_file(newest_dir, "params"))
+  with pytest.raises(CheckpointError, match=rf"{NEWEST}.*(move|older)"):
+    run(tiny_config(**KILL_RUN), workdir, stop_after_steps=0)
+  with pytest.raises(CheckpointError, match=rf"{NEWEST}"):
+    checkpoint.restore_variables(workdir, step=NEWEST)
+
+
+def test_only_the_first_process_moves_damaged_checkpoints(copy_of_reference, monkeypatch):
+  """On a shared filesystem every process verifies; one moves, the others must not race it."""
+  workdir = copy_of_reference("second_process")
+  _truncate(_largest_file(os.path.join(workdir, checkpoint.LATEST_DIR, str(NEWEST)), "params"))
+  monkeypatch.setattr(checkpoint.jax, "process_index", lambda: 1)
+  store = checkpoint.CheckpointStore(workdir)
+  try:
+    assert store.newest_restorable_step() == PREVIOUS
+  finally:
+    store.close()
+  assert committed_steps(os.path.join(workdir, checkpoint.LATEST_DIR)) == [PREVIOUS, NEWEST]
+
+
+def test_torn_config_json_does_not_block_the_resume(copy_of_reference, tiny_config, caplog):
+  """config.json is rewritten at every start; a torn copy (power loss) must not strand
+  intact checkpoints: the checkpoints' own structure check still guards the restore."""
+  workdir = copy_of_reference("torn_config")
+  path = os.path.join(workdir, checkpoint.CONFIG_FILE)
+  _truncate(path)
+  with caplog.at_level(logging.WARNING):
+    summary = run(tiny_config(**KILL_RUN), workdir, stop_after_steps=0)
+  assert summary["step"] == NEWEST
+  assert any("config.json" in r.getMessage() for r in caplog.records)
+  with open(path) as f:
+    assert json.load(f)["model"] == "cifar_resnet20"  # rewritten whole
+
+
+def test_config_json_is_replaced_whole(reference_run, tiny_config, tmp_path, monkeypatch):
+  """A run killed while writing config.json leaves the previous file, never half of one."""
+  import builtins
+  workdir = str(tmp_path / "config_write")
+  shutil.copytree(reference_run[0], workdir)
+  path = os.path.join(workdir, checkpoint.CONFIG_FILE)
+  with open(path) as f:
+    before = f.read()
+  real_open = builtins.open
+
+  class KilledMidWrite:
+    def __init__(self, f):
+      self.f = f
+
+    def write(self, text):
+      self.f.write(text[: len(text) // 2])
+      self.f.flush()
+      raise SystemExit("killed while writing")
+
+    def __enter__(self):
+      return self
+
+    def __exit__(self, *args):
+      self.f.close()
+
+    def __getattr__(self, name):
+      return getattr(self.f, name)
+
+  def open_that_dies(file, mode="r", *args, **kwargs):
+    f = real_open(file, mode, *args, **kwargs)
+    if "w" in mode and os.path.basename(os.fspath(file)).startswith(checkpoint.CONFIG_FILE):
+      return KilledMidWrite(f)
+    return f
+
+  monkeypatch.setattr(builtins, "open", open_that_dies)
+  with pytest.raises(SystemExit):
+    run(tiny_config(**KILL_RUN), workdir, stop_after_steps=0)
+  monkeypatch.setattr(builtins, "open", real_open)
+  with open(path) as f:
+    assert f.read() == before
