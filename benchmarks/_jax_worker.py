@@ -263,7 +263,7 @@ class JaxRunner:
     jax.block_until_ready((self.state, metrics))
     first_step_s = time.perf_counter() - start_first
     loss = float(metrics["loss"])
-    warmup_s = self.time_steps(spec["warmup"])
+    warmup_s = [wall for wall, _ in self.time_steps(spec["warmup"])]
 
     peak_flops, peak_source = spec.get("peak_flops"), "given (--peak_flops)"
     if not peak_flops:
@@ -307,14 +307,15 @@ class JaxRunner:
     np.savez(path, **arrays)
     return {"path": path, "arrays": len(arrays)}
 
-  def time_steps(self, count: int) -> list[float]:
+  def time_steps(self, count: int) -> list[tuple[float, float]]:
+    """(wall seconds, process CPU seconds) of each of `count` steps."""
     jax = self._jax
     seconds = []
     for _ in range(count):
-      start = time.perf_counter()
+      start, cpu_start = time.perf_counter(), time.process_time()
       self.state, metrics = self.compiled(self.state, self.batch)
       jax.block_until_ready((self.state, metrics))
-      seconds.append(time.perf_counter() - start)
+      seconds.append((time.perf_counter() - start, time.process_time() - cpu_start))
     return seconds
 
   def finish(self) -> dict[str, Any]:

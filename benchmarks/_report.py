@@ -3,7 +3,8 @@
     python -m benchmarks._report report1.json [report2.json ...] > table.md
 
 One row per variant of every configuration, with the columns of the README
-table; the machine, date and load come from each report's metadata.
+table; the machine, date and load come from each report's metadata. Ratios
+are paired: the median over interleaved rounds of the per-round ratio.
 """
 
 from __future__ import annotations
@@ -14,11 +15,18 @@ from collections.abc import Sequence
 from typing import Any
 
 COLUMNS = ("model", "batch", "size", "dtype", "variant", "compile s", "step s median (min-max)",
-           "img/s", "MFU", "peak mem GiB", "jax/torch eager", "jax/torch.compile", "load 1m")
+           "img/s", "MFU", "peak mem GiB", "speed-up vs default", "jax/torch eager paired (best step)",
+           "jax/torch.compile paired (best step)", "load 1m")
 
 
 def _cell(value: Any, spec: str) -> str:
   return "-" if value is None else format(value, spec)
+
+
+def _ratio(record: dict[str, Any], mode: str) -> str:
+  paired = record.get(f"paired_ratio_vs_torch_{mode}")
+  best = record.get(f"best_step_ratio_vs_torch_{mode}")
+  return "-" if paired is None else f"{paired:.2f} ({best:.2f})"
 
 
 def rows(report: dict[str, Any]) -> list[list[str]]:
@@ -26,7 +34,7 @@ def rows(report: dict[str, Any]) -> list[list[str]]:
   for r in report["results"]:
     if "error" in r:
       out.append([r["model"], str(r["batch_size"]), str(r["image_size"]), r["dtype"],
-                  r["variant"], "error: " + r["error"].splitlines()[0][:80]] + [""] * 7)
+                  r["variant"], "error: " + r["error"].splitlines()[0][:80]] + [""] * 8)
       continue
     loads = [entry[0] for entry in r.get("load_avg", []) if entry]
     step = (f"{r['step_s_median']:.4g} ({r['step_s_min']:.4g}-{r['step_s_max']:.4g})"
@@ -36,7 +44,8 @@ def rows(report: dict[str, Any]) -> list[list[str]]:
         r["model"], str(r["batch_size"]), str(r["image_size"]), r["dtype"], r["variant"],
         _cell(r.get("compile_s"), ".1f"), step, _cell(r.get("images_per_s"), ".2f"),
         _cell(r.get("mfu"), ".1%"), _cell(memory and memory / 2**30, ".2f"),
-        _cell(r.get("ratio_vs_torch_eager"), ".2f"), _cell(r.get("ratio_vs_torch_compile"), ".2f"),
+        _cell(r.get("paired_speedup_vs_default"), ".2f"),
+        _ratio(r, "eager"), _ratio(r, "compile"),
         f"{min(loads):.1f}-{max(loads):.1f}" if loads else "-"])
   return out
 

@@ -86,7 +86,7 @@ class TorchRunner:
     loss = self._step()
     self._sync()
     first_step_s = time.perf_counter() - start
-    warmup_s = self.time_steps(spec["warmup"])
+    warmup_s = [wall for wall, _ in self.time_steps(spec["warmup"])]
     device_name = (torch.cuda.get_device_name() if self.device.type == "cuda" else "cpu")
     return {
         "framework": "torch",
@@ -135,13 +135,14 @@ class TorchRunner:
     if self.device.type == "cuda":
       self._torch.cuda.synchronize()
 
-  def time_steps(self, count: int) -> list[float]:
+  def time_steps(self, count: int) -> list[tuple[float, float]]:
+    """(wall seconds, process CPU seconds) of each of `count` steps."""
     seconds = []
     for _ in range(count):
-      start = time.perf_counter()
+      start, cpu_start = time.perf_counter(), time.process_time()
       self._step()
       self._sync()
-      seconds.append(time.perf_counter() - start)
+      seconds.append((time.perf_counter() - start, time.process_time() - cpu_start))
     return seconds
 
   def finish(self) -> dict[str, Any]:

@@ -42,7 +42,8 @@ def main(argv: list[str]) -> int:
       if command["op"] == "time":
         load_before = _common.load_average()
         seconds = runner.time_steps(int(command["steps"]))
-        _common.send({"event": "timed", "step_s": seconds, "load_before": load_before,
+        _common.send({"event": "timed", "step_s": [wall for wall, _ in seconds],
+                      "cpu_s": [cpu for _, cpu in seconds], "load_before": load_before,
                       "load_after": _common.load_average()})
       elif command["op"] == "finish":
         _common.send({"event": "finished", **runner.finish(),

@@ -5,11 +5,14 @@
 #   benchmarks/gpu.sh [OUTPUT_DIR]        # default: $OUT if set, else benchmarks/gpu_results
 #   TORCH=1 benchmarks/gpu.sh             # also time the torchvision twins (if installed)
 #   STEPS=30 WARMUP=5 benchmarks/gpu.sh   # more timed steps
+#   SMOKE=1 benchmarks/gpu.sh /tmp/x      # one tiny row: checks the script itself (CPU is fine)
 #
 # Writes one JSON report per row group plus gpu_table.md (markdown, the table for
 # benchmarks/RESULTS.md section "gpu") into OUTPUT_DIR. MFU divides by the dense
 # peak of the device's data sheet (bf16 989 TFLOP/s on H100 SXM / H200; float32
 # runs in TF32 by default, 495 TFLOP/s); override with PEAK_FLOPS=...
+# The ResNet-50 row also times the 1x1-convolutions-as-matmul variant that
+# helps XLA:CPU (benchmarks/_variants.py), to see whether it costs on a GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,31 +27,36 @@ if [[ -n "${PEAK_FLOPS:-}" ]]; then peak=(--peak_flops "$PEAK_FLOPS"); fi
 export TF_CPP_MIN_LOG_LEVEL=2
 
 python - <<'EOF'
-import sys
+import importlib.util
 for name in ("tensorflow", "ml_collections"):
-  __import__("importlib.util").util.find_spec(name) and print(f"note: {name} is installed; "
-                                                              "the benchmark does not import it")
+  if importlib.util.find_spec(name):
+    print(f"note: {name} is installed; the benchmark does not import it")
 import jax
 print("devices:", jax.devices())
 EOF
 
-# model  batch  image  dtypes
+# model  batch  image  dtypes  [extra arguments]
 rows=(
-  "resnet50 256 224 bfloat16,float32"
+  "resnet50 256 224 bfloat16,float32 --patches= --patches=pointwise_conv_as_matmul"
   "resnet152 128 224 bfloat16"
   "vgg16 128 224 bfloat16"
   "googlenet 256 224 bfloat16"
   "alexnet 512 224 bfloat16"
   "cifar_resnet56 128 32 bfloat16,float32"
 )
+if [[ "${SMOKE:-0}" == "1" ]]; then  # the script's own check, on any machine
+  rows=("cifar_resnet20 2 32 float32 --patches= --patches=pointwise_conv_as_matmul")
+  steps=1 warmup=0
+fi
 reports=()
 for row in "${rows[@]}"; do
-  read -r model batch size dtypes <<<"$row"
+  read -r model batch size dtypes extra <<<"$row"
   report="$out/train_step_${model}_b${batch}.json"
   echo "== $model batch $batch ${size}px $dtypes"
   if python -m benchmarks.train_step --models "$model" --batch_sizes "$batch" \
       --image_sizes "$size" --dtypes "$dtypes" --steps "$steps" --warmup "$warmup" \
-      --rounds 2 "$torch_flag" --torch_modes eager,compile "${peak[@]}" --output "$report"; then
+      --rounds 2 "$torch_flag" --torch_modes eager,compile ${peak[@]+"${peak[@]}"} ${extra:-} \
+      --output "$report"; then
     reports+=("$report")
   else
     echo "!! $model failed; continuing" >&2
