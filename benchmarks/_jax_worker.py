@@ -218,13 +218,13 @@ class JaxRunner:
 
   def setup(self) -> dict[str, Any]:
     spec = self.spec
-    rss_after_import = None
+    # Before cnnjax is imported: some variants change what its import sets up.
+    applied_patches = _variants.apply(spec.get("patches") or [])
     import jax  # pylint: disable=import-outside-toplevel
     import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
     from cnnjax import models  # pylint: disable=import-outside-toplevel
     rss_after_import = _common.current_rss_bytes()
     self._jax = jax
-    applied_patches = _variants.apply(spec.get("patches") or [])
 
     device = jax.devices()[0]
     batch_size, size = spec["batch_size"], spec["image_size"]

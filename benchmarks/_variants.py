@@ -20,144 +20,151 @@ class Variant:
   apply: Callable[[], None]
 
 
-def _batchnorm_one_pass_affine() -> None:
-  """BatchNorm in training mode as one statistics pass and one multiply-add.
+def _lax_kernels() -> None:
+  """The plain jax.lax formulations everywhere (`CNNJAX_CPU_KERNELS=off`): 1x1
+  convolutions as convolutions, two-pass BatchNorm, select-and-scatter max-pool
+  gradients. Measures what `cnnjax.models.kernels` buys on CPU."""
+  import os  # pylint: disable=import-outside-toplevel
+  os.environ["CNNJAX_CPU_KERNELS"] = "off"
 
-  The library computes mean, then mean((x - mean)^2), then
-  ((x - mean) * rsqrt(var + eps)) * scale + bias. This variant computes
-  E[x] and E[x^2] in one pass (var = E[x^2] - E[x]^2, clipped at 0, as
-  flax.linen.BatchNorm's `use_fast_variance`), folds scale and bias into a
-  per-channel (a, b) and applies x * a + b: fewer passes over the activation
-  in the forward and the backward program.
+
+def _cpu_kernels() -> None:
+  """`cnnjax.models.kernels` on any backend (`CNNJAX_CPU_KERNELS=on`), to measure
+  the CPU-tuned formulations where they are off by default (GPU, TPU)."""
+  import os  # pylint: disable=import-outside-toplevel
+  os.environ["CNNJAX_CPU_KERNELS"] = "on"
+
+
+def _xla_defaults() -> None:
+  """XLA's own CPU options: cnnjax adds none to XLA_FLAGS (`CNNJAX_XLA_CPU_FLAGS=off`)."""
+  import os  # pylint: disable=import-outside-toplevel
+  from cnnjax import xla_cpu  # pylint: disable=import-outside-toplevel
+  os.environ["CNNJAX_XLA_CPU_FLAGS"] = "off"
+  tuned = set(xla_cpu.tuned_flags())  # in case a parent process added them already
+  os.environ["XLA_FLAGS"] = " ".join(
+      f for f in os.environ.get("XLA_FLAGS", "").split() if f not in tuned)
+
+
+def _spatial_conv_gradient_barrier() -> None:
+  """Convolutions with a k x k kernel (k > 1) whose gradients read materialised operands.
+
+  The same custom-VJP + optimization_barrier idea as for the 1x1 case: XLA:CPU
+  computes a kernel gradient as a convolution over transposed operands, and
+  the transposes otherwise fuse (and re-read column-wise) the BatchNorm/ReLU
+  backward that produces the incoming gradient.
+  """
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+
+  original_conv_general_dilated = jax.lax.conv_general_dilated
+
+  def barriered(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                dimension_numbers=None, feature_group_count=1, batch_group_count=1,
+                precision=None, preferred_element_type=None):
+    def conv(x, k):
+      return original_conv_general_dilated(
+          x, k, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+          feature_group_count, batch_group_count, precision, preferred_element_type)
+
+    if rhs.ndim != 4 or rhs.shape[0] * rhs.shape[1] == 1:
+      return conv(lhs, rhs)
+
+    @jax.custom_vjp
+    def conv_with_barrier(x, k):
+      return conv(x, k)
+
+    def forward(x, k):
+      return conv(x, k), (x, k)
+
+    def backward(residuals, grad):
+      x, k, grad = jax.lax.optimization_barrier((*residuals, grad))
+      _, vjp = jax.vjp(conv, x, k)
+      return vjp(grad)
+
+    conv_with_barrier.defvjp(forward, backward)
+    return conv_with_barrier(lhs, rhs)
+
+  del nn
+  jax.lax.conv_general_dilated = barriered
+
+
+def _stem_space_to_depth() -> None:
+  """A stride-2 k x k convolution on a few input channels as a stride-1 one on 2x2 blocks.
+
+  The 7x7/2 stem convolution on 3 channels keeps the vector units mostly idle.
+  Rearranging the padded image into 2x2 pixel blocks (12 channels at half the
+  resolution) and the kernel into ceil(k/2) x ceil(k/2) taps over those blocks
+  (zeros where 2m + p > k - 1) gives exactly the same sums with 4x the input
+  channels (the MLPerf ResNet "space-to-depth" stem). The kernel variable is
+  unchanged; its rearrangement is part of the traced function.
   """
   import flax.linen as nn  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from cnnjax.models import layers  # pylint: disable=import-outside-toplevel
 
-  class OnePassBatchNorm(layers.BatchNorm):
+  original_conv = layers.Conv
 
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-      features = x.shape[-1]
-      mean_stat = self.variable("batch_stats", "mean", lambda: jnp.zeros((features,), jnp.float32))
-      var_stat = self.variable("batch_stats", "var", lambda: jnp.ones((features,), jnp.float32))
-      scale = (self.param("scale", self.scale_init, (features,), self.param_dtype)
-               if self.use_scale else jnp.ones((features,), self.param_dtype))
-      bias = (self.param("bias", self.bias_init, (features,), self.param_dtype)
-              if self.use_bias else jnp.zeros((features,), self.param_dtype))
-      if train:
-        batch = x.shape[0]
-        group = batch if self.group_size is None else self.group_size
-        grouped = x.reshape((batch // group, group) + x.shape[1:])
-        reduce_axes = tuple(range(1, grouped.ndim - 1))
-        x32 = grouped.astype(jnp.float32)
-        mean = jnp.mean(x32, axis=reduce_axes, keepdims=True)
-        mean_of_squares = jnp.mean(jnp.square(x32), axis=reduce_axes, keepdims=True)
-        var = jnp.maximum(mean_of_squares - jnp.square(mean), 0.0)
-        if not self.is_initializing():
-          group_axes = tuple(range(grouped.ndim - 1))
-          mean_stat.value = (self.momentum * mean_stat.value
-                             + (1 - self.momentum) * jnp.mean(mean, axis=group_axes))
-          var_stat.value = (self.momentum * var_stat.value
-                            + (1 - self.momentum) * jnp.mean(var, axis=group_axes))
-        multiplier = scale.astype(jnp.float32) * jax.lax.rsqrt(var + self.epsilon)
-        offset = bias.astype(jnp.float32) - mean * multiplier
-        return (x32 * multiplier + offset).astype(self.dtype).reshape(x.shape)
-      multiplier = scale.astype(jnp.float32) * jax.lax.rsqrt(var_stat.value + self.epsilon)
-      offset = bias.astype(jnp.float32) - mean_stat.value * multiplier
-      return (x.astype(jnp.float32) * multiplier + offset).astype(self.dtype)
-
-  layers.BatchNorm = OnePassBatchNorm
-
-
-def _pointwise_conv_as_matmul() -> None:
-  """1x1 convolutions (any stride, no groups) as a matmul over channels.
-
-  Same kernel variable [1, 1, C_in, C_out]; the strided case subsamples the
-  input first (what a 1x1 stride-s VALID convolution computes). On XLA:CPU a
-  dot is lowered to a library matmul, a convolution to Eigen's spatial
-  convolution, and their gradients differ in the same way.
-  """
-  import flax.linen as nn  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-
-  original_conv = nn.Conv
-
-  class PointwiseAsMatmulConv(original_conv):
+  class SpaceToDepthStemConv(original_conv):
 
     @nn.compact
     def __call__(self, inputs):
       kernel_size = tuple(self.kernel_size)
       strides = self.strides if self.strides is not None else 1
       strides = (strides, strides) if isinstance(strides, int) else tuple(strides)
-      pointwise = (kernel_size == (1, 1) and self.feature_group_count == 1
-                   and self.padding in ("VALID", "SAME", ((0, 0), (0, 0)), [(0, 0), (0, 0)])
-                   and (self.kernel_dilation in (None, 1, (1, 1))))
-      if not pointwise or inputs.ndim != 4:
+      padding = self.padding
+      applies = (inputs.ndim == 4 and inputs.shape[-1] <= 4 and strides == (2, 2)
+                 and kernel_size[0] == kernel_size[1] and kernel_size[0] > 2
+                 and self.feature_group_count == 1 and not isinstance(padding, str)
+                 and self.kernel_dilation in (None, 1, (1, 1)))
+      if not applies:
         return super().__call__(inputs)
-      in_features = inputs.shape[-1]
-      kernel = self.param("kernel", self.kernel_init, (1, 1, in_features, self.features),
+      (top, bottom), (left, right) = padding
+      size, in_features = kernel_size[0], inputs.shape[-1]
+      kernel = self.param("kernel", self.kernel_init, (size, size, in_features, self.features),
                           self.param_dtype)
-      if strides != (1, 1):
-        inputs = inputs[:, ::strides[0], ::strides[1], :]
       dtype = self.dtype or inputs.dtype
-      y = jnp.einsum("bhwc,cf->bhwf", inputs.astype(dtype), kernel[0, 0].astype(dtype),
-                     precision=self.precision)
+      batch, height, width, _ = inputs.shape
+      out_h = (height + top + bottom - size) // 2 + 1
+      out_w = (width + left + right - size) // 2 + 1
+      taps = (size + 1) // 2
+      # Pad so the padded image holds exactly (out + taps - 1) 2x2 blocks per side.
+      rows, cols = 2 * (out_h + taps - 1), 2 * (out_w + taps - 1)
+      padded = jnp.pad(inputs.astype(dtype),
+                       ((0, 0), (top, rows - height - top), (left, cols - width - left), (0, 0)))
+      blocks = padded.reshape(batch, rows // 2, 2, cols // 2, 2, in_features)
+      blocks = blocks.transpose(0, 1, 3, 2, 4, 5).reshape(batch, rows // 2, cols // 2,
+                                                          4 * in_features)
+      wide = jnp.pad(kernel.astype(dtype), ((0, 2 * taps - size), (0, 2 * taps - size),
+                                            (0, 0), (0, 0)))
+      wide = wide.reshape(taps, 2, taps, 2, in_features, self.features)
+      wide = wide.transpose(0, 2, 1, 3, 4, 5).reshape(taps, taps, 4 * in_features,
+                                                      self.features)
+      y = jax.lax.conv_general_dilated(blocks, wide, (1, 1), "VALID",
+                                       dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                       precision=self.precision)
       if self.use_bias:
         bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
         y = y + bias.astype(dtype)
       return y
 
-  nn.Conv = PointwiseAsMatmulConv
-
-
-def _max_pool_as_shifted_slices() -> None:
-  """Max pooling as the maximum of the window's strided slices of the padded input.
-
-  XLA:CPU turns the gradient of a windowed max (select-and-scatter) into a
-  reduce-window that carries argmax indices plus a scatter. Written as
-  k*k strided slices and elementwise maxima, the forward is one loop fusion
-  and the gradient a chain of selects. Ties split the gradient (JAX's rule
-  for max) where select-and-scatter gives it to one input; after a ReLU the
-  tied inputs are zeros whose own gradient is zero, so the weights' gradients
-  agree (check with --check_numerics).
-  """
-  import flax.linen as nn  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-
-  original_max_pool = nn.max_pool
-
-  def max_pool(inputs, window_shape, strides=None, padding="VALID"):
-    strides = tuple(strides or (1,) * len(window_shape))
-    if inputs.ndim != 4 or len(window_shape) != 2 or isinstance(padding, str):
-      return original_max_pool(inputs, window_shape, strides, padding)
-    (top, bottom), (left, right) = padding
-    padded = jnp.pad(inputs, ((0, 0), (top, bottom), (left, right), (0, 0)),
-                     constant_values=-jnp.inf)
-    out_h = (padded.shape[1] - window_shape[0]) // strides[0] + 1
-    out_w = (padded.shape[2] - window_shape[1]) // strides[1] + 1
-    result = None
-    for di in range(window_shape[0]):
-      for dj in range(window_shape[1]):
-        window = padded[:, di:di + (out_h - 1) * strides[0] + 1:strides[0],
-                        dj:dj + (out_w - 1) * strides[1] + 1:strides[1], :]
-        result = window if result is None else jnp.maximum(result, window)
-    return result
-
-  nn.max_pool = max_pool
+  layers.Conv = SpaceToDepthStemConv
 
 
 VARIANTS: dict[str, Variant] = {
-    "bn_one_pass_affine": Variant(
-        "BatchNorm: E[x], E[x^2] in one pass; scale/bias folded into x * a + b",
-        _batchnorm_one_pass_affine),
-    "pointwise_conv_as_matmul": Variant(
-        "1x1 convolutions as a channel matmul (einsum) on the (subsampled) map",
-        _pointwise_conv_as_matmul),
-    "max_pool_as_slices": Variant(
-        "max pooling as the maximum of strided slices (no select-and-scatter gradient)",
-        _max_pool_as_shifted_slices),
+    "lax_kernels": Variant(
+        "CNNJAX_CPU_KERNELS=off: plain lax convolutions, two-pass BatchNorm, "
+        "select-and-scatter max pooling", _lax_kernels),
+    "cpu_kernels": Variant(
+        "CNNJAX_CPU_KERNELS=on: the CPU-tuned formulations on any backend", _cpu_kernels),
+    "xla_defaults": Variant(
+        "CNNJAX_XLA_CPU_FLAGS=off: none of cnnjax.xla_cpu's tuned XLA:CPU flags", _xla_defaults),
+    "spatial_conv_gradient_barrier": Variant(
+        "k x k convolutions (k > 1) whose gradients read materialised operands",
+        _spatial_conv_gradient_barrier),
+    "stem_space_to_depth": Variant(
+        "stride-2 convolutions on <= 4 channels (the stem) over 2x2 pixel blocks",
+        _stem_space_to_depth),
 }
 
 

@@ -37,7 +37,7 @@ EOF
 
 # model  batch  image  dtypes  [extra arguments]
 rows=(
-  "resnet50 256 224 bfloat16,float32 --patches= --patches=pointwise_conv_as_matmul"
+  "resnet50 256 224 bfloat16,float32 --patches= --patches=cpu_kernels"
   "resnet152 128 224 bfloat16"
   "vgg16 128 224 bfloat16"
   "googlenet 256 224 bfloat16"
@@ -45,7 +45,7 @@ rows=(
   "cifar_resnet56 128 32 bfloat16,float32"
 )
 if [[ "${SMOKE:-0}" == "1" ]]; then  # the script's own check, on any machine
-  rows=("cifar_resnet20 2 32 float32 --patches= --patches=pointwise_conv_as_matmul")
+  rows=("cifar_resnet20 2 32 float32 --patches= --patches=cpu_kernels")
   steps=1 warmup=0
 fi
 reports=()

@@ -124,7 +124,7 @@ class AlexNet(nn.Module):
     x = x.astype(self.dtype)
     for row in self.conv_layers:
       conv = functools.partial(
-          nn.Conv, dtype=self.dtype, param_dtype=self.param_dtype,
+          layers.Conv, dtype=self.dtype, param_dtype=self.param_dtype,
           kernel_init=layers.initializer(self.kernel_init),
           bias_init=nn.initializers.constant(row.bias))
       x = layers.ConvNormAct(
@@ -135,7 +135,7 @@ class AlexNet(nn.Module):
       if row.lrn and self.lrn:
         x = layers.LocalResponseNorm(size=5, k=2.0, alpha=1e-4, beta=0.75)(x)
       if row.pool:
-        x = nn.max_pool(x, (POOL_WINDOW,) * 2, strides=(POOL_STRIDE,) * 2)
+        x = layers.max_pool(x, (POOL_WINDOW,) * 2, (POOL_STRIDE,) * 2)
       feats[row.name] = x
 
     if x.shape[1:3] != (POOL5_SIZE, POOL5_SIZE):

@@ -118,7 +118,7 @@ class InceptionModule(nn.Module):
     branch2 = unit(row.n3x3, 3, "branch3x3")(branch2, train)
     branch3 = unit(row.n5x5_reduce, 1, "branch5x5_reduce")(x, train)
     branch3 = unit(row.n5x5, self.branch5x5_kernel, "branch5x5")(branch3, train)
-    branch4 = nn.max_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)))
+    branch4 = layers.max_pool(x, (3, 3), (1, 1), ((1, 1), (1, 1)))
     branch4 = unit(row.pool_proj, 1, "pool_proj")(branch4, train)
     return jnp.concatenate([branch1, branch2, branch3, branch4], axis=-1)
 
@@ -193,7 +193,7 @@ class GoogLeNet(nn.Module):
                         min_size=self.min_image_size)
     act = layers.activation(self.activation)
     conv = functools.partial(
-        nn.Conv, use_bias=not self.use_bn, dtype=self.dtype, param_dtype=self.param_dtype,
+        layers.Conv, use_bias=not self.use_bn, dtype=self.dtype, param_dtype=self.param_dtype,
         kernel_init=layers.initializer(self.kernel_init),
         bias_init=nn.initializers.constant(self.conv_bias))
     norm = layers.norm_partial(use_norm=self.use_bn, group_size=self.bn_group_size,

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cnnjax.errors import ModelError, close_matches
+from cnnjax.models import kernels
 
 Array = jax.Array
 ModuleDef = Any  # a Module class or a functools.partial of one
@@ -195,16 +196,19 @@ class BatchNorm(nn.Module):
             f"{batch} examples; choose a bn_group_size that divides the (per-step) "
             f"batch, or None to normalise over the whole batch.")
       grouped = x32.reshape((batch // group, group) + x.shape[1:])
+      if kernels.use_cpu_kernels():
+        scale = bias = None
+        if self.use_scale:
+          scale = self.param("scale", self.scale_init, (features,), self.param_dtype)
+        if self.use_bias:
+          bias = self.param("bias", self.bias_init, (features,), self.param_dtype)
+        normalized, mean, var = kernels.batch_norm_train(grouped, scale, bias, self.epsilon)
+        self._update_statistics(mean_stat, var_stat, mean, var)
+        return normalized.reshape(x.shape).astype(self.dtype)
       reduce_axes = tuple(range(1, grouped.ndim - 1))
       mean = jnp.mean(grouped, axis=reduce_axes, keepdims=True)
       var = jnp.mean(jnp.square(grouped - mean), axis=reduce_axes, keepdims=True)
-      if not self.is_initializing():
-        group_axes = tuple(range(grouped.ndim - 1))
-        momentum = self.momentum
-        mean_stat.value = (momentum * mean_stat.value
-                           + (1 - momentum) * jnp.mean(mean, axis=group_axes))
-        var_stat.value = (momentum * var_stat.value
-                          + (1 - momentum) * jnp.mean(var, axis=group_axes))
+      self._update_statistics(mean_stat, var_stat, mean, var)
       normalized = ((grouped - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
     else:
       normalized = (x32 - mean_stat.value) * jax.lax.rsqrt(var_stat.value + self.epsilon)
@@ -215,6 +219,47 @@ class BatchNorm(nn.Module):
       bias = self.param("bias", self.bias_init, (features,), self.param_dtype)
       normalized = normalized + bias.astype(jnp.float32)
     return normalized.astype(self.dtype)
+
+  def _update_statistics(self, mean_stat, var_stat, mean: Array, var: Array) -> None:
+    """Moves the running averages towards the mean of the groups' statistics."""
+    if not self.is_initializing():
+      group_axes = tuple(range(mean.ndim - 1))
+      momentum = self.momentum
+      mean_stat.value = (momentum * mean_stat.value
+                         + (1 - momentum) * jnp.mean(mean, axis=group_axes))
+      var_stat.value = (momentum * var_stat.value
+                        + (1 - momentum) * jnp.mean(var, axis=group_axes))
+
+
+# ---------------------------------------------------------------- convolution
+
+
+class Conv(nn.Conv):
+  """`flax.linen.Conv` (same arguments, variables and results) whose 1x1
+  convolutions run as a channel matmul when `kernels.use_cpu_kernels()`.
+
+  Every model builds its convolutions from this class; any other kernel size,
+  grouped or dilated convolutions and masked kernels go to flax unchanged.
+  """
+
+  @nn.compact
+  def __call__(self, inputs: Array) -> Array:
+    kernel_size = (tuple(self.kernel_size) if isinstance(self.kernel_size, Sequence)
+                   else (self.kernel_size,))
+    strides = self.strides if self.strides is not None else 1
+    strides = (strides,) * 2 if isinstance(strides, int) else tuple(strides)
+    if (inputs.ndim != 4 or self.mask is not None or len(strides) != 2
+        or not kernels.conv_is_pointwise(kernel_size, self.padding, self.feature_group_count,
+                                         self.input_dilation, self.kernel_dilation)
+        or not kernels.use_cpu_kernels()):
+      return super().__call__(inputs)
+    kernel = self.param("kernel", self.kernel_init, (1, 1, inputs.shape[-1], self.features),
+                        self.param_dtype)
+    bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+            if self.use_bias else None)
+    inputs, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+    y = kernels.pointwise_conv(inputs, kernel, strides)
+    return y if bias is None else y + bias
 
 
 # --------------------------------------------------------- conv-norm-act unit
@@ -308,6 +353,15 @@ class FullyConnected(nn.Module):
 # ------------------------------------------------------------------- pooling
 
 
+def max_pool(x: Array, window: Sequence[int], strides: Sequence[int],
+             padding: str | Sequence[tuple[int, int]] = "VALID") -> Array:
+  """`flax.linen.max_pool` of NHWC maps; on CPU with an argmax-routed gradient
+  (`kernels.max_pool`: same values, same gradients, faster there)."""
+  if kernels.use_cpu_kernels() and x.ndim == 4 and window[0] * window[1] <= 127:
+    return kernels.max_pool(x, window, strides, padding)
+  return nn.max_pool(x, tuple(window), strides=tuple(strides), padding=padding)
+
+
 def max_pool_ceil(x: Array, window: int, stride: int) -> Array:
   """Max pooling whose output size rounds up (Caffe's and PyTorch's ceil_mode).
 
@@ -322,7 +376,7 @@ def max_pool_ceil(x: Array, window: int, stride: int) -> Array:
     if (out - 1) * stride >= size:
       out -= 1
     pads.append((0, max(0, (out - 1) * stride + window - size)))
-  return nn.max_pool(x, (window, window), strides=(stride, stride), padding=tuple(pads))
+  return max_pool(x, (window, window), (stride, stride), tuple(pads))
 
 
 def adaptive_avg_pool(x: Array, output_size: tuple[int, int]) -> Array:

@@ -116,10 +116,19 @@ def profile(name_or_module: str | nn.Module, image_size: int | None = None, *,
 
   rows: list[LayerRow] = []
 
+  active: list[nn.Module] = []
+
   def record(next_fun, args, kwargs, context):
-    output = next_fun(*args, **kwargs)
     module_called = context.module
-    if context.method_name != "__call__" or module_called.scope is None:
+    # A subclass's __call__ that defers to its parent's (layers.Conv ->
+    # nn.Conv) is one layer: count the outermost call only.
+    reentrant = any(module is module_called for module in active)
+    active.append(module_called)
+    try:
+      output = next_fun(*args, **kwargs)
+    finally:
+      active.pop()
+    if reentrant or context.method_name != "__call__" or module_called.scope is None:
       return output
     own = module_called.variables.get("params", {})
     leaves = {k: v for k, v in own.items() if hasattr(v, "shape")}

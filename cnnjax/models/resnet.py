@@ -206,7 +206,7 @@ class ResNet(nn.Module):
     layers.check_images(x, model=type(self).__name__, in_channels=self.in_channels,
                         min_size=self.min_image_size)
     act = layers.activation(self.activation)
-    conv = functools.partial(nn.Conv, use_bias=not self.use_bn, dtype=self.dtype,
+    conv = functools.partial(layers.Conv, use_bias=not self.use_bn, dtype=self.dtype,
                              param_dtype=self.param_dtype,
                              kernel_init=layers.initializer(self.kernel_init))
     norm = layers.norm_partial(use_norm=self.use_bn, group_size=self.bn_group_size,
@@ -220,7 +220,7 @@ class ResNet(nn.Module):
     if self.stem == "imagenet":
       x = conv_norm_act(base, (7, 7), strides=2, padding=layers.symmetric_padding(7),
                         act=act, name="stem")(x, train)
-      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+      x = layers.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
     else:
       x = conv_norm_act(base, (3, 3), padding=layers.symmetric_padding(3), act=act,
                         name="stem")(x, train)

@@ -109,7 +109,7 @@ class VGG(nn.Module):
     layers.check_images(x, model=f"VGG-{self.config}", in_channels=self.in_channels,
                         min_size=self.min_image_size)
     act = layers.activation(self.activation)
-    conv = functools.partial(nn.Conv, use_bias=True, dtype=self.dtype,
+    conv = functools.partial(layers.Conv, use_bias=True, dtype=self.dtype,
                              param_dtype=self.param_dtype,
                              kernel_init=layers.initializer(self.kernel_init))
     norm = layers.norm_partial(use_norm=self.use_bn, group_size=self.bn_group_size,
@@ -129,7 +129,7 @@ class VGG(nn.Module):
             layers.scaled_channels(channels, self.width_multiplier), (kernel, kernel),
             conv=conv, norm=norm, padding=layers.symmetric_padding(kernel), act=act,
             name=f"conv{block_index}_{conv_index}")(x, train)
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = layers.max_pool(x, (2, 2), (2, 2))
       feats[f"block{block_index}"] = x
 
     if not self.fully_convolutional and x.shape[1:3] != (FC6_RECEPTIVE_FIELD,) * 2:

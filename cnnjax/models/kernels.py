@@ -1,0 +1,230 @@
+"""Formulations of convolution, pooling and BatchNorm that XLA:CPU runs faster.
+
+Each function here computes exactly what its plain `jax.lax` counterpart
+computes (same values, same gradients up to float rounding, the same
+tie-breaking), arranged so that XLA's CPU backend picks fast kernels:
+
+- `pointwise_conv`: a 1x1 convolution as one [pixels, C_in] x [C_in, C_out]
+  matmul. XLA:CPU otherwise computes a 1x1 convolution's kernel gradient as a
+  convolution whose window is the whole feature map, over activations it first
+  transposes to [C, H, W, N] (with the BatchNorm/ReLU backward fused into the
+  transpose, read column-wise): ~7x slower than the matmul.
+- `max_pool`: max pooling that records which window tap won (first maximum,
+  as XLA's select-and-scatter) and routes the gradient back with strided pads,
+  instead of select-and-scatter, which XLA:CPU rewrites into a reduce-window
+  over four index arrays plus a scatter.
+- `batch_norm_train`: one pass for E[x] and E[x^2], then x * a + b with the
+  scale and bias folded into per-channel a, b (flax's `use_fast_variance`).
+  Measured and rejected (RESULTS.md): two-pass statistics with the folded
+  affine (+10% step time), a shifted one-pass form and a closed-form custom
+  backward pass (both materialise an extra activation-sized array per layer).
+
+Which path runs is decided when a model is traced: `use_cpu_kernels()` is
+true on the CPU backend, false elsewhere (where these rewrites are not
+measured), and `CNNJAX_CPU_KERNELS=on|off|auto` overrides it. The measured
+effect is in benchmarks/RESULTS.md (section train_step).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import os
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cnnjax.errors import ModelError
+
+Array = jax.Array
+POLICY_ENV = "CNNJAX_CPU_KERNELS"
+POLICIES = ("auto", "on", "off")
+
+
+def use_cpu_kernels() -> bool:
+  """Whether models trace the CPU-tuned formulations (read at trace time)."""
+  policy = os.environ.get(POLICY_ENV, "auto").strip().lower() or "auto"
+  if policy not in POLICIES:
+    raise ModelError(f"{POLICY_ENV}={policy!r} is not one of {', '.join(POLICIES)}; unset it "
+                     f"(auto: the tuned kernels on CPU only) or pick one of those.")
+  if policy == "auto":
+    return jax.default_backend() == "cpu"
+  return policy == "on"
+
+
+# ------------------------------------------------------------ 1x1 convolution
+
+
+@jax.custom_vjp
+def _channel_matmul(x2d: Array, kernel2d: Array) -> Array:
+  return x2d @ kernel2d
+
+
+def _channel_matmul_fwd(x2d, kernel2d):
+  return x2d @ kernel2d, (x2d, kernel2d)
+
+
+def _channel_matmul_bwd(residuals, grad):
+  x2d, kernel2d = residuals
+  # The kernel gradient contracts over rows (batch x pixels). Without the
+  # barrier XLA fuses the BatchNorm/ReLU backward that produces `grad` into
+  # the transpose feeding that contraction, which then reads several large
+  # arrays column-wise; with it, both operands are plain row-major buffers.
+  x2d, grad = jax.lax.optimization_barrier((x2d, grad))
+  grad_x = jax.lax.dot_general(grad, kernel2d.astype(grad.dtype), (((1,), (1,)), ((), ())))
+  grad_kernel = jax.lax.dot_general(x2d, grad, (((0,), (0,)), ((), ())),
+                                    preferred_element_type=jnp.float32)
+  return grad_x.astype(x2d.dtype), grad_kernel.astype(kernel2d.dtype)
+
+
+_channel_matmul.defvjp(_channel_matmul_fwd, _channel_matmul_bwd)
+
+
+def pointwise_conv(x: Array, kernel: Array, strides: Sequence[int] = (1, 1)) -> Array:
+  """A 1x1 convolution (NHWC input, HWIO kernel [1, 1, C_in, C_out], no padding)."""
+  if kernel.shape[:2] != (1, 1) or x.shape[-1] != kernel.shape[2]:
+    raise ModelError(f"pointwise_conv needs a [1, 1, {x.shape[-1]}, C_out] kernel for "
+                     f"{x.shape[-1]}-channel input; got {tuple(kernel.shape)}.")
+  if tuple(strides) != (1, 1):
+    x = x[:, ::strides[0], ::strides[1], :]
+  batch, height, width, channels = x.shape
+  y = _channel_matmul(x.reshape(-1, channels), kernel[0, 0].astype(x.dtype))
+  return y.reshape(batch, height, width, -1)
+
+
+# ---------------------------------------------------------------- max pooling
+
+
+def _pool_geometry(shape, window, strides, padding):
+  if isinstance(padding, str):
+    if padding.upper() != "VALID":
+      raise ModelError(f"max_pool takes 'VALID' or explicit ((top, bottom), (left, right)) "
+                       f"padding; got {padding!r}.")
+    padding = ((0, 0), (0, 0))
+  padded = [size + lo + hi for size, (lo, hi) in zip(shape[1:3], padding)]
+  out = [(p - w) // s + 1 for p, w, s in zip(padded, window, strides)]
+  if min(out) < 1:
+    raise ModelError(f"max_pool window {tuple(window)} is larger than the padded "
+                     f"{padded[0]}x{padded[1]} map; use a smaller window or a larger input.")
+  return tuple(tuple(p) for p in padding), padded, out
+
+
+def _window_taps(x_padded, window, strides, out):
+  """The strided slice of the padded map under every window offset, row-major."""
+  batch, _, _, channels = x_padded.shape
+  for i, j in itertools.product(range(window[0]), range(window[1])):
+    yield jax.lax.slice(
+        x_padded, (0, i, j, 0),
+        (batch, i + strides[0] * (out[0] - 1) + 1, j + strides[1] * (out[1] - 1) + 1, channels),
+        (1, strides[0], strides[1], 1))
+
+
+def _max_pool_forward(x, window, strides, padding):
+  padding, _, out = _pool_geometry(x.shape, window, strides, padding)
+  low = jnp.array(-jnp.inf, x.dtype)
+  x_padded = jnp.pad(x, ((0, 0), *padding, (0, 0)), constant_values=low)
+  best = winner = None
+  for tap, values in enumerate(_window_taps(x_padded, window, strides, out)):
+    if best is None:
+      best, winner = values, jnp.zeros(values.shape, jnp.int8)
+    else:
+      # Strictly greater: the first maximum in row-major window order keeps
+      # the gradient, as XLA's select-and-scatter (select = ge) does.
+      winner = jnp.where(values > best, jnp.int8(tap), winner)
+      best = jnp.maximum(best, values)
+  return best, winner
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _max_pool(x, window, strides, padding):
+  return _max_pool_forward(x, window, strides, padding)[0]
+
+
+def _max_pool_fwd(x, window, strides, padding):
+  y, winner = _max_pool_forward(x, window, strides, padding)
+  return y, (winner, x.shape)
+
+
+def _max_pool_bwd(window, strides, padding, residuals, grad):
+  winner, x_shape = residuals
+  padding, padded, out = _pool_geometry(x_shape, window, strides, padding)
+  zero = jnp.zeros((), grad.dtype)
+  grad_padded = None
+  for tap, (i, j) in enumerate(itertools.product(range(window[0]), range(window[1]))):
+    routed = jnp.where(winner == tap, grad, zero)
+    # Place routed[a, b] at padded position (i + s_h a, j + s_w b).
+    config = ((0, 0, 0),
+              (i, padded[0] - i - strides[0] * (out[0] - 1) - 1, strides[0] - 1),
+              (j, padded[1] - j - strides[1] * (out[1] - 1) - 1, strides[1] - 1),
+              (0, 0, 0))
+    placed = jax.lax.pad(routed, zero, config)
+    grad_padded = placed if grad_padded is None else grad_padded + placed
+  (top, _), (left, _) = padding
+  return (grad_padded[:, top:top + x_shape[1], left:left + x_shape[2], :],)
+
+
+_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+def max_pool(x: Array, window: Sequence[int], strides: Sequence[int],
+             padding: str | Sequence[tuple[int, int]] = "VALID") -> Array:
+  """Max pooling of NHWC maps, padding with -inf; the argmax-routed gradient.
+
+  Same values and gradients as `flax.linen.max_pool` with the same arguments
+  (ties: the first maximum in row-major window order gets the gradient).
+  """
+  window, strides = tuple(int(w) for w in window), tuple(int(s) for s in strides)
+  if not isinstance(padding, str):
+    padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+  if x.ndim != 4 or len(window) != 2 or len(strides) != 2:
+    raise ModelError(f"max_pool takes NHWC maps with a 2-D window and strides; got an "
+                     f"array of shape {x.shape}, window {window}, strides {strides}.")
+  if window[0] * window[1] > 127:
+    raise ModelError(f"max_pool records the winning tap in int8; a {window} window has "
+                     f"more than 127 taps. Use flax.linen.max_pool for windows that large.")
+  return _max_pool(x, window, strides, padding)
+
+
+# ------------------------------------------------------------------ BatchNorm
+
+
+def batch_norm_train(grouped: Array, scale: Array | None, bias: Array | None,
+                     epsilon: float) -> tuple[Array, Array, Array]:
+  """Training-mode BatchNorm of float32 [groups, group_size, ..., C] activations.
+
+  Returns (normalised, mean, var); mean and var keep the reduced axes. One
+  pass computes E[x] and E[x^2] (var = E[x^2] - E[x]^2, clipped at 0: flax's
+  `use_fast_variance` formula), and the normalisation is one multiply-add,
+  x * a + b with a = scale / sqrt(var + eps), b = bias - mean * a.
+
+  Float32 caveat of the one-pass variance: it loses digits when a channel's
+  |mean| is many times its standard deviation, which BatchNorm inputs (conv
+  outputs of normalised activations) are not; tests/models/test_kernels.py
+  checks the whole network against float64.
+  """
+  reduce_axes = tuple(range(1, grouped.ndim - 1))
+  mean = jnp.mean(grouped, axis=reduce_axes, keepdims=True)
+  mean_of_squares = jnp.mean(jnp.square(grouped), axis=reduce_axes, keepdims=True)
+  var = jnp.maximum(mean_of_squares - jnp.square(mean), 0.0)
+  multiplier = jax.lax.rsqrt(var + epsilon)
+  if scale is not None:
+    multiplier = multiplier * scale.astype(jnp.float32)
+  offset = -mean * multiplier
+  if bias is not None:
+    offset = offset + bias.astype(jnp.float32)
+  return grouped * multiplier + offset, mean, var
+
+
+def conv_is_pointwise(kernel_size: Sequence[int], padding, feature_group_count: int,
+                      input_dilation, kernel_dilation) -> bool:
+  """Whether a flax Conv configuration is a plain 1x1 convolution."""
+  def unit(dilation):
+    return dilation is None or np.all(np.asarray(dilation) == 1)
+
+  no_padding = (padding in ("VALID", "SAME") if isinstance(padding, str)
+                else all(tuple(p) == (0, 0) for p in padding)
+                if not isinstance(padding, int) else padding == 0)
+  return (tuple(kernel_size) == (1, 1) and feature_group_count == 1 and no_padding
+          and unit(input_dilation) and unit(kernel_dilation))
