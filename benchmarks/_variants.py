@@ -45,49 +45,6 @@ def _xla_defaults() -> None:
       f for f in os.environ.get("XLA_FLAGS", "").split() if f not in tuned)
 
 
-def _spatial_conv_gradient_barrier() -> None:
-  """Convolutions with a k x k kernel (k > 1) whose gradients read materialised operands.
-
-  The same custom-VJP + optimization_barrier idea as for the 1x1 case: XLA:CPU
-  computes a kernel gradient as a convolution over transposed operands, and
-  the transposes otherwise fuse (and re-read column-wise) the BatchNorm/ReLU
-  backward that produces the incoming gradient.
-  """
-  import flax.linen as nn  # pylint: disable=import-outside-toplevel
-  import jax  # pylint: disable=import-outside-toplevel
-
-  original_conv_general_dilated = jax.lax.conv_general_dilated
-
-  def barriered(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                dimension_numbers=None, feature_group_count=1, batch_group_count=1,
-                precision=None, preferred_element_type=None):
-    def conv(x, k):
-      return original_conv_general_dilated(
-          x, k, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-          feature_group_count, batch_group_count, precision, preferred_element_type)
-
-    if rhs.ndim != 4 or rhs.shape[0] * rhs.shape[1] == 1:
-      return conv(lhs, rhs)
-
-    @jax.custom_vjp
-    def conv_with_barrier(x, k):
-      return conv(x, k)
-
-    def forward(x, k):
-      return conv(x, k), (x, k)
-
-    def backward(residuals, grad):
-      x, k, grad = jax.lax.optimization_barrier((*residuals, grad))
-      _, vjp = jax.vjp(conv, x, k)
-      return vjp(grad)
-
-    conv_with_barrier.defvjp(forward, backward)
-    return conv_with_barrier(lhs, rhs)
-
-  del nn
-  jax.lax.conv_general_dilated = barriered
-
-
 def _stem_space_to_depth() -> None:
   """A stride-2 k x k convolution on a few input channels as a stride-1 one on 2x2 blocks.
 
@@ -159,9 +116,6 @@ VARIANTS: dict[str, Variant] = {
         "CNNJAX_CPU_KERNELS=on: the CPU-tuned formulations on any backend", _cpu_kernels),
     "xla_defaults": Variant(
         "CNNJAX_XLA_CPU_FLAGS=off: none of cnnjax.xla_cpu's tuned XLA:CPU flags", _xla_defaults),
-    "spatial_conv_gradient_barrier": Variant(
-        "k x k convolutions (k > 1) whose gradients read materialised operands",
-        _spatial_conv_gradient_barrier),
     "stem_space_to_depth": Variant(
         "stride-2 convolutions on <= 4 channels (the stem) over 2x2 pixel blocks",
         _stem_space_to_depth),

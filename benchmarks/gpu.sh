@@ -11,8 +11,8 @@
 # benchmarks/RESULTS.md section "gpu") into OUTPUT_DIR. MFU divides by the dense
 # peak of the device's data sheet (bf16 989 TFLOP/s on H100 SXM / H200; float32
 # runs in TF32 by default, 495 TFLOP/s); override with PEAK_FLOPS=...
-# The ResNet-50 row also times the 1x1-convolutions-as-matmul variant that
-# helps XLA:CPU (benchmarks/_variants.py), to see whether it costs on a GPU.
+# The ResNet-50 row also times `cpu_kernels` (cnnjax.models.kernels forced on: the
+# formulations that help XLA:CPU, off by default elsewhere), to see what they do on a GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -9,6 +9,9 @@ tie-breaking), arranged so that XLA's CPU backend picks fast kernels:
   convolution whose window is the whole feature map, over activations it first
   transposes to [C, H, W, N] (with the BatchNorm/ReLU backward fused into the
   transpose, read column-wise): ~7x slower than the matmul.
+- `conv_general_dilated`: other convolutions, whose gradients read their
+  operands through an optimization barrier (keeps the BatchNorm/ReLU backward
+  out of the transposes XLA:CPU puts before a kernel-gradient convolution).
 - `max_pool`: max pooling that records which window tap won (first maximum,
   as XLA's select-and-scatter) and routes the gradient back with strided pads,
   instead of select-and-scatter, which XLA:CPU rewrites into a reduce-window
@@ -92,6 +95,43 @@ def pointwise_conv(x: Array, kernel: Array, strides: Sequence[int] = (1, 1)) -> 
   batch, height, width, channels = x.shape
   y = _channel_matmul(x.reshape(-1, channels), kernel[0, 0].astype(x.dtype))
   return y.reshape(batch, height, width, -1)
+
+
+# ------------------------------------------------------ k x k convolutions
+
+
+def conv_general_dilated(lhs: Array, rhs: Array, window_strides, padding, lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
+                         batch_group_count=1, precision=None,
+                         preferred_element_type=None) -> Array:
+  """`jax.lax.conv_general_dilated`; with `use_cpu_kernels()`, its gradients
+  read their operands through an `optimization_barrier`.
+
+  XLA:CPU computes a kernel gradient as a convolution over transposed
+  operands; unbarriered, the BatchNorm/ReLU backward that produces the
+  incoming gradient is fused into that transpose. Same values and gradients.
+  """
+  def conv(x, kernel):
+    return jax.lax.conv_general_dilated(
+        x, kernel, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+        feature_group_count, batch_group_count, precision, preferred_element_type)
+
+  if not use_cpu_kernels():
+    return conv(lhs, rhs)
+
+  @jax.custom_vjp
+  def barriered(x, kernel):
+    return conv(x, kernel)
+
+  def forward(x, kernel):
+    return conv(x, kernel), (x, kernel)
+
+  def backward(residuals, grad):
+    x, kernel, grad = jax.lax.optimization_barrier((*residuals, grad))
+    return jax.vjp(conv, x, kernel)[1](grad)
+
+  barriered.defvjp(forward, backward)
+  return barriered(lhs, rhs)
 
 
 # ---------------------------------------------------------------- max pooling

@@ -239,8 +239,11 @@ class Conv(nn.Conv):
   convolutions run as a channel matmul when `kernels.use_cpu_kernels()`.
 
   Every model builds its convolutions from this class; any other kernel size,
-  grouped or dilated convolutions and masked kernels go to flax unchanged.
+  grouped or dilated convolutions and masked kernels go to flax, through
+  `kernels.conv_general_dilated` (barriered gradients on CPU).
   """
+
+  conv_general_dilated: Any = kernels.conv_general_dilated
 
   @nn.compact
   def __call__(self, inputs: Array) -> Array:

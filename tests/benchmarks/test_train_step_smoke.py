@@ -43,7 +43,9 @@ def report(tmp_path_factory):
   completed = subprocess.run(
       [sys.executable, "-m", "benchmarks.train_step", "--models", "cifar_resnet20",
        "--batch_sizes", "2", "--image_sizes", "32", "--dtypes", "float32", "--steps", "2",
-       "--warmup", "0", "--rounds", "2", "--torch_modes", "eager", "--output", str(output)],
+       "--warmup", "0", "--rounds", "2", "--torch_modes", "eager",
+       # the variant mechanism: the plain lax kernels and XLA's own CPU options
+       "--patches=", "--patches=lax_kernels,xla_defaults", "--output", str(output)],
       cwd=REPO_ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True,
       text=True, timeout=600, check=False)
   assert completed.returncode == 0, completed.stderr[-3000:]
@@ -123,3 +125,10 @@ def test_numerics_verdict_uses_the_float64_distance_of_the_default(tmp_path):
   other_init = str(tmp_path / "other_init.npz")
   np.savez(other_init, **{**reference, "init_params:['w']": np.ones(4, np.float32)})
   assert train_step.compare_numerics(float64, other_init)["comparable"] is False
+
+
+def test_variants_run_side_by_side(report):
+  jax_records = [r for r in report["results"] if r["framework"] == "jax"]
+  assert len(jax_records) == 2
+  assert any("lax_kernels" in r["variant"] and "xla_defaults" in r["variant"]
+             for r in jax_records)

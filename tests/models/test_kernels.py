@@ -174,3 +174,20 @@ def test_tuned_xla_flags_are_per_release(monkeypatch):
   monkeypatch.setenv(xla_cpu.ENV, "off")
   monkeypatch.setenv("XLA_FLAGS", "")
   assert xla_cpu.configure() == ()
+
+
+@pytest.mark.parametrize("strides,groups", [((1, 1), 1), ((2, 2), 1), ((1, 1), 2)])
+def test_spatial_conv_matches_flax_conv(monkeypatch, strides, groups):
+  rng = np.random.default_rng(4)
+  x = jnp.asarray(rng.standard_normal((2, 9, 8, 4)).astype(np.float32))
+  results = {}
+  for policy in ("off", "on"):
+    monkeypatch.setenv(kernels.POLICY_ENV, policy)
+    conv = layers.Conv(6, (3, 3), strides=strides, feature_group_count=groups,
+                       padding=((1, 1), (1, 1)))
+    variables = conv.init(jax.random.PRNGKey(0), x)
+    loss = lambda v, inputs, conv=conv: jnp.sum(jnp.sin(conv.apply(v, inputs)))
+    results[policy] = (conv.apply(variables, x), jax.grad(loss, argnums=(0, 1))(variables, x))
+  for tuned, reference in zip(jax.tree_util.tree_leaves(results["on"]),
+                              jax.tree_util.tree_leaves(results["off"])):
+    np.testing.assert_allclose(tuned, reference, rtol=1e-5, atol=1e-5)
