@@ -416,6 +416,15 @@ def norm_partial(*, use_norm: bool, group_size: int | None, momentum: float,
   """The BatchNorm partial a model injects into its blocks (None without BN)."""
   if not use_norm:
     return None
+  if not 0.0 <= momentum < 1.0:
+    raise ModelError(f"bn_momentum={momentum!r} must be in [0, 1): the running averages keep "
+                     f"this fraction each step (0.9 = PyTorch's momentum=0.1).")
+  if not epsilon > 0.0:
+    raise ModelError(f"bn_epsilon={epsilon!r} must be > 0 (it keeps 1/sqrt(var + eps) finite); "
+                     f"the papers' networks use 1e-5 (1e-3 for GoogLeNet-BN).")
+  if group_size is not None and (not isinstance(group_size, int) or group_size <= 0):
+    raise ModelError(f"bn_group_size={group_size!r} must be a positive number of examples "
+                     f"per BatchNorm group, or None for the whole batch.")
   return functools.partial(BatchNorm, momentum=momentum, epsilon=epsilon,
                            group_size=group_size, dtype=dtype, param_dtype=param_dtype)
 
