@@ -11,7 +11,9 @@ tie-breaking), arranged so that XLA's CPU backend picks fast kernels:
   transpose, read column-wise): ~7x slower than the matmul.
 - `conv_general_dilated`: other convolutions, whose gradients read their
   operands through an optimization barrier (keeps the BatchNorm/ReLU backward
-  out of the transposes XLA:CPU puts before a kernel-gradient convolution).
+  out of the transposes XLA:CPU puts before a kernel-gradient convolution),
+  and whose stride-2 input gradient is four stride-1 phase convolutions
+  instead of one over a zero-dilated gradient.
 - `max_pool`: max pooling that records which window tap won (first maximum,
   as XLA's select-and-scatter) and routes the gradient back with strided pads,
   instead of select-and-scatter, which XLA:CPU rewrites into a reduce-window
@@ -126,12 +128,71 @@ def conv_general_dilated(lhs: Array, rhs: Array, window_strides, padding, lhs_di
   def forward(x, kernel):
     return conv(x, kernel), (x, kernel)
 
+  phased = _stride2_input_gradient_applies(lhs, rhs, window_strides, padding, lhs_dilation,
+                                           rhs_dilation, dimension_numbers,
+                                           feature_group_count, batch_group_count)
+
   def backward(residuals, grad):
     x, kernel, grad = jax.lax.optimization_barrier((*residuals, grad))
-    return jax.vjp(conv, x, kernel)[1](grad)
+    if not phased:
+      return jax.vjp(conv, x, kernel)[1](grad)
+    grad_kernel = jax.vjp(lambda k: conv(x, k), kernel)[1](grad)[0]
+    return _stride2_input_gradient(grad, kernel, x.shape, padding, precision), grad_kernel
 
   barriered.defvjp(forward, backward)
   return barriered(lhs, rhs)
+
+
+def _stride2_input_gradient_applies(lhs, rhs, window_strides, padding, lhs_dilation,
+                                    rhs_dilation, dimension_numbers, feature_group_count,
+                                    batch_group_count) -> bool:
+  """Whether `_stride2_input_gradient` covers this convolution (NHWC/HWIO, stride 2,
+  explicit padding, no dilation or groups, a kernel of at least 2 x 2)."""
+  def unit(dilation):
+    return dilation is None or all(d == 1 for d in dilation)
+
+  if lhs.ndim != 4 or tuple(window_strides) != (2, 2) or isinstance(padding, str):
+    return False
+  if not (unit(lhs_dilation) and unit(rhs_dilation)) or feature_group_count != 1:
+    return False
+  if batch_group_count != 1 or min(rhs.shape[:2]) < 2:
+    return False
+  expected = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
+  given = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+  return given == expected
+
+
+def _stride2_input_gradient(grad, kernel, x_shape, padding, precision):
+  """The input gradient of a stride-2 NHWC convolution as four stride-1 ones.
+
+  XLA computes it as one convolution over the gradient dilated with zeros,
+  three quarters of whose multiply-adds meet a zero. Padded-input row 2m + r
+  receives only the kernel rows r, r + 2, ... (from output rows m, m - 1, ...),
+  so each of the four (row, column) parities is a stride-1 convolution of the
+  gradient with that parity's flipped sub-kernel; the four results interleave.
+  """
+  (top, bottom), (left, right) = ((int(lo), int(hi)) for lo, hi in padding)
+  batch, height, width, channels = x_shape
+  padded_h, padded_w = height + top + bottom, width + left + right
+  rows, cols = -(-padded_h // 2), -(-padded_w // 2)  # phase sizes (the larger parity)
+  out_h, out_w = grad.shape[1:3]
+  phases = []
+  for r in (0, 1):
+    row = []
+    for c in (0, 1):
+      sub = kernel[r::2, c::2][::-1, ::-1]  # [T_h, T_w, C_in, C_out], flipped
+      taps_h, taps_w = sub.shape[:2]
+      if taps_h == 0 or taps_w == 0:
+        row.append(jnp.zeros((batch, rows, cols, channels), grad.dtype))
+        continue
+      row.append(jax.lax.conv_general_dilated(
+          grad, jnp.swapaxes(sub, 2, 3).astype(grad.dtype), (1, 1),
+          ((taps_h - 1, rows - out_h), (taps_w - 1, cols - out_w)),
+          dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision))
+    phases.append(jnp.stack(row, axis=3))  # [N, rows, cols, 2 (c), C]
+  interleaved = jnp.stack(phases, axis=2)  # [N, rows, 2 (r), cols, 2 (c), C]
+  interleaved = interleaved.reshape(batch, 2 * rows, 2 * cols, channels)
+  return interleaved[:, top:top + height, left:left + width, :]
 
 
 # ---------------------------------------------------------------- max pooling

@@ -176,15 +176,22 @@ def test_tuned_xla_flags_are_per_release(monkeypatch):
   assert xla_cpu.configure() == ()
 
 
-@pytest.mark.parametrize("strides,groups", [((1, 1), 1), ((2, 2), 1), ((1, 1), 2)])
-def test_spatial_conv_matches_flax_conv(monkeypatch, strides, groups):
+@pytest.mark.parametrize("size,strides,groups,padding", [
+    (3, (1, 1), 1, ((1, 1), (1, 1))),
+    (3, (2, 2), 1, ((1, 1), (1, 1))),   # ResNet v1.5 downsampling: phase-split input gradient
+    (3, (2, 2), 1, ((0, 1), (1, 0))),   # asymmetric padding
+    (7, (2, 2), 1, ((3, 3), (3, 3))),   # the stem
+    (2, (2, 2), 1, ((0, 0), (0, 0))),   # even kernel, no padding
+    (3, (1, 1), 2, ((1, 1), (1, 1))),   # grouped
+])
+def test_spatial_conv_matches_flax_conv(monkeypatch, size, strides, groups, padding):
   rng = np.random.default_rng(4)
   x = jnp.asarray(rng.standard_normal((2, 9, 8, 4)).astype(np.float32))
   results = {}
   for policy in ("off", "on"):
     monkeypatch.setenv(kernels.POLICY_ENV, policy)
-    conv = layers.Conv(6, (3, 3), strides=strides, feature_group_count=groups,
-                       padding=((1, 1), (1, 1)))
+    conv = layers.Conv(6, (size, size), strides=strides, feature_group_count=groups,
+                       padding=padding)
     variables = conv.init(jax.random.PRNGKey(0), x)
     loss = lambda v, inputs, conv=conv: jnp.sum(jnp.sin(conv.apply(v, inputs)))
     results[policy] = (conv.apply(variables, x), jax.grad(loss, argnums=(0, 1))(variables, x))
