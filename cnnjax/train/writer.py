@@ -14,6 +14,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,10 +28,16 @@ def read_metrics(workdir: str, split: str | None = None) -> list[dict[str, Any]]
   rows = []
   if os.path.exists(path):
     with open(path) as f:
-      for line in f:
+      for number, line in enumerate(f, start=1):
         line = line.strip()
-        if line:
+        if not line:
+          continue
+        try:
           rows.append(json.loads(line))
+        except json.JSONDecodeError:
+          # A row cut short by a kill mid-write: the rest of the file is intact.
+          warnings.warn(f"{path}:{number} is not a complete JSON row (a run killed while "
+                        f"writing it?); skipping that line.", stacklevel=2)
   return [r for r in rows if split is None or r.get("split") == split]
 
 
@@ -44,7 +51,15 @@ class MetricWriter:
     if not enabled:
       return
     os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, METRICS_FILE), "a", buffering=1)
+    path = os.path.join(workdir, METRICS_FILE)
+    torn = False
+    if os.path.exists(path) and os.path.getsize(path) > 0:
+      with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        torn = f.read(1) != b"\n"
+    self._jsonl = open(path, "a", buffering=1)
+    if torn:  # a row cut short by a kill: start the next one on its own line
+      self._jsonl.write("\n")
     if tensorboard:
       try:
         from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
