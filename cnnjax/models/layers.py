@@ -186,6 +186,10 @@ class BatchNorm(nn.Module):
                               lambda: jnp.zeros((features,), jnp.float32))
     var_stat = self.variable("batch_stats", "var",
                              lambda: jnp.ones((features,), jnp.float32))
+    scale = (self.param("scale", self.scale_init, (features,), self.param_dtype)
+             if self.use_scale else None)
+    bias = (self.param("bias", self.bias_init, (features,), self.param_dtype)
+            if self.use_bias else None)
     x32 = x.astype(jnp.float32)
     if train:
       batch = x.shape[0]
@@ -197,11 +201,6 @@ class BatchNorm(nn.Module):
             f"batch, or None to normalise over the whole batch.")
       grouped = x32.reshape((batch // group, group) + x.shape[1:])
       if kernels.use_cpu_kernels():
-        scale = bias = None
-        if self.use_scale:
-          scale = self.param("scale", self.scale_init, (features,), self.param_dtype)
-        if self.use_bias:
-          bias = self.param("bias", self.bias_init, (features,), self.param_dtype)
         normalized, mean, var = kernels.batch_norm_train(grouped, scale, bias, self.epsilon)
         self._update_statistics(mean_stat, var_stat, mean, var)
         return normalized.reshape(x.shape).astype(self.dtype)
@@ -212,11 +211,9 @@ class BatchNorm(nn.Module):
       normalized = ((grouped - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
     else:
       normalized = (x32 - mean_stat.value) * jax.lax.rsqrt(var_stat.value + self.epsilon)
-    if self.use_scale:
-      scale = self.param("scale", self.scale_init, (features,), self.param_dtype)
+    if scale is not None:
       normalized = normalized * scale.astype(jnp.float32)
-    if self.use_bias:
-      bias = self.param("bias", self.bias_init, (features,), self.param_dtype)
+    if bias is not None:
       normalized = normalized + bias.astype(jnp.float32)
     return normalized.astype(self.dtype)
 
