@@ -11,7 +11,11 @@ from data_helpers import smooth_image, write_image
 
 @pytest.fixture(scope="session")
 def digits_dir(tmp_path_factory) -> str:
-  """A data_dir with the embedded digits dataset prepared once for the whole session."""
+  """A data_dir with the embedded digits dataset prepared once for the whole session.
+
+  Overrides the suite-wide fixture: the data tests inspect what this directory
+  caches, so no training run of another area may write into it.
+  """
   import cnnjax.data
   data_dir = str(tmp_path_factory.mktemp("digits_data"))
   cnnjax.data.dataset_info("digits", data_dir=data_dir)

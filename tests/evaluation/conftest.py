@@ -13,15 +13,6 @@ if HERE not in sys.path:
 
 
 @pytest.fixture(scope="session")
-def digits_dir(tmp_path_factory) -> str:
-  """A data_dir with the embedded digits dataset prepared once."""
-  import cnnjax.data
-  data_dir = str(tmp_path_factory.mktemp("evaluation_digits"))
-  cnnjax.data.dataset_info("digits", data_dir=data_dir)
-  return data_dir
-
-
-@pytest.fixture(scope="session")
 def trained_workdir(digits_dir, tmp_path_factory) -> str:
   """The quickstart recipe shrunk to a few steps of a narrow ResNet-8, with EMA kept."""
   from cnnjax.configs import quickstart

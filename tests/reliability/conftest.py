@@ -21,15 +21,6 @@ from reliability_helpers import (KILL_RUN, enable_persistent_cache,  # noqa: E40
 
 
 @pytest.fixture(scope="session")
-def digits_dir(tmp_path_factory) -> str:
-  """A data_dir with the embedded digits dataset prepared once."""
-  import cnnjax.data
-  data_dir = str(tmp_path_factory.mktemp("reliability_digits"))
-  cnnjax.data.dataset_info("digits", data_dir=data_dir)
-  return data_dir
-
-
-@pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> str:
   return str(tmp_path_factory.mktemp("reliability_jax_cache"))
 

@@ -13,15 +13,6 @@ if HERE not in sys.path:
   sys.path.insert(0, HERE)
 
 
-@pytest.fixture(scope="session")
-def digits_dir(tmp_path_factory) -> str:
-  """A data_dir with the embedded digits dataset prepared once for the session."""
-  import cnnjax.data
-  data_dir = str(tmp_path_factory.mktemp("train_digits"))
-  cnnjax.data.dataset_info("digits", data_dir=data_dir)
-  return data_dir
-
-
 @pytest.fixture()
 def tiny_config(digits_dir):
   """A factory of small, fast quickstart-like configs (ResNet-8 at width 1/4, 16x16 digits)."""
