@@ -19,6 +19,12 @@ from __future__ import annotations
 import os
 import sys
 
+from cnnjax import xla_cpu
+
+# First of all: restart with glibc's huge-page tunable where it applies (CPU
+# training, Linux; CNNJAX_HUGE_PAGES=off skips it). See cnnjax/xla_cpu.py.
+xla_cpu.reexec_with_huge_pages()
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported by cnnjax.data
 
 from absl import app, flags, logging

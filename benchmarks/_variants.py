@@ -18,6 +18,9 @@ from collections.abc import Callable
 class Variant:
   description: str
   apply: Callable[[], None]
+  # Environment variables the worker process must start with (read before
+  # Python runs, e.g. by glibc); the harness sets them when it spawns the worker.
+  environment: tuple[tuple[str, str], ...] = ()
 
 
 def _lax_kernels() -> None:
@@ -108,6 +111,13 @@ def _stem_space_to_depth() -> None:
   layers.Conv = SpaceToDepthStemConv
 
 
+def _small_pages() -> None:
+  """glibc malloc's own settings: no transparent huge pages (`CNNJAX_HUGE_PAGES=off`),
+  so XLA's per-execution buffers fault in again, 4 KiB at a time, every step."""
+  import os  # pylint: disable=import-outside-toplevel
+  os.environ["CNNJAX_HUGE_PAGES"] = "off"
+
+
 VARIANTS: dict[str, Variant] = {
     "lax_kernels": Variant(
         "CNNJAX_CPU_KERNELS=off: plain lax convolutions, two-pass BatchNorm, "
@@ -119,7 +129,16 @@ VARIANTS: dict[str, Variant] = {
     "stem_space_to_depth": Variant(
         "stride-2 convolutions on <= 4 channels (the stem) over 2x2 pixel blocks",
         _stem_space_to_depth),
+    "small_pages": Variant(
+        "CNNJAX_HUGE_PAGES=off: the worker starts without glibc's huge-page tunable",
+        _small_pages, environment=(("CNNJAX_HUGE_PAGES", "off"),)),
 }
+
+
+def environment(names: list[str]) -> dict[str, str]:
+  """The start-up environment the named variants need."""
+  return {key: value for name in names if name in VARIANTS
+          for key, value in VARIANTS[name].environment}
 
 
 def apply(names: list[str]) -> list[str]:

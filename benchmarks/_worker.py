@@ -33,6 +33,11 @@ def _runner(spec):
 
 def main(argv: list[str]) -> int:
   spec = json.loads(argv[1])
+  if spec["framework"].startswith("jax"):
+    # What train.py does first (cnnjax/xla_cpu.py): restart with glibc's huge-page
+    # tunable where it applies. Torch workers run with the defaults their users get.
+    from cnnjax import xla_cpu  # pylint: disable=import-outside-toplevel
+    xla_cpu.reexec_with_huge_pages()
   try:
     runner = _runner(spec)
     info = runner.setup()

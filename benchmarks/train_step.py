@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import _common
+from benchmarks import _variants
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SETUP_TIMEOUT_S = 3600.0
@@ -182,8 +183,9 @@ class Worker:
     self.stderr.close()
 
 
-def _worker_env(xla_flags: str) -> dict[str, str]:
+def _worker_env(xla_flags: str, patches: Sequence[str] = ()) -> dict[str, str]:
   env = dict(os.environ)
+  env.update(_variants.environment(list(patches)))
   flags = " ".join(f for f in (env.get("XLA_FLAGS", ""), xla_flags) if f.strip())
   if flags:
     env["XLA_FLAGS"] = flags
@@ -302,7 +304,7 @@ def run_config(args: argparse.Namespace, model: str, batch_size: int, image_size
     for label, spec, flags in variants:
       records[label] = {**base, "variant": label, "framework": "jax", "xla_flags": flags,
                         "patches": spec["patches"], "model_kwargs": spec["model_kwargs"]}
-      worker = Worker(label, spec, _worker_env(flags))
+      worker = Worker(label, spec, _worker_env(flags, spec["patches"]))
       try:
         ready = worker.receive(args.setup_timeout_s)
       except RuntimeError as error:

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnnjax import models, xla_cpu
+from cnnjax import models
 from cnnjax.errors import ModelError
 from cnnjax.models import kernels, layers
 
@@ -163,17 +163,6 @@ def test_bottleneck_resnet_is_as_close_to_float64_with_the_tuned_kernels(monkeyp
   plain_error = max(_rel(p, r) for p, r in zip(plain, reference))
   tuned_error = max(_rel(t, r) for t, r in zip(tuned, reference))
   assert tuned_error <= 2 * plain_error + 1e-6, (tuned_error, plain_error)
-
-
-def test_tuned_xla_flags_are_per_release(monkeypatch):
-  assert xla_cpu.tuned_flags("0.10.2")
-  assert xla_cpu.tuned_flags("99.1.0") == ()  # unknown releases get no experimental flags
-  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=+reduce")
-  monkeypatch.setenv(xla_cpu.ENV, "on")
-  assert xla_cpu.configure() == ()  # the user's own setting of the same flag wins
-  monkeypatch.setenv(xla_cpu.ENV, "off")
-  monkeypatch.setenv("XLA_FLAGS", "")
-  assert xla_cpu.configure() == ()
 
 
 @pytest.mark.parametrize("size,strides,groups,padding", [
