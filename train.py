@@ -21,9 +21,8 @@ import sys
 
 from cnnjax import xla_cpu
 
-# First of all: restart with glibc's huge-page tunable where it applies (CPU
-# training, Linux; CNNJAX_HUGE_PAGES=off skips it). See cnnjax/xla_cpu.py.
-xla_cpu.reexec_with_huge_pages()
+# Before JAX starts any thread: the opt-in malloc settings (CNNJAX_CPU_MALLOC=keep).
+xla_cpu.configure_malloc()
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported by cnnjax.data
 

@@ -34,10 +34,10 @@ def _runner(spec):
 def main(argv: list[str]) -> int:
   spec = json.loads(argv[1])
   if spec["framework"].startswith("jax"):
-    # What train.py does first (cnnjax/xla_cpu.py): restart with glibc's huge-page
-    # tunable where it applies. Torch workers run with the defaults their users get.
+    # What train.py does first: the opt-in malloc settings of cnnjax/xla_cpu.py
+    # (CNNJAX_CPU_MALLOC=keep, e.g. from --patches=keep_freed_memory).
     from cnnjax import xla_cpu  # pylint: disable=import-outside-toplevel
-    xla_cpu.reexec_with_huge_pages()
+    xla_cpu.configure_malloc()
   try:
     runner = _runner(spec)
     info = runner.setup()

@@ -44,10 +44,6 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-if __name__ == "__main__":  # `python -m cnnjax.evaluate`: before the heavy imports below
-  from cnnjax import xla_cpu
-  xla_cpu.reexec_with_huge_pages()
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp

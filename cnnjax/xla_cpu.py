@@ -3,10 +3,10 @@
 Two settings:
 
 1. `configure()`, run by `import cnnjax`: tuned XLA flags (below).
-2. `reexec_with_huge_pages()`, run by the command-line entry points (train.py,
-   `python -m cnnjax.evaluate`, the benchmark workers) before anything else:
-   glibc malloc backs large blocks with transparent huge pages
-   (`CNNJAX_HUGE_PAGES=off` keeps glibc's defaults; see its docstring).
+2. `configure_malloc()`, opt-in (`CNNJAX_CPU_MALLOC=keep`), run first thing by
+   train.py and the benchmark workers: glibc malloc keeps freed memory, so
+   XLA's per-step buffers are not faulted in again every step (see its
+   docstring for the measured gain and the memory trade-off).
 
 The flags: `import cnnjax` appends them to the XLA_FLAGS environment variable, so they
 reach every program the process compiles (train.py, evaluation, notebooks,
@@ -23,18 +23,16 @@ Measured effect: benchmarks/RESULTS.md (section train_step).
 
 from __future__ import annotations
 
+import ctypes
 import importlib.metadata
 import importlib.util
 import os
 import pkgutil
 import platform
-import re
 import sys
 
 ENV = "CNNJAX_XLA_CPU_FLAGS"
-HUGE_PAGES_ENV = "CNNJAX_HUGE_PAGES"
-HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
-THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
+MALLOC_ENV = "CNNJAX_CPU_MALLOC"
 _OFF = ("off", "0", "false", "no")
 
 # jaxlib "major.minor" -> flags. jaxlib 0.10 (ResNet-50 v1.5 train step, batch
@@ -85,63 +83,44 @@ def _accelerator_installed(environ=os.environ) -> bool:
   return any(True for _ in pkgutil.iter_modules(list(spec.submodule_search_locations)))
 
 
-def transparent_huge_pages_mode(path: str = THP_SETTING) -> str:
-  """The kernel's transparent-huge-page mode: "always", "madvise" or "never"."""
-  try:
-    with open(path, encoding="ascii") as setting:
-      chosen = re.search(r"\[(\w+)\]", setting.read())
-  except OSError:
-    return "never"
-  return chosen.group(1) if chosen else "never"
+
+# mallopt(3) parameters (glibc's malloc.h) and the values `configure_malloc` sets.
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+MALLOC_SETTINGS: tuple[tuple[str, int, int], ...] = (
+    ("M_ARENA_MAX", _M_ARENA_MAX, 1),  # every thread allocates from the main (brk) heap
+    ("M_MMAP_MAX", _M_MMAP_MAX, 0),  # never serve a large block with its own mmap
+    ("M_TRIM_THRESHOLD", _M_TRIM_THRESHOLD, -1),  # never hand the heap's top back
+)
 
 
-def _glibc_version() -> tuple[int, ...]:
-  library, version = platform.libc_ver()
-  if library != "glibc" or not sys.platform.startswith("linux"):
-    return ()
-  return tuple(int(part) for part in re.findall(r"\d+", version)[:2])
-
-
-def huge_pages_environment(environ=None) -> dict[str, str] | None:
-  """`environ` (default: this process's) plus glibc's huge-page tunable, or
-  None where it does not apply or is already set.
+def configure_malloc(environ=None) -> tuple[str, ...]:
+  """Opt-in (`CNNJAX_CPU_MALLOC=keep`): glibc malloc keeps freed memory for reuse.
 
   XLA:CPU mallocs each execution's temporary buffer (1.5 GB for a ResNet-50
   train step at batch 16) and frees it afterwards; glibc maps a block that
-  large afresh and unmaps it on free, so every step faults it in again in 4 KiB
-  pages (~400,000 minor faults and ~0.85 s of kernel time per 3.4 s step on
-  a 2-core machine). With GLIBC_TUNABLES=glibc.malloc.hugetlb=1 glibc asks for
-  transparent huge pages (madvise): 2 MiB pages, ~3,000 faults and 0.2 s, and
-  fewer TLB misses in the step itself. It applies on Linux with glibc >= 2.35
-  where the kernel's THP mode is "madvise" ("always" already gives huge pages,
-  "never" cannot), when the CPU backend is expected (JAX_PLATFORMS unset or
-  "cpu...", no GPU/TPU plugin installed), `CNNJAX_HUGE_PAGES` is not "off" and
-  GLIBC_TUNABLES does not set the tunable already (a user's value wins).
-  glibc reads GLIBC_TUNABLES only when a process starts.
+  large afresh and unmaps it on free, so every step faults it in again, 4 KiB
+  at a time: ~400,000 minor faults and ~0.85 s of kernel time per 3.4 s step
+  on a 2-core machine. With these settings the heap keeps the memory and later
+  steps reuse it (0 faults). Measured 1.06x and 1.22x on that step
+  (benchmarks/RESULTS.md), hence offered; not on by default because the
+  process then never returns freed memory to the OS, all threads share one
+  malloc arena, and a heap that cannot reuse a freed block (a small allocation
+  split it) grows instead: peak RSS rose from 2.7 to 4.1 GiB in one benchmark.
+
+  Applies on Linux with glibc when the CPU backend is expected (JAX_PLATFORMS
+  unset or "cpu...", no GPU/TPU plugin installed). Call it first thing in a
+  process, before importing JAX: threads that have already allocated keep their
+  arena. train.py does. Returns the settings applied.
   """
-  environ = dict(os.environ if environ is None else environ)
-  if environ.get(HUGE_PAGES_ENV, "on").strip().lower() in _OFF:
-    return None
-  if _glibc_version() < (2, 35) or transparent_huge_pages_mode() != "madvise":
-    return None
-  tunables = environ.get("GLIBC_TUNABLES", "")
-  if "glibc.malloc.hugetlb" in tunables or _accelerator_installed(environ):
-    return None
-  environ["GLIBC_TUNABLES"] = ":".join(part for part in (tunables, HUGE_PAGES_TUNABLE) if part)
-  return environ
-
-
-def reexec_with_huge_pages() -> None:
-  """Restarts this process with `huge_pages_environment()` where it applies.
-
-  `os.execve` keeps the process id, open files and the command line
-  (`sys.orig_argv`), so a launcher or scheduler sees no difference; call it
-  first thing in an entry point, before any work that would be repeated.
-  Returns normally where nothing applies (including after the restart).
-  """
-  environment = huge_pages_environment()
-  if environment is None:
-    return
-  sys.stdout.flush()
-  sys.stderr.flush()
-  os.execve(sys.executable, sys.orig_argv, environment)
+  environ = os.environ if environ is None else environ
+  if environ.get(MALLOC_ENV, "").strip().lower() != "keep":
+    return ()
+  if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+    return ()
+  if _accelerator_installed(environ):
+    return ()
+  try:
+    libc = ctypes.CDLL("libc.so.6")
+  except OSError:
+    return ()
+  return tuple(name for name, param, value in MALLOC_SETTINGS if libc.mallopt(param, value) == 1)
