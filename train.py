@@ -21,7 +21,9 @@ import sys
 
 from cnnjax import xla_cpu
 
-# Before JAX starts any thread: the opt-in malloc settings (CNNJAX_CPU_MALLOC=keep).
+# Before JAX starts any thread: glibc malloc keeps freed memory on CPU hosts, so
+# XLA's per-step buffers are not page-faulted in again every step
+# (cnnjax/xla_cpu.py; CNNJAX_CPU_MALLOC=off keeps glibc's defaults).
 xla_cpu.configure_malloc()
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported by cnnjax.data

@@ -111,10 +111,10 @@ def _stem_space_to_depth() -> None:
   layers.Conv = SpaceToDepthStemConv
 
 
-def _keep_freed_memory() -> None:
-  """`CNNJAX_CPU_MALLOC=keep`: glibc malloc keeps freed memory, so XLA's
-  per-execution buffers are not faulted in again every step (set when the worker
-  starts, see `environment`)."""
+def _glibc_malloc() -> None:
+  """`CNNJAX_CPU_MALLOC=off`: glibc malloc's own settings (as `import cnnjax` alone
+  leaves them), under which XLA's per-execution buffers are unmapped when freed
+  and faulted in again every step. Set when the worker starts (`environment`)."""
 
 
 VARIANTS: dict[str, Variant] = {
@@ -128,9 +128,9 @@ VARIANTS: dict[str, Variant] = {
     "stem_space_to_depth": Variant(
         "stride-2 convolutions on <= 4 channels (the stem) over 2x2 pixel blocks",
         _stem_space_to_depth),
-    "keep_freed_memory": Variant(
-        "CNNJAX_CPU_MALLOC=keep: glibc malloc keeps and reuses freed memory",
-        _keep_freed_memory, environment=(("CNNJAX_CPU_MALLOC", "keep"),)),
+    "glibc_malloc": Variant(
+        "CNNJAX_CPU_MALLOC=off: glibc's malloc defaults (freed blocks go back to the OS)",
+        _glibc_malloc, environment=(("CNNJAX_CPU_MALLOC", "off"),)),
 }
 
 

@@ -34,8 +34,8 @@ def _runner(spec):
 def main(argv: list[str]) -> int:
   spec = json.loads(argv[1])
   if spec["framework"].startswith("jax"):
-    # What train.py does first: the opt-in malloc settings of cnnjax/xla_cpu.py
-    # (CNNJAX_CPU_MALLOC=keep, e.g. from --patches=keep_freed_memory).
+    # What train.py does first: cnnjax/xla_cpu.py's malloc settings (off with
+    # --patches=glibc_malloc). Torch workers keep the defaults their users get.
     from cnnjax import xla_cpu  # pylint: disable=import-outside-toplevel
     xla_cpu.configure_malloc()
   try:

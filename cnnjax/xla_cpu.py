@@ -3,10 +3,10 @@
 Two settings:
 
 1. `configure()`, run by `import cnnjax`: tuned XLA flags (below).
-2. `configure_malloc()`, opt-in (`CNNJAX_CPU_MALLOC=keep`), run first thing by
-   train.py and the benchmark workers: glibc malloc keeps freed memory, so
-   XLA's per-step buffers are not faulted in again every step (see its
-   docstring for the measured gain and the memory trade-off).
+2. `configure_malloc()`, run first thing by train.py and the benchmark workers
+   (not by `import cnnjax`): glibc malloc keeps freed memory, so XLA's per-step
+   buffers are not faulted in again every step (`CNNJAX_CPU_MALLOC=off` keeps
+   glibc's defaults; see its docstring for the gain and the memory trade-off).
 
 The flags: `import cnnjax` appends them to the XLA_FLAGS environment variable, so they
 reach every program the process compiles (train.py, evaluation, notebooks,
@@ -94,26 +94,28 @@ MALLOC_SETTINGS: tuple[tuple[str, int, int], ...] = (
 
 
 def configure_malloc(environ=None) -> tuple[str, ...]:
-  """Opt-in (`CNNJAX_CPU_MALLOC=keep`): glibc malloc keeps freed memory for reuse.
+  """Makes glibc malloc keep freed memory for reuse; returns the settings applied.
 
   XLA:CPU mallocs each execution's temporary buffer (1.5 GB for a ResNet-50
   train step at batch 16) and frees it afterwards; glibc maps a block that
   large afresh and unmaps it on free, so every step faults it in again, 4 KiB
   at a time: ~400,000 minor faults and ~0.85 s of kernel time per 3.4 s step
   on a 2-core machine. With these settings the heap keeps the memory and later
-  steps reuse it (0 faults). Measured 1.06x and 1.22x on that step
-  (benchmarks/RESULTS.md), hence offered; not on by default because the
-  process then never returns freed memory to the OS, all threads share one
-  malloc arena, and a heap that cannot reuse a freed block (a small allocation
-  split it) grows instead: peak RSS rose from 2.7 to 4.1 GiB in one benchmark.
+  steps reuse it (0 faults): 1.06x, 1.22x and 1.28x on that step in three
+  interleaved runs (benchmarks/RESULTS.md). The price: the process never returns
+  freed memory to the OS, all threads share one malloc arena, and a freed block
+  that a small allocation has split is not reused, so the heap can end larger
+  than the old peak (resident memory 2.9-4.5 GiB against 2.7-3.0 GiB, steady
+  over 40 steps once the first step has run).
 
   Applies on Linux with glibc when the CPU backend is expected (JAX_PLATFORMS
-  unset or "cpu...", no GPU/TPU plugin installed). Call it first thing in a
-  process, before importing JAX: threads that have already allocated keep their
-  arena. train.py does. Returns the settings applied.
+  unset or "cpu...", no GPU/TPU plugin installed) and `CNNJAX_CPU_MALLOC` is not
+  "off". Call it first thing in a process, before importing JAX (threads that
+  have already allocated keep their arena); train.py does, `import cnnjax`
+  does not.
   """
   environ = os.environ if environ is None else environ
-  if environ.get(MALLOC_ENV, "").strip().lower() != "keep":
+  if environ.get(MALLOC_ENV, "on").strip().lower() in _OFF:
     return ()
   if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
     return ()

@@ -1,4 +1,4 @@
-"""`cnnjax.xla_cpu`: the XLA flags `import cnnjax` sets and the opt-in malloc settings."""
+"""`cnnjax.xla_cpu`: the XLA flags `import cnnjax` sets and train.py's malloc settings."""
 
 from __future__ import annotations
 
@@ -29,17 +29,17 @@ def test_tuned_xla_flags_are_per_release(monkeypatch):
   assert xla_cpu.configure() == ()
 
 
-def test_malloc_settings_are_opt_in_and_cpu_only():
-  cpu = {"JAX_PLATFORMS": "cpu"}
-  assert xla_cpu.configure_malloc(cpu) == ()  # off unless asked for
-  assert xla_cpu.configure_malloc({**cpu, xla_cpu.MALLOC_ENV: "on"}) == ()  # only "keep" asks
-  assert xla_cpu.configure_malloc({xla_cpu.MALLOC_ENV: "keep", "JAX_PLATFORMS": "cuda"}) == ()
+def test_malloc_settings_are_cpu_only_and_can_be_turned_off():
+  assert xla_cpu.configure_malloc({"JAX_PLATFORMS": "cpu", xla_cpu.MALLOC_ENV: "off"}) == ()
+  assert xla_cpu.configure_malloc({"JAX_PLATFORMS": "cuda"}) == ()
+  assert xla_cpu.configure_malloc({"JAX_PLATFORMS": "tpu,cpu"}) == ()
 
 
 @pytest.mark.skipif(not GLIBC_LINUX, reason="the malloc settings are for Linux with glibc")
 def test_malloc_settings_apply_in_a_fresh_process():
   script = "from cnnjax import xla_cpu; print(' '.join(xla_cpu.configure_malloc()))"
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", xla_cpu.MALLOC_ENV: "keep"}
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  env.pop(xla_cpu.MALLOC_ENV, None)
   done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                         text=True, timeout=120, check=True)
   assert done.stdout.split() == [name for name, _, _ in xla_cpu.MALLOC_SETTINGS]
