@@ -101,8 +101,8 @@ def configure_malloc(environ=None) -> tuple[str, ...]:
   large afresh and unmaps it on free, so every step faults it in again, 4 KiB
   at a time: ~400,000 minor faults and ~0.85 s of kernel time per 3.4 s step
   on a 2-core machine. With these settings the heap keeps the memory and later
-  steps reuse it (0 faults): 1.06x, 1.22x and 1.28x on that step in three
-  interleaved runs (benchmarks/RESULTS.md). The price: the process never returns
+  steps reuse it (0 faults): 1.06-1.28x on that step in four interleaved
+  runs (benchmarks/RESULTS.md). The price: the process never returns
   freed memory to the OS, all threads share one malloc arena, and a freed block
   that a small allocation has split is not reused, so the heap can end larger
   than the old peak (resident memory 2.9-4.5 GiB against 2.7-3.0 GiB, steady
