@@ -1,4 +1,4 @@
-"""XLA:CPU options that cnnjax sets before JAX starts its CPU backend.
+"""CPU runtime settings cnnjax makes before JAX starts its CPU backend.
 
 Two settings:
 
@@ -69,7 +69,6 @@ def configure() -> tuple[str, ...]:
   return added
 
 
-
 def _accelerator_installed(environ=os.environ) -> bool:
   """Whether JAX may pick a GPU/TPU backend (a PJRT plugin or libtpu is installed)."""
   platforms = environ.get("JAX_PLATFORMS", "").strip().lower()
@@ -81,7 +80,6 @@ def _accelerator_installed(environ=os.environ) -> bool:
   if spec is None or not spec.submodule_search_locations:
     return False
   return any(True for _ in pkgutil.iter_modules(list(spec.submodule_search_locations)))
-
 
 
 # mallopt(3) parameters (glibc's malloc.h) and the values `configure_malloc` sets.
