@@ -218,7 +218,8 @@ class JaxRunner:
 
   def setup(self) -> dict[str, Any]:
     spec = self.spec
-    # Before cnnjax is imported: some variants change what its import sets up.
+    # Before JAX starts its backend (a variant may edit XLA_FLAGS) and before
+    # cnnjax.models builds anything (a variant may replace a building block).
     applied_patches = _variants.apply(spec.get("patches") or [])
     import jax  # pylint: disable=import-outside-toplevel
     import jax.numpy as jnp  # pylint: disable=import-outside-toplevel

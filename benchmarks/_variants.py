@@ -14,36 +14,28 @@ import dataclasses
 from collections.abc import Callable
 
 
+def _no_change() -> None:
+  return None
+
+
 @dataclasses.dataclass(frozen=True)
 class Variant:
   description: str
-  apply: Callable[[], None]
-  # Environment variables the worker process must start with (read before
-  # Python runs, e.g. by glibc); the harness sets them when it spawns the worker.
+  # Environment variables the worker process starts with: the harness sets them
+  # when it spawns the worker, so settings read at start-up (glibc, cnnjax's
+  # import, XLA) or at trace time all take effect.
   environment: tuple[tuple[str, str], ...] = ()
+  # What else the worker does before it imports JAX's backend or builds a model.
+  apply: Callable[[], None] = _no_change
 
 
-def _lax_kernels() -> None:
-  """The plain jax.lax formulations everywhere (`CNNJAX_CPU_KERNELS=off`): 1x1
-  convolutions as convolutions, two-pass BatchNorm, select-and-scatter max-pool
-  gradients. Measures what `cnnjax.models.kernels` buys on CPU."""
-  import os  # pylint: disable=import-outside-toplevel
-  os.environ["CNNJAX_CPU_KERNELS"] = "off"
-
-
-def _cpu_kernels() -> None:
-  """`cnnjax.models.kernels` on any backend (`CNNJAX_CPU_KERNELS=on`), to measure
-  the CPU-tuned formulations where they are off by default (GPU, TPU)."""
-  import os  # pylint: disable=import-outside-toplevel
-  os.environ["CNNJAX_CPU_KERNELS"] = "on"
-
-
-def _xla_defaults() -> None:
-  """XLA's own CPU options: cnnjax adds none to XLA_FLAGS (`CNNJAX_XLA_CPU_FLAGS=off`)."""
+def _strip_inherited_tuned_flags() -> None:
+  """Removes cnnjax.xla_cpu's tuned flags from an XLA_FLAGS inherited from a
+  parent process that imported cnnjax (CNNJAX_XLA_CPU_FLAGS=off stops only this
+  process's import from adding them)."""
   import os  # pylint: disable=import-outside-toplevel
   from cnnjax import xla_cpu  # pylint: disable=import-outside-toplevel
-  os.environ["CNNJAX_XLA_CPU_FLAGS"] = "off"
-  tuned = set(xla_cpu.tuned_flags())  # in case a parent process added them already
+  tuned = set(xla_cpu.tuned_flags())
   os.environ["XLA_FLAGS"] = " ".join(
       f for f in os.environ.get("XLA_FLAGS", "").split() if f not in tuned)
 
@@ -111,26 +103,30 @@ def _stem_space_to_depth() -> None:
   layers.Conv = SpaceToDepthStemConv
 
 
-def _glibc_malloc() -> None:
-  """`CNNJAX_CPU_MALLOC=off`: glibc malloc's own settings (as `import cnnjax` alone
-  leaves them), under which XLA's per-execution buffers are unmapped when freed
-  and faulted in again every step. Set when the worker starts (`environment`)."""
-
-
 VARIANTS: dict[str, Variant] = {
+    # The plain jax.lax formulations everywhere: 1x1 convolutions as
+    # convolutions, two-pass BatchNorm, select-and-scatter max-pool gradients.
+    # Measures what `cnnjax.models.kernels` buys on CPU.
     "lax_kernels": Variant(
         "CNNJAX_CPU_KERNELS=off: plain lax convolutions, two-pass BatchNorm, "
-        "select-and-scatter max pooling", _lax_kernels),
+        "select-and-scatter max pooling", environment=(("CNNJAX_CPU_KERNELS", "off"),)),
+    # `cnnjax.models.kernels` on any backend, to measure the CPU-tuned
+    # formulations where they are off by default (GPU, TPU).
     "cpu_kernels": Variant(
-        "CNNJAX_CPU_KERNELS=on: the CPU-tuned formulations on any backend", _cpu_kernels),
+        "CNNJAX_CPU_KERNELS=on: the CPU-tuned formulations on any backend",
+        environment=(("CNNJAX_CPU_KERNELS", "on"),)),
+    # XLA's own CPU options: cnnjax adds none to XLA_FLAGS.
     "xla_defaults": Variant(
-        "CNNJAX_XLA_CPU_FLAGS=off: none of cnnjax.xla_cpu's tuned XLA:CPU flags", _xla_defaults),
+        "CNNJAX_XLA_CPU_FLAGS=off: none of cnnjax.xla_cpu's tuned XLA:CPU flags",
+        environment=(("CNNJAX_XLA_CPU_FLAGS", "off"),), apply=_strip_inherited_tuned_flags),
     "stem_space_to_depth": Variant(
         "stride-2 convolutions on <= 4 channels (the stem) over 2x2 pixel blocks",
-        _stem_space_to_depth),
+        apply=_stem_space_to_depth),
+    # glibc malloc's own settings (as `import cnnjax` alone leaves them): XLA's
+    # per-execution buffers are unmapped when freed and faulted in again every step.
     "glibc_malloc": Variant(
         "CNNJAX_CPU_MALLOC=off: glibc's malloc defaults (freed blocks go back to the OS)",
-        _glibc_malloc, environment=(("CNNJAX_CPU_MALLOC", "off"),)),
+        environment=(("CNNJAX_CPU_MALLOC", "off"),)),
 }
 
 
@@ -141,7 +137,9 @@ def environment(names: list[str]) -> dict[str, str]:
 
 
 def apply(names: list[str]) -> list[str]:
-  """Applies the named variants (before any model is built); returns their names."""
+  """Applies the named variants' `apply` (before any model is built); returns their names.
+
+  Their `environment` is set by the harness when it starts the worker (`environment`)."""
   for name in names:
     if name not in VARIANTS:
       raise ValueError(f"unknown patch {name!r}; choose from {', '.join(VARIANTS)}")

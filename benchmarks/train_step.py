@@ -386,7 +386,7 @@ def _float64_reference(args, spec: dict[str, Any], workdir: str) -> str | dict[s
   reference = {**spec, "framework": "jax_float64_reference",
                "numerics_source": spec["numerics_path"],
                "numerics_path": os.path.join(workdir, "numerics_float64.npz")}
-  worker = Worker("float64 reference", reference, _worker_env(""))
+  worker = Worker("float64 reference", reference, _worker_env("", spec["patches"]))
   try:
     worker.receive(args.setup_timeout_s)
     return reference["numerics_path"]
