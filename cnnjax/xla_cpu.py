@@ -31,9 +31,22 @@ import pkgutil
 import platform
 import sys
 
+from cnnjax.errors import ConfigError
+
 ENV = "CNNJAX_XLA_CPU_FLAGS"
 MALLOC_ENV = "CNNJAX_CPU_MALLOC"
-_OFF = ("off", "0", "false", "no")
+_ON, _OFF = ("on", "1", "true", "yes"), ("off", "0", "false", "no")
+
+
+def _switched_on(name: str, environ) -> bool:
+  """The on/off environment switch `name` (unset or empty: on)."""
+  value = environ.get(name, "").strip().lower() or "on"
+  if value in _ON:
+    return True
+  if value in _OFF:
+    return False
+  raise ConfigError(f"{name}={value!r} is not a switch; set it to on (the default) or off "
+                    f"(also accepted: {', '.join(_ON[1:] + _OFF[1:])}), or unset it.")
 
 # jaxlib "major.minor" -> flags. jaxlib 0.10 (ResNet-50 v1.5 train step, batch
 # 16, 224 px, 2-core AVX-512): convolutions go to Eigen's multi-threaded
@@ -60,7 +73,7 @@ def tuned_flags(jaxlib_version: str | None = None) -> tuple[str, ...]:
 
 def configure() -> tuple[str, ...]:
   """Appends the tuned flags to XLA_FLAGS (unless disabled); returns those added."""
-  if os.environ.get(ENV, "on").strip().lower() in _OFF:
+  if not _switched_on(ENV, os.environ):
     return ()
   current = os.environ.get("XLA_FLAGS", "")
   added = tuple(flag for flag in tuned_flags() if flag.split("=", 1)[0] not in current)
@@ -113,7 +126,7 @@ def configure_malloc(environ=None) -> tuple[str, ...]:
   does not.
   """
   environ = os.environ if environ is None else environ
-  if environ.get(MALLOC_ENV, "on").strip().lower() in _OFF:
+  if not _switched_on(MALLOC_ENV, environ):
     return ()
   if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
     return ()

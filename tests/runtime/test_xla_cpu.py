@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from cnnjax import xla_cpu
+from cnnjax.errors import ConfigError
 
 GLIBC_LINUX = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 
@@ -27,6 +28,13 @@ def test_tuned_xla_flags_are_per_release(monkeypatch):
   monkeypatch.setenv(xla_cpu.ENV, "off")
   monkeypatch.setenv("XLA_FLAGS", "")
   assert xla_cpu.configure() == ()
+
+
+@pytest.mark.parametrize("name", [xla_cpu.ENV, xla_cpu.MALLOC_ENV])
+def test_switches_refuse_values_that_are_neither_on_nor_off(monkeypatch, name):
+  monkeypatch.setenv(name, "fastest")
+  with pytest.raises(ConfigError, match=f"{name}='fastest' is not a switch; set it to on"):
+    xla_cpu.configure() if name == xla_cpu.ENV else xla_cpu.configure_malloc()
 
 
 def test_malloc_settings_are_cpu_only_and_can_be_turned_off():
