@@ -30,6 +30,8 @@ Op = Callable[[Example], Example]
 # Marks a tf assertion message that the iterator re-raises as DataError.
 DATA_ERROR_MARKER = "cnnjax.DataError:"
 INTERPOLATION_METHODS = ("bilinear", "area", "nearest", "bicubic")
+# `normalize` builds constants of the image's shape up to this many elements.
+_FULL_SIZE_CONSTANT_MAX = 1 << 22
 
 
 # ----------------------------------------------------------------------------
@@ -370,6 +372,19 @@ def normalize(mean, std=None) -> Op:
 
   def op(example: Example) -> Example:
     image = _as_float(example["image"])
+    shape = image.shape
+    if (shape.is_fully_defined() and shape.num_elements() <= _FULL_SIZE_CONSTANT_MAX
+        and (mean.ndim == 1 or tuple(shape[-3:]) == mean.shape)):
+      # The same arithmetic as below with operands of the image's own shape:
+      # TF's CPU kernels broadcast a [3] vector over HxWx3 slowly (0.4 ms
+      # per op at 224x224, as long as resizing), same-shape operands take
+      # the fast elementwise path (0.06 ms). Equal to the broadcast form up
+      # to float rounding (x/s - m/s vs (x - m)/s).
+      scale = 1.0 if std is None else 1.0 / np.asarray(std, np.float32)
+      offset = np.broadcast_to(-mean * scale, shape.as_list())
+      if std is not None:
+        image = image * tf.constant(np.broadcast_to(scale, shape.as_list()))
+      return dict(example, image=image + tf.constant(offset))
     centre = mean_t
     if mean.ndim == 3 and tuple(image.shape[-3:-1]) != mean.shape[:2]:
       h, w = image_hw(image)

@@ -74,6 +74,27 @@ def _batched(op, image, count: int, reduce=None) -> np.ndarray:
   return next(iter(ds.batch(count))).numpy()
 
 
+@pytest.mark.parametrize("mean, std", [
+    ([120.0, 110.0, 100.0], [60.0, 50.0, 40.0]),
+    ([120.0, 110.0, 100.0], None),
+    (np.linspace(0, 255, 24 * 30 * 3, dtype=np.float32).reshape(24, 30, 3), None),
+    (np.linspace(0, 255, 24 * 30 * 3, dtype=np.float32).reshape(24, 30, 3), [2.0, 3.0, 4.0]),
+])
+@pytest.mark.parametrize("batched", [False, True])
+def test_normalize_static_and_dynamic_shapes_give_the_same_values(mean, std, batched):
+  # Static shapes use constants of the image's shape, dynamic ones broadcasting.
+  image = np.random.default_rng(5).uniform(0, 255, (4, 24, 30, 3) if batched else (24, 30, 3))
+  image = image.astype(np.float32)
+  expected = (image - np.asarray(mean, np.float32)) / (1.0 if std is None else np.asarray(std, np.float32))
+  op = augment.normalize(mean, std)
+  static = op({"image": tf.constant(image)})["image"]
+  assert static.shape == image.shape
+  dynamic = tf.function(lambda x: op({"image": x})["image"],
+                        input_signature=[tf.TensorSpec([None] * image.ndim, tf.float32)])(image)
+  for result in (static, dynamic):
+    np.testing.assert_allclose(result.numpy(), expected, rtol=1e-6, atol=1e-5)
+
+
 def test_flip_frequency_is_one_half():
   image = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
   outputs = _batched(augment.random_flip_left_right(), image, 2000)
