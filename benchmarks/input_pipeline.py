@@ -8,12 +8,17 @@ a private one-thread pool, no parallel map) of
   fused: tf.image.decode_and_crop_jpeg of the crop window only -> resize 224 -> flip
 
 with the same crop windows (the same stateless seeds), using the ops that
-`cnnjax.data.augment` ships. It then runs the full training pipeline
+`cnnjax.data.augment` ships; then the cost of each op of the Inception
+training preset (`augment.train_ops("inception")`: crop, random-method
+resize, flip, photometric distortions, ImageNet normalisation), measured as
+the difference between the one-core rates of successive prefixes. It then
+runs the full training pipeline
 (`train_iterator(augment="inception")` on the folder prepared as an
 image_folder dataset) with all cores, and says how many cores one GPU that
 consumes 7,500 images/s would need.
 
   python benchmarks/input_pipeline.py [--num-images 300] [--width 500 --height 375] [--seconds 10] [--rounds 5]
+                                      [--no-stages] [--no-full]
 """
 
 from __future__ import annotations
@@ -63,19 +68,66 @@ def one_core_rate(encoded: list[bytes], fused: bool, seconds: float, image_size:
       return tf.reduce_sum(tf.cast(image[:1, :1], tf.float32))  # keep the crop; fetch ~nothing
     return rest({"image": image, "rng": rng})["image"]
 
-  ds = tf.data.Dataset.from_tensor_slices(encoded).repeat().enumerate()
-  ds = ds.map(process, num_parallel_calls=None).batch(32)
+  ds = tf.data.Dataset.from_tensor_slices(encoded).repeat().enumerate().map(process)
+  return _one_thread_rate(ds, seconds)
+
+
+def _one_thread_rate(dataset, seconds: float, batch: int = 32) -> float:
+  """Elements/s of `dataset` on one thread (private one-thread pool, no autotuning)."""
+  import tensorflow as tf
   options = tf.data.Options()
   options.threading.private_threadpool_size = 1
   options.threading.max_intra_op_parallelism = 1
   options.autotune.enabled = False
-  iterator = iter(ds.with_options(options))
+  iterator = iter(dataset.batch(batch).with_options(options))
   for _ in range(3):  # warm-up: tracing, thread start
     next(iterator)
   count, start = 0, time.perf_counter()
   while time.perf_counter() - start < seconds:
     count += int(next(iterator).shape[0])
   return count / (time.perf_counter() - start)
+
+
+def inception_stage_costs(encoded: list[bytes], seconds: float, rounds: int,
+                          image_size: int = 224) -> list[tuple[str, float]]:
+  """(op name, milliseconds per image on one core) for each op of the Inception preset.
+
+  Rates of the op-list prefixes are measured in alternating rounds (medians);
+  an op's cost is the difference of 1/rate between its prefix and the one
+  before. Prefixes that end before the fixed-size resize fetch one pixel.
+  """
+  import tensorflow as tf
+  from cnnjax.data import augment
+  from cnnjax.data.stats import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
+
+  ops = augment.train_ops("inception", image_size=image_size, native_size=None,
+                          normalize_op=augment.normalize(IMAGENET_MEAN_RGB, IMAGENET_STD_RGB))
+  names = ["inception_crop (fused decode)", "random_interpolation_resize", "random_flip_left_right",
+           "color_distortion", "normalize (ImageNet mean/std)"]
+  assert len(ops) == len(names), "the Inception preset changed; update the stage names"
+
+  def prefix_dataset(count: int):
+    composed = augment.compose(ops[:count])
+
+    def process(index, image_bytes):
+      image = composed({"image": image_bytes, "rng": tf.stack([tf.constant(0, tf.int64), index])})["image"]
+      if image.shape[0] is None:  # variable-size crop: fetch ~nothing
+        return tf.reduce_sum(tf.cast(image[:1, :1], tf.float32))
+      return image
+    return tf.data.Dataset.from_tensor_slices(encoded).repeat().enumerate().map(process)
+
+  rates: dict[int, list[float]] = {count: [] for count in range(len(ops) + 1)}
+  for _ in range(rounds):
+    for count in rates:
+      if count == 0:  # the per-element cost of tf.data itself
+        dataset = tf.data.Dataset.from_tensor_slices(encoded).repeat().map(tf.strings.length)
+      else:
+        dataset = prefix_dataset(count)
+      rates[count].append(_one_thread_rate(dataset, seconds / rounds / len(rates)))
+  milliseconds = [1000.0 / float(np.median(rates[count])) for count in rates]
+  costs = [("tf.data element (no op)", milliseconds[0])]
+  costs += [(name, milliseconds[i + 1] - milliseconds[i]) for i, name in enumerate(names)]
+  return costs + [("total", milliseconds[-1])]
 
 
 def full_pipeline_rate(folder: str, data_dir: str, seconds: float) -> float:
@@ -101,6 +153,8 @@ def main() -> None:
   parser.add_argument("--gpu-images-per-second", type=float, default=7500.0)
   parser.add_argument("--no-full", dest="full", action="store_false",
                       help="skip the full train_iterator measurement")
+  parser.add_argument("--no-stages", dest="stages", action="store_false",
+                      help="skip the per-op costs of the Inception preset")
   args = parser.parse_args()
 
   with tempfile.TemporaryDirectory() as workdir:
@@ -118,6 +172,7 @@ def main() -> None:
                                         seconds=args.seconds / args.rounds,
                                         image_size=None if key.endswith("decode") else 224))
     naive_decode, fused_decode, naive, fused = (float(np.median(rates[k])) for k in rates)
+    stages = inception_stage_costs(encoded, args.seconds, args.rounds) if args.stages else []
     cores = os.cpu_count() or 1
     full = full_pipeline_rate(folder, os.path.join(workdir, "data"), args.seconds) if args.full else 0
 
@@ -129,6 +184,10 @@ def main() -> None:
         f"({fused_decode / naive_decode:.2f}x)")
   print(f"  + resize 224 + flip  naive {naive:8.1f}  fused {fused:8.1f} images/s "
         f"({fused / naive:.2f}x)")
+  if stages:
+    print("one core, Inception preset, cost of each op (ms per image):")
+    for name, cost in stages:
+      print(f"  {name:32s} {cost:7.3f}")
   if full:
     per_core_full = full / cores
     print(f"full train_iterator(augment='inception') on {cores} cores: {full:.1f} images/s "

@@ -1,0 +1,42 @@
+"""The input-pipeline benchmark in its smallest form: it runs and measures every op.
+
+No timing is asserted (speed targets live in benchmarks/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+
+from benchmarks import input_pipeline
+
+
+@pytest.fixture(scope="module")
+def encoded(tmp_path_factory):
+  folder = tmp_path_factory.mktemp("jpegs")
+  input_pipeline.make_jpeg_folder(str(folder), num_images=6, width=80, height=60)
+  paths = sorted(os.path.join(d, f) for d, _, files in os.walk(folder) for f in files)
+  assert len(paths) == 6 and all(p.endswith(".jpg") for p in paths)
+  return [open(p, "rb").read() for p in paths]
+
+
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("image_size", [None, 32])
+def test_one_core_rate_is_positive(encoded, fused, image_size):
+  rate = input_pipeline.one_core_rate(encoded, fused=fused, seconds=0.2, image_size=image_size)
+  assert math.isfinite(rate) and rate > 0
+
+
+def test_stage_costs_cover_every_op_of_the_inception_preset(encoded):
+  costs = input_pipeline.inception_stage_costs(encoded, seconds=0.6, rounds=1, image_size=32)
+  names = [name for name, _ in costs]
+  assert names[0].startswith("tf.data") and names[-1] == "total"
+  assert [n.split()[0] for n in names[1:-1]] == [
+      "inception_crop", "random_interpolation_resize", "random_flip_left_right",
+      "color_distortion", "normalize"]
+  assert all(math.isfinite(cost) for _, cost in costs)
+  # The op costs are differences of successive prefixes: they add up to the total.
+  assert sum(cost for _, cost in costs[:-1]) == pytest.approx(costs[-1][1])
+  assert costs[-1][1] > 0
