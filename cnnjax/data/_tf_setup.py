@@ -9,10 +9,36 @@ the package imports before anything else.
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import tensorflow as tf  # noqa: E402
+
+def _import_tensorflow():
+  """Imports TensorFlow without the Keras optimizers it would load eagerly.
+
+  `import tensorflow` imports `keras.src.optimizers` whenever Keras is
+  installed (it is a TensorFlow dependency), which pulls in Keras and
+  scikit-learn: 1.2 of the 3.4 s the import takes on a 2-core machine. cnnjax
+  uses only tf.data, tf.io and tf.image. TensorFlow tolerates the module
+  being absent (it catches the ImportError), so it is marked absent for the
+  duration of the import and then forgotten: a later `import keras` or
+  `tf.keras` loads it as usual.
+  """
+  blocked = "keras.src.optimizers"
+  if "tensorflow" in sys.modules or blocked in sys.modules:
+    import tensorflow  # pylint: disable=import-outside-toplevel
+    return tensorflow
+  sys.modules[blocked] = None  # type: ignore[assignment]
+  try:
+    import tensorflow  # pylint: disable=import-outside-toplevel
+  finally:
+    if sys.modules.get(blocked, 0) is None:
+      del sys.modules[blocked]
+  return tensorflow
+
+
+tf = _import_tensorflow()
 
 
 def hide_gpus_from_tensorflow() -> None:
