@@ -361,7 +361,7 @@ def _train(r: _Run) -> dict[str, Any]:
        f"{r.total_steps} steps ({r.steps_per_epoch} per epoch); {how}", r)
   train_fn, evaluate_fn, after_validation_fn = sharding.jit_steps(
       steps.train_step_fn, steps.eval_step_fn, steps.after_validation_fn, r.mesh)
-  writer = MetricWriter(r.workdir, enabled=r.is_main)
+  writer = MetricWriter(r.workdir, enabled=r.is_main, resume_step=r.start_step)
   stop = StopRequest()
   has_ema = state.ema_params is not None
   profile = tuple(c.profile_steps) if c.profile_steps else None

@@ -27,3 +27,43 @@ def test_a_torn_last_row_is_skipped_and_the_next_run_appends_cleanly(tmp_path):
   with pytest.warns(UserWarning, match=":3 is not"):
     rows = read_metrics(str(tmp_path), "train")
   assert [(r["step"], r["loss"]) for r in rows] == [(1, 2.0), (2, 1.5), (3, 1.2)]
+
+
+def _rows(path):
+  return [json.loads(line) for line in open(path) if line.strip()]
+
+
+def test_a_resumed_run_keeps_one_row_per_split_and_step_and_loses_none(tmp_path):
+  writer = MetricWriter(str(tmp_path), tensorboard=False)
+  for step in (1, 2, 3, 4, 5):
+    writer.write(step, "train", {"loss": 10.0 - step})
+  writer.write(3, "val", {"loss": 7.5})
+  writer.write(5, "val", {"loss": 5.5})
+  writer.close()
+  path = tmp_path / METRICS_FILE
+  with open(path, "a") as f:  # killed while writing step 6's row
+    f.write('{"step": 6, "spl')
+
+  # The checkpoint of step 3 survived: rows 4-6 are recomputed by the resumed run.
+  resumed = MetricWriter(str(tmp_path), tensorboard=False, resume_step=3)
+  assert [(r["split"], r["step"]) for r in _rows(path)] == [
+      ("train", 1), ("train", 2), ("train", 3), ("val", 3)]
+  moved = (tmp_path / "metrics.superseded.jsonl").read_text().splitlines()
+  assert [json.loads(line)["step"] for line in moved[:3]] == [4, 5, 5]
+  assert moved[3] == '{"step": 6, "spl'  # kept as it was
+  resumed.write(3, "val", {"loss": 7.5})  # a re-evaluation of the restored step: held already
+  for step in (4, 5, 6):
+    resumed.write(step, "train", {"loss": 10.0 - step})
+  resumed.write(5, "val", {"loss": 5.5})
+  resumed.close()
+  keys = [(r["split"], r["step"]) for r in read_metrics(str(tmp_path))]
+  assert len(keys) == len(set(keys)) == 8
+
+
+def test_a_fresh_start_supersedes_rows_of_a_run_that_left_no_checkpoint(tmp_path):
+  writer = MetricWriter(str(tmp_path), tensorboard=False)
+  writer.write(1, "train", {"loss": 2.0})
+  writer.close()
+  MetricWriter(str(tmp_path), tensorboard=False, resume_step=0).close()
+  assert _rows(tmp_path / METRICS_FILE) == []
+  assert [r["step"] for r in _rows(tmp_path / "metrics.superseded.jsonl")] == [1]
