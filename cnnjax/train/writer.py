@@ -11,7 +11,8 @@ A run that resumes from the checkpoint of step S (S = 0: no checkpoint yet)
 recomputes the rows after S (and may re-evaluate at S). So that the file still holds one row per (split,
 step), the writer of a resumed run moves the rows after S, and a row cut
 short by a kill, to metrics.superseded.jsonl (nothing is deleted), and does
-not write again a row for a (split, step) the file already holds.
+not write again a row for a (split, step) the file already holds; its
+TensorBoard writer purges the events after S.
 """
 
 from __future__ import annotations
@@ -78,7 +79,9 @@ class MetricWriter:
     if tensorboard:
       try:
         from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-        self._tb = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR))
+        # purge_step: TensorBoard hides the earlier events from the resumed step on.
+        self._tb = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR),
+                                 purge_step=None if resume_step is None else resume_step + 1)
       except ImportError:  # tensorboardX is optional for library users
         self._tb = None
 

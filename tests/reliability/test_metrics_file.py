@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -67,3 +68,31 @@ def test_a_fresh_start_supersedes_rows_of_a_run_that_left_no_checkpoint(tmp_path
   MetricWriter(str(tmp_path), tensorboard=False, resume_step=0).close()
   assert _rows(tmp_path / METRICS_FILE) == []
   assert [r["step"] for r in _rows(tmp_path / "metrics.superseded.jsonl")] == [1]
+
+
+def _events(directory):
+  """(step, kind) of every event in the TensorBoard files of `directory`."""
+  import glob
+  import struct
+  from tensorboardX.proto import event_pb2
+  events = []
+  for path in sorted(glob.glob(os.path.join(directory, "events.out.tfevents.*"))):
+    data, offset = open(path, "rb").read(), 0
+    while offset < len(data):
+      (length,) = struct.unpack("<Q", data[offset:offset + 8])
+      event = event_pb2.Event()
+      event.ParseFromString(data[offset + 12:offset + 12 + length])
+      offset += 12 + length + 4
+      events.append((event.step, event.WhichOneof("what")))
+  return events
+
+
+def test_a_resumed_run_tells_tensorboard_to_hide_the_recomputed_steps(tmp_path):
+  pytest.importorskip("tensorboardX")
+  MetricWriter(str(tmp_path / "fresh")).close()
+  assert all(kind != "session_log" for _, kind in _events(tmp_path / "fresh" / "tensorboard"))
+  resumed = MetricWriter(str(tmp_path / "resumed"), resume_step=3)
+  resumed.write(4, "train", {"loss": 1.0})
+  resumed.close()
+  # A SessionLog START at step 4: TensorBoard purges older events from step 4 on.
+  assert (4, "session_log") in _events(tmp_path / "resumed" / "tensorboard")
