@@ -317,8 +317,14 @@ def _check_range(name: str, value, low: float | None, high: float | None) -> Non
 # Colour.
 
 
-def color_distortion(brightness: float = 32.0, contrast: float = 0.5, saturation: float = 0.5,
-                     hue: float = 0.2) -> Op:
+# The Inception preset's photometric strengths (host op and train-step twin).
+PHOTOMETRIC_DEFAULTS = {"brightness": 32.0, "contrast": 0.5, "saturation": 0.5, "hue": 0.2}
+
+
+def color_distortion(brightness: float = PHOTOMETRIC_DEFAULTS["brightness"],
+                     contrast: float = PHOTOMETRIC_DEFAULTS["contrast"],
+                     saturation: float = PHOTOMETRIC_DEFAULTS["saturation"],
+                     hue: float = PHOTOMETRIC_DEFAULTS["hue"]) -> Op:
   """Photometric distortions (brightness in 0..255 units; others as factors).
 
   brightness adds U[-b, b]; contrast and saturation scale by U[1-c, 1+c];
@@ -392,6 +398,16 @@ def normalize(mean, std=None) -> Op:
     image = image - centre
     if std_t is not None:
       image = image / std_t
+    return dict(example, image=image)
+  return op
+
+
+def to_uint8() -> Op:
+  """Rounds to uint8 (0..255): a quarter of float32's bytes to batch and transfer."""
+  def op(example: Example) -> Example:
+    image = example["image"]
+    if image.dtype != tf.uint8:
+      image = tf.cast(tf.clip_by_value(tf.round(_as_float(image)), 0.0, 255.0), tf.uint8)
     return dict(example, image=image)
   return op
 
@@ -478,15 +494,24 @@ def train_ops(preset: str, *, image_size: int, native_size: int | None,
             + flip + colour + [normalize_op])
 
   # inception
-  photometric = []
-  if kwargs.get("photometric", True):
-    photometric = [color_distortion(**{k: kwargs[k] for k in ("brightness", "contrast",
+  photometric = kwargs.get("photometric", True)
+  if photometric not in (True, False, "device"):
+    raise DataError(f"inception: photometric must be True (on the host), False or 'device' "
+                    f"(in the train step), got {photometric!r}")
+  geometry = [inception_crop(tuple(kwargs.get("area_range", (0.08, 1.0))),
+                             tuple(kwargs.get("aspect_range", (3 / 4, 4 / 3)))),
+              random_interpolation_resize(image_size, kwargs.get("interpolations",
+                                                                 INTERPOLATION_METHODS))] + flip
+  if photometric == "device":
+    if colour:
+      raise DataError("inception: pca_color runs on the host after the photometric distortions; "
+                      "with photometric='device' turn pca_color off (or use photometric=True)")
+    return geometry + [to_uint8()]
+  distortions = []
+  if photometric:
+    distortions = [color_distortion(**{k: kwargs[k] for k in ("brightness", "contrast",
                                                                "saturation", "hue") if k in kwargs})]
-  return ([inception_crop(tuple(kwargs.get("area_range", (0.08, 1.0))),
-                          tuple(kwargs.get("aspect_range", (3 / 4, 4 / 3)))),
-           random_interpolation_resize(image_size, kwargs.get("interpolations",
-                                                              INTERPOLATION_METHODS))]
-          + flip + photometric + colour + [normalize_op])
+  return geometry + distortions + colour + [normalize_op]
 
 
 def _check_crop(crop: int, available: int, what: str) -> None:

@@ -59,7 +59,10 @@ def train_iterator(dataset: str, *, data_dir: str | os.PathLike | None = None,
   """Infinite stream of this process's share of each global training batch.
 
   Yields {"image": float32 [b, H, W, 3], "label": int32 [b]} with
-  b = global_batch_size // process_count. See the module docstring for the
+  b = global_batch_size // process_count; the images are uint8, neither
+  colour-distorted nor normalised, with augment="inception" and
+  augment_kwargs photometric="device" (the train step does both, see
+  `cnnjax.train.photometric` and `channel_normalization`). See the module docstring for the
   determinism and exact-resume guarantees. `normalize` is one of
   NORMALIZATIONS; statistics come from `stats_split` (default: the dataset's
   training split, whole, so every process uses the same numbers).
@@ -106,7 +109,9 @@ def train_iterator(dataset: str, *, data_dir: str | os.PathLike | None = None,
         f"process {process_index})")
     ex = augmentation({"image": ex["image"], "label": label,
                        "rng": tf.random.experimental.stateless_fold_in(element_seeds, ex["index"])})
-    return {"image": tf.cast(ex["image"], tf.float32), "label": tf.cast(label, tf.int32)}
+    image = ex["image"]  # uint8 only when the photometric ops run on the device
+    image = image if image.dtype == tf.uint8 else tf.cast(image, tf.float32)
+    return {"image": image, "label": tf.cast(label, tf.int32)}
 
   start_epoch, skip = divmod(start_step * local_batch, num_local)
   ds = tf.data.Dataset.range(start_epoch, 2**62).flat_map(epoch)
@@ -226,21 +231,50 @@ def dataset_stats(source: Source, stats_split: str | None = None,
       path, lambda: compute_stats(source.read(split), resolution, max_examples))
 
 
-def _normalize_op(normalize: str, stats: ImageStats | None) -> Op:
+def _normalization_arrays(normalize: str, stats: ImageStats | None
+                          ) -> tuple[np.ndarray, np.ndarray | None] | None:
+  """(mean, std) on the 0..255 scale (mean [3] or per-pixel [H, W, 3]); None for "none"."""
   if normalize == "none":
-    return ops_lib.to_float()
+    return None
   if normalize == "imagenet":
-    return ops_lib.normalize(IMAGENET_MEAN_RGB, IMAGENET_STD_RGB)
+    return np.asarray(IMAGENET_MEAN_RGB, np.float32), np.asarray(IMAGENET_STD_RGB, np.float32)
   if normalize == "imagenet_mean":
-    return ops_lib.normalize(IMAGENET_MEAN_RGB)
+    return np.asarray(IMAGENET_MEAN_RGB, np.float32), None
   assert stats is not None
   if normalize == "per_channel":
-    return ops_lib.normalize(stats.mean_rgb)
+    return np.asarray(stats.mean_rgb, np.float32), None
   if normalize == "per_channel_std":
-    return ops_lib.normalize(stats.mean_rgb, stats.std_rgb)
-  return ops_lib.normalize(stats.mean_image)
+    return np.asarray(stats.mean_rgb, np.float32), np.asarray(stats.std_rgb, np.float32)
+  return np.asarray(stats.mean_image, np.float32), None
 
 
+def _normalize_op(normalize: str, stats: ImageStats | None) -> Op:
+  arrays = _normalization_arrays(normalize, stats)
+  return ops_lib.to_float() if arrays is None else ops_lib.normalize(*arrays)
+
+
+def channel_normalization(dataset: str, *, normalize: str, data_dir: str | os.PathLike | None = None,
+                          stats_split: str | None = None, on_bad_image: str = "raise"
+                          ) -> tuple[tuple[float, float, float], tuple[float, float, float] | None]:
+  """The per-channel (mean, std) that `normalize` subtracts and divides by (std None: none).
+
+  For normalising somewhere else than in the pipeline (the train step, when
+  the photometric distortions run on the accelerator); the same numbers the
+  host pipeline uses. A per-pixel mean is refused (it would be a [H, W, 3]
+  constant of the step).
+  """
+  source = get_source(dataset, data_dir, on_bad_image=on_bad_image)
+  stats = _stats_if_needed(source, stats_split, normalize, {})
+  arrays = _normalization_arrays(normalize, stats)
+  if arrays is None:
+    return (0.0, 0.0, 0.0), None
+  mean, std = arrays
+  if mean.shape != (3,):
+    raise DataError(f"normalize={normalize!r} subtracts a per-pixel mean, which only the host "
+                    "pipeline applies; with photometric='device' use per_channel, "
+                    "per_channel_std, imagenet, imagenet_mean or none")
+  as_tuple = lambda v: tuple(float(x) for x in v)  # noqa: E731
+  return as_tuple(mean), None if std is None else as_tuple(std)
 
 
 def _pca(augment_kwargs: dict[str, Any], stats: ImageStats | None):

@@ -16,6 +16,7 @@ while running.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -37,6 +38,7 @@ from cnnjax.train import metrics as metrics_lib
 from cnnjax.train import optim, setup, sharding, steps
 from cnnjax.train import warm_start as warm_start_lib
 from cnnjax.train.durations import to_steps
+from cnnjax.train.photometric import DevicePhotometric
 from cnnjax.train.workdir_lock import LOCK_FILE, WorkdirLock  # noqa: F401  (LOCK_FILE re-exported)
 from cnnjax.train.writer import MetricWriter
 
@@ -233,6 +235,8 @@ class _Run:
     self.model = setup.create_model(c, num_devices=self.num_devices)
     self.tx = optim.create_optimizer(c)
     self.recipe = setup.step_recipe(c, self.steps_per_epoch, self.total_steps)
+    if c.augment == "inception" and c.augment_kwargs.get("photometric", True) == "device":
+      self.recipe = dataclasses.replace(self.recipe, photometric=self._device_photometric())
     self.store = ckpt_lib.CheckpointStore(self.workdir, c.keep_checkpoints)
     latest = self.store.newest_restorable_step()
     self.start_step = int(latest or 0)
@@ -259,6 +263,16 @@ class _Run:
     if self.is_main:
       _write_whole(os.path.join(self.workdir, ckpt_lib.CONFIG_FILE),
                    c.to_json(indent=2, sort_keys=True) + "\n")
+
+  def _device_photometric(self) -> DevicePhotometric:
+    """The train step's photometric distortions and normalisation (photometric="device")."""
+    c = self.config
+    strengths = {**self.data.augment.PHOTOMETRIC_DEFAULTS,
+                 **{k: v for k, v in c.augment_kwargs.to_dict().items()
+                    if k in self.data.augment.PHOTOMETRIC_DEFAULTS}}
+    mean, std = self.data.channel_normalization(c.dataset, normalize=c.normalize,
+                                                data_dir=self.data_dir, on_bad_image=c.on_bad_image)
+    return DevicePhotometric(**{k: float(v) for k, v in strengths.items()}, mean=mean, std=std)
 
   def initial_state(self):
     c = self.config

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import optax
 
 from cnnjax.train import optim
+from cnnjax.train.photometric import DevicePhotometric
 
 # The array fields, in checkpoint order.
 ARRAY_FIELDS = ("step", "params", "batch_stats", "opt_state", "ema_params", "rng", "lr_control")
@@ -43,6 +44,9 @@ class StepRecipe:
   label_smoothing: float = 0.0
   aux_loss_weight: float = 0.3
   ema_decay: float = 0.0
+  # Photometric distortions + normalisation of uint8 batches in the step
+  # (augment_kwargs photometric="device"); None: batches arrive ready.
+  photometric: DevicePhotometric | None = None
 
 
 class TrainState(flax.struct.PyTreeNode):

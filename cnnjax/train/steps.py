@@ -53,10 +53,13 @@ def train_step_fn(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str
   """One SGD step on a global batch {"image": [B,H,W,C], "label": [B]} (not jitted)."""
   recipe = state.recipe
   dropout_rng = jax.random.fold_in(state.rng, state.step)
+  images = batch["image"]
+  if recipe.photometric is not None:  # uint8 batches: distort and normalise here
+    images = recipe.photometric(images, state.rng, state.step)
 
   def loss_fn(params):
     (logits, feats), model_state = state.apply_fn(
-        _model_variables(state, params), batch["image"], train=True, features=True,
+        _model_variables(state, params), images, train=True, features=True,
         rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
     total, main = losses.total_training_loss(
         logits, batch["label"], feats, loss=recipe.loss,

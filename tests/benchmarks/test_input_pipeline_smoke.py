@@ -14,9 +14,14 @@ from benchmarks import input_pipeline
 
 
 @pytest.fixture(scope="module")
-def encoded(tmp_path_factory):
+def folder(tmp_path_factory):
   folder = tmp_path_factory.mktemp("jpegs")
   input_pipeline.make_jpeg_folder(str(folder), num_images=6, width=80, height=60)
+  return str(folder)
+
+
+@pytest.fixture(scope="module")
+def encoded(folder):
   paths = sorted(os.path.join(d, f) for d, _, files in os.walk(folder) for f in files)
   assert len(paths) == 6 and all(p.endswith(".jpg") for p in paths)
   return [open(p, "rb").read() for p in paths]
@@ -40,3 +45,10 @@ def test_stage_costs_cover_every_op_of_the_inception_preset(encoded):
   # The op costs are differences of successive prefixes: they add up to the total.
   assert sum(cost for _, cost in costs[:-1]) == pytest.approx(costs[-1][1])
   assert costs[-1][1] > 0
+
+
+@pytest.mark.parametrize("photometric", [True, "device"])
+def test_full_pipeline_rate_is_positive(folder, tmp_path_factory, photometric):
+  data_dir = str(tmp_path_factory.mktemp("prepared"))
+  rate = input_pipeline.full_pipeline_rate(folder, data_dir, seconds=0.3, photometric=photometric)
+  assert math.isfinite(rate) and rate > 0

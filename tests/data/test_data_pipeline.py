@@ -97,6 +97,24 @@ def test_eval_counts_every_example_once_with_padding_and_processes(digits_dir):
   assert np.bincount(labels, minlength=10).min() >= 29
 
 
+def test_channel_normalization_gives_the_pipeline_constants(digits_dir):
+  raw = next(cnnjax.data.train_iterator("digits", data_dir=digits_dir, global_batch_size=64,
+                                        normalize="none", process_index=0, process_count=1))
+  normalised = next(cnnjax.data.train_iterator("digits", data_dir=digits_dir, global_batch_size=64,
+                                               normalize="per_channel_std", process_index=0,
+                                               process_count=1))
+  mean, std = cnnjax.data.channel_normalization("digits", normalize="per_channel_std",
+                                                data_dir=digits_dir)
+  np.testing.assert_allclose((raw["image"] - np.array(mean)) / np.array(std), normalised["image"],
+                             rtol=1e-5, atol=1e-4)
+  assert cnnjax.data.channel_normalization("digits", normalize="imagenet", data_dir=digits_dir) == (
+      tuple(cnnjax.data.IMAGENET_MEAN_RGB), tuple(cnnjax.data.IMAGENET_STD_RGB))
+  assert cnnjax.data.channel_normalization("digits", normalize="none",
+                                           data_dir=digits_dir) == ((0.0, 0.0, 0.0), None)
+  with pytest.raises(DataError, match="per-pixel mean"):
+    cnnjax.data.channel_normalization("digits", normalize="per_pixel", data_dir=digits_dir)
+
+
 def test_per_channel_normalisation_centres_the_training_set(digits_dir):
   batch = next(cnnjax.data.train_iterator("digits", data_dir=digits_dir, global_batch_size=1497,
                                           process_index=0, process_count=1))
