@@ -100,12 +100,20 @@ class DevicePhotometric:
       x = adjust_contrast(x, jax.random.uniform(keys[1], shape, minval=1 - self.contrast,
                                                 maxval=1 + self.contrast))
     x = jnp.clip(x, 0.0, 255.0)
-    if self.saturation:
-      x = adjust_saturation(x, jax.random.uniform(keys[2], (batch,), minval=1 - self.saturation,
-                                                  maxval=1 + self.saturation))
-    if self.hue:
-      x = adjust_hue(x, jax.random.uniform(keys[3], (batch,), minval=-self.hue, maxval=self.hue))
-    x = jnp.clip(x, 0.0, 255.0)
+    if self.saturation or self.hue:
+      # Saturation then hue in one HSV round trip: converting back to HSV
+      # between them would return the same hue and value and the adjusted
+      # saturation, so this equals adjust_saturation followed by adjust_hue.
+      hsv = rgb_to_hsv(x)
+      hue, saturation = hsv[..., 0], hsv[..., 1]
+      if self.saturation:
+        factor = jax.random.uniform(keys[2], (batch, 1, 1), minval=1 - self.saturation,
+                                    maxval=1 + self.saturation)
+        saturation = jnp.clip(saturation * factor, 0.0, 1.0)
+      if self.hue:
+        delta = jax.random.uniform(keys[3], (batch, 1, 1), minval=-self.hue, maxval=self.hue)
+        hue = jnp.mod(hue + delta, 1.0)
+      x = jnp.clip(hsv_to_rgb(jnp.stack([hue, saturation, hsv[..., 2]], axis=-1)), 0.0, 255.0)
     x = x - jnp.asarray(self.mean, jnp.float32)
     if self.std is not None:
       x = x / jnp.asarray(self.std, jnp.float32)

@@ -107,3 +107,17 @@ def test_device_photometric_run_resumes_exactly(tmp_path, digits_dir, monkeypatc
   assert meta_a["step"] == meta_b["step"] == 4
   for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_one_hsv_round_trip_equals_saturation_then_hue():
+  op = ph.DevicePhotometric(brightness=0.0, contrast=0.0, saturation=0.5, hue=0.2,
+                            mean=(0.0, 0.0, 0.0), std=None)
+  images = jnp.asarray(IMAGES.round().astype(np.uint8))
+  rng, step = jax.random.PRNGKey(5), jnp.int32(3)
+  ours = op(images, rng, step)
+  # The factors the op draws, applied by the separate tf.image-equivalent functions.
+  keys = jax.random.split(jax.random.fold_in(jax.random.fold_in(rng, ph._STREAM), step), 4)
+  factor = jax.random.uniform(keys[2], (4, 1, 1), minval=0.5, maxval=1.5)[:, 0, 0]
+  delta = jax.random.uniform(keys[3], (4, 1, 1), minval=-0.2, maxval=0.2)[:, 0, 0]
+  separate = ph.adjust_hue(ph.adjust_saturation(images.astype(jnp.float32), factor), delta)
+  _close(ours, jnp.clip(separate, 0.0, 255.0))
