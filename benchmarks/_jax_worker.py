@@ -12,6 +12,7 @@ Imports jax, flax, optax and cnnjax only; never TensorFlow or ml_collections.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Any
@@ -36,15 +37,31 @@ def _optimizer_config(batch_size: int) -> dict[str, Any]:
   }
 
 
-def _real_train_step(model, batch_size: int, image_shape):
-  """(jitted step, state) of cnnjax.train: the step `train.py` runs."""
+# cnnjax.data's IMAGENET_MEAN_RGB / IMAGENET_STD_RGB (cnnjax.data imports
+# TensorFlow, which the benchmark must not).
+_IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)
+_IMAGENET_STD_RGB = (58.395, 57.12, 57.375)
+
+
+def _real_train_step(model, batch_size: int, image_shape, device_photometric: bool = False):
+  """(jitted step, state) of cnnjax.train: the step `train.py` runs.
+
+  device_photometric: the step distorts and normalises uint8 batches (the
+  Inception preset's strengths), as with augment_kwargs photometric="device".
+  """
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import optax  # pylint: disable=import-outside-toplevel
   from cnnjax.train import optim, state as state_lib, steps  # pylint: disable=import-outside-toplevel
+  from cnnjax.train.photometric import DevicePhotometric  # pylint: disable=import-outside-toplevel
 
   tx = optim.create_optimizer(_optimizer_config(batch_size))
-  recipe = state_lib.StepRecipe(learning_rate_fn=optax.constant_schedule(LEARNING_RATE))
+  photometric = None
+  if device_photometric:
+    photometric = DevicePhotometric(brightness=32.0, contrast=0.5, saturation=0.5, hue=0.2,
+                                    mean=_IMAGENET_MEAN_RGB, std=_IMAGENET_STD_RGB)
+  recipe = state_lib.StepRecipe(learning_rate_fn=optax.constant_schedule(LEARNING_RATE),
+                                photometric=photometric)
   sample = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
   init = jax.jit(lambda rng: state_lib.init_train_state(model, tx, recipe, rng, sample))
   state = init(jax.random.PRNGKey(0))
@@ -237,14 +254,23 @@ class JaxRunner:
 
     rng = np.random.default_rng(0)
     image_shape = (size, size, 3)
-    images = rng.standard_normal((batch_size,) + image_shape, dtype=np.float32)
+    device_photometric = os.environ.get(_variants.DEVICE_PHOTOMETRIC_ENV) == "on"
+    if device_photometric:
+      if spec["train_step"] != "real" or spec.get("numerics_path"):
+        raise ValueError("the device_photometric variant needs the real train step and no "
+                         "--check_numerics (which compares the model on float batches)")
+      images = rng.integers(0, 256, (batch_size,) + image_shape, dtype=np.uint8)
+    else:
+      images = rng.standard_normal((batch_size,) + image_shape, dtype=np.float32)
     labels = rng.integers(0, model.num_classes, size=(batch_size,), dtype=np.int32)
     # Placed once, outside the timing loop: the benchmark times the step, not the transfer.
     self.batch = jax.device_put({"image": images, "label": labels}, device)
 
     if spec["train_step"] == "real":
-      step, state = _real_train_step(model, batch_size, image_shape)
+      step, state = _real_train_step(model, batch_size, image_shape, device_photometric)
       step_name = "cnnjax.train.steps.train_step"
+      if device_photometric:
+        step_name += " (uint8 batch, photometric distortions + normalisation in the step)"
     else:
       step, state = _minimal_train_step(model, batch_size, image_shape)
       step_name = "minimal (forward + backward + optax sgd momentum + weight decay)"

@@ -103,6 +103,10 @@ def _stem_space_to_depth() -> None:
   layers.Conv = SpaceToDepthStemConv
 
 
+# Read by the jax worker: feed uint8 images and run the photometric
+# distortions + normalisation inside the step (augment_kwargs photometric="device").
+DEVICE_PHOTOMETRIC_ENV = "CNNJAX_BENCH_DEVICE_PHOTOMETRIC"
+
 VARIANTS: dict[str, Variant] = {
     # The plain jax.lax formulations everywhere: 1x1 convolutions as
     # convolutions, two-pass BatchNorm, select-and-scatter max-pool gradients.
@@ -127,6 +131,11 @@ VARIANTS: dict[str, Variant] = {
     "glibc_malloc": Variant(
         "CNNJAX_CPU_MALLOC=off: glibc's malloc defaults (freed blocks go back to the OS)",
         environment=(("CNNJAX_CPU_MALLOC", "off"),)),
+    # The input-side option for accelerators: what the distortions cost inside
+    # the step (real train step only).
+    "device_photometric": Variant(
+        "uint8 batch; brightness/contrast/saturation/hue + ImageNet normalisation in the step",
+        environment=((DEVICE_PHOTOMETRIC_ENV, "on"),)),
 }
 
 

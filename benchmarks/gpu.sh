@@ -12,7 +12,9 @@
 # peak of the device's data sheet (bf16 989 TFLOP/s on H100 SXM / H200; float32
 # runs in TF32 by default, 495 TFLOP/s); override with PEAK_FLOPS=...
 # The ResNet-50 row also times `cpu_kernels` (cnnjax.models.kernels forced on: the
-# formulations that help XLA:CPU, off by default elsewhere), to see what they do on a GPU.
+# formulations that help XLA:CPU, off by default elsewhere), to see what they do on a GPU,
+# and `device_photometric` (uint8 batch; the Inception preset's colour distortions and the
+# normalisation inside the step, augment_kwargs photometric="device"), to see what they cost.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,7 +39,7 @@ EOF
 
 # model  batch  image  dtypes  [extra arguments]
 rows=(
-  "resnet50 256 224 bfloat16,float32 --patches= --patches=cpu_kernels"
+  "resnet50 256 224 bfloat16,float32 --patches= --patches=cpu_kernels --patches=device_photometric"
   "resnet152 128 224 bfloat16"
   "vgg16 128 224 bfloat16"
   "googlenet 256 224 bfloat16"
@@ -45,7 +47,7 @@ rows=(
   "cifar_resnet56 128 32 bfloat16,float32"
 )
 if [[ "${SMOKE:-0}" == "1" ]]; then  # the script's own check, on any machine
-  rows=("cifar_resnet20 2 32 float32 --patches= --patches=cpu_kernels")
+  rows=("cifar_resnet20 2 32 float32 --patches= --patches=cpu_kernels --patches=device_photometric")
   steps=1 warmup=0
 fi
 reports=()

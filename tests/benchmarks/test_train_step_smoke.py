@@ -44,8 +44,9 @@ def report(tmp_path_factory):
       [sys.executable, "-m", "benchmarks.train_step", "--models", "cifar_resnet20",
        "--batch_sizes", "2", "--image_sizes", "32", "--dtypes", "float32", "--steps", "2",
        "--warmup", "0", "--rounds", "2", "--torch_modes", "eager",
-       # the variant mechanism: the plain lax kernels and XLA's own CPU options
-       "--patches=", "--patches=lax_kernels,xla_defaults", "--output", str(output)],
+       # the variant mechanism: the plain lax kernels and XLA's own CPU options, and
+       # the photometric distortions inside the step (uint8 batch)
+       "--patches=", "--patches=lax_kernels,xla_defaults,device_photometric", "--output", str(output)],
       cwd=REPO_ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True,
       text=True, timeout=600, check=False)
   assert completed.returncode == 0, completed.stderr[-3000:]
@@ -56,6 +57,7 @@ def report(tmp_path_factory):
 def test_every_variant_reports_finite_numbers(report):
   records = report["results"]
   assert [r["framework"] for r in records] == ["jax", "jax"] + (["torch"] if HAVE_TORCH else [])
+  assert [r["train_step"].endswith("in the step)") for r in records[:2]] == [False, True]
   for record in records:
     assert "error" not in record, record.get("error")
     missing = [field for field in REQUIRED_FIELDS if field not in record]
