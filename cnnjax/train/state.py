@@ -6,7 +6,8 @@ Array fields (checkpointed, donated to the train step):
   batch_stats   BatchNorm running statistics (an empty dict for models without BN)
   opt_state     optax state (momentum, injected hyperparameters incl. the learning rate)
   ema_params    Polyak/EMA average of params, or None when off
-  rng           uint32[2] key; the dropout key of step t is fold_in(rng, t)
+  rng           uint32[2] key; the dropout key of step t is fold_in(rng, t) (the
+                on-device photometric distortions draw from their own fold of it)
   lr_control    data-dependent learning-rate state (see optim.LearningRateControl)
 
 Static fields (part of the compiled program, never saved): the model's
