@@ -16,6 +16,7 @@ $CNNJAX_COMPILATION_CACHE_DIR (default ~/.cache/cnnjax/jax; "none" = off).
 
 from __future__ import annotations
 
+import ast
 import os
 import sys
 
@@ -61,9 +62,14 @@ def _override_errors(argv: list[str], error: Exception) -> ConfigError:
     if key not in reference:
       return ConfigError(f"unknown config key {key!r} in {arg}: {close_matches(key, reference)}")
     if rest and key in base.FREE_FORM_KEYS:
+      try:  # a number, True, a tuple... stays as typed; a bare word becomes a string
+        ast.literal_eval(value)
+        literal = value
+      except (ValueError, SyntaxError):
+        literal = repr(value) if value else "..."
       return ConfigError(
           f"{arg}: config.{key} is a free-form dict; pass it whole as a literal, e.g. "
-          f"--config.{key}=\"{{'{rest}': {value or '...'}}}\"")
+          f"--config.{key}=\"{{'{rest}': {literal}}}\"")
     if rest:
       return ConfigError(f"{arg}: config.{key} has no sub-keys")
   return ConfigError(f"bad --config or --config.<key> flag: {error}")

@@ -17,7 +17,8 @@ For a faster run on more devices use a larger batch with the linear scaling
 rule: `--config.batch_size=256 --config.lr_scaling=linear`.
 When the host's CPU cores cannot keep up with the GPUs, move the photometric
 distortions (and the normalisation) into the train step:
-`--config.augment_kwargs.photometric=device` (1.57x the images per host core).
+`--config.augment_kwargs="{'photometric': 'device'}"` (1.57x the images per
+host core).
 
 Aims at: top-5 validation error 10.07% (one model, one crop; the paper's
 Table 3); 144-crop evaluation with cnnjax's evaluation tools reads lower.

@@ -32,7 +32,10 @@ def _train(*args, timeout=120):
 @pytest.mark.parametrize("flag,message", [
     ("--config.learning_rat=0.1", "unknown config key 'learning_rat'.*did you mean 'learning_rate'"),
     ("--config.batch_size=big", "config.batch_size takes a int"),
-    ("--config.model_kwargs.depth=3", "free-form dict"),
+    ("--config.model_kwargs.depth=3", "free-form dict.*--config.model_kwargs=\"{'depth': 3}\""),
+    # a bare word is suggested as a quoted string, the form that parses
+    ("--config.augment_kwargs.photometric=device",
+     "--config.augment_kwargs=\"{'photometric': 'device'}\""),
 ])
 def test_config_mistakes_fail_before_any_compute(flag, message, tmp_path):
   import re
