@@ -8,11 +8,11 @@ The same scalars go to TensorBoard under "<split>/<name>" (events in
 <workdir>/tensorboard). Only process 0 writes.
 
 A run that resumes from the checkpoint of step S (S = 0: no checkpoint yet)
-recomputes the rows after S (and may re-evaluate at S). So that the file still holds one row per (split,
-step), the writer of a resumed run moves the rows after S, and a row cut
-short by a kill, to metrics.superseded.jsonl (nothing is deleted), and does
-not write again a row for a (split, step) the file already holds; its
-TensorBoard writer purges the events after S.
+recomputes the rows after S (and may re-evaluate at S). So that the file
+still holds one row per (split, step), the writer of a resumed run moves the
+rows after S, and a row cut short by a kill, to metrics.superseded.jsonl
+(nothing is deleted), and does not write again a row for a (split, step) the
+file already holds; its TensorBoard writer purges the events after S.
 """
 
 from __future__ import annotations
