@@ -37,10 +37,12 @@ def _optimizer_config(batch_size: int) -> dict[str, Any]:
   }
 
 
-# cnnjax.data's IMAGENET_MEAN_RGB / IMAGENET_STD_RGB (cnnjax.data imports
-# TensorFlow, which the benchmark must not).
+# Copies of cnnjax.data's IMAGENET_MEAN_RGB / IMAGENET_STD_RGB and
+# augment.PHOTOMETRIC_DEFAULTS (cnnjax.data imports TensorFlow, which the
+# benchmark must not); tests/train/test_photometric.py checks they agree.
 _IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)
 _IMAGENET_STD_RGB = (58.395, 57.12, 57.375)
+_PHOTOMETRIC_STRENGTHS = {"brightness": 32.0, "contrast": 0.5, "saturation": 0.5, "hue": 0.2}
 
 
 def _real_train_step(model, batch_size: int, image_shape, device_photometric: bool = False):
@@ -58,8 +60,8 @@ def _real_train_step(model, batch_size: int, image_shape, device_photometric: bo
   tx = optim.create_optimizer(_optimizer_config(batch_size))
   photometric = None
   if device_photometric:
-    photometric = DevicePhotometric(brightness=32.0, contrast=0.5, saturation=0.5, hue=0.2,
-                                    mean=_IMAGENET_MEAN_RGB, std=_IMAGENET_STD_RGB)
+    photometric = DevicePhotometric(**_PHOTOMETRIC_STRENGTHS, mean=_IMAGENET_MEAN_RGB,
+                                    std=_IMAGENET_STD_RGB)
   recipe = state_lib.StepRecipe(learning_rate_fn=optax.constant_schedule(LEARNING_RATE),
                                 photometric=photometric)
   sample = jnp.zeros((1,) + tuple(image_shape), jnp.float32)

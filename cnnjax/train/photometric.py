@@ -61,15 +61,24 @@ def adjust_contrast(images: jax.Array, factor: jax.Array) -> jax.Array:
   return (images - mean) * factor + mean
 
 
-def adjust_saturation(images: jax.Array, factor: jax.Array) -> jax.Array:
+def adjust_saturation_and_hue(images: jax.Array, factor: jax.Array, delta: jax.Array) -> jax.Array:
+  """tf.image.adjust_saturation(factor) then adjust_hue(delta), per image, in one HSV round trip.
+
+  Converting back to HSV between the two would return the same hue and value
+  and the adjusted saturation, so one round trip gives the same values.
+  """
   hsv = rgb_to_hsv(images)
   saturation = jnp.clip(hsv[..., 1] * factor[..., None, None], 0.0, 1.0)
-  return hsv_to_rgb(hsv.at[..., 1].set(saturation))
+  hue = jnp.mod(hsv[..., 0] + delta[..., None, None], 1.0)
+  return hsv_to_rgb(jnp.stack([hue, saturation, hsv[..., 2]], axis=-1))
+
+
+def adjust_saturation(images: jax.Array, factor: jax.Array) -> jax.Array:
+  return adjust_saturation_and_hue(images, factor, jnp.zeros_like(factor))
 
 
 def adjust_hue(images: jax.Array, delta: jax.Array) -> jax.Array:
-  hsv = rgb_to_hsv(images)
-  return hsv_to_rgb(hsv.at[..., 0].set(jnp.mod(hsv[..., 0] + delta[..., None, None], 1.0)))
+  return adjust_saturation_and_hue(images, jnp.ones_like(delta), delta)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,19 +110,13 @@ class DevicePhotometric:
                                                 maxval=1 + self.contrast))
     x = jnp.clip(x, 0.0, 255.0)
     if self.saturation or self.hue:
-      # Saturation then hue in one HSV round trip: converting back to HSV
-      # between them would return the same hue and value and the adjusted
-      # saturation, so this equals adjust_saturation followed by adjust_hue.
-      hsv = rgb_to_hsv(x)
-      hue, saturation = hsv[..., 0], hsv[..., 1]
+      factor, delta = jnp.ones((batch,)), jnp.zeros((batch,))
       if self.saturation:
-        factor = jax.random.uniform(keys[2], (batch, 1, 1), minval=1 - self.saturation,
+        factor = jax.random.uniform(keys[2], (batch,), minval=1 - self.saturation,
                                     maxval=1 + self.saturation)
-        saturation = jnp.clip(saturation * factor, 0.0, 1.0)
       if self.hue:
-        delta = jax.random.uniform(keys[3], (batch, 1, 1), minval=-self.hue, maxval=self.hue)
-        hue = jnp.mod(hue + delta, 1.0)
-      x = jnp.clip(hsv_to_rgb(jnp.stack([hue, saturation, hsv[..., 2]], axis=-1)), 0.0, 255.0)
+        delta = jax.random.uniform(keys[3], (batch,), minval=-self.hue, maxval=self.hue)
+      x = jnp.clip(adjust_saturation_and_hue(x, factor, delta), 0.0, 255.0)
     x = x - jnp.asarray(self.mean, jnp.float32)
     if self.std is not None:
       x = x / jnp.asarray(self.std, jnp.float32)

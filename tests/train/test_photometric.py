@@ -117,7 +117,16 @@ def test_one_hsv_round_trip_equals_saturation_then_hue():
   ours = op(images, rng, step)
   # The factors the op draws, applied by the separate tf.image-equivalent functions.
   keys = jax.random.split(jax.random.fold_in(jax.random.fold_in(rng, ph._STREAM), step), 4)
-  factor = jax.random.uniform(keys[2], (4, 1, 1), minval=0.5, maxval=1.5)[:, 0, 0]
-  delta = jax.random.uniform(keys[3], (4, 1, 1), minval=-0.2, maxval=0.2)[:, 0, 0]
+  factor = jax.random.uniform(keys[2], (4,), minval=0.5, maxval=1.5)
+  delta = jax.random.uniform(keys[3], (4,), minval=-0.2, maxval=0.2)
   separate = ph.adjust_hue(ph.adjust_saturation(images.astype(jnp.float32), factor), delta)
   _close(ours, jnp.clip(separate, 0.0, 255.0))
+
+
+def test_the_benchmark_worker_copies_the_data_constants():
+  # benchmarks/_jax_worker.py must not import cnnjax.data (TensorFlow); its copies must agree.
+  from benchmarks import _jax_worker
+  from cnnjax import data
+  np.testing.assert_array_equal(np.float32(_jax_worker._IMAGENET_MEAN_RGB), data.IMAGENET_MEAN_RGB)
+  np.testing.assert_array_equal(np.float32(_jax_worker._IMAGENET_STD_RGB), data.IMAGENET_STD_RGB)
+  assert _jax_worker._PHOTOMETRIC_STRENGTHS == augment.PHOTOMETRIC_DEFAULTS
