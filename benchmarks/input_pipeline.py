@@ -65,11 +65,17 @@ def one_core_rate(encoded: list[bytes], fused: bool, seconds: float, image_size:
     image = image_bytes if fused else augment.decode_image(image_bytes)
     image = crop({"image": image, "rng": rng})["image"]
     if rest is None:
-      return tf.reduce_sum(tf.cast(image[:1, :1], tf.float32))  # keep the crop; fetch ~nothing
+      return _one_pixel(image)
     return rest({"image": image, "rng": rng})["image"]
 
   ds = tf.data.Dataset.from_tensor_slices(encoded).repeat().enumerate().map(process)
   return _one_thread_rate(ds, seconds)
+
+
+def _one_pixel(image):
+  """A scalar that depends on `image`: keeps its computation, fetches ~nothing."""
+  import tensorflow as tf
+  return tf.reduce_sum(tf.cast(image[:1, :1], tf.float32))
 
 
 def _one_thread_rate(dataset, seconds: float, batch: int = 32) -> float:
@@ -111,8 +117,8 @@ def inception_stage_costs(encoded: list[bytes], seconds: float, rounds: int,
 
     def process(index, image_bytes):
       image = composed({"image": image_bytes, "rng": tf.stack([tf.constant(0, tf.int64), index])})["image"]
-      if image.shape[0] is None:  # variable-size crop: fetch ~nothing
-        return tf.reduce_sum(tf.cast(image[:1, :1], tf.float32))
+      if image.shape[0] is None:  # variable-size crop
+        return _one_pixel(image)
       return image
     return tf.data.Dataset.from_tensor_slices(encoded).repeat().enumerate().map(process)
 

@@ -62,8 +62,8 @@ def train_iterator(dataset: str, *, data_dir: str | os.PathLike | None = None,
   b = global_batch_size // process_count; the images are uint8, neither
   colour-distorted nor normalised, with augment="inception" and
   augment_kwargs photometric="device" (the train step does both, see
-  `cnnjax.train.photometric` and `channel_normalization`). See the module docstring for the
-  determinism and exact-resume guarantees. `normalize` is one of
+  `cnnjax.train.photometric` and `channel_normalization`). See the module
+  docstring for the determinism and exact-resume guarantees. `normalize` is one of
   NORMALIZATIONS; statistics come from `stats_split` (default: the dataset's
   training split, whole, so every process uses the same numbers).
   """
