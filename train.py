@@ -128,7 +128,7 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}; configure with --config.<key>=<value>")
   if _MULTIHOST.value:
-    from cnnjax.train import sharding  # pylint: disable=g-import-not-at-top
+    from cnnjax import sharding  # pylint: disable=g-import-not-at-top
     sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   config = _CONFIG.value
   try:

@@ -31,7 +31,7 @@ DEFAULT_FEATURE = "pre_logits"
 
 
 def _make_embed_step(model: nn.Module, feature: str, mesh):
-  from cnnjax.train import sharding  # pylint: disable=import-outside-toplevel
+  from cnnjax import sharding  # pylint: disable=import-outside-toplevel
 
   def step(variables, batch):
     _, feats = model.apply(variables, batch["image"], train=False, features=True)
@@ -63,7 +63,7 @@ def embed(model: nn.Module, variables: Any, batches: Iterable[Mapping[str, np.nd
   Rows come out in the order of the global batches (for one process, the
   order of the split).
   """
-  from cnnjax.train import sharding  # pylint: disable=import-outside-toplevel
+  from cnnjax import sharding  # pylint: disable=import-outside-toplevel
   mesh = mesh or sharding.make_mesh()
   step = _make_embed_step(model, feature, mesh)
   variables = jax.device_put(variables, sharding.replicated(mesh))
@@ -105,7 +105,7 @@ def embed_dataset(model: nn.Module, variables: Any, dataset: str, *, split: str 
   import math  # pylint: disable=import-outside-toplevel
 
   from cnnjax import data  # pylint: disable=import-outside-toplevel
-  from cnnjax.train import sharding  # pylint: disable=import-outside-toplevel
+  from cnnjax import sharding  # pylint: disable=import-outside-toplevel
   mesh = mesh or sharding.make_mesh()
   if batch_size % mesh.devices.size:
     batch_size = -(-batch_size // mesh.devices.size) * mesh.devices.size

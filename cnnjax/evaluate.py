@@ -270,7 +270,7 @@ def _summary(sums: Mapping[str, Any]) -> dict[str, float]:
 
 def _make_step(models: Sequence[nn.Module], view: str, mesh):
   """Jitted: (variables of each model, global batch) -> summed errors per member and ensemble."""
-  from cnnjax.train import sharding  # pylint: disable=import-outside-toplevel
+  from cnnjax import sharding  # pylint: disable=import-outside-toplevel
 
   def step(all_variables, batch):
     probs = [predict_views(model, variables, batch, view)
@@ -354,7 +354,7 @@ def evaluate(members: Sequence[Member | tuple[nn.Module, Any]],
      [{"name", "top1_error", ...}], ...} -- the top-level errors are the
      ensemble's (the only member's, for one model).
   """
-  from cnnjax.train import sharding  # pylint: disable=import-outside-toplevel
+  from cnnjax import sharding  # pylint: disable=import-outside-toplevel
   members = [_as_member(item, index) for index, item in enumerate(members)]
   check_ensemble(members)
   _check_same_data(members)

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cnnjax.errors import DataError
-from cnnjax.train import sharding
+from cnnjax import sharding
 
 # Extra candidates beyond k kept from the expanded distances, so that near-ties
 # around the k-th neighbour are re-ranked exactly rather than certified away.

@@ -5,7 +5,7 @@
 
 Submodules are layered so an accelerator host can import the step without
 TensorFlow or ml_collections:
-  losses, metrics, optim, durations, state, steps, sharding, checkpoint   jax, flax, optax, orbax
+  losses, metrics, optim, durations, state, steps, checkpoint   jax, flax, optax, orbax
   setup, warm_start                                                      + cnnjax.models
   config (validation), loop (run)                                        + ml_collections, cnnjax.data
 

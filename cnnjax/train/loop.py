@@ -35,7 +35,8 @@ from cnnjax.errors import CheckpointError, CnnjaxError, ConfigError, NonFiniteEr
 from cnnjax.train import checkpoint as ckpt_lib
 from cnnjax.train import config as config_lib
 from cnnjax.train import metrics as metrics_lib
-from cnnjax.train import optim, setup, sharding, steps
+from cnnjax import sharding
+from cnnjax.train import optim, setup, steps
 from cnnjax.train import warm_start as warm_start_lib
 from cnnjax.train.durations import to_steps
 from cnnjax.train.photometric import DevicePhotometric
@@ -373,8 +374,7 @@ def _train(r: _Run) -> dict[str, Any]:
   _log(f"cnnjax: {c.model} on {c.dataset} ({r.train_split} -> {r.eval_split}), "
        f"{r.num_devices} device(s), global batch {c.batch_size}, "
        f"{r.total_steps} steps ({r.steps_per_epoch} per epoch); {how}", r)
-  train_fn, evaluate_fn, after_validation_fn = sharding.jit_steps(
-      steps.train_step_fn, steps.eval_step_fn, steps.after_validation_fn, r.mesh)
+  train_fn, evaluate_fn, after_validation_fn = steps.jit_for_mesh(r.mesh)
   writer = MetricWriter(r.workdir, enabled=r.is_main, resume_step=r.start_step)
   stop = StopRequest()
   has_ema = state.ema_params is not None

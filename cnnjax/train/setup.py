@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import optax
 
 from cnnjax.errors import ConfigError, ModelError
-from cnnjax.train import optim, sharding
+from cnnjax import sharding
+from cnnjax.train import optim
 from cnnjax.train.state import StepRecipe, TrainState, init_train_state
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from cnnjax import sharding
 from cnnjax.train import losses, metrics as metrics_lib, optim
 from cnnjax.train.state import TrainState
 
@@ -136,10 +137,20 @@ def after_validation_fn(state: TrainState, validation_error: jax.Array) -> Train
 
 
 # Jitted, state donated (train) / kept (eval). The loop re-jits the same
-# functions with explicit shardings; these suit one device or default layouts.
+# functions with explicit shardings (`jit_for_mesh`); these suit one device.
 train_step = jax.jit(train_step_fn, donate_argnums=(0,))
 eval_step = jax.jit(eval_step_fn, static_argnames=("use_ema",))
 after_validation = jax.jit(after_validation_fn, donate_argnums=(0,))
+
+
+def jit_for_mesh(mesh) -> tuple[Any, Any, Any]:
+  """(train_step, eval_step, after_validation) jitted for `mesh`: the state stays
+  replicated, and is donated to training and to the plateau update."""
+  rep = sharding.replicated(mesh)
+  train = jax.jit(train_step_fn, donate_argnums=(0,), out_shardings=(rep, rep))
+  evaluate = jax.jit(eval_step_fn, static_argnames=("use_ema",), out_shardings=rep)
+  after_validation = jax.jit(after_validation_fn, donate_argnums=(0,), out_shardings=rep)
+  return train, evaluate, after_validation
 
 
 def path_name(path) -> str:

@@ -132,7 +132,7 @@ def test_unreadable_image_stops_the_run_before_compiling_and_names_the_file(
   def no_compute(*args, **kwargs):
     raise AssertionError("compiled before reporting the unreadable image")
   monkeypatch.setattr(loop.setup, "create_state", no_compute)
-  monkeypatch.setattr(loop.sharding, "jit_steps", no_compute)
+  monkeypatch.setattr(loop.steps, "jit_for_mesh", no_compute)
   with pytest.raises(DataError) as info:
     run(bad_folder_config(), str(tmp_path / "w"))
   message = str(info.value)

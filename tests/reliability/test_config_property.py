@@ -28,7 +28,8 @@ from hypothesis import strategies as st
 from reliability_helpers import plain_config, run_flags
 
 from cnnjax.errors import CnnjaxError, ConfigError
-from cnnjax.train import loop, sharding, steps
+from cnnjax import sharding
+from cnnjax.train import loop, steps
 
 
 class _StepTraced(Exception):

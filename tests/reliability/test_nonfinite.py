@@ -23,7 +23,8 @@ from reliability_helpers import KILL_RUN, committed_steps, leaves
 from cnnjax.errors import NonFiniteError
 from cnnjax.train import checkpoint
 from cnnjax.train import checkpoint_integrity as integrity
-from cnnjax.train import optim, run, setup, sharding, steps
+from cnnjax import sharding
+from cnnjax.train import optim, run, setup, steps
 from cnnjax.train.writer import read_metrics
 
 

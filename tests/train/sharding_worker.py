@@ -27,7 +27,8 @@ if MODE == "multi":
   jax.distributed.initialize(coordinator_address=f"127.0.0.1:{sys.argv[3]}", num_processes=2,
                              process_id=int(sys.argv[4]), initialization_timeout=60)
 
-from cnnjax.train import checkpoint, optim, setup, sharding, steps  # noqa: E402
+from cnnjax import sharding  # noqa: E402
+from cnnjax.train import checkpoint, optim, setup, steps  # noqa: E402
 
 GLOBAL_BATCH = 16
 NUM_STEPS = 3
@@ -59,8 +60,7 @@ def train(devices, bn_group_size: int):
   recipe = setup.step_recipe(config, steps_per_epoch=10, total_steps=100)
   init = setup.state_initializer(model, tx, recipe, IMAGE_SHAPE)
   state = setup.create_state(init, mesh, seed=0)
-  train_fn, _, _ = sharding.jit_steps(steps.train_step_fn, steps.eval_step_fn,
-                                      steps.after_validation_fn, mesh)
+  train_fn, _, _ = steps.jit_for_mesh(mesh)
   per_process = GLOBAL_BATCH // jax.process_count()
   start = jax.process_index() * per_process
   for batch in batches():

@@ -115,7 +115,7 @@ class Block:
     if name.split('.')[0] in ('ml_collections', 'tensorflow', 'tensorflow_datasets'):
       raise ImportError('blocked ' + name)
 sys.meta_path.insert(0, Block())
-import cnnjax.train.steps, cnnjax.train.sharding, cnnjax.train.setup, cnnjax.train.checkpoint
+import cnnjax.train.steps, cnnjax.sharding, cnnjax.train.setup, cnnjax.train.checkpoint
 print('IMPORTED')
 """
   result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(), capture_output=True,

@@ -96,7 +96,7 @@ def test_workdir_of_another_model_fails_before_compute(straight_run, digits_dir,
   def no_compute(*args, **kwargs):
     raise AssertionError("compiled something before refusing the workdir")
   monkeypatch.setattr(loop.setup, "create_state", no_compute)
-  monkeypatch.setattr(loop.sharding, "jit_steps", no_compute)
+  monkeypatch.setattr(loop.steps, "jit_for_mesh", no_compute)
   other = make_tiny_config(digits_dir, **RESUME_SETTINGS)
   other.model_kwargs = {"stage_sizes": (1, 1, 1), "width_multiplier": 0.5}
   with pytest.raises(CheckpointError, match="different model"):

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 from train_helpers import TinyNet, random_batch, tiny_state
 
-from cnnjax.train import sharding, steps
+from cnnjax import sharding
+from cnnjax.train import steps
 
 
 def _host(tree):

@@ -69,7 +69,8 @@ def optimizer_config(**overrides):
 @functools.lru_cache(maxsize=None)
 def _components(model, image_shape, overrides):
   """(init, mesh) for one setting, built once so repeated states reuse compiled programs."""
-  from cnnjax.train import optim, setup, sharding
+  from cnnjax import sharding
+  from cnnjax.train import optim, setup
   config = optimizer_config(**dict(overrides))
   tx = optim.create_optimizer(config)
   recipe = setup.step_recipe(config, steps_per_epoch=10, total_steps=100)

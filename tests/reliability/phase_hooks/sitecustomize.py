@@ -44,7 +44,7 @@ def _patch_loop(loop) -> None:
   """Wraps the loop's train step, evaluation and checkpoint save."""
   import jax  # pylint: disable=import-outside-toplevel
 
-  real_jit_steps = loop.sharding.jit_steps
+  real_jit_steps = loop.steps.jit_for_mesh
   counter = {"steps": 0}
 
   def jit_steps(*args, **kwargs):
@@ -58,7 +58,7 @@ def _patch_loop(loop) -> None:
       return out
     return train_with_marker, evaluate, after_validation
 
-  loop.sharding.jit_steps = jit_steps
+  loop.steps.jit_for_mesh = jit_steps
 
   real_evaluate = loop._Run.evaluate  # pylint: disable=protected-access
 

@@ -80,13 +80,3 @@ def abstract_replicated(init_fn: Callable[..., Any], mesh: Mesh, *args) -> Any:
   sharding = replicated(mesh)
   return jax.tree_util.tree_map(
       lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
-
-
-def jit_steps(train_step_fn: Callable, eval_step_fn: Callable, after_validation_fn: Callable,
-              mesh: Mesh) -> tuple[Callable, Callable, Callable]:
-  """The pure steps jitted for `mesh`: state stays replicated and is donated to training."""
-  rep = replicated(mesh)
-  train = jax.jit(train_step_fn, donate_argnums=(0,), out_shardings=(rep, rep))
-  evaluate = jax.jit(eval_step_fn, static_argnames=("use_ema",), out_shardings=rep)
-  after_validation = jax.jit(after_validation_fn, donate_argnums=(0,), out_shardings=rep)
-  return train, evaluate, after_validation
