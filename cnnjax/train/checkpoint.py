@@ -1,16 +1,18 @@
-"""Checkpoints of a workdir: orbax CheckpointManager, async, keep-N plus the best.
+"""Checkpoints of a workdir: one orbax CheckpointManager, async, latest N plus the best.
 
-Layout of a workdir:
+Layout of a workdir (a local path or any `etils.epath` path, e.g. gs://bucket/run):
 
   config.json              the resolved run config (model, num_classes, steps, ...)
-  checkpoints/<step>/      the latest `keep_checkpoints` states
-  best/<step>/             the state with the lowest validation top-1 error so far
+  checkpoints/<step>/      the latest `keep_checkpoints` states, plus the one with the
+                           lowest validation top-1 error so far (orbax preservation
+                           policies LatestN + BestN in one manager)
     params/                orbax pytree: float32 parameters
     batch_stats/           BatchNorm running statistics (absent without BN)
     ema_params/            Polyak/EMA parameters (absent when ema_decay = 0)
     opt_state/             optax state: momentum, injected learning rate, ...
     progress/              step, rng, lr_control (plateau / warm-up state)
     meta/                  JSON: step, data position, best error, model, structure
+    metrics/               orbax's metrics of a step saved as a new best ({"top1_error"})
     cnnjax_manifest.json   size and SHA-256 of every file above
   corrupt_checkpoints/     damaged checkpoints moved aside on resume (see below)
 
@@ -22,13 +24,17 @@ shardings, so a run saved on 8 devices resumes on 1 or 64.
 Saves are asynchronous: `save` returns once the arrays are copied off the
 devices (so the train step may donate them right away) and writing continues
 in the background; `wait()` blocks until it is on disk. No pickle: arrays go
-to tensorstore, metadata to JSON.
+to tensorstore, metadata to JSON. A step is saved once: the save that marks it
+as the best must be its first (see `CheckpointStore.save`).
 
-Integrity: just before orbax commits a save (its atomic rename), the step
-directory gets `cnnjax_manifest.json` with the size and SHA-256 of every
+Integrity: just before orbax commits a save (its atomic rename on a local or
+shared filesystem, its commit file on an object store: orbax chooses), the
+step directory gets `cnnjax_manifest.json` with the size and SHA-256 of every
 item file (`checkpoint_integrity`). A resuming run verifies the newest
-checkpoint and falls back to the previous intact one, moving damaged ones
-to <workdir>/corrupt_checkpoints/; evaluation restores refuse damaged ones.
+checkpoint and falls back to the previous intact one, moving damaged ones to
+<workdir>/corrupt_checkpoints/; in a multi-process run process 0 decides and
+every process resumes from the step it announces. Evaluation restores refuse
+damaged ones.
 
 `restore_for_eval(workdir)` is the entry point for evaluation code: it needs
 no optimiser, no dataset and no TensorFlow.
@@ -38,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import logging
 import os
@@ -47,6 +54,7 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 from cnnjax.errors import CheckpointError, CnnjaxError
 from cnnjax.train import checkpoint_integrity as integrity
@@ -54,60 +62,85 @@ from cnnjax.train import checkpoint_integrity as integrity
 STATE_ITEMS = ("params", "batch_stats", "ema_params", "opt_state", "progress")
 META_ITEM = "meta"
 LATEST_DIR = "checkpoints"
-BEST_DIR = "best"
+# Where workdirs written before the single manager kept their best checkpoint (read only).
+LEGACY_BEST_DIR = "best"
 QUARANTINE_DIR = "corrupt_checkpoints"
 CONFIG_FILE = "config.json"
+# The orbax metric that ranks checkpoints for "best" (lower is better).
+BEST_METRIC = "top1_error"
 # Items every checkpoint has (checked even when a checkpoint has no manifest).
 REQUIRED_ITEMS = ("params", META_ITEM)
 
 log = logging.getLogger(__name__)
 
 
-def _manifested_temporary_path_class():
-  """orbax's atomic-rename save, with cnnjax_manifest.json written just before the rename.
+def _orbax_version() -> str:
+  return getattr(ocp, "__version__", "unknown")
 
-  The manifest (size + SHA-256 of every item file, see checkpoint_integrity)
-  thus commits atomically with the checkpoint. None when this orbax has no
-  such hook; checkpoints are then saved without manifests.
-  """
+
+def _default_temporary_path_class(directory: epath.Path):
+  """The TemporaryPath class orbax itself picks for `directory` (rename or commit file)."""
+  try:
+    from orbax.checkpoint._src.path import atomicity_defaults  # pylint: disable=g-import-not-at-top
+    return atomicity_defaults.get_default_temporary_path_class(directory)
+  except (ImportError, AttributeError):
+    pass
   try:
     from orbax.checkpoint.path import atomicity  # pylint: disable=g-import-not-at-top
-    base = atomicity.AtomicRenameTemporaryPath
-  except (ImportError, AttributeError):
-    return None
+    object_store = os.fspath(directory).startswith("gs://")
+    return (atomicity.CommitFileTemporaryPath if object_store
+            else atomicity.AtomicRenameTemporaryPath)
+  except (ImportError, AttributeError) as error:
+    raise CheckpointError(
+        f"orbax-checkpoint {_orbax_version()} has neither atomicity_defaults."
+        "get_default_temporary_path_class nor atomicity.AtomicRenameTemporaryPath, which "
+        "cnnjax extends to write checkpoint manifests: install the orbax-checkpoint version "
+        "pyproject.toml asks for") from error
 
-  class ManifestedTemporaryPath(base):  # pylint: disable=missing-class-docstring
-    async def finalize(self, *args, **kwargs):
-      await asyncio.to_thread(integrity.write_manifest, os.fspath(self.get()))
-      return await super().finalize(*args, **kwargs)
 
+def manifested_temporary_path_class(directory: epath.PathLike):
+  """orbax's own commit for `directory`, with cnnjax_manifest.json written just before it.
+
+  The manifest (size + SHA-256 of every item file, see checkpoint_integrity)
+  thus commits atomically with the checkpoint. orbax releases differ in
+  whether `TemporaryPath.finalize` is a coroutine; the override follows the
+  base class, and refuses a shape it does not know instead of never committing.
+  """
+  base = _default_temporary_path_class(epath.Path(directory))
+  finalize = getattr(base, "finalize", None)
+  if inspect.iscoroutinefunction(finalize):
+    class ManifestedTemporaryPath(base):  # pylint: disable=missing-class-docstring
+      async def finalize(self, *args, **kwargs):
+        await asyncio.to_thread(integrity.write_manifest, self.get())
+        return await super().finalize(*args, **kwargs)
+  elif callable(finalize) and not inspect.isasyncgenfunction(finalize):
+    class ManifestedTemporaryPath(base):  # pylint: disable=missing-class-docstring,function-redefined
+      def finalize(self, *args, **kwargs):
+        integrity.write_manifest(self.get())
+        return super().finalize(*args, **kwargs)
+  else:
+    raise CheckpointError(
+        f"orbax-checkpoint {_orbax_version()}: {base.__name__}.finalize is {finalize!r}, not a "
+        "method cnnjax can extend to write checkpoint manifests; install the orbax-checkpoint "
+        "version pyproject.toml asks for")
+  ManifestedTemporaryPath.__name__ = f"Manifested{base.__name__}"
   return ManifestedTemporaryPath
 
 
-_TEMPORARY_PATH_CLASS = _manifested_temporary_path_class()
-
-
-def checkpoint_problem(step_dir: str) -> str | None:
+def checkpoint_problem(step_dir: epath.PathLike) -> str | None:
   """What is wrong with a committed checkpoint directory; None when intact."""
   return integrity.find_problem(step_dir, required_items=REQUIRED_ITEMS)
 
 
-def _path_name(path) -> str:
-  parts = []
-  for key in path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(key, attr):
-        parts.append(str(getattr(key, attr)))
-        break
-    else:
-      parts.append(str(key))
-  return "/".join(parts)
+def path_name(path) -> str:
+  """"params/conv1/kernel" for a key path: the names checkpoint structures are keyed by."""
+  return jax.tree_util.keystr(tuple(path), simple=True, separator="/")
 
 
 def structure(tree) -> dict[str, list[int]]:
   """{path: shape} of every array leaf: what must match for a restore to make sense."""
   flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {_path_name(path): list(np.shape(leaf)) for path, leaf in flat}
+  return {path_name(path): list(np.shape(leaf)) for path, leaf in flat}
 
 
 def state_items(arrays: Mapping[str, Any]) -> dict[str, Any]:
@@ -139,131 +172,196 @@ def _item_handlers() -> dict[str, ocp.CheckpointHandler]:
   return handlers
 
 
-def _manager(directory: str, max_to_keep: int, *, read_only: bool = False,
+def _best_metric(metrics: Mapping[str, Any]) -> float:
+  return float(metrics[BEST_METRIC])
+
+
+def _preservation_policy(keep: int):
+  """Keep the newest `keep` checkpoints and the one with the lowest BEST_METRIC."""
+  policies = ocp.checkpoint_managers
+  return policies.AnyPreservationPolicy([
+      policies.LatestN(n=keep),
+      # reverse: sorted from worst to best, orbax keeps the last n (the lowest errors).
+      policies.BestN(get_metric_fn=_best_metric, reverse=True, n=1,
+                     keep_checkpoints_without_metrics=False),
+  ])
+
+
+def _manager(directory: epath.PathLike, keep: int, *, read_only: bool = False,
              async_save: bool = True) -> ocp.CheckpointManager:
+  directory = epath.Path(directory)
+  if not directory.is_absolute():
+    directory = epath.Path(os.path.abspath(os.fspath(directory)))
   extra = {}
-  if _TEMPORARY_PATH_CLASS is not None and not read_only:
-    extra["temporary_path_class"] = _TEMPORARY_PATH_CLASS
+  if not read_only:
+    extra["temporary_path_class"] = manifested_temporary_path_class(directory)
+    extra["preservation_policy"] = _preservation_policy(keep)
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
+      # best_fn makes orbax write and read the metrics of a step; best_step() ranks by it.
+      best_fn=_best_metric, best_mode="min",
+      create=not read_only, read_only=read_only,
       enable_async_checkpointing=async_save,
       cleanup_tmp_directories=not read_only,  # leftovers of a save killed mid-way
       **extra)
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options,
-                               item_handlers=_item_handlers())
+  return ocp.CheckpointManager(directory, options=options, item_handlers=_item_handlers())
 
 
-def _steps_in(directory: str) -> list[int]:
+def _steps_in(directory: epath.PathLike) -> list[int]:
   """Committed checkpoint steps under a manager directory, without creating anything.
 
   orbax renames `<step>.orbax-checkpoint-tmp-*` to `<step>` when a save is
   complete, so only all-digit names count.
   """
-  if not os.path.isdir(directory):
+  directory = epath.Path(directory)
+  if not directory.is_dir():
     return []
-  return sorted(int(name) for name in os.listdir(directory)
-                if name.isdigit() and os.path.isdir(os.path.join(directory, name)))
+  return sorted(int(entry.name) for entry in directory.iterdir()
+                if entry.name.isdigit() and entry.is_dir())
 
 
-def has_checkpoint(workdir: str) -> bool:
-  return bool(_steps_in(os.path.join(workdir, LATEST_DIR)))
+def has_checkpoint(workdir: epath.PathLike) -> bool:
+  return bool(_steps_in(epath.Path(workdir) / LATEST_DIR))
+
+
+def _agree_with_first_process(value: int) -> int:
+  """Process 0's `value`, in every process (a collective: every process must call it)."""
+  if jax.process_count() == 1:
+    return value
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return int(multihost_utils.broadcast_one_to_all(np.asarray(value, np.int64)))
+
+
+# What process 0 announces instead of a step when resuming is impossible or starts fresh.
+_NO_CHECKPOINT = -1
+_NOTHING_INTACT = -2
 
 
 class CheckpointStore:
-  """The two managers of a workdir: latest N and best-by-validation-error."""
+  """A workdir's checkpoint manager: the latest `keep` steps plus the best one."""
 
-  def __init__(self, workdir: str, keep: int = 3, *, async_save: bool = True):
-    self.workdir = workdir
-    self.latest = _manager(os.path.join(workdir, LATEST_DIR), keep, async_save=async_save)
-    self.best = _manager(os.path.join(workdir, BEST_DIR), 1, async_save=async_save)
+  def __init__(self, workdir: epath.PathLike, keep: int = 3, *, async_save: bool = True):
+    self.workdir = epath.Path(workdir)
+    self.directory = self.workdir / LATEST_DIR
+    self.manager = _manager(self.directory, keep, async_save=async_save)
 
   def latest_step(self) -> int | None:
-    return self.latest.latest_step()
+    return self.manager.latest_step()
+
+  def best_step(self) -> int | None:
+    """The saved step with the lowest validation top-1 error (None before any best save)."""
+    return self.manager.best_step()
 
   def newest_restorable_step(self) -> int | None:
-    """The newest intact periodic checkpoint (None when there is none at all).
+    """The newest intact checkpoint (None when there is none at all).
 
     Damaged newer checkpoints (missing, truncated or altered files, see
     checkpoint_integrity) are moved to <workdir>/corrupt_checkpoints with a
     warning naming both steps. When every checkpoint is damaged nothing is
     moved and CheckpointError says what is wrong: starting over is the
     user's decision.
+
+    Every process must call this. Process 0 alone verifies, moves and
+    decides; the others take its answer, so a process that lists the
+    directory after the move cannot disagree about the step (or hang).
     """
-    directory = os.fspath(self.latest.directory)
-    damaged = []
-    for step in sorted(_steps_in(directory), reverse=True):
-      problem = checkpoint_problem(os.path.join(directory, str(step)))
-      if problem is None:
-        break
-      damaged.append((step, problem))
-    else:
-      if damaged:
+    directory = self.directory
+    details = ""
+    if jax.process_index() == 0:
+      damaged = []
+      decision = _NO_CHECKPOINT
+      for step in sorted(_steps_in(directory), reverse=True):
+        problem = checkpoint_problem(directory / str(step))
+        if problem is None:
+          decision = step
+          break
+        damaged.append((step, problem))
+      if decision == _NO_CHECKPOINT and damaged:
+        decision = _NOTHING_INTACT
         details = "; ".join(f"step {step}: {problem}" for step, problem in damaged)
-        raise CheckpointError(
-            f"no intact checkpoint in {directory} ({details}). Restore the files, or move "
-            f"{directory} away to start from scratch")
+      elif damaged:
+        quarantine = self.workdir / QUARANTINE_DIR
+        for bad_step, problem in damaged:
+          moved = integrity.quarantine(directory / str(bad_step), quarantine)
+          log.warning("checkpoint step %d in %s is damaged (%s); moved it to %s and resume from "
+                      "step %d", bad_step, directory, problem, moved, decision)
+    else:
+      decision = _NO_CHECKPOINT  # replaced by process 0's
+    decision = _agree_with_first_process(decision)
+    if decision == _NOTHING_INTACT:
+      where = f" ({details})" if details else " (process 0 logged what is damaged)"
+      raise CheckpointError(
+          f"no intact checkpoint in {directory}{where}. Restore the files, or move "
+          f"{directory} away to start from scratch")
+    if decision == _NO_CHECKPOINT:
       return None
-    quarantine = os.path.join(self.workdir, QUARANTINE_DIR)
-    for bad_step, problem in damaged:
-      # Every process verified the same shared files; one moves them.
-      if jax.process_index() == 0:
-        moved = integrity.quarantine(os.path.join(directory, str(bad_step)), quarantine)
-        log.warning("checkpoint step %d in %s is damaged (%s); moved it to %s and resume from "
-                    "step %d", bad_step, directory, problem, moved, step)
-    if damaged:
-      if jax.process_count() > 1:
-        from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-        multihost_utils.sync_global_devices("cnnjax_checkpoint_quarantine")
-      self.latest.reload()
-    return step
+    if decision not in self.manager.all_steps():
+      return decision
+    self.manager.reload()  # forget the steps process 0 moved away
+    return decision
 
   def save(self, arrays: Mapping[str, Any], meta: Mapping[str, Any], *, best: bool = False) -> None:
     """Saves a state (arrays as from TrainState.arrays()) at meta['step'].
+
+    best=True: the state is a new best; meta['best_eval_error'] is its
+    validation top-1 error and becomes the step's orbax metric, so the
+    preservation policy keeps it after it falls out of the latest N.
+
+    A step is written once. A second save of a saved step is a no-op, except
+    best=True for a step first saved without it: that checkpoint is written
+    again with its metric (correct, but it costs a second write; evaluate
+    before saving a step that is both evaluated and checkpointed).
 
     The caller guarantees the state is finite; the train step never produces
     a non-finite state (it keeps the previous one).
     """
     step = int(meta["step"])
+    metrics = {BEST_METRIC: float(meta["best_eval_error"])} if best else None
+    if step in self.manager.all_steps():
+      if not best:
+        return
+      self.manager.wait_until_finished()
+      if self.manager.metrics(step) is not None:
+        return
+      log.warning("step %d was saved before it was known to be the best; saving it again with "
+                  "its validation error", step)
+      self.manager.delete(step)
     items = state_items(arrays)
     meta = dict(meta, items=sorted(items), structure={k: structure(v) for k, v in items.items()})
     args = ocp.args.Composite(**{k: ocp.args.StandardSave(v) for k, v in items.items()},
                               **{META_ITEM: ocp.args.JsonSave(meta)})
-    manager = self.best if best else self.latest
-    if step in manager.all_steps():
-      return
-    manager.save(step, args=args, force=True)
+    self.manager.save(step, args=args, metrics=metrics, force=True)
+
+  def _step(self, step: int | None, best: bool) -> int:
+    if step is None:
+      step = self.best_step() if best else self.manager.latest_step()
+    if step is None:
+      which = "best " if best else ""
+      raise CheckpointError(f"no {which}checkpoint in {self.directory}")
+    return step
 
   def read_meta(self, step: int | None = None, *, best: bool = False) -> dict[str, Any]:
-    manager = self.best if best else self.latest
-    step = manager.latest_step() if step is None else step
-    if step is None:
-      raise CheckpointError(f"no checkpoint in {manager.directory}")
-    with _read_errors_named(manager.directory, step):
-      return dict(manager.restore(step, args=ocp.args.Composite(
+    step = self._step(step, best)
+    with _read_errors_named(self.directory, step):
+      return dict(self.manager.restore(step, args=ocp.args.Composite(
           **{META_ITEM: ocp.args.JsonRestore()}))[META_ITEM])
 
   def restore(self, abstract_arrays: Mapping[str, Any], step: int | None = None, *,
               best: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
     """(arrays, meta) of a checkpoint, placed on the shardings of `abstract_arrays`."""
-    manager = self.best if best else self.latest
-    step = manager.latest_step() if step is None else step
-    if step is None:
-      raise CheckpointError(f"no checkpoint to restore in {manager.directory}")
-    meta = self.read_meta(step, best=best)
+    step = self._step(step, best)
+    meta = self.read_meta(step)
     target = state_items(abstract_arrays)
-    check_structure(meta, target, where=f"{manager.directory}/{step}")
-    with _read_errors_named(manager.directory, step):
-      restored = manager.restore(step, args=ocp.args.Composite(
+    check_structure(meta, target, where=f"{self.directory}/{step}")
+    with _read_errors_named(self.directory, step):
+      restored = self.manager.restore(step, args=ocp.args.Composite(
           **{k: ocp.args.StandardRestore(v) for k, v in target.items()}))
     return arrays_from_items(restored, abstract_arrays), meta
 
   def wait(self) -> None:
-    self.latest.wait_until_finished()
-    self.best.wait_until_finished()
+    self.manager.wait_until_finished()
 
   def close(self) -> None:
-    self.latest.close()
-    self.best.close()
+    self.manager.close()
 
 
 @contextlib.contextmanager
@@ -306,15 +404,14 @@ def check_structure(meta: Mapping[str, Any], target_items: Mapping[str, Any], *,
           "different model or config; use a fresh --workdir (or the config it was trained with)")
 
 
-def read_workdir_config(workdir: str) -> dict[str, Any]:
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
+def read_workdir_config(workdir: epath.PathLike) -> dict[str, Any]:
+  path = epath.Path(workdir) / CONFIG_FILE
+  if not path.exists():
     raise CheckpointError(
         f"{workdir} has no {CONFIG_FILE}: it is not a cnnjax workdir (expected the --workdir "
         "of a finished or running `python train.py`)")
   try:
-    with open(path) as f:
-      return json.load(f)
+    return json.loads(path.read_text())
   except (OSError, ValueError) as error:
     raise CheckpointError(f"{path} is unreadable ({type(error).__name__}: {error})") from error
 
@@ -325,25 +422,20 @@ def _single_device_target(metadata_tree) -> Any:
       lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device), metadata_tree)
 
 
-def _intact_step(directory: str, which: str, step: int | None) -> int:
-  """The step to read for evaluation: the requested one, or the newest intact one."""
-  steps = _steps_in(directory)
-  if not steps:
-    raise CheckpointError(
-        f"no {which} checkpoint in {directory}: train first (python train.py --workdir "
-        f"{os.path.dirname(directory)}), or pass which='latest'")
-  if step is not None or which == "best":
-    step = steps[-1] if step is None else step
-    if step not in steps:
-      raise CheckpointError(f"{directory} has no checkpoint of step {step}; it has {steps}")
-    problem = checkpoint_problem(os.path.join(directory, str(step)))
-    if problem:
-      raise CheckpointError(f"the {which} checkpoint {directory}/{step} (step {step}) is "
-                            f"damaged: {problem}")
-    return step
+def _checked(directory: epath.Path, which: str, step: int, steps: list[int]) -> int:
+  if step not in steps:
+    raise CheckpointError(f"{directory} has no checkpoint of step {step}; it has {steps}")
+  problem = checkpoint_problem(directory / str(step))
+  if problem:
+    raise CheckpointError(f"the {which} checkpoint {directory}/{step} (step {step}) is "
+                          f"damaged: {problem}")
+  return step
+
+
+def _newest_intact(directory: epath.Path, steps: list[int]) -> int:
   damaged = []
   for candidate in reversed(steps):
-    problem = checkpoint_problem(os.path.join(directory, str(candidate)))
+    problem = checkpoint_problem(directory / str(candidate))
     if problem is None:
       if damaged:
         log.warning("skipping damaged checkpoint(s) %s of %s; reading step %d",
@@ -354,22 +446,49 @@ def _intact_step(directory: str, which: str, step: int | None) -> int:
                         + "; ".join(f"step {s}: {p}" for s, p in damaged))
 
 
-def restore_variables(workdir: str, *, which: str = "latest", use_ema: bool = False,
+def _eval_source(workdir: epath.Path, which: str, step: int | None) -> tuple[epath.Path, int]:
+  """(manager directory, step) to read for evaluation; CheckpointError naming what is missing."""
+  directory = workdir / LATEST_DIR
+  steps = _steps_in(directory)
+  if which == "best" and step is None:
+    legacy = workdir / LEGACY_BEST_DIR
+    manager = _manager(directory, 1, read_only=True) if steps else None
+    try:
+      best = manager.best_step() if manager is not None else None
+    finally:
+      if manager is not None:
+        manager.close()
+    if best is None and _steps_in(legacy):  # a workdir written before the single manager
+      directory, steps, best = legacy, _steps_in(legacy), _steps_in(legacy)[-1]
+    if best is None:
+      raise CheckpointError(
+          f"no best checkpoint in {directory}: no validation has run yet (train longer, or "
+          "with eval_every set), or pass which='latest'")
+    return directory, _checked(directory, which, best, steps)
+  if not steps:
+    raise CheckpointError(
+        f"no {which} checkpoint in {directory}: train first (python train.py --workdir "
+        f"{workdir}), or pass which='latest'")
+  if step is not None:
+    return directory, _checked(directory, which, step, steps)
+  return directory, _newest_intact(directory, steps)
+
+
+def restore_variables(workdir: epath.PathLike, *, which: str = "latest", use_ema: bool = False,
                       step: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
   """({"params", "batch_stats"?}, meta) of a workdir's checkpoint, on one local device.
 
   Args:
-    which: "latest" (the newest intact periodic checkpoint; damaged newer ones
-      are skipped with a warning) or "best" (lowest validation top-1 error
-      seen during training).
+    which: "latest" (the newest intact checkpoint; damaged newer ones are
+      skipped with a warning) or "best" (lowest validation top-1 error seen
+      during training).
     use_ema: return the Polyak/EMA parameters as "params" (CheckpointError if
       the run kept none).
-    step: a specific step of `which` (CheckpointError if it is damaged).
+    step: a specific step (CheckpointError if it is damaged).
   """
   if which not in ("latest", "best"):
     raise CheckpointError(f"which={which!r}: choose 'latest' or 'best'")
-  directory = os.path.join(workdir, LATEST_DIR if which == "latest" else BEST_DIR)
-  step = _intact_step(directory, which, step)
+  directory, step = _eval_source(epath.Path(workdir), which, step)
   manager = _manager(directory, 1, read_only=True)
   try:
     with _read_errors_named(directory, step):
@@ -393,7 +512,7 @@ def restore_variables(workdir: str, *, which: str = "latest", use_ema: bool = Fa
   return variables, meta
 
 
-def restore_for_eval(workdir: str, *, which: str = "latest", use_ema: bool = False):
+def restore_for_eval(workdir: epath.PathLike, *, which: str = "latest", use_ema: bool = False):
   """(config, model, variables) of a trained workdir, ready for `model.apply`.
 
   config is the run's resolved ConfigDict (from config.json), model the flax

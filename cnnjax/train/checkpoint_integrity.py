@@ -16,18 +16,20 @@ that are missing, truncated or changed. Orbax's own bookkeeping files at the
 top of the directory and its commit markers are rewritten after the items
 and are not covered.
 
-Needs only the standard library.
+Paths go through `etils.epath`, so a workdir on an object store
+(`gs://bucket/run`) is checked like a local one. Needs only the standard
+library and etils.
 """
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import os
-import shutil
 import time
 from typing import Any
+
+from etils import epath
 
 MANIFEST_FILE = "cnnjax_manifest.json"
 MANIFEST_VERSION = 1
@@ -39,79 +41,100 @@ _CHUNK = 1 << 22
 _MAX_REPORTED = 3
 
 
-def _sha256(path: str) -> str:
+def _sha256(path: epath.Path) -> str:
   digest = hashlib.sha256()
-  with open(path, "rb") as f:
+  with path.open("rb") as f:
     while chunk := f.read(_CHUNK):
       digest.update(chunk)
   return digest.hexdigest()
 
 
-def covered_files(step_dir: str) -> list[str]:
-  """Relative paths of the files a manifest covers: everything inside the item folders."""
+def _size(path: epath.Path) -> int:
+  return int(path.stat().length)
+
+
+def _files_under(directory: epath.Path) -> list[epath.Path]:
+  """Every file below `directory`, in a stable order (no os.walk: object stores too)."""
   found = []
-  for entry in sorted(os.listdir(step_dir)):
-    item_dir = os.path.join(step_dir, entry)
-    if not os.path.isdir(item_dir):
-      continue  # orbax's top-level bookkeeping and our manifest
-    for root, dirs, files in os.walk(item_dir):
-      dirs.sort()
-      for name in sorted(files):
-        if name not in UNCOVERED_FILES:
-          found.append(os.path.relpath(os.path.join(root, name), step_dir))
+  for entry in sorted(directory.iterdir(), key=lambda p: p.name):
+    if entry.is_dir():
+      found.extend(_files_under(entry))
+    else:
+      found.append(entry)
   return found
 
 
-def compute_manifest(step_dir: str) -> dict[str, Any]:
+def covered_files(step_dir: epath.PathLike) -> list[str]:
+  """Relative paths of the files a manifest covers: everything inside the item folders."""
+  step_dir = epath.Path(step_dir)
+  found = []
+  for item_dir in sorted(step_dir.iterdir(), key=lambda p: p.name):
+    if not item_dir.is_dir():
+      continue  # orbax's top-level bookkeeping and our manifest
+    for path in _files_under(item_dir):
+      if path.name not in UNCOVERED_FILES:
+        found.append(os.fspath(path.relative_to(step_dir)))
+  return found
+
+
+def compute_manifest(step_dir: epath.PathLike) -> dict[str, Any]:
+  step_dir = epath.Path(step_dir)
   files = {}
   for relative in covered_files(step_dir):
-    path = os.path.join(step_dir, relative)
-    files[relative] = {"size": os.path.getsize(path), "sha256": _sha256(path)}
+    path = step_dir / relative
+    files[relative] = {"size": _size(path), "sha256": _sha256(path)}
   return {"version": MANIFEST_VERSION, "created": time.time(), "files": files}
 
 
-def write_manifest(step_dir: str) -> None:
-  """Writes the manifest of a complete step directory, atomically and durably."""
-  manifest = compute_manifest(step_dir)
-  path = os.path.join(step_dir, MANIFEST_FILE)
-  partial = path + ".partial"
-  with open(partial, "w") as f:
-    json.dump(manifest, f, indent=1, sort_keys=True)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(partial, path)
+def write_manifest(step_dir: epath.PathLike) -> None:
+  """Writes the manifest of a complete step directory, whole (a rename where there is one)."""
+  step_dir = epath.Path(step_dir)
+  text = json.dumps(compute_manifest(step_dir), indent=1, sort_keys=True)
+  path = step_dir / MANIFEST_FILE
+  if _is_local(path):
+    partial = os.fspath(path) + ".partial"
+    with open(partial, "w") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(partial, os.fspath(path))
+  else:  # object stores write an object whole or not at all
+    path.write_text(text)
 
 
-def has_manifest(step_dir: str) -> bool:
-  return os.path.isfile(os.path.join(step_dir, MANIFEST_FILE))
+def _is_local(path: epath.Path) -> bool:
+  return "://" not in os.fspath(path)
 
 
-def find_problem(step_dir: str, *, required_items: tuple[str, ...] = ()) -> str | None:
+def has_manifest(step_dir: epath.PathLike) -> bool:
+  return (epath.Path(step_dir) / MANIFEST_FILE).is_file()
+
+
+def find_problem(step_dir: epath.PathLike, *, required_items: tuple[str, ...] = ()) -> str | None:
   """What is wrong with a step directory, in words; None when it is intact.
 
   A directory without a manifest (written before manifests existed) is only
   checked for its required item folders.
   """
-  if not os.path.isdir(step_dir):
+  step_dir = epath.Path(step_dir)
+  if not step_dir.is_dir():
     return f"{step_dir} does not exist"
-  missing_items = [item for item in required_items
-                   if not os.path.isdir(os.path.join(step_dir, item))]
+  missing_items = [item for item in required_items if not (step_dir / item).is_dir()]
   if missing_items:
     return f"item folder(s) {missing_items} missing"
-  manifest_path = os.path.join(step_dir, MANIFEST_FILE)
-  if not os.path.exists(manifest_path):
+  manifest_path = step_dir / MANIFEST_FILE
+  if not manifest_path.exists():
     return None
   try:
-    with open(manifest_path) as f:
-      manifest = json.load(f)
+    manifest = json.loads(manifest_path.read_text())
     expected = dict(manifest["files"])
   except (OSError, ValueError, KeyError, TypeError) as error:
     return f"its manifest {MANIFEST_FILE} is unreadable ({type(error).__name__}: {error})"
   problems = []
   for relative, want in sorted(expected.items()):
-    path = os.path.join(step_dir, relative)
+    path = step_dir / relative
     try:
-      size = os.path.getsize(path)
+      size = _size(path)
     except OSError:
       problems.append(f"{relative} is missing")
       continue
@@ -128,31 +151,34 @@ def find_problem(step_dir: str, *, required_items: tuple[str, ...] = ()) -> str 
   return "; ".join(problems) + (" (and possibly more)" if more else "")
 
 
-def unfinished_step_dir(root: str, step: int) -> str | None:
+def unfinished_step_dir(root: epath.PathLike, step: int) -> str | None:
   """The directory a save of `step` is writing into, before or after orbax's rename.
 
   The newest `<step>.orbax-checkpoint-tmp-*` without a manifest, else
   `<step>` itself if it has none yet; None when neither exists.
   """
-  candidates = glob.glob(os.path.join(glob.escape(root), f"{step}{ORBAX_TMP_MARKER}*"))
-  candidates = [c for c in candidates if os.path.isdir(c) and not has_manifest(c)]
+  root = epath.Path(root)
+  candidates = [c for c in root.glob(f"{step}{ORBAX_TMP_MARKER}*")
+                if c.is_dir() and not has_manifest(c)]
   if candidates:
-    return max(candidates, key=os.path.getmtime)
-  final = os.path.join(root, str(step))
-  if os.path.isdir(final) and not has_manifest(final):
-    return final
+    return os.fspath(max(candidates, key=lambda c: c.stat().mtime))
+  final = root / str(step)
+  if final.is_dir() and not has_manifest(final):
+    return os.fspath(final)
   return None
 
 
-def quarantine(step_dir: str, destination_root: str) -> str:
+def quarantine(step_dir: epath.PathLike, destination_root: epath.PathLike) -> str:
   """Moves a damaged step directory out of the manager's sight; returns its new path."""
-  os.makedirs(destination_root, exist_ok=True)
-  parent = os.path.basename(os.path.dirname(os.path.abspath(step_dir)))
+  step_dir = epath.Path(step_dir)
+  destination_root = epath.Path(destination_root)
+  destination_root.mkdir(parents=True, exist_ok=True)
   stamp = time.strftime("%Y%m%d-%H%M%S")
-  target = os.path.join(destination_root, f"{parent}-{os.path.basename(step_dir)}-{stamp}")
+  base = f"{step_dir.parent.name}-{step_dir.name}-{stamp}"
+  target = destination_root / base
   suffix = 0
-  while os.path.exists(target + (f"-{suffix}" if suffix else "")):
+  while target.exists():
     suffix += 1
-  target += f"-{suffix}" if suffix else ""
-  shutil.move(step_dir, target)
-  return target
+    target = destination_root / f"{base}-{suffix}"
+  step_dir.rename(target)
+  return os.fspath(target)

@@ -68,7 +68,8 @@ DAMAGE = {
 @pytest.fixture()
 def copy_of_reference(reference_run, tmp_path):
   source, _ = reference_run
-  assert committed_steps(os.path.join(source, checkpoint.LATEST_DIR)) == [PREVIOUS, NEWEST]
+  # The latest two, plus the best one when it is older.
+  assert committed_steps(os.path.join(source, checkpoint.LATEST_DIR))[-2:] == [PREVIOUS, NEWEST]
 
   def make(name: str) -> str:
     target = str(tmp_path / name.replace(" ", "_"))
@@ -79,14 +80,14 @@ def copy_of_reference(reference_run, tmp_path):
 
 def test_every_saved_checkpoint_has_a_verifiable_manifest(reference_run):
   workdir, _ = reference_run
-  for kind in (checkpoint.LATEST_DIR, checkpoint.BEST_DIR):
-    directory = os.path.join(workdir, kind)
-    for step in committed_steps(directory):
-      step_dir = os.path.join(directory, str(step))
-      assert integrity.has_manifest(step_dir), step_dir
-      assert integrity.find_problem(step_dir) is None
-      covered = integrity.covered_files(step_dir)
-      assert any(path.startswith("params" + os.sep) for path in covered), covered
+  directory = os.path.join(workdir, checkpoint.LATEST_DIR)
+  assert committed_steps(directory)
+  for step in committed_steps(directory):
+    step_dir = os.path.join(directory, str(step))
+    assert integrity.has_manifest(step_dir), step_dir
+    assert integrity.find_problem(step_dir) is None
+    covered = integrity.covered_files(step_dir)
+    assert any(path.startswith("params" + os.sep) for path in covered), covered
 
 
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
@@ -106,7 +107,8 @@ def test_damaged_newest_checkpoint_is_detected_and_moved_aside(damage, copy_of_r
   assert step == PREVIOUS
   warning = " ".join(r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
   assert f"step {NEWEST}" in warning and f"step {PREVIOUS}" in warning, warning
-  assert committed_steps(os.path.join(workdir, checkpoint.LATEST_DIR)) == [PREVIOUS]
+  remaining = committed_steps(os.path.join(workdir, checkpoint.LATEST_DIR))
+  assert NEWEST not in remaining and PREVIOUS in remaining, remaining
   moved = glob.glob(os.path.join(workdir, checkpoint.QUARANTINE_DIR, f"*{NEWEST}*"))
   assert len(moved) == 1, "the damaged checkpoint should be kept aside for inspection"
 
@@ -129,7 +131,8 @@ def test_run_resumes_from_the_previous_good_checkpoint(copy_of_reference, tiny_c
 def test_no_intact_checkpoint_stops_instead_of_starting_over(copy_of_reference, tiny_config,
                                                              monkeypatch):
   workdir = copy_of_reference("all_damaged")
-  for step in (PREVIOUS, NEWEST):
+  saved = committed_steps(os.path.join(workdir, checkpoint.LATEST_DIR))
+  for step in saved:
     _truncate(_largest_file(os.path.join(workdir, checkpoint.LATEST_DIR, str(step)), "params"))
   from cnnjax.train import loop
 
@@ -142,14 +145,15 @@ def test_no_intact_checkpoint_stops_instead_of_starting_over(copy_of_reference, 
   assert f"step {NEWEST}" in message and f"step {PREVIOUS}" in message, message
   assert "params" in message  # names what is damaged
   # Nothing was moved or deleted: the user decides.
-  assert committed_steps(os.path.join(workdir, checkpoint.LATEST_DIR)) == [PREVIOUS, NEWEST]
+  assert committed_steps(os.path.join(workdir, checkpoint.LATEST_DIR)) == saved
 
 
 def test_restore_for_evaluation_refuses_a_damaged_checkpoint(copy_of_reference, caplog):
   workdir = copy_of_reference("evaluation")
-  best_dir = os.path.join(workdir, checkpoint.BEST_DIR)
-  (best_step,) = committed_steps(best_dir)
-  _truncate(_largest_file(os.path.join(best_dir, str(best_step)), "params"))
+  _, best_meta = checkpoint.restore_variables(workdir, which="best")
+  best_step = best_meta["step"]
+  assert best_step % KILL_RUN["eval_every_steps"] == 0  # a validated step
+  _truncate(_largest_file(os.path.join(workdir, checkpoint.LATEST_DIR, str(best_step)), "params"))
   with pytest.raises(CheckpointError, match=rf"{best_step}.*params"):
     checkpoint.restore_variables(workdir, which="best")
   _truncate(_largest_file(os.path.join(workdir, checkpoint.LATEST_DIR, str(NEWEST)), "params"))
@@ -193,17 +197,48 @@ def test_damaged_checkpoint_without_manifest_is_a_checkpoint_error(copy_of_refer
     checkpoint.restore_variables(workdir, step=NEWEST)
 
 
-def test_only_the_first_process_moves_damaged_checkpoints(copy_of_reference, monkeypatch):
-  """On a shared filesystem every process verifies; one moves, the others must not race it."""
+def test_other_processes_take_the_first_process_decision(copy_of_reference, monkeypatch):
+  """On a shared filesystem process 0 verifies and moves; another process must neither move
+  nor list the directory itself (it could list after the move and disagree), only adopt
+  the step process 0 announces."""
   workdir = copy_of_reference("second_process")
   _truncate(_largest_file(os.path.join(workdir, checkpoint.LATEST_DIR, str(NEWEST)), "params"))
-  monkeypatch.setattr(checkpoint.jax, "process_index", lambda: 1)
+  announced = []
+
+  def broadcast_from_process_0(value):
+    announced.append(int(value))
+    return PREVIOUS  # what process 0 found
   store = checkpoint.CheckpointStore(workdir)
   try:
-    assert store.newest_restorable_step() == PREVIOUS
+    with monkeypatch.context() as patched:  # (orbax itself must not see two processes)
+      patched.setattr(checkpoint.jax, "process_index", lambda: 1)
+      patched.setattr(checkpoint.jax, "process_count", lambda: 2)
+      patched.setattr(checkpoint, "checkpoint_problem", lambda step_dir: pytest.fail(
+          "a process other than 0 verified checkpoints itself"))
+      patched.setattr(checkpoint, "_agree_with_first_process", broadcast_from_process_0)
+      assert store.newest_restorable_step() == PREVIOUS
   finally:
     store.close()
-  assert committed_steps(os.path.join(workdir, checkpoint.LATEST_DIR)) == [PREVIOUS, NEWEST]
+  assert len(announced) == 1  # one collective, whatever this process saw
+  assert NEWEST in committed_steps(os.path.join(workdir, checkpoint.LATEST_DIR))
+
+
+def test_every_process_enters_the_same_collective_whether_or_not_it_sees_damage(
+    copy_of_reference, monkeypatch):
+  """Process 0 with damage and process 0 without both call the broadcast exactly once."""
+  calls = []
+  monkeypatch.setattr(checkpoint, "_agree_with_first_process",
+                      lambda value: calls.append(int(value)) or int(value))
+  for damaged in (False, True):
+    workdir = copy_of_reference(f"process_0_damage_{damaged}")
+    if damaged:
+      _truncate(_largest_file(os.path.join(workdir, checkpoint.LATEST_DIR, str(NEWEST)), "params"))
+    store = checkpoint.CheckpointStore(workdir)
+    try:
+      store.newest_restorable_step()
+    finally:
+      store.close()
+  assert calls == [NEWEST, PREVIOUS]
 
 
 def test_torn_config_json_does_not_block_the_resume(copy_of_reference, tiny_config, caplog):
