@@ -14,12 +14,18 @@ import subprocess
 import sys
 import threading
 
+import errno
+import time
+
+import filelock
 import pytest
 from reliability_helpers import REPO, subprocess_env
 
 from cnnjax.errors import WorkdirLockedError
 from cnnjax.train import loop, run
-from cnnjax.train.workdir_lock import LOCK_FILE, WorkdirLock, read_owner
+from cnnjax.train import workdir_lock
+from cnnjax.train.workdir_lock import (LOCK_FILE, OWNER_FILE, LockOwner, WorkdirLock,
+                                       acquire_for_run, read_owner)
 
 _HOLDER = """
 import sys, time
@@ -52,13 +58,13 @@ def test_busy_workdir_is_refused_before_any_compute_naming_the_holder(holder, ti
 
   def no_compute(*args, **kwargs):
     raise AssertionError("did work on a workdir locked by another process")
-  monkeypatch.setattr(loop, "_Run", no_compute)
+  monkeypatch.setattr(loop, "train_and_evaluate", no_compute)
   with pytest.raises(WorkdirLockedError) as info:
     run(tiny_config(), workdir)
   message = str(info.value)
   assert f"process {process.pid} on host {socket.gethostname()}" in message, message
   assert workdir in message
-  assert read_owner(os.path.join(workdir, LOCK_FILE)).pid == process.pid  # untouched
+  assert read_owner(workdir).pid == process.pid  # untouched
 
 
 def test_lock_of_a_killed_process_blocks_nobody(holder):
@@ -67,11 +73,11 @@ def test_lock_of_a_killed_process_blocks_nobody(holder):
     WorkdirLock(workdir).acquire()
   os.kill(process.pid, signal.SIGKILL)
   process.wait(timeout=30)
-  assert read_owner(os.path.join(workdir, LOCK_FILE)).pid == process.pid  # stale file stays
+  assert read_owner(workdir).pid == process.pid  # stale record stays
   with WorkdirLock(workdir) as lock:
-    assert lock.held
-    assert read_owner(lock.path).pid == os.getpid()
-  assert not os.path.exists(os.path.join(workdir, LOCK_FILE))
+    assert lock.held and lock.kernel_lock
+    assert read_owner(workdir).pid == os.getpid()
+  assert not os.path.exists(os.path.join(workdir, OWNER_FILE))
 
 
 @pytest.mark.parametrize("recorded_pid", ["parent", "self", "init"])
@@ -80,11 +86,11 @@ def test_stale_lock_file_naming_a_live_pid_blocks_nobody(tmp_path, recorded_pid)
   pid = {"parent": os.getppid(), "self": os.getpid(), "init": 1}[recorded_pid]
   workdir = str(tmp_path / "stale")
   os.makedirs(workdir)
-  with open(os.path.join(workdir, LOCK_FILE), "w") as f:
-    f.write(f"{socket.gethostname()} {pid}\n")
+  with open(os.path.join(workdir, OWNER_FILE), "w") as f:
+    f.write(f"{socket.gethostname()} {pid} {time.time()} 0\n")
   lock = WorkdirLock(workdir)
   lock.acquire()
-  assert read_owner(lock.path).pid == os.getpid()
+  assert read_owner(workdir).pid == os.getpid()
   lock.release()
 
 
@@ -124,9 +130,106 @@ def test_racing_acquirers_get_exactly_one_lock(tmp_path):
     lock.release()
 
 
-def test_release_then_reacquire_leaves_no_lock_file(tmp_path):
+def test_release_then_reacquire_leaves_no_owner_record(tmp_path):
   workdir = str(tmp_path / "cycle")
   for _ in range(3):
     with WorkdirLock(workdir):
       assert os.path.exists(os.path.join(workdir, LOCK_FILE))
-    assert not os.path.exists(os.path.join(workdir, LOCK_FILE))
+      assert read_owner(workdir).same_process(LockOwner.this_process())
+    assert not os.path.exists(os.path.join(workdir, OWNER_FILE))
+
+
+# -- filesystems without kernel locks --------------------------------------------------------
+
+
+@pytest.fixture()
+def no_flock(monkeypatch):
+  """A filesystem whose flock fails with ENOLCK (NFS without lockd, some FUSE mounts)."""
+  def refuse(self, *args, **kwargs):
+    raise OSError(errno.ENOLCK, "No locks available")
+  monkeypatch.setattr(filelock.FileLock, "acquire", refuse)
+
+
+def _record(workdir, owner: LockOwner) -> None:
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, OWNER_FILE), "w") as f:
+    f.write(owner.record())
+
+
+def test_without_flock_a_fresh_lease_on_another_host_refuses(tmp_path, no_flock, caplog):
+  workdir = str(tmp_path / "lease")
+  now = time.time()
+  _record(workdir, LockOwner("other-host", 4242, now - 60, now - 10))
+  with pytest.raises(WorkdirLockedError, match="process 4242 on host other-host.*heartbeat"):
+    WorkdirLock(workdir).acquire()
+
+
+def test_without_flock_an_expired_lease_on_another_host_is_taken_over(tmp_path, no_flock,
+                                                                     caplog):
+  """A holder on another host that died must not block the workdir forever."""
+  workdir = str(tmp_path / "expired")
+  long_ago = time.time() - workdir_lock.LEASE_S - 60
+  _record(workdir, LockOwner("other-host", 4242, long_ago, long_ago))
+  with WorkdirLock(workdir) as lock:
+    assert lock.held and not lock.kernel_lock
+    assert read_owner(workdir).same_process(LockOwner.this_process())
+  warnings = " ".join(r.getMessage() for r in caplog.records)
+  assert "no file locks" in warnings and "expired" in warnings, warnings
+  assert not os.path.exists(os.path.join(workdir, OWNER_FILE))
+
+
+def test_without_flock_a_dead_pid_on_this_host_is_taken_over(tmp_path, no_flock):
+  workdir = str(tmp_path / "dead")
+  dead = subprocess.Popen([sys.executable, "-c", "pass"])
+  dead.wait(timeout=30)
+  now = time.time()
+  _record(workdir, LockOwner(socket.gethostname(), dead.pid, now, now))
+  with WorkdirLock(workdir) as lock:
+    assert lock.held
+
+
+def test_without_flock_a_live_holder_refuses_and_its_heartbeat_advances(tmp_path, no_flock,
+                                                                       monkeypatch):
+  monkeypatch.setattr(workdir_lock, "LEASE_REFRESH_S", 0.05)
+  workdir = str(tmp_path / "live")
+  with WorkdirLock(workdir) as lock:
+    first = read_owner(workdir).heartbeat
+    with pytest.raises(WorkdirLockedError, match=f"process {os.getpid()}"):
+      WorkdirLock(workdir).acquire()
+    deadline = time.monotonic() + 10
+    while read_owner(workdir).heartbeat == first and time.monotonic() < deadline:
+      time.sleep(0.05)
+    assert read_owner(workdir).heartbeat > first
+    assert lock.held
+
+
+# -- several processes -----------------------------------------------------------------------
+
+
+def test_acquire_for_run_refusal_reaches_every_process(tmp_path, monkeypatch):
+  """Process 0 is refused; process 1 must raise the same message (naming the holder)
+  from the shared outcome, without touching the lock itself."""
+  import jax
+  workdir = str(tmp_path / "shared")
+  message = f"workdir {workdir} is in use by process 77 on host h1 (started ...)"
+  shared = []
+  monkeypatch.setattr(jax, "process_index", lambda: 1)
+  monkeypatch.setattr(WorkdirLock, "acquire",
+                      lambda self: pytest.fail("process 1 took the lock itself"))
+  monkeypatch.setattr(workdir_lock, "_share_from_first_process",
+                      lambda text: shared.append(text) or message)
+  with pytest.raises(WorkdirLockedError) as info:
+    with acquire_for_run(workdir):
+      pytest.fail("process 1 went on after process 0 was refused")
+  assert str(info.value) == message
+  assert shared == [""]  # process 1 contributes nothing; process 0's text wins
+
+
+def test_acquire_for_run_single_process_holds_and_releases(tmp_path):
+  workdir = str(tmp_path / "single")
+  with acquire_for_run(workdir) as lock:
+    assert lock.held
+    with pytest.raises(WorkdirLockedError):
+      with acquire_for_run(workdir):
+        pass
+  assert not os.path.exists(os.path.join(workdir, OWNER_FILE))
