@@ -8,11 +8,13 @@ The same scalars go to TensorBoard under "<split>/<name>" (events in
 <workdir>/tensorboard). Only process 0 writes.
 
 A run that resumes from the checkpoint of step S (S = 0: no checkpoint yet)
-recomputes the rows after S (and may re-evaluate at S). So that the file
-still holds one row per (split, step), the writer of a resumed run moves the
-rows after S, and a row cut short by a kill, to metrics.superseded.jsonl
-(nothing is deleted), and does not write again a row for a (split, step) the
-file already holds; its TensorBoard writer purges the events after S.
+recomputes the rows after S (and may re-evaluate at S). The file is only
+ever appended to: the resumed run first appends a marker row
+{"resume_from_step": S}, and `read_metrics` drops the rows after S written
+before that marker and keeps, for each (split, step), the row written last.
+So the rows read back are one per (split, step), those of the run that
+continued; the file keeps every row ever written, for inspection. Its
+TensorBoard writer purges the events after S (purge_step).
 """
 
 from __future__ import annotations
@@ -25,28 +27,43 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
+from etils import epath
+
 METRICS_FILE = "metrics.jsonl"
-SUPERSEDED_FILE = "metrics.superseded.jsonl"
 TENSORBOARD_DIR = "tensorboard"
+# The key of the marker row a resumed run appends before its first row.
+RESUME_KEY = "resume_from_step"
 
 
-def read_metrics(workdir: str, split: str | None = None) -> list[dict[str, Any]]:
-  """The rows of a workdir's metrics.jsonl (optionally of one split)."""
-  path = os.path.join(workdir, METRICS_FILE)
-  rows = []
-  if os.path.exists(path):
-    with open(path) as f:
-      for number, line in enumerate(f, start=1):
-        line = line.strip()
-        if not line:
-          continue
-        try:
-          rows.append(json.loads(line))
-        except json.JSONDecodeError:
-          # A row cut short by a kill mid-write: the rest of the file is intact.
-          warnings.warn(f"{path}:{number} is not a complete JSON row (a run killed while "
-                        f"writing it?); skipping that line.", stacklevel=2)
-  return [r for r in rows if split is None or r.get("split") == split]
+def read_metrics(workdir: epath.PathLike, split: str | None = None) -> list[dict[str, Any]]:
+  """The rows of a workdir's metrics.jsonl (optionally of one split), one per (split, step).
+
+  Rows superseded by a resume (see the module docstring) are left out; of
+  rows written twice for one (split, step), the later one is kept, in the
+  place it was written.
+  """
+  path = epath.Path(workdir) / METRICS_FILE
+  rows: dict[tuple[Any, int], dict[str, Any]] = {}
+  if path.exists():
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+      line = line.strip()
+      if not line:
+        continue
+      try:
+        row = json.loads(line)
+        step = int(row[RESUME_KEY] if RESUME_KEY in row else row["step"])
+      except (ValueError, KeyError, TypeError):
+        # A row cut short by a kill mid-write: the rest of the file is intact.
+        warnings.warn(f"{path}:{number} is not a complete JSON row (a run killed while "
+                      f"writing it?); skipping that line.", stacklevel=2)
+        continue
+      if RESUME_KEY in row:
+        rows = {key: kept for key, kept in rows.items() if key[1] <= step}
+        continue
+      key = (row.get("split"), step)
+      rows.pop(key, None)  # the later row takes the later place
+      rows[key] = row
+  return [r for r in rows.values() if split is None or r.get("split") == split]
 
 
 class MetricWriter:
@@ -61,26 +78,28 @@ class MetricWriter:
     self.enabled = enabled
     self._jsonl = None
     self._tb = None
-    self._held: set[tuple[str, int]] = set()
     if not enabled:
       return
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, METRICS_FILE)
-    if resume_step is not None and os.path.exists(path):
-      self._held = _supersede_rows_after(workdir, resume_step)
+    workdir = epath.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / METRICS_FILE
     torn = False
-    if os.path.exists(path) and os.path.getsize(path) > 0:
-      with open(path, "rb") as f:
-        f.seek(-1, os.SEEK_END)
-        torn = f.read(1) != b"\n"
-    self._jsonl = open(path, "a", buffering=1)
+    existed = path.exists()
+    if existed:
+      with path.open("rb") as f:
+        content = f.read()
+      torn = bool(content) and not content.endswith(b"\n")
+    self._jsonl = path.open("a")
     if torn:  # a row cut short by a kill: start the next one on its own line
       self._jsonl.write("\n")
+    if resume_step is not None and existed:
+      self._jsonl.write(json.dumps({RESUME_KEY: int(resume_step), "time": time.time()}) + "\n")
+      self._jsonl.flush()
     if tensorboard:
       try:
         from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
         # purge_step: TensorBoard hides the earlier events from the resumed step on.
-        self._tb = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR),
+        self._tb = SummaryWriter(os.fspath(workdir / TENSORBOARD_DIR),
                                  purge_step=None if resume_step is None else resume_step + 1)
       except ImportError:  # tensorboardX is optional for library users
         self._tb = None
@@ -92,8 +111,9 @@ class MetricWriter:
         row[key] = value if math.isfinite(value) else str(value)
       else:
         row[key] = value
-    if self.enabled and (split, int(step)) not in self._held:
+    if self.enabled:
       self._jsonl.write(json.dumps(row) + "\n")
+      self._jsonl.flush()
       if self._tb is not None:
         for key, value in values.items():
           if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -113,42 +133,3 @@ class MetricWriter:
     if self._tb is not None:
       self._tb.close()
       self._tb = None
-
-
-def _supersede_rows_after(workdir: str, step: int) -> set[tuple[str, int]]:
-  """Moves rows after `step` (and torn rows) to SUPERSEDED_FILE; returns the kept (split, step)s.
-
-  The kept rows are written to a temporary file that replaces metrics.jsonl
-  in one rename, after the moved rows are safely appended to the other file,
-  so a kill at any point leaves every row in at least one of the two files.
-  """
-  path = os.path.join(workdir, METRICS_FILE)
-  with open(path, "rb") as f:
-    lines = f.read().split(b"\n")
-  kept, moved, held = [], [], set()
-  for line in lines:
-    if not line.strip():
-      continue
-    try:
-      row = json.loads(line)
-      row_step = int(row["step"])
-    except (ValueError, KeyError, TypeError):
-      moved.append(line)  # cut short by a kill
-      continue
-    if row_step > step:
-      moved.append(line)
-    else:
-      kept.append(line)
-      held.add((row.get("split"), row_step))
-  if moved:
-    with open(os.path.join(workdir, SUPERSEDED_FILE), "ab") as f:
-      f.write(b"".join(line + b"\n" for line in moved))
-      f.flush()
-      os.fsync(f.fileno())
-    temporary = path + ".tmp"
-    with open(temporary, "wb") as f:
-      f.write(b"".join(line + b"\n" for line in kept))
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(temporary, path)
-  return held

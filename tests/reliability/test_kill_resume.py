@@ -82,7 +82,7 @@ def test_sigkill_at_random_points_resumes_from_newest_complete_checkpoint(
     process.kill()
 
     committed = committed_steps(checkpoints)
-    temporary = temporary_dirs(checkpoints) + temporary_dirs(os.path.join(workdir, "best"))
+    temporary = temporary_dirs(checkpoints)
     if committed:  # the newest committed checkpoint is complete (an older one may be
       # half deleted: orbax removes the oldest in place once a newer one is committed)
       problem = integrity.find_problem(os.path.join(checkpoints, str(max(committed))),
@@ -117,7 +117,7 @@ def test_sigkill_at_random_points_resumes_from_newest_complete_checkpoint(
   for a, b in zip(leaves(ours), leaves(theirs)):
     np.testing.assert_array_equal(a, b)
   # metrics.jsonl: the uninterrupted run's rows, each once and in its order (rows
-  # recomputed after a resume were moved to metrics.superseded.jsonl).
+  # recomputed after a resume supersede the earlier ones when read).
   def rows(directory):
     return [(r["split"], r["step"], r["loss"]) for r in read_metrics(directory)]
   assert rows(workdir) == rows(reference_dir)

@@ -1,4 +1,4 @@
-"""metrics.jsonl survives a row cut short by a kill: reading skips it, writing starts afresh."""
+"""metrics.jsonl survives kills and resumes: appended only, read back as one row per (split, step)."""
 
 from __future__ import annotations
 
@@ -42,23 +42,22 @@ def test_a_resumed_run_keeps_one_row_per_split_and_step_and_loses_none(tmp_path)
   writer.write(5, "val", {"loss": 5.5})
   writer.close()
   path = tmp_path / METRICS_FILE
+  before = path.read_text()
   with open(path, "a") as f:  # killed while writing step 6's row
     f.write('{"step": 6, "spl')
 
   # The checkpoint of step 3 survived: rows 4-6 are recomputed by the resumed run.
   resumed = MetricWriter(str(tmp_path), tensorboard=False, resume_step=3)
-  assert [(r["split"], r["step"]) for r in _rows(path)] == [
-      ("train", 1), ("train", 2), ("train", 3), ("val", 3)]
-  moved = (tmp_path / "metrics.superseded.jsonl").read_text().splitlines()
-  assert [json.loads(line)["step"] for line in moved[:3]] == [4, 5, 5]
-  assert moved[3] == '{"step": 6, "spl'  # kept as it was
-  resumed.write(3, "val", {"loss": 7.5})  # a re-evaluation of the restored step: held already
+  resumed.write(3, "val", {"loss": 7.25})  # a re-evaluation of the restored step
   for step in (4, 5, 6):
-    resumed.write(step, "train", {"loss": 10.0 - step})
-  resumed.write(5, "val", {"loss": 5.5})
+    resumed.write(step, "train", {"loss": 20.0 - step})
   resumed.close()
-  keys = [(r["split"], r["step"]) for r in read_metrics(str(tmp_path))]
-  assert len(keys) == len(set(keys)) == 8
+  assert path.read_text().startswith(before)  # appended only: nothing written is lost
+  with pytest.warns(UserWarning, match="not a complete JSON row"):
+    rows = read_metrics(str(tmp_path))
+  assert [(r["split"], r["step"], r["loss"]) for r in rows] == [
+      ("train", 1, 9.0), ("train", 2, 8.0), ("train", 3, 7.0), ("val", 3, 7.25),
+      ("train", 4, 16.0), ("train", 5, 15.0), ("train", 6, 14.0)]  # no stale val row of step 5
 
 
 def test_a_fresh_start_supersedes_rows_of_a_run_that_left_no_checkpoint(tmp_path):
@@ -66,8 +65,19 @@ def test_a_fresh_start_supersedes_rows_of_a_run_that_left_no_checkpoint(tmp_path
   writer.write(1, "train", {"loss": 2.0})
   writer.close()
   MetricWriter(str(tmp_path), tensorboard=False, resume_step=0).close()
-  assert _rows(tmp_path / METRICS_FILE) == []
-  assert [r["step"] for r in _rows(tmp_path / "metrics.superseded.jsonl")] == [1]
+  assert read_metrics(str(tmp_path)) == []
+  assert _rows(tmp_path / METRICS_FILE)[0]["step"] == 1  # still in the file
+
+
+def test_the_last_of_repeated_rows_wins_without_any_resume(tmp_path):
+  writer = MetricWriter(str(tmp_path), tensorboard=False)
+  writer.write(4, "val", {"loss": 1.0})
+  writer.write(4, "val", {"loss": 0.5})
+  writer.write(4, "train", {"loss": 2.0})
+  writer.close()
+  assert [(r["split"], r["loss"]) for r in read_metrics(str(tmp_path))] == [
+      ("val", 0.5), ("train", 2.0)]
+  assert [r["loss"] for r in read_metrics(str(tmp_path), "val")] == [0.5]
 
 
 def _events(directory):
