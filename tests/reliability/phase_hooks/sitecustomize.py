@@ -60,14 +60,14 @@ def _patch_loop(loop) -> None:
 
   loop.steps.jit_for_mesh = jit_steps
 
-  real_evaluate = loop._Run.evaluate  # pylint: disable=protected-access
+  real_evaluate = loop.evaluate_split
 
-  def evaluate(self, *args, **kwargs):
+  def evaluate(*args, **kwargs):
     _mark("eval")
     _pause("eval")
-    return real_evaluate(self, *args, **kwargs)
+    return real_evaluate(*args, **kwargs)
 
-  loop._Run.evaluate = evaluate  # pylint: disable=protected-access
+  loop.evaluate_split = evaluate
 
   store_class = loop.ckpt_lib.CheckpointStore
   real_save = store_class.save
@@ -93,11 +93,20 @@ def _patch_orbax_commit() -> None:
     return
   real_finalize = cls.finalize
 
-  async def finalize(self, *args, **kwargs):
+  def before_commit(self):
     final = getattr(self, "_final_path", None)
     _mark("commit", getattr(final, "name", "?"))
     _pause("save")
-    return await real_finalize(self, *args, **kwargs)
+
+  import inspect  # pylint: disable=import-outside-toplevel
+  if inspect.iscoroutinefunction(real_finalize):  # orbax >= 0.11.17 or so
+    async def finalize(self, *args, **kwargs):
+      before_commit(self)
+      return await real_finalize(self, *args, **kwargs)
+  else:
+    def finalize(self, *args, **kwargs):
+      before_commit(self)
+      return real_finalize(self, *args, **kwargs)
 
   cls.finalize = finalize
 
