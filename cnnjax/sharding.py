@@ -16,7 +16,8 @@ Needs only jax and numpy.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import collections
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -58,15 +59,41 @@ def num_local_devices(mesh: Mesh) -> int:
   return sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
 
 
-def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+def global_batch(local_batch: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
   """This process's rows of a batch -> global arrays sharded on 'data'.
 
   Every process passes the same number of rows, its share of the global
   batch in process order (cnnjax.data.train_iterator yields exactly this).
+  Arrays already placed with the batch sharding (device-resident data) pass
+  through untouched. The copies to the devices are asynchronous.
   """
   sharding = batch_sharded(mesh)
-  return {key: jax.make_array_from_process_local_data(sharding, np.asarray(value))
-          for key, value in local_batch.items()}
+
+  def place(value):
+    if isinstance(value, jax.Array) and value.sharding == sharding:
+      return value
+    return jax.make_array_from_process_local_data(sharding, np.asarray(value))
+
+  return {key: place(value) for key, value in local_batch.items()}
+
+
+def prefetch_to_device(batches: Iterator[Mapping[str, Any]], mesh: Mesh,
+                       depth: int = 2) -> Iterator[dict[str, jax.Array]]:
+  """`batches` placed on the mesh `depth` batches ahead of the one yielded.
+
+  While the step runs on batch t, the host-to-device copies of batches
+  t+1..t+depth are already under way, so they overlap compute instead of
+  preceding it (flax's `prefetch_to_device`, for global arrays).
+  """
+  if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
+    raise ValueError(f"prefetch depth must be an integer >= 1, got {depth!r}")
+  queue: collections.deque = collections.deque()
+  for local in batches:
+    queue.append(global_batch(local, mesh))
+    if len(queue) > depth:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()
 
 
 def create_replicated(init_fn: Callable[..., Any], mesh: Mesh, *args) -> Any:

@@ -25,6 +25,7 @@ CHOICES = {
     "weight_decay_mask": ("kernels", "kernels_and_biases", "all", "none"),
     "loss": ("categorical_cross_entropy", "binary_cross_entropy", "mean_squared_error"),
     "on_bad_image": ("raise", "skip"),
+    "cpu_kernels": ("auto", "on", "off"),
 }
 
 # Keys whose value is a free-form dict forwarded to another module.
@@ -48,6 +49,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   # over the whole global batch; n > 0: groups of n examples.
   c.bn_group_size = 0
   c.init_from = ""  # workdir of a trained VGG-A: warm start of a deeper VGG
+  # The CPU-tuned model parts (cnnjax.models.cpu: same variables and values,
+  # a faster train step on XLA:CPU, benchmarks/RESULTS.md): "auto" uses them
+  # when the process runs on the CPU backend, "on" always, "off" never.
+  c.cpu_kernels = "auto"
 
   # --- data --------------------------------------------------------------
   c.dataset = "digits"  # a tfds name, "image_folder:<path>", or the embedded "digits"
@@ -120,6 +125,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = -1  # -1 with checkpoint_every_epochs -1: only at the end
   c.checkpoint_every_epochs = -1.0
   c.keep_checkpoints = 3  # latest N; the best by validation error is kept besides
+  # Batches placed on the devices ahead of the step that uses them, so their
+  # host-to-device copies overlap compute (>= 1).
+  c.prefetch_batches = 2
   c.profile_steps = ()  # (first, last): trace these steps with jax.profiler into <workdir>/profile
   c.compilation_cache_dir = ""  # "": $CNNJAX_COMPILATION_CACHE_DIR or ~/.cache/cnnjax/jax
   c.progress_bar = True

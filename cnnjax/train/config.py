@@ -105,6 +105,13 @@ def validate(config: Any, *, num_devices: int | None = None,
         f"{close_matches(given['model'], model_names)}")
 
   c = given
+  if c["dtype"] == "float16":
+    # float16 gradients underflow without loss scaling, which the train step does
+    # not do; bfloat16 has float32's exponent range and needs none.
+    raise ConfigError(
+        "config.dtype='float16' is not supported: float16 training needs loss scaling, which "
+        "cnnjax does not do. Use config.dtype='bfloat16' (same speed on current GPUs and TPUs, "
+        "float32's range, no loss scaling) or 'float32'")
   _require(c["batch_size"] >= 1, "batch_size", c["batch_size"], "a positive integer")
   if num_devices is not None and c["batch_size"] % num_devices:
     raise ConfigError(
@@ -173,6 +180,8 @@ def validate(config: Any, *, num_devices: int | None = None,
     _require(per_device % c["bn_group_size"] == 0, "bn_group_size", c["bn_group_size"],
              f"must divide the per-device batch {per_device}")
   _require(c["log_every_steps"] >= 1, "log_every_steps", c["log_every_steps"], ">= 1")
+  _require(c["prefetch_batches"] >= 1, "prefetch_batches", c["prefetch_batches"],
+           ">= 1 (batches on the devices ahead of the step)")
   _require(c["keep_checkpoints"] >= 1, "keep_checkpoints", c["keep_checkpoints"], ">= 1")
   _require(c["seed"] >= 0, "seed", c["seed"], ">= 0")
   profile = list(c["profile_steps"])

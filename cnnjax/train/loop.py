@@ -1,12 +1,28 @@
 """The training loop: the only stateful code of a run.
 
-`run(config, workdir)` validates the config, resumes from the workdir's
-latest checkpoint if there is one (or starts fresh, optionally warm-started
-from a VGG-A workdir), then alternates jitted train steps with periodic
-logging, validation and asynchronous checkpoints, and finally prints the
-held-out accuracy. SIGTERM / SIGINT (preemption, Ctrl-C) finish the current
-step, save, and return; running the same command again continues exactly
-where it stopped.
+`run(config, workdir)` validates the config, takes the workdir's lock and
+calls `train_and_evaluate`, which reads as the run goes:
+
+1. `prepare`: the dataset's facts, the model, optimiser and step recipe,
+   the checkpoint store and the step to resume from (or a fresh start,
+   optionally warm-started from a VGG-A workdir);
+2. the loop proper: jitted train steps on batches prefetched to the
+   devices. Nothing is fetched to the host between boundaries: the step's
+   metrics stay on the device, and a NaN/Inf is recorded on the device by
+   the step itself (`TrainState.first_nonfinite`), so the host can run
+   ahead of the devices. At each log, validation and checkpoint boundary
+   the window's metrics come back in one transfer, a non-finite step stops
+   the run with its exact step and quantity, validation runs and
+   checkpoints are saved asynchronously;
+3. the held-out evaluation at the end.
+
+`log_every_steps` is the trade-off: every boundary waits for the devices
+to finish the steps before it, so a small value (1) costs a sync per step
+(tens of microseconds on a GPU, a real share of a 10-20 ms step), a large
+one delays the NaN check and the progress line by that many steps.
+
+SIGTERM / SIGINT (preemption, Ctrl-C) finish the current step, save, and
+return; running the same command again continues exactly where it stopped.
 
 Outputs in the workdir: config.json, metrics.jsonl, tensorboard/,
 checkpoints/, best/, profile/ (when `profile_steps` is set) and a LOCK file
@@ -15,15 +31,12 @@ while running.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import logging
+import itertools
 import os
-import signal
 import sys
-import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -31,295 +44,20 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cnnjax.errors import CheckpointError, CnnjaxError, ConfigError, NonFiniteError
+from cnnjax import sharding
+from cnnjax.errors import CnnjaxError, ConfigError, NonFiniteError
 from cnnjax.train import checkpoint as ckpt_lib
 from cnnjax.train import config as config_lib
+from cnnjax.train import inputs as inputs_lib
 from cnnjax.train import metrics as metrics_lib
-from cnnjax import sharding
 from cnnjax.train import optim, setup, steps
 from cnnjax.train import warm_start as warm_start_lib
+from cnnjax.train import workdir as workdir_lib
+from cnnjax.train.compilation_cache import enable_compilation_cache
 from cnnjax.train.durations import to_steps
-from cnnjax.train.photometric import DevicePhotometric
+from cnnjax.train.preemption import StopRequest, agree_to_stop
 from cnnjax.train.workdir_lock import LOCK_FILE, WorkdirLock  # noqa: F401  (LOCK_FILE re-exported)
 from cnnjax.train.writer import MetricWriter
-
-COMPILATION_CACHE_ENV = "CNNJAX_COMPILATION_CACHE_DIR"
-DEFAULT_COMPILATION_CACHE = os.path.join("~", ".cache", "cnnjax", "jax")
-# Keys that define what the parameters mean; a workdir's checkpoint must agree.
-MODEL_KEYS = ("model", "model_kwargs", "num_classes")
-
-
-# ---------------------------------------------------------------------------
-# Process-wide settings.
-
-
-def enable_compilation_cache(path: str | None = None) -> str | None:
-  """Turns on JAX's persistent compilation cache; returns its directory.
-
-  The directory is `path`, else $CNNJAX_COMPILATION_CACHE_DIR, else
-  ~/.cache/cnnjax/jax. "none" turns the cache off. A second run of the same
-  config then skips XLA compilation (seconds to minutes for deep nets).
-  """
-  path = path or os.environ.get(COMPILATION_CACHE_ENV) or DEFAULT_COMPILATION_CACHE
-  if path.lower() == "none":
-    return None
-  path = os.path.abspath(os.path.expanduser(path))
-  try:
-    os.makedirs(path, exist_ok=True)
-    if not os.access(path, os.W_OK):
-      raise PermissionError(f"{path} is not writable")
-  except OSError as e:
-    raise ConfigError(
-        f"config.compilation_cache_dir={path!r} is not usable ({e}); choose a writable "
-        f"directory (or ${COMPILATION_CACHE_ENV}), or 'none' to turn the cache off") from e
-  jax.config.update("jax_compilation_cache_dir", path)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-  return path
-
-
-class StopRequest:
-  """Set by SIGTERM/SIGINT during a run; the loop saves and returns at the next step."""
-
-  def __init__(self):
-    self.signal_name: str | None = None
-    self._previous: dict[int, Any] = {}
-
-  def __bool__(self) -> bool:
-    return self.signal_name is not None
-
-  def _handle(self, signum, frame):
-    del frame
-    if self.signal_name is not None and signum == signal.SIGINT:
-      raise KeyboardInterrupt  # a second Ctrl-C means "now"
-    self.signal_name = signal.Signals(signum).name
-
-  @contextlib.contextmanager
-  def installed(self):
-    if threading.current_thread() is not threading.main_thread():
-      yield self  # signals reach only the main thread; nothing to install
-      return
-    for signum in (signal.SIGTERM, signal.SIGINT):
-      self._previous[signum] = signal.signal(signum, self._handle)
-    try:
-      yield self
-    finally:
-      for signum, handler in self._previous.items():
-        signal.signal(signum, handler)
-
-
-# ---------------------------------------------------------------------------
-# Config handling.
-
-
-def _mutable_copy(config: Any) -> ml_collections.ConfigDict:
-  if isinstance(config, ml_collections.ConfigDict):
-    return ml_collections.ConfigDict(config.to_dict())
-  return ml_collections.ConfigDict(dict(config))
-
-
-def _model_identity(config: Mapping[str, Any]) -> dict[str, Any]:
-  plain = config_lib.as_plain_dict(config)
-  return {k: plain.get(k) for k in MODEL_KEYS}
-
-
-def check_workdir_compatible(workdir: str, config: Mapping[str, Any]) -> None:
-  """CheckpointError when the workdir's checkpoints belong to another model.
-
-  A config.json that exists but cannot be read (torn by a crash of the
-  machine) only loses this early, friendly check: restoring compares the
-  checkpoint's own shapes with the model, and the file is rewritten whole.
-  """
-  if not ckpt_lib.has_checkpoint(workdir):
-    return
-  try:
-    stored_config = ckpt_lib.read_workdir_config(workdir)
-  except CheckpointError as error:
-    if not os.path.exists(os.path.join(workdir, ckpt_lib.CONFIG_FILE)):
-      raise
-    logging.getLogger(__name__).warning(
-        "%s; relying on the checkpoint's own shapes to match this model", error)
-    return
-  stored = _model_identity(stored_config)
-  current = _model_identity(config)
-  different = {k: (stored[k], current[k]) for k in MODEL_KEYS if stored[k] != current[k]}
-  if different:
-    details = "; ".join(f"{k}: checkpoint {a!r}, this run {b!r}" for k, (a, b) in different.items())
-    raise CheckpointError(
-        f"{workdir} holds checkpoints of a different model ({details}). Use a fresh --workdir, "
-        "or the config the checkpoints were trained with")
-
-
-def _check_init_from(config: Mapping[str, Any], workdir: str) -> None:
-  source = config["init_from"]
-  if not source:
-    return
-  if not os.path.isdir(source):
-    raise ConfigError(
-        f"config.init_from={source!r} does not exist: pass the --workdir of a trained VGG-A run")
-  if not ckpt_lib.has_checkpoint(source):
-    raise CheckpointError(
-        f"config.init_from={source!r} holds no checkpoint (expected {source}/checkpoints/<step>): "
-        "train net A there first")
-  stored = ckpt_lib.read_workdir_config(source)
-  if not str(stored.get("model", "")).startswith("vgg"):
-    raise CheckpointError(
-        f"config.init_from={source!r} was trained with model {stored.get('model')!r}; the warm "
-        "start copies layers of a VGG (net A)")
-  if os.path.abspath(source) == os.path.abspath(workdir):
-    raise ConfigError("config.init_from must be another workdir than --workdir")
-
-
-def _write_whole(path: str, text: str) -> None:
-  """Replaces `path` in one rename: a run killed mid-write leaves the old file, not half."""
-  partial = path + ".partial"
-  with open(partial, "w") as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(partial, path)
-
-
-def _split_size(dataset: str, data_dir: str | None, split: str, fallback: int,
-                on_bad_image: str) -> int:
-  from cnnjax.data import sources  # pylint: disable=g-import-not-at-top
-  try:
-    return int(sources.get_source(dataset, data_dir, on_bad_image=on_bad_image).num_examples(split))
-  except Exception:  # pylint: disable=broad-except  (metadata not available: use the info's count)
-    return int(fallback)
-
-
-# ---------------------------------------------------------------------------
-# The run.
-
-
-class _Run:
-  """Everything a run holds; `run()` drives it."""
-
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str,
-               stop_after_steps: int | None):
-    self.config = config
-    self.workdir = workdir
-    self.stop_after_steps = stop_after_steps
-    self.is_main = jax.process_index() == 0
-    self.num_devices = jax.device_count()
-
-  # -- set-up ---------------------------------------------------------------
-  def prepare(self) -> None:
-    from cnnjax import data  # pylint: disable=g-import-not-at-top
-    self.data = data
-    c = self.config
-    self.data_dir = c.data_dir or None
-    info = data.dataset_info(c.dataset, self.data_dir, on_bad_image=c.on_bad_image)
-    self.skipped_images = int(getattr(info, "skipped_images", 0) or 0)
-    if self.skipped_images:
-      _log(f"skipped {self.skipped_images} unreadable image(s) of {c.dataset} "
-           "(on_bad_image='skip')", self)
-    self.train_split = c.train_split or info.train_split
-    self.eval_split = c.eval_split or info.eval_split
-    if c.num_classes == 0:
-      c.num_classes = int(info.num_classes)
-    elif c.num_classes < info.num_classes:
-      raise ConfigError(
-          f"config.num_classes={c.num_classes} is smaller than the {info.num_classes} classes of "
-          f"{c.dataset!r}: labels >= {c.num_classes} would have no output; use 0 (the dataset's "
-          "count) or more")
-    check_workdir_compatible(self.workdir, c)
-    num_train = _split_size(c.dataset, self.data_dir, self.train_split, info.num_train_examples,
-                            c.on_bad_image)
-    self.steps_per_epoch = max(num_train // c.batch_size, 1)
-    self.total_steps = to_steps(c, "num", self.steps_per_epoch)
-    self.eval_every = to_steps(c, "eval_every", self.steps_per_epoch)
-    self.checkpoint_every = to_steps(c, "checkpoint_every", self.steps_per_epoch)
-    self.eval_batch_size = c.eval_batch_size or c.batch_size
-
-    self.mesh = sharding.make_mesh()
-    self.model = setup.create_model(c, num_devices=self.num_devices)
-    self.tx = optim.create_optimizer(c)
-    self.recipe = setup.step_recipe(c, self.steps_per_epoch, self.total_steps)
-    if c.augment == "inception" and c.augment_kwargs.get("photometric", True) == "device":
-      self.recipe = dataclasses.replace(self.recipe, photometric=self._device_photometric())
-    self.store = ckpt_lib.CheckpointStore(self.workdir, c.keep_checkpoints)
-    latest = self.store.newest_restorable_step()
-    self.start_step = int(latest or 0)
-    meta = self.store.read_meta(latest) if latest is not None else {}
-    self.best_error = float(meta.get("best_eval_error", float("inf")))
-
-    self.train_data = data.train_iterator(
-        c.dataset, data_dir=self.data_dir, split=self.train_split, global_batch_size=c.batch_size,
-        augment=c.augment, augment_kwargs=c.augment_kwargs.to_dict(),
-        image_size=c.image_size or None, normalize=c.normalize, seed=c.seed,
-        start_step=self.start_step, on_bad_image=c.on_bad_image)
-    self.first_batch = next(self.train_data)
-    image_shape = self.first_batch["image"].shape[1:]
-    self.init_fn = setup.state_initializer(self.model, self.tx, self.recipe, image_shape)
-    try:
-      self.abstract = sharding.abstract_replicated(self.init_fn, self.mesh,
-                                                   jax.random.PRNGKey(c.seed))
-    except CnnjaxError:
-      raise
-    except Exception as e:  # pylint: disable=broad-except  (the model refused its options)
-      raise ConfigError(
-          f"config.model={c.model!r} / config.model_kwargs={c.model_kwargs.to_dict()} cannot "
-          f"be built for {tuple(image_shape)} images: {type(e).__name__}: {e}") from e
-    if self.is_main:
-      _write_whole(os.path.join(self.workdir, ckpt_lib.CONFIG_FILE),
-                   c.to_json(indent=2, sort_keys=True) + "\n")
-
-  def _device_photometric(self) -> DevicePhotometric:
-    """The train step's photometric distortions and normalisation (photometric="device")."""
-    c = self.config
-    strengths = {**self.data.augment.PHOTOMETRIC_DEFAULTS,
-                 **{k: v for k, v in c.augment_kwargs.to_dict().items()
-                    if k in self.data.augment.PHOTOMETRIC_DEFAULTS}}
-    mean, std = self.data.channel_normalization(c.dataset, normalize=c.normalize,
-                                                data_dir=self.data_dir, on_bad_image=c.on_bad_image)
-    return DevicePhotometric(**{k: float(v) for k, v in strengths.items()}, mean=mean, std=std)
-
-  def initial_state(self):
-    c = self.config
-    if self.start_step > 0:
-      arrays, _ = self.store.restore(self.abstract.arrays(), self.start_step)
-      return setup.rebuild_state(self.abstract, arrays), f"resumed from step {self.start_step}"
-    state = setup.create_state(self.init_fn, self.mesh, c.seed)
-    if c.init_from:
-      source, _ = ckpt_lib.restore_variables(c.init_from)
-      target = {"params": state.params}
-      if state.batch_stats:
-        target["batch_stats"] = state.batch_stats
-      target = jax.tree_util.tree_map(np.asarray, target)
-      merged, mapping = warm_start_lib.warm_start_vgg(target, source)
-      replicated = sharding.replicated(self.mesh)
-      put = lambda tree: jax.tree_util.tree_map(lambda x: jax.device_put(x, replicated), tree)
-      params = put(merged["params"])
-      state = state.replace(params=params, batch_stats=put(merged.get("batch_stats", {})),
-                            ema_params=params if state.ema_params is not None else None)
-      copied = ", ".join(f"{dst}<-{src}" for dst, src in mapping.items())
-      return state, f"warm start from {c.init_from}: {copied}"
-    return state, "fresh start"
-
-  # -- evaluation -----------------------------------------------------------
-  def evaluate(self, state, evaluate_fn, use_ema: bool) -> dict[str, float]:
-    c = self.config
-    batches = self.data.eval_iterator(
-        c.dataset, data_dir=self.data_dir, split=self.eval_split,
-        global_batch_size=self.eval_batch_size, view=c.eval_view,
-        view_kwargs=c.eval_view_kwargs.to_dict(), image_size=c.image_size or None,
-        normalize=c.normalize, on_bad_image=c.on_bad_image)
-    total = None
-    for index, local in enumerate(batches):
-      if c.eval_num_batches and index >= c.eval_num_batches:
-        break
-      sums = evaluate_fn(state, sharding.global_batch(local, self.mesh), use_ema=use_ema)
-      total = sums if total is None else jax.tree_util.tree_map(jnp.add, total, sums)
-    if total is None:
-      raise ConfigError(f"the validation split {self.eval_split!r} yielded no batches")
-    return metrics_lib.averages_from_sums(metrics_lib.to_host(total))
-
-  def meta(self, state, step: int) -> dict[str, Any]:
-    return {"step": step, "data_position": step, "epoch": step / self.steps_per_epoch,
-            "best_eval_error": self.best_error, "model": self.config.model,
-            "num_classes": int(self.config.num_classes), "dataset": self.config.dataset,
-            "time": time.time()}
 
 
 def run(config: Any, workdir: str, *, stop_after_steps: int | None = None) -> dict[str, Any]:
@@ -334,18 +72,21 @@ def run(config: Any, workdir: str, *, stop_after_steps: int | None = None) -> di
 
   Returns:
     {"step", "interrupted", "eval": {loss, top1_error, top5_error, num_examples},
-     "eval_ema"?: {...}, "workdir"}.
+     "eval_ema"?: {...}, "workdir", "variables": the final {"params",
+     "batch_stats"?} as device arrays (use them with the model at once, no
+     checkpoint read), "ema_variables"?}.
   Raises:
     ConfigError, CheckpointError (before any compute), NonFiniteError,
     WorkdirLockedError, DataError.
   """
-  from cnnjax import models  # pylint: disable=g-import-not-at-top
+  from cnnjax import models  # pylint: disable=import-outside-toplevel
   config_lib.validate(config, num_devices=jax.device_count(), model_names=models.list_models())
   config = _mutable_copy(config)
-  _check_init_from(config, workdir)
+  workdir_lib.check_init_from(config, workdir)
   if stop_after_steps is not None and stop_after_steps < 0:
     raise ConfigError(f"stop_after_steps must be >= 0, got {stop_after_steps}")
-  enable_compilation_cache(config.compilation_cache_dir or None)
+  if config.compilation_cache_dir:  # train.py turns the default cache on; here only when named
+    enable_compilation_cache(config.compilation_cache_dir)
   try:
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
@@ -354,164 +95,209 @@ def run(config: Any, workdir: str, *, stop_after_steps: int | None = None) -> di
   if jax.process_index() == 0:
     lock.acquire()
   try:
-    state_run = _Run(config, workdir, stop_after_steps)
-    state_run.prepare()
-    return _train(state_run)
+    return train_and_evaluate(config, workdir, stop_after_steps=stop_after_steps)
   finally:
     lock.release()
 
 
-def _log(message: str, run: _Run) -> None:
-  if run.is_main:
-    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-    tqdm.write(message, file=sys.stdout)
+def _mutable_copy(config: Any) -> ml_collections.ConfigDict:
+  if isinstance(config, ml_collections.ConfigDict):
+    return ml_collections.ConfigDict(config.to_dict())
+  return ml_collections.ConfigDict(dict(config))
 
 
-def _train(r: _Run) -> dict[str, Any]:
-  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+# ---------------------------------------------------------------------------
+# Preparation: everything fixed for the run, before the first step.
+
+
+@dataclasses.dataclass
+class Prepared:
+  """The fixed parts of a run, made by `prepare`."""
+
+  config: ml_collections.ConfigDict
+  workdir: str
+  inputs: inputs_lib.RunInputs
+  mesh: Any
+  recipe: Any
+  store: ckpt_lib.CheckpointStore
+  start_step: int
+  best_error: float
+  steps_per_epoch: int
+  total_steps: int
+  eval_every: int
+  checkpoint_every: int
+  init_fn: Any
+  abstract: Any  # the state's shapes, dtypes and shardings
+  first_batch: Any
+  train_batches: Iterator[Any]  # the batches after first_batch
+
+  @property
+  def is_main(self) -> bool:
+    return jax.process_index() == 0
+
+
+def prepare(config: ml_collections.ConfigDict, workdir: str) -> Prepared:
+  """Resolves the dataset, model, schedule and resume point; computes nothing yet."""
+  from cnnjax import models  # pylint: disable=import-outside-toplevel
+  c = config
+  mesh = sharding.make_mesh()
+  native_size = models.get_spec(c.model).image_size
+  inputs = inputs_lib.open_inputs(c, mesh, native_size=native_size)
+  if inputs.skipped_images:
+    log(f"skipped {inputs.skipped_images} unreadable image(s) of {c.dataset} "
+        "(on_bad_image='skip')")
+  if c.num_classes == 0:
+    c.num_classes = inputs.num_classes
+  elif c.num_classes < inputs.num_classes:
+    raise ConfigError(
+        f"config.num_classes={c.num_classes} is smaller than the {inputs.num_classes} classes of "
+        f"{c.dataset!r}: labels >= {c.num_classes} would have no output; use 0 (the dataset's "
+        "count) or more")
+  workdir_lib.check_workdir_compatible(workdir, c)
+  steps_per_epoch = max(inputs.num_train_examples // c.batch_size, 1)
+  total_steps = to_steps(c, "num", steps_per_epoch)
+  model = setup.create_model(c, num_devices=jax.device_count())
+  tx = optim.create_optimizer(c)
+  recipe = setup.step_recipe(c, steps_per_epoch, total_steps)
+  if inputs.device_input is not None:
+    recipe = dataclasses.replace(recipe, photometric=inputs.device_input)
+  store = ckpt_lib.CheckpointStore(workdir, c.keep_checkpoints)
+  latest = store.newest_restorable_step()
+  start_step = int(latest or 0)
+  meta = store.read_meta(latest) if latest is not None else {}
+
+  train_batches = inputs.train_batches(start_step)
+  first_batch = next(train_batches)
+  image_shape = first_batch["image"].shape[1:]
+  init_fn = setup.state_initializer(model, tx, recipe, image_shape)
+  try:
+    abstract = sharding.abstract_replicated(init_fn, mesh, jax.random.PRNGKey(c.seed))
+  except CnnjaxError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  (the model refused its options)
+    raise ConfigError(
+        f"config.model={c.model!r} / config.model_kwargs={c.model_kwargs.to_dict()} cannot "
+        f"be built for {tuple(image_shape)} images: {type(e).__name__}: {e}") from e
+  if jax.process_index() == 0:
+    workdir_lib.write_whole(os.path.join(workdir, ckpt_lib.CONFIG_FILE),
+                            c.to_json(indent=2, sort_keys=True) + "\n")
+  return Prepared(
+      config=c, workdir=workdir, inputs=inputs, mesh=mesh, recipe=recipe, store=store,
+      start_step=start_step, best_error=float(meta.get("best_eval_error", float("inf"))),
+      steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+      eval_every=to_steps(c, "eval_every", steps_per_epoch),
+      checkpoint_every=to_steps(c, "checkpoint_every", steps_per_epoch),
+      init_fn=init_fn, abstract=abstract, first_batch=first_batch, train_batches=train_batches)
+
+
+def initial_state(r: Prepared):
+  """(state, how it was made): restored, warm-started or fresh, placed on the mesh."""
   c = r.config
-  state, how = r.initial_state()
-  _log(f"cnnjax: {c.model} on {c.dataset} ({r.train_split} -> {r.eval_split}), "
-       f"{r.num_devices} device(s), global batch {c.batch_size}, "
-       f"{r.total_steps} steps ({r.steps_per_epoch} per epoch); {how}", r)
-  train_fn, evaluate_fn, after_validation_fn = steps.jit_for_mesh(r.mesh)
-  writer = MetricWriter(r.workdir, enabled=r.is_main, resume_step=r.start_step)
-  stop = StopRequest()
-  has_ema = state.ema_params is not None
-  profile = tuple(c.profile_steps) if c.profile_steps else None
+  if r.start_step > 0:
+    arrays, _ = r.store.restore(r.abstract.arrays(), r.start_step)
+    return setup.rebuild_state(r.abstract, arrays), f"resumed from step {r.start_step}"
+  state = setup.create_state(r.init_fn, r.mesh, c.seed)
+  if not c.init_from:
+    return state, "fresh start"
+  source, _ = ckpt_lib.restore_variables(c.init_from)
+  target = {"params": state.params}
+  if state.batch_stats:
+    target["batch_stats"] = state.batch_stats
+  merged, mapping = warm_start_lib.warm_start_vgg(jax.tree_util.tree_map(np.asarray, target),
+                                                  source)
+  put = lambda tree: jax.device_put(tree, sharding.replicated(r.mesh))  # noqa: E731
+  params = put(merged["params"])
+  state = state.replace(params=params, batch_stats=put(merged.get("batch_stats", {})),
+                        ema_params=params if state.ema_params is not None else None)
+  copied = ", ".join(f"{dst}<-{src}" for dst, src in mapping.items())
+  return state, f"warm start from {c.init_from}: {copied}"
+
+
+# ---------------------------------------------------------------------------
+# The loop.
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       stop_after_steps: int | None = None) -> dict[str, Any]:
+  """Trains to the config's end (or `stop_after_steps` more steps) and evaluates."""
+  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+  r = prepare(config, workdir)
+  c = r.config
+  state, how = initial_state(r)
+  log(f"cnnjax: {c.model} on {c.dataset} ({r.inputs.train_split} -> {r.inputs.eval_split}), "
+      f"{jax.device_count()} device(s), global batch {c.batch_size}, "
+      f"{r.total_steps} steps ({r.steps_per_epoch} per epoch); {how}")
+  train_step, eval_step, after_validation = steps.jit_for_mesh(r.mesh)
+  writer = MetricWriter(workdir, enabled=r.is_main, resume_step=r.start_step)
   end_step = r.total_steps
-  if r.stop_after_steps is not None:
-    end_step = min(end_step, r.start_step + r.stop_after_steps)
+  if stop_after_steps is not None:
+    end_step = min(end_step, r.start_step + stop_after_steps)
   bar = tqdm(total=r.total_steps, initial=r.start_step, disable=not (c.progress_bar and r.is_main),
              dynamic_ncols=True, mininterval=1.0, unit="step", file=sys.stdout)
-  summary: dict[str, Any] = {"workdir": r.workdir, "interrupted": False,
-                             "skipped_images": r.skipped_images}
-  window: list[dict[str, float]] = []
+  batches = sharding.prefetch_to_device(itertools.chain([r.first_batch], r.train_batches),
+                                        r.mesh, depth=c.prefetch_batches)
+  stop = StopRequest()
+  profile = tuple(c.profile_steps) if c.profile_steps and r.is_main else None
+  summary: dict[str, Any] = {"workdir": workdir, "interrupted": False,
+                             "skipped_images": r.inputs.skipped_images}
+  window: list[dict[str, jax.Array]] = []  # this window's per-step metrics, still on the device
   window_start = time.perf_counter()
-  window_steps = 0
-  pending: tuple[int, Any] | None = None
-  last_eval_step = -1
-  last_results: dict[str, Any] = {}
+  last_eval: tuple[int, dict[str, Any]] | None = None
   profiling = False
   step = r.start_step
-
-  def check(pending_item) -> None:
-    """Fetches one step's metrics; NonFiniteError if that step failed."""
-    done_step, device_metrics = pending_item
-    host = {k: float(v) for k, v in metrics_lib.to_host(device_metrics).items()}
-    if host["nonfinite"]:
-      what = steps.describe_nonfinite(state, host)
-      r.store.wait()
-      kept = r.store.latest_step()
-      raise NonFiniteError(
-          f"step {done_step}: the {what} is NaN/Inf (loss {host['loss']}, learning rate "
-          f"{host['learning_rate']:.3g}). Nothing of this step was applied or saved; the last "
-          f"good checkpoint is step {kept} in {r.workdir}/checkpoints. Lower the learning rate "
-          "or fix the input, then rerun to resume from it")
-    window.append(host)
-
-  def flush_window(at_step: int) -> None:
-    nonlocal window, window_start, window_steps
-    if not window:
-      return
-    elapsed = max(time.perf_counter() - window_start, 1e-9)
-    averaged = metrics_lib.mean_of(window)
-    averaged.pop("nonfinite", None)
-    averaged.pop("nonfinite_leaf", None)
-    averaged["learning_rate"] = window[-1]["learning_rate"]
-    averaged["images_per_sec"] = window_steps * c.batch_size / elapsed
-    averaged["epoch"] = at_step / r.steps_per_epoch
-    writer.write(at_step, "train", averaged)
-    bar.set_postfix(epoch=f"{averaged['epoch']:.2f}", loss=f"{averaged['loss']:.4f}",
-                    lr=f"{averaged['learning_rate']:.3g}", img_s=f"{averaged['images_per_sec']:.0f}",
-                    refresh=False)
-    window, window_steps, window_start = [], 0, time.perf_counter()
-
-  def run_eval(at_step: int, feed_plateau: bool) -> dict[str, Any]:
-    nonlocal state, last_eval_step, last_results
-    started = time.perf_counter()
-    results = {"eval": r.evaluate(state, evaluate_fn, use_ema=False)}
-    if has_ema:
-      results["eval_ema"] = r.evaluate(state, evaluate_fn, use_ema=True)
-    seconds = time.perf_counter() - started
-    learning_rate = float(metrics_lib.to_host(optim.current_learning_rate(state.opt_state)))
-    for key, values in results.items():
-      split = "val" if key == "eval" else "val_ema"
-      writer.write(at_step, split, dict(values, learning_rate=learning_rate,
-                                        images_per_sec=values["num_examples"] / seconds,
-                                        epoch=at_step / r.steps_per_epoch, split_name=r.eval_split))
-    if feed_plateau:
-      state = after_validation_fn(state, jnp.float32(results["eval"]["top1_error"]))
-    last_eval_step, last_results = at_step, results
-    ema_text = (f", EMA top-1 {100 * (1 - results['eval_ema']['top1_error']):.2f}%"
-                if has_ema else "")
-    _log(f"step {at_step}: {r.eval_split} loss {results['eval']['loss']:.4f}, top-1 error "
-         f"{100 * results['eval']['top1_error']:.2f}%, top-5 error "
-         f"{100 * results['eval']['top5_error']:.2f}%{ema_text}", r)
-    return results
-
-  def save(at_step: int, *, best: bool = False) -> None:
-    r.store.save(state.arrays(), r.meta(state, at_step), best=best)
-
   try:
     with stop.installed():
-      batch_iter: Iterator = _chain_first(r.first_batch, r.train_data)
       while step < end_step:
-        local = next(batch_iter)
-        batch = sharding.global_batch(local, r.mesh)
-        if profile and step + 1 == profile[0] and r.is_main:
-          jax.profiler.start_trace(os.path.join(r.workdir, "profile"))
+        if profile and step + 1 == profile[0]:
+          jax.profiler.start_trace(os.path.join(workdir, "profile"))
           profiling = True
-        state, device_metrics = train_fn(state, batch)
+        state, step_metrics = train_step(state, next(batches))
         step += 1
-        window_steps += 1
-        if pending is not None:
-          check(pending)
-        pending = (step, device_metrics)
+        window.append(step_metrics)
         if profiling and step == profile[1]:
           jax.block_until_ready(state)
           jax.profiler.stop_trace()
           profiling = False
-          _log(f"profile of steps {profile[0]}..{profile[1]} written to {r.workdir}/profile", r)
+          log(f"profile of steps {profile[0]}..{profile[1]} written to {workdir}/profile")
         bar.update(1)
 
-        stopping = _agree(bool(stop), step, c.log_every_steps)
-        is_last = step == end_step
+        stopping = agree_to_stop(bool(stop), step, c.log_every_steps)
         do_eval = r.eval_every > 0 and step % r.eval_every == 0
-        do_ckpt = (r.checkpoint_every > 0 and step % r.checkpoint_every == 0) or is_last or stopping
+        do_ckpt = ((r.checkpoint_every > 0 and step % r.checkpoint_every == 0)
+                   or step == end_step or stopping)
         if step % c.log_every_steps == 0 or do_eval or do_ckpt:
-          check(pending)
-          pending = None
-          flush_window(step)
+          write_train_row(r, writer, bar, state, window, step, time.perf_counter() - window_start)
+          window, window_start = [], time.perf_counter()
         if do_eval:
-          results = run_eval(step, feed_plateau=True)
+          results = validate(r, writer, state, eval_step, step)
+          state = after_validation(state, jnp.float32(results["eval"]["top1_error"]))
+          last_eval = (step, results)
           if results["eval"]["top1_error"] < r.best_error:
             r.best_error = results["eval"]["top1_error"]
-            save(step, best=True)
+            save(r, state, step, best=True)
         if do_ckpt:
-          save(step)
+          save(r, state, step)
         if stopping:
           summary["interrupted"] = True
-          _log(f"{stop.signal_name or 'stop request'}: saved step {step} in {r.workdir}; run the "
-               "same command again to resume", r)
+          log(f"{stop.signal_name or 'stop request'}: saved step {step} in {workdir}; run the "
+              "same command again to resume")
           break
       bar.close()
-      if pending is not None:
-        check(pending)
-      if step < r.total_steps and not summary["interrupted"]:
-        summary["interrupted"] = True  # stop_after_steps reached
-      if not summary["interrupted"]:
-        results = (run_eval(step, feed_plateau=False) if last_eval_step != step
-                   else last_results)
+      if step < r.total_steps:
+        summary["interrupted"] = True  # stopped, or stop_after_steps reached
+      else:
+        results = last_eval[1] if last_eval and last_eval[0] == step else validate(
+            r, writer, state, eval_step, step)
         summary.update(results)
         if results["eval"]["top1_error"] < r.best_error and step > r.start_step:
           r.best_error = results["eval"]["top1_error"]
-          save(step, best=True)
-        _log(f"final held-out accuracy ({r.eval_split}, {results['eval']['num_examples']} "
-             f"examples, step {step}): top-1 {100 * (1 - results['eval']['top1_error']):.2f}%, "
-             f"top-5 {100 * (1 - results['eval']['top5_error']):.2f}%", r)
+          save(r, state, step, best=True)
+        log(f"final held-out accuracy ({r.inputs.eval_split}, "
+            f"{results['eval']['num_examples']} examples, step {step}): top-1 "
+            f"{100 * (1 - results['eval']['top1_error']):.2f}%, top-5 "
+            f"{100 * (1 - results['eval']['top5_error']):.2f}%")
       if step > r.start_step:
-        save(step)  # a no-op when this step is already saved
+        save(r, state, step)  # a no-op when this step is already saved
   finally:
     if profiling:
       jax.profiler.stop_trace()
@@ -520,20 +306,95 @@ def _train(r: _Run) -> dict[str, Any]:
     r.store.close()
     writer.close()
   summary["step"] = step
+  summary["variables"] = state.variables()
+  if state.ema_params is not None:
+    summary["ema_variables"] = state.variables(use_ema=True)
   return summary
 
 
-def _chain_first(first: Any, rest: Iterator) -> Iterator:
-  yield first
-  yield from rest
+# ---------------------------------------------------------------------------
+# What the loop does at its boundaries.
 
 
-def _agree(local_flag: bool, step: int, every: int) -> bool:
-  """Whether to stop now: this process's flag, agreed by all processes every `every` steps."""
-  if jax.process_count() == 1:
-    return local_flag
-  if step % every:
-    return False
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  flags = multihost_utils.process_allgather(np.asarray(local_flag, np.int32))
-  return bool(np.any(flags))
+def log(message: str) -> None:
+  """A line above the progress bar, from process 0 only."""
+  if jax.process_index() == 0:
+    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+    tqdm.write(message, file=sys.stdout)
+
+
+def write_train_row(r: Prepared, writer: MetricWriter, bar, state, window: list[dict[str, Any]],
+                    step: int, seconds: float) -> None:
+  """Fetches the window's metrics in one transfer; stops on a NaN/Inf; logs their mean."""
+  if not window:
+    return
+  rows, record = metrics_lib.to_host((window, state.first_nonfinite))
+  raise_if_nonfinite(r, state, rows, record, first_step=step - len(window) + 1)
+  rows = [{k: float(v) for k, v in row.items()} for row in rows]
+  averaged = metrics_lib.mean_of(rows)
+  for key in ("nonfinite", "nonfinite_leaf"):
+    averaged.pop(key, None)
+  averaged["learning_rate"] = rows[-1]["learning_rate"]
+  averaged["images_per_sec"] = len(rows) * r.config.batch_size / max(seconds, 1e-9)
+  averaged["epoch"] = step / r.steps_per_epoch
+  writer.write(step, "train", averaged)
+  bar.set_postfix(epoch=f"{averaged['epoch']:.2f}", loss=f"{averaged['loss']:.4f}",
+                  lr=f"{averaged['learning_rate']:.3g}",
+                  img_s=f"{averaged['images_per_sec']:.0f}", refresh=False)
+
+
+def raise_if_nonfinite(r: Prepared, state, rows: list[dict[str, Any]], record,
+                       first_step: int) -> None:
+  """NonFiniteError naming the first failed step and quantity, if the step recorded one."""
+  bad_step, code, leaf = (int(x) for x in record)
+  if not bad_step:
+    return
+  what = steps.describe_nonfinite(state, {"nonfinite": code, "nonfinite_leaf": leaf})
+  row = rows[bad_step - first_step] if 0 <= bad_step - first_step < len(rows) else {}
+  r.store.wait()
+  kept = r.store.latest_step()
+  raise NonFiniteError(
+      f"step {bad_step}: the {what} is NaN/Inf (loss {float(row.get('loss', np.nan))}, learning "
+      f"rate {float(row.get('learning_rate', np.nan)):.3g}). Nothing of this step was applied or "
+      f"saved; the last good checkpoint is step {kept} in {r.workdir}/checkpoints. Lower the "
+      "learning rate or fix the input, then rerun to resume from it")
+
+
+def evaluate_split(r: Prepared, state, eval_step, *, use_ema: bool) -> dict[str, float]:
+  """Loss, top-1 and top-5 error over the validation split (every example once)."""
+  total = None
+  for local in r.inputs.eval_batches():
+    sums = eval_step(state, sharding.global_batch(local, r.mesh), use_ema=use_ema)
+    total = sums if total is None else jax.tree_util.tree_map(jnp.add, total, sums)
+  if total is None:
+    raise ConfigError(f"the validation split {r.inputs.eval_split!r} yielded no batches")
+  return metrics_lib.averages_from_sums(metrics_lib.to_host(total))
+
+
+def validate(r: Prepared, writer: MetricWriter, state, eval_step, step: int) -> dict[str, Any]:
+  """Evaluates (and the EMA parameters, if kept), writes the rows, prints one line."""
+  started = time.perf_counter()
+  results = {"eval": evaluate_split(r, state, eval_step, use_ema=False)}
+  if state.ema_params is not None:
+    results["eval_ema"] = evaluate_split(r, state, eval_step, use_ema=True)
+  seconds = time.perf_counter() - started
+  learning_rate = float(metrics_lib.to_host(optim.current_learning_rate(state.opt_state)))
+  for key, values in results.items():
+    writer.write(step, "val" if key == "eval" else "val_ema", dict(
+        values, learning_rate=learning_rate, images_per_sec=values["num_examples"] / seconds,
+        epoch=step / r.steps_per_epoch, split_name=r.inputs.eval_split))
+  ema_text = (f", EMA top-1 {100 * (1 - results['eval_ema']['top1_error']):.2f}%"
+              if "eval_ema" in results else "")
+  log(f"step {step}: {r.inputs.eval_split} loss {results['eval']['loss']:.4f}, top-1 error "
+      f"{100 * results['eval']['top1_error']:.2f}%, top-5 error "
+      f"{100 * results['eval']['top5_error']:.2f}%{ema_text}")
+  return results
+
+
+def save(r: Prepared, state, step: int, *, best: bool = False) -> None:
+  """An asynchronous checkpoint of `state` at `step` (into best/ too when `best`)."""
+  meta = {"step": step, "data_position": step, "epoch": step / r.steps_per_epoch,
+          "best_eval_error": r.best_error, "model": r.config.model,
+          "num_classes": int(r.config.num_classes), "dataset": r.config.dataset,
+          "time": time.time()}
+  r.store.save(state.arrays(), meta, best=best)

@@ -20,7 +20,7 @@ import optax
 from cnnjax.errors import ConfigError, ModelError
 from cnnjax import sharding
 from cnnjax.train import optim
-from cnnjax.train.state import StepRecipe, TrainState, init_train_state
+from cnnjax.train.state import StepRecipe, TrainState, init_train_state, no_nonfinite
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -42,11 +42,20 @@ def bn_group_size(config: Mapping[str, Any], num_devices: int) -> int | None:
 def create_model(config: Mapping[str, Any], *, num_devices: int) -> nn.Module:
   """The flax module of a config: float32 params, config.dtype compute, BN groups set.
 
+  With config.cpu_kernels "on", or "auto" (the default) when this process
+  runs on the CPU backend, the model gets `cnnjax.models.cpu.parts()` (the
+  CPU-tuned conv, norm and max pool; same variables and values), except
+  for options config.model_kwargs sets. Decided here, once, outside any trace.
+
   Raises ConfigError naming config.model / config.model_kwargs when the
   registry or the module refuses them.
   """
   from cnnjax import models  # pylint: disable=g-import-not-at-top
   kwargs = _plain(config["model_kwargs"])
+  # Older workdirs' config.json has no cpu_kernels: they get the default.
+  policy = config.get("cpu_kernels", "auto")
+  cpu_parts = (models.cpu.parts() if models.cpu.wanted(policy, jax.default_backend())
+               else {})
   if config["num_classes"] <= 0:
     raise ConfigError("config.num_classes must be resolved (> 0) before the model is built")
   per_device = max(int(config["batch_size"]) // num_devices, 1)
@@ -60,8 +69,10 @@ def create_model(config: Mapping[str, Any], *, num_devices: int) -> nn.Module:
     fields = models.allowed_overrides(spec.module)
     if "bn_group_size" in fields and "bn_group_size" not in kwargs:
       kwargs["bn_group_size"] = bn_group_size(config, num_devices)
+    parts = {k: v for k, v in cpu_parts.items() if k in fields and k not in kwargs}
     return models.create(config["model"], num_classes=int(config["num_classes"]),
-                         dtype=DTYPES[config["dtype"]], param_dtype=jnp.float32, **kwargs)
+                         dtype=DTYPES[config["dtype"]], param_dtype=jnp.float32,
+                         **kwargs, **parts)
   except (ModelError, TypeError, ValueError, KeyError, ZeroDivisionError) as e:
     raise ConfigError(
         f"config.model={config['model']!r} / config.model_kwargs={kwargs}: "
@@ -103,8 +114,13 @@ def create_state(init, mesh, seed: int) -> TrainState:
 
 
 def rebuild_state(template: TrainState, arrays: Mapping[str, Any]) -> TrainState:
-  """`template` with its array fields replaced (e.g. by restored checkpoint arrays)."""
-  return template.replace(**{k: arrays[k] for k in template.arrays()})
+  """`template` with its array fields replaced (e.g. by restored checkpoint arrays)
+  and a clean `first_nonfinite` record, placed like the template's."""
+  record = no_nonfinite()
+  sharding = getattr(template.first_nonfinite, "sharding", None)
+  if sharding is not None:
+    record = jax.device_put(record, sharding)
+  return template.replace(first_nonfinite=record, **{k: arrays[k] for k in template.arrays()})
 
 
 def abstract_state(init, rng_seed: int) -> TrainState:

@@ -7,8 +7,15 @@ Array fields (checkpointed, donated to the train step):
   opt_state     optax state (momentum, injected hyperparameters incl. the learning rate)
   ema_params    Polyak/EMA average of params, or None when off
   rng           uint32[2] key; the dropout key of step t is fold_in(rng, t) (the
-                on-device photometric distortions draw from their own fold of it)
+                on-device colour augmentations draw from their own folds of it)
   lr_control    data-dependent learning-rate state (see optim.LearningRateControl)
+
+Run-time field (on the device, not checkpointed):
+  first_nonfinite  int32[3] (step, quantity, leaf) of the first step whose loss,
+                gradient, statistics or update was NaN/Inf; step 0 = none yet.
+                From that step on the train step applies nothing, so the loop
+                can look at it only at its log/validation/checkpoint boundaries
+                and still stop with the exact step and the last finite state.
 
 Static fields (part of the compiled program, never saved): the model's
 `apply`, the optax transformation and the `StepRecipe`.
@@ -29,7 +36,7 @@ import jax.numpy as jnp
 import optax
 
 from cnnjax.train import optim
-from cnnjax.train.photometric import DevicePhotometric
+from cnnjax.train.device_input import DeviceInput
 
 # The array fields, in checkpoint order.
 ARRAY_FIELDS = ("step", "params", "batch_stats", "opt_state", "ema_params", "rng", "lr_control")
@@ -45,9 +52,9 @@ class StepRecipe:
   label_smoothing: float = 0.0
   aux_loss_weight: float = 0.3
   ema_decay: float = 0.0
-  # Photometric distortions + normalisation of uint8 batches in the step
-  # (augment_kwargs photometric="device"); None: batches arrive ready.
-  photometric: DevicePhotometric | None = None
+  # uint8 batches -> network input in the step (colour augmentation and
+  # normalisation, see cnnjax.train.device_input); None: batches arrive ready.
+  device_input: DeviceInput | None = None
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -58,6 +65,7 @@ class TrainState(flax.struct.PyTreeNode):
   ema_params: Any
   rng: jax.Array
   lr_control: Any
+  first_nonfinite: jax.Array
   apply_fn: Callable = flax.struct.field(pytree_node=False)
   tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
   recipe: StepRecipe = flax.struct.field(pytree_node=False)
@@ -73,6 +81,11 @@ class TrainState(flax.struct.PyTreeNode):
   def arrays(self) -> dict[str, Any]:
     """The checkpointed fields as a dict."""
     return {name: getattr(self, name) for name in ARRAY_FIELDS}
+
+
+def no_nonfinite() -> jax.Array:
+  """The `first_nonfinite` record of a state that has seen no NaN/Inf."""
+  return jnp.zeros((3,), jnp.int32)
 
 
 def init_train_state(model: nn.Module, tx: optax.GradientTransformation, recipe: StepRecipe,
@@ -98,6 +111,7 @@ def init_train_state(model: nn.Module, tx: optax.GradientTransformation, recipe:
       ema_params=ema_params,
       rng=train_rng,
       lr_control=recipe.lr_control.init(),
+      first_nonfinite=no_nonfinite(),
       apply_fn=model.apply,
       tx=tx,
       recipe=recipe)

@@ -12,8 +12,11 @@ BatchNorm statistic or an updated parameter is NaN/Inf the step returns the
 (`metrics["nonfinite"]`: 0 none, 1 loss, 2 gradient, 3 BatchNorm statistic,
 4 updated parameter; `metrics["nonfinite_leaf"]`: the index
 of the first bad leaf in `jax.tree_util.tree_leaves` order, see
-`describe_nonfinite`). The loop then stops with a NonFiniteError and the
-last checkpoint, written from a finite state, stays the newest.
+`describe_nonfinite`). The first failure is also recorded on the device in
+`state.first_nonfinite` (step, quantity, leaf), and every later step applies
+nothing, so the loop reads the record at its boundaries only (no per-step
+host sync), stops with a NonFiniteError naming the exact step, and the last
+checkpoint, written from a finite state, stays the newest.
 
 Needs only jax, flax and optax.
 """
@@ -55,8 +58,8 @@ def train_step_fn(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str
   recipe = state.recipe
   dropout_rng = jax.random.fold_in(state.rng, state.step)
   images = batch["image"]
-  if recipe.photometric is not None:  # uint8 batches: distort and normalise here
-    images = recipe.photometric(images, state.rng, state.step)
+  if recipe.device_input is not None:  # uint8 batches: augment colour and normalise here
+    images = recipe.device_input.train(images, state.rng, state.step, batch.get("window"))
 
   def loss_fn(params):
     (logits, feats), model_state = state.apply_fn(
@@ -92,8 +95,14 @@ def train_step_fn(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str
   nonfinite = jnp.select([loss_bad, grad_bad, stats_bad, params_bad], [1, 2, 3, 4], 0)
   nonfinite_leaf = jnp.select([loss_bad, grad_bad, stats_bad, params_bad],
                               [0, grad_leaf, stats_leaf, params_leaf], 0)
-  finite = nonfinite == 0
-  new_state = jax.tree_util.tree_map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+  # A step applies only while no step of the run has failed: after the first
+  # NaN/Inf the state stays the last finite one until the loop looks.
+  first_failure = (nonfinite != 0) & (state.first_nonfinite[0] == 0)
+  apply = (nonfinite == 0) & (state.first_nonfinite[0] == 0)
+  new_state = jax.tree_util.tree_map(lambda new, old: jnp.where(apply, new, old), new_state, state)
+  record = jnp.stack([state.step + 1, nonfinite, nonfinite_leaf]).astype(jnp.int32)
+  new_state = new_state.replace(
+      first_nonfinite=jnp.where(first_failure, record, state.first_nonfinite))
 
   step_metrics = {
       "loss": main,
@@ -118,6 +127,8 @@ def eval_step_fn(state: TrainState, batch: Batch, use_ema: bool = False) -> dict
   """
   variables = state.variables(use_ema)
   images = batch["image"]
+  if state.recipe.device_input is not None:  # uint8 batches: normalise here
+    images = state.recipe.device_input.eval(images, batch.get("window"))
   if images.ndim == 5:
     num, views = images.shape[:2]
     logits = state.apply_fn(variables, images.reshape((num * views,) + images.shape[2:]),
@@ -155,19 +166,12 @@ def jit_for_mesh(mesh) -> tuple[Any, Any, Any]:
 
 def path_name(path) -> str:
   """'conv1/kernel' for a jax key path."""
-  parts = []
-  for key in path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(key, attr):
-        parts.append(str(getattr(key, attr)))
-        break
-    else:
-      parts.append(str(key))
-  return "/".join(parts)
+  return jax.tree_util.keystr(tuple(path), simple=True, separator="/")
 
 
 def describe_nonfinite(state: TrainState, step_metrics: dict[str, Any]) -> str:
-  """'gradient params/conv1/kernel' etc. from a step's host-side metrics."""
+  """'gradient of params/conv1/kernel' etc. from a step's host-side metrics
+  ({"nonfinite": code, "nonfinite_leaf": index}, or the state's record)."""
   code = int(step_metrics["nonfinite"])
   what = NONFINITE_QUANTITIES[code]
   if code in (2, 3, 4):

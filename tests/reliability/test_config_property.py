@@ -37,7 +37,7 @@ class _StepTraced(Exception):
 
 
 def _abstract_train(r) -> dict:
-  """Stands in for loop._train: traces one train and one eval step, compiles nothing."""
+  """Stands in for loop.initial_state: traces one train and one eval step, compiles nothing."""
   state = r.abstract
   batch = sharding.global_batch(r.first_batch, r.mesh)
   jax.eval_shape(steps.train_step_fn, state, batch)
@@ -47,7 +47,7 @@ def _abstract_train(r) -> dict:
     raise _StepTraced
 
   try:
-    r.evaluate(state, trace_eval, use_ema=False)
+    loop.evaluate_split(r, state, trace_eval, use_ema=False)
   except _StepTraced:
     pass
   raise _StepTraced
@@ -171,7 +171,7 @@ def test_every_config_runs_a_step_or_raises_a_cnnjax_error(mutation, base_config
   if missing is not None and missing not in changes:
     del config[missing]
   note(f"config changes: {changes!r}, unknown key: {extra!r}, missing key: {missing!r}")
-  monkeypatch.setattr(loop, "_train", _abstract_train)
+  monkeypatch.setattr(loop, "initial_state", _abstract_train)
   workdir = tempfile.mkdtemp(prefix="config_property_")
   try:
     loop.run(config, workdir)
@@ -188,7 +188,7 @@ def test_every_config_runs_a_step_or_raises_a_cnnjax_error(mutation, base_config
                                                   for c in FOUND])
 def test_configs_that_once_crashed_are_config_errors_naming_the_key(changes, base_config,
                                                                    monkeypatch):
-  monkeypatch.setattr(loop, "_train", _abstract_train)
+  monkeypatch.setattr(loop, "initial_state", _abstract_train)
   config = json.loads(json.dumps(base_config))
   config.update(changes)
   workdir = tempfile.mkdtemp(prefix="config_found_")

@@ -139,11 +139,15 @@ def test_loop_stops_at_the_poisoned_step_and_keeps_the_last_good_checkpoint(
   # gradient does not. The step and the quantity must be named either way.
   assert re.match(rf"step {POISONED_STEP}: the (loss|gradient of params/\S+|BatchNorm "
                   r"statistic of batch_stats/\S+) is NaN/Inf", message), message
-  last_good = POISONED_STEP // KILL_RUN["checkpoint_every_steps"] * KILL_RUN["checkpoint_every_steps"]
+  # Saved before the bad step: every checkpoint step, and the validation step 4 as
+  # the best so far; the newest of them is the last good one.
+  saves = [s for s in range(1, POISONED_STEP) if s % KILL_RUN["checkpoint_every_steps"] == 0
+           or s % KILL_RUN["eval_every_steps"] == 0]
+  last_good = max(saves)
   assert f"last good checkpoint is step {last_good}" in message, message
 
   directory = os.path.join(workdir, checkpoint.LATEST_DIR)
-  assert committed_steps(directory) == [last_good]
+  assert committed_steps(directory) == saves
   assert integrity.find_problem(os.path.join(directory, str(last_good))) is None
   variables, meta = checkpoint.restore_variables(workdir)
   assert meta["step"] == last_good

@@ -139,10 +139,9 @@ VGG_TINY = {"width_multiplier": 0.125, "fc_features": 16}
 
 def _prepared_run(config, workdir):
   """The loop's set-up without training: config checks, data, model, initial state."""
-  r = loop._Run(loop._mutable_copy(config), workdir, None)
   os.makedirs(workdir, exist_ok=True)
-  r.prepare()
-  state, how = r.initial_state()
+  r = loop.prepare(loop._mutable_copy(config), workdir)
+  state, how = loop.initial_state(r)
   return r, state, how
 
 
@@ -151,7 +150,7 @@ def test_vgg_warm_start_copies_the_papers_layers(tmp_path, digits_dir):
   source_dir = str(tmp_path / "vgg_a")
   config_a = make_tiny_config(digits_dir, model="vgg_a", model_kwargs=VGG_TINY, image_size=32)
   r, state_a, _ = _prepared_run(config_a, source_dir)
-  r.store.save(state_a.arrays(), r.meta(state_a, 1))
+  loop.save(r, state_a, 1)
   r.store.wait()
   r.store.close()
 

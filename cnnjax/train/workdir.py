@@ -1,0 +1,83 @@
+"""What a workdir must agree with before a run computes anything.
+
+A workdir holds one model's checkpoints (config.json says which); a warm
+start reads another workdir. Both are checked here, before any compilation,
+so a wrong --workdir or init_from fails in seconds with the fix named.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from cnnjax.errors import CheckpointError, ConfigError
+from cnnjax.train import checkpoint as ckpt_lib
+from cnnjax.train import config as config_lib
+
+# Keys that define what the parameters mean; a workdir's checkpoint must agree.
+MODEL_KEYS = ("model", "model_kwargs", "num_classes")
+
+
+def _model_identity(config: Mapping[str, Any]) -> dict[str, Any]:
+  plain = config_lib.as_plain_dict(config)
+  return {k: plain.get(k) for k in MODEL_KEYS}
+
+
+def check_workdir_compatible(workdir: str, config: Mapping[str, Any]) -> None:
+  """CheckpointError when the workdir's checkpoints belong to another model.
+
+  A config.json that exists but cannot be read (torn by a crash of the
+  machine) only loses this early, friendly check: restoring compares the
+  checkpoint's own shapes with the model, and the file is rewritten whole.
+  """
+  if not ckpt_lib.has_checkpoint(workdir):
+    return
+  try:
+    stored_config = ckpt_lib.read_workdir_config(workdir)
+  except CheckpointError as error:
+    if not os.path.exists(os.path.join(workdir, ckpt_lib.CONFIG_FILE)):
+      raise
+    logging.getLogger(__name__).warning(
+        "%s; relying on the checkpoint's own shapes to match this model", error)
+    return
+  stored = _model_identity(stored_config)
+  current = _model_identity(config)
+  different = {k: (stored[k], current[k]) for k in MODEL_KEYS if stored[k] != current[k]}
+  if different:
+    details = "; ".join(f"{k}: checkpoint {a!r}, this run {b!r}" for k, (a, b) in different.items())
+    raise CheckpointError(
+        f"{workdir} holds checkpoints of a different model ({details}). Use a fresh --workdir, "
+        "or the config the checkpoints were trained with")
+
+
+def check_init_from(config: Mapping[str, Any], workdir: str) -> None:
+  """The warm-start source (config.init_from) exists, holds a checkpoint, and fits."""
+  source = config["init_from"]
+  if not source:
+    return
+  if not os.path.isdir(source):
+    raise ConfigError(
+        f"config.init_from={source!r} does not exist: pass the --workdir of a trained VGG-A run")
+  if not ckpt_lib.has_checkpoint(source):
+    raise CheckpointError(
+        f"config.init_from={source!r} holds no checkpoint (expected {source}/checkpoints/<step>): "
+        "train net A there first")
+  stored = ckpt_lib.read_workdir_config(source)
+  if not str(stored.get("model", "")).startswith("vgg"):
+    raise CheckpointError(
+        f"config.init_from={source!r} was trained with model {stored.get('model')!r}; the warm "
+        "start copies layers of a VGG (net A)")
+  if os.path.abspath(source) == os.path.abspath(workdir):
+    raise ConfigError("config.init_from must be another workdir than --workdir")
+
+
+def write_whole(path: str, text: str) -> None:
+  """Replaces `path` in one rename: a run killed mid-write leaves the old file, not half."""
+  partial = path + ".partial"
+  with open(partial, "w") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(partial, path)
