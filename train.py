@@ -32,13 +32,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is impor
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cnnjax.errors import CnnjaxError, ConfigError, close_matches
+from cnnjax.errors import CnnjaxError, ConfigError
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _DEFAULT_CONFIG = os.path.join(_HERE, "cnnjax", "configs", "quickstart.py")
 _DEFAULT_WORKDIR = os.path.join("workdirs", "quickstart")
 
-_CONFIG = None  # defined in _define_config_flag: config_flags reads sys.argv when defined
+_CONFIG = None  # defined under __main__: config_flags reads sys.argv when defined
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, f"Checkpoints, metrics and config.json go here (default {_DEFAULT_WORKDIR} "
     "for the quickstart, workdirs/<recipe> otherwise). A workdir with a checkpoint resumes.")
@@ -48,19 +48,38 @@ _MULTIHOST = flags.DEFINE_bool(
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0..num_processes-1.")
+_LOCAL_DEVICE_IDS = flags.DEFINE_string(
+    "local_device_ids", None, "Devices of this process: 'auto' (default; $JAX_LOCAL_DEVICE_IDS "
+    "if set, else under SLURM / Open MPI all of the node's GPUs, or one per process when the "
+    "launcher starts one process per GPU), 'all', or a list such as '0,1'.")
 
 
-def _override_errors(argv: list[str], error: Exception) -> ConfigError:
-  """A ConfigError naming the offending --config.<key> of a failed flag parse."""
+def _library_words(error: BaseException) -> str:
+  """The message an exception carries, unwrapped from ml_collections' KeyError-in-AttributeError."""
+  message = error
+  while isinstance(message, BaseException) and message.args:
+    message = message.args[0]
+  return " ".join(str(message).split())
+
+
+def _override_error(argv: list[str], error: Exception) -> ConfigError:
+  """ml_collections' own words for a --config.<key> it could not set, plus what they lack.
+
+  ml_collections says "Did you mean ..." for an unknown key, but only "'depth'"
+  for a key inside a free-form dict (model_kwargs, ...), which takes a whole
+  dict literal, and a TypeError for a sub-key of a plain value: those two
+  explanations are the only words added here.
+  """
   from cnnjax.configs import base  # pylint: disable=g-import-not-at-top
   reference = base.get_base_config()
+  said = _library_words(error)
   for arg in argv[1:]:
     if not arg.startswith("--config."):
       continue
     path, _, value = arg[len("--config."):].partition("=")
     key, _, rest = path.partition(".")
     if key not in reference:
-      return ConfigError(f"unknown config key {key!r} in {arg}: {close_matches(key, reference)}")
+      return ConfigError(f"{arg}: unknown config key {said}")
     if rest and key in base.FREE_FORM_KEYS:
       try:  # a number, True, a tuple... stays as typed; a bare word becomes a string
         ast.literal_eval(value)
@@ -70,57 +89,38 @@ def _override_errors(argv: list[str], error: Exception) -> ConfigError:
       return ConfigError(
           f"{arg}: config.{key} is a free-form dict; pass it whole as a literal, e.g. "
           f"--config.{key}=\"{{'{rest}': {literal}}}\"")
-    if rest:
-      return ConfigError(f"{arg}: config.{key} has no sub-keys")
-  return ConfigError(f"bad --config or --config.<key> flag: {error}")
+    if rest and not hasattr(reference[key], "keys"):
+      return ConfigError(f"{arg}: config.{key} is a {type(reference[key]).__name__} and has no "
+                         "sub-keys")
+  return ConfigError(f"a --config.<key> override could not be applied: {said}")
 
 
-def _type_error(message: str) -> ConfigError:
-  from cnnjax.configs import base  # pylint: disable=g-import-not-at-top
-  if "Traceback" in message:  # a recipe's get_config raised: keep its own message
-    last = [line for line in message.splitlines() if line.strip()][-1]
-    return ConfigError(last.split(": ", 1)[1] if last.startswith("cnnjax.errors.") else last)
-  reference = base.get_base_config()
-  for key in reference:
-    if f"--config.{key}=" in message:
-      default = reference[key]
-      return ConfigError(f"{message.strip()} (config.{key} takes a {type(default).__name__}, "
-                         f"e.g. {default!r})")
-  return ConfigError(message.strip())
+# What ml_collections raises, outside absl's flags.Error, for an override it cannot apply
+# (an unknown key, a key inside a value that has none). absl reports everything else.
+_OVERRIDE_ERRORS = (AttributeError, KeyError, TypeError)
+
+
+def _exit_with_override_error(argv: list[str], error: Exception) -> None:
+  print(f"ConfigError: {_override_error(argv, error)}", file=sys.stderr)
+  sys.exit(2)
+
+
+def define_config_flag(argv: list[str]):
+  """The --config flag; ml_collections reads the --config.<key> overrides in argv right here."""
+  try:
+    return config_flags.DEFINE_config_file(
+        "config", _DEFAULT_CONFIG, "Recipe file, optionally with an argument: path.py[:arg].",
+        sys_argv=argv)
+  except _OVERRIDE_ERRORS as error:
+    _exit_with_override_error(argv, error)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing with config mistakes reported as ConfigError, before any compute."""
+  """absl's flag parsing and error messages; ml_collections' override errors as one line."""
   try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    error = _type_error(str(e))
-  except (AttributeError, KeyError) as e:
-    error = _override_errors(argv, e)
-  except CnnjaxError as e:
-    error = e
-  except (TypeError, ValueError) as e:
-    error = ConfigError(str(e))
-  print(f"{type(error).__name__}: {error}", file=sys.stderr)
-  sys.exit(2)
-
-
-def _define_config_flag(argv: list[str]) -> None:
-  """DEFINE_config_file pre-parses the --config.<key> overrides in argv; report them as ConfigError."""
-  global _CONFIG
-  try:
-    _CONFIG = config_flags.DEFINE_config_file(
-        "config", _DEFAULT_CONFIG, "Recipe file, optionally with an argument: path.py[:arg].",
-        sys_argv=argv)
-    return
-  except (AttributeError, KeyError) as e:
-    error = _override_errors(argv, e)
-  except CnnjaxError as e:
-    error = e
-  except (flags.Error, TypeError, ValueError) as e:
-    error = _type_error(str(e))
-  print(f"{type(error).__name__}: {error}", file=sys.stderr)
-  sys.exit(2)
+    return app.parse_flags_with_usage(argv)
+  except _OVERRIDE_ERRORS as error:
+    _exit_with_override_error(argv, error)
 
 
 def main(argv: list[str]) -> None:
@@ -129,7 +129,8 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"unexpected arguments {argv[1:]}; configure with --config.<key>=<value>")
   if _MULTIHOST.value:
     from cnnjax import sharding  # pylint: disable=g-import-not-at-top
-    sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                                    local_device_ids=_LOCAL_DEVICE_IDS.value)
   config = _CONFIG.value
   try:
     config.keys()  # config_flags defers a missing or broken file to the first access
@@ -155,5 +156,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  _define_config_flag(sys.argv)
+  _CONFIG = define_config_flag(sys.argv)
   app.run(main, flags_parser=parse_flags)

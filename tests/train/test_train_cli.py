@@ -30,21 +30,59 @@ def _train(*args, timeout=120):
 
 
 @pytest.mark.parametrize("flag,message", [
-    ("--config.learning_rat=0.1", "unknown config key 'learning_rat'.*did you mean 'learning_rate'"),
-    ("--config.batch_size=big", "config.batch_size takes a int"),
-    ("--config.model_kwargs.depth=3", "free-form dict.*--config.model_kwargs=\"{'depth': 3}\""),
-    # a bare word is suggested as a quoted string, the form that parses
+    # ml_collections' own words, on one line
+    ("--config.learning_rat=0.1",
+     "ConfigError: --config.learning_rat=0.1: unknown config key 'learning_rat'.*Did you mean "
+     "\"learning_rate\""),
+    # what ml_collections cannot say: the form a free-form dict takes ...
+    ("--config.model_kwargs.depth=3",
+     "ConfigError: .*free-form dict.*--config.model_kwargs=\"{'depth': 3}\""),
+    # ... a bare word suggested as a quoted string, the form that parses ...
     ("--config.augment_kwargs.photometric=device",
      "--config.augment_kwargs=\"{'photometric': 'device'}\""),
+    # ... and that a plain value has no sub-keys
+    ("--config.model.depth=3", "ConfigError: --config.model.depth=3: config.model is a str"),
 ])
 def test_config_mistakes_fail_before_any_compute(flag, message, tmp_path):
   import re
-  started = time.perf_counter()
   result = _train(f"--workdir={tmp_path / 'w'}", flag)
   assert result.returncode == 2, result.stderr[-2000:]
-  assert "ConfigError" in result.stderr and re.search(message, result.stderr), result.stderr[-2000:]
+  assert re.search(message, result.stderr), result.stderr[-2000:]
+  assert "Traceback" not in result.stderr, result.stderr[-2000:]
   assert not os.path.exists(tmp_path / "w")
-  del started
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config.batch_size=big"],
+     "Flags parsing error: flag --config.batch_size=big: invalid literal for int"),
+    (["--config=cnnjax/configs/vgg_imagenet.py:Z"], "ConfigError: vgg_imagenet.py argument 'Z'"),
+    (["--num_processes=two"], "Flags parsing error: flag --num_processes=two"),
+])
+def test_absl_reports_its_own_flag_errors(args, message, tmp_path):
+  result = _train(f"--workdir={tmp_path / 'w'}", *args)
+  assert result.returncode == 1, result.stderr[-2000:]
+  assert message in result.stderr, result.stderr[-2000:]
+  assert not os.path.exists(tmp_path / "w")
+
+
+def test_multihost_flags_reach_jax_distributed_initialize(tmp_path):
+  """train.py --multihost passes the launcher flags, --local_device_ids included, to JAX."""
+  code = f"""
+import sys, runpy, json, jax
+calls = []
+jax.distributed.initialize = lambda **kwargs: calls.append(kwargs) or sys.exit(
+    'INIT ' + json.dumps(calls[0]))
+sys.argv = ['train.py', '--multihost', '--coordinator_address=10.0.0.1:1234',
+            '--num_processes=4', '--process_id=3', '--local_device_ids=0,2',
+            '--workdir={tmp_path / 'w'}']
+runpy.run_path({TRAIN!r}, run_name='__main__')
+"""
+  result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(), capture_output=True,
+                          text=True, timeout=120)
+  line = [x for x in result.stderr.splitlines() if x.startswith("INIT ")]
+  assert line, result.stderr[-2000:]
+  assert json.loads(line[0][5:]) == {"coordinator_address": "10.0.0.1:1234", "num_processes": 4,
+                                     "process_id": 3, "local_device_ids": [0, 2]}
 
 
 def test_bad_value_is_named_by_run(tmp_path):
@@ -94,7 +132,7 @@ def test_sigterm_saves_and_the_same_command_resumes(tmp_path, digits_dir):
   assert "SIGTERM: saved step" in output
   saved = int(output.split("SIGTERM: saved step ")[1].split()[0])
   assert os.path.isdir(os.path.join(workdir, "checkpoints", str(saved)))
-  assert not os.path.exists(os.path.join(workdir, "LOCK"))
+  assert not os.path.exists(os.path.join(workdir, "LOCK.owner"))  # released
   assert os.path.isdir(os.path.join(workdir, "profile"))
 
   result = subprocess.run(args[:4] + [f"--config.num_steps={saved + 2}"] + args[5:-1], cwd=REPO,
