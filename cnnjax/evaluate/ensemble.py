@@ -1,55 +1,24 @@
-r"""Evaluation as the papers did it: multi-crop, dense multi-scale, ensembles.
+"""Ensembles and test-time views: `evaluate(members, data, view=...)`.
 
-    python -m cnnjax.evaluate --workdir workdirs/quickstart --views 10crop
-    python -m cnnjax.evaluate --workdir workdirs/vgg_d --workdir workdirs/vgg_e \
-        --views dense_multiscale --output vgg_de.json
-
-Views (test-time augmentation; the softmax is averaged over a view's images):
-
-  center            one centre crop (shorter side -> image_size / 0.875).
-  10crop            four corners + centre of the 256 square, and their mirror
-                    images (AlexNet, ResNet).
-  dense_multiscale  the network applied fully convolutionally to whole
-                    rescaled images at several scales Q, the class-score map
-                    averaged spatially, and the mirror image (VGG: fc layers
-                    as convolutions, `fully_convolutional=True`, same
-                    parameters; ResNet: its global average pool already
-                    makes it so). Q: VGG {S-32, S, S+32} for a fixed training
-                    scale S, {Smin, (Smin+Smax)/2, Smax} for scale jitter;
-                    ResNet {224, 256, 384, 480, 640} (both scaled by
-                    image_size / 224 for smaller inputs).
-  144crop           GoogLeNet's 4 scales x 3 squares x 6 crops x 2 mirrors.
-
-Ensembles (AlexNet's 5 CNNs, GoogLeNet's 7 models, VGG D+E) average the
-softmax over models as well. Every example of the split is counted exactly
-once: batches are padded to a fixed shape and carry a mask. The report gives
-top-1 and top-5 error (and the cross-entropy of the averaged posteriors) for
-the ensemble and for each member.
-
-The same logic for notebooks:
-
-    from cnnjax import evaluate as ev
-    member = ev.load_member("workdirs/quickstart")            # EMA weights if kept
-    report = ev.evaluate([member], "digits", view="10crop")
-    probs = ev.predict_views(model, variables, batch, "10crop")   # [B, classes]
+See the package docstring (cnnjax/evaluate/__init__.py) for the views and
+the command line.
 """
+
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import os
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from cnnjax.errors import CnnjaxError, ConfigError, DataError, ModelError, close_matches
+from cnnjax.errors import ConfigError, DataError, ModelError, close_matches
+from cnnjax.evaluate import scoring
+from cnnjax.train.metrics import averages_from_sums
 
 VIEWS = ("center", "10crop", "dense_multiscale", "144crop")
 # Names of the same views in cnnjax.data.eval_iterator.
@@ -62,7 +31,6 @@ VGG_SCALE_OFFSET = 32  # Q in {S - 32, S, S + 32} for a fixed training scale S
 REFERENCE_SIZE = 224  # the papers' crop; scales are given for it
 # Images per device per step when --batch_size is not given.
 DEFAULT_IMAGES_PER_DEVICE = 64
-DENSE_KEY_PREFIX = "image_q"
 
 
 # ----------------------------------------------------------------- members
@@ -192,24 +160,9 @@ def dense_scales(model: nn.Module, config: Mapping[str, Any] | None = None,
   return (smin, (smin + smax) // 2, smax)
 
 
-def _softmax_over_views(model: nn.Module, variables: Any, images: jax.Array) -> jax.Array:
-  """[B, V, H, W, 3] -> softmax averaged over the V views: [B, classes]."""
-  batch, views = images.shape[:2]
-  logits = model.apply(variables, images.reshape((batch * views,) + images.shape[2:]),
-                       train=False)
-  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-  return probs.reshape(batch, views, -1).mean(axis=1)
-
-
-def dense_keys(batch: Mapping[str, Any]) -> list[str]:
-  """The per-scale image keys of a dense batch, smallest scale first."""
-  keys = [key for key in batch if key.startswith(DENSE_KEY_PREFIX)]
-  return sorted(keys, key=lambda key: int(key[len(DENSE_KEY_PREFIX):]))
-
-
 def predict_views(model: nn.Module, variables: Any, batch: Mapping[str, Any] | Any,
-                  view: str) -> jax.Array:
-  """Class posteriors [B, classes] of one model, averaged over the view's images.
+                  view: str | None = None) -> jax.Array:
+  """Class posteriors [B, classes] of one model, averaged over the batch's views.
 
   `batch` is an eval batch of cnnjax.data.eval_iterator for the matching
   data view (or, for the single-array views, the image array itself):
@@ -217,67 +170,44 @@ def predict_views(model: nn.Module, variables: Any, batch: Mapping[str, Any] | A
   "dense_multiscale" keys "image_q<Q>" of [B, 2, Q, Q, 3] (image and mirror).
   Softmax first, then the mean: the papers average posteriors, not logits.
   For dense views the model should be `model_for_view(model, view)`.
+  `view`, when given, is checked against the batch's layout.
   """
   if not isinstance(batch, Mapping):
     batch = {"image": batch}
-  if view == "center":
-    images = batch["image"]
-    if images.ndim != 4:
-      raise DataError(f"view 'center' takes images [B, H, W, 3]; got shape {images.shape}.")
-    return _softmax_over_views(model, variables, images[:, None])
-  if view in ("10crop", "144crop"):
-    images = batch["image"]
-    if images.ndim != 5:
-      raise DataError(f"view {view!r} takes images [B, views, H, W, 3]; got shape "
-                      f"{images.shape}. Read the data with eval_iterator(view={view!r}).")
-    return _softmax_over_views(model, variables, images)
+  if view is not None:
+    _check_layout(batch, view)
+  return jax.nn.softmax(scoring.view_scores(model.apply, variables, batch), axis=-1)
+
+
+def _check_layout(batch: Mapping[str, Any], view: str) -> None:
+  """DataError when a batch was read for another view than `view`."""
+  if view not in VIEWS:
+    raise ConfigError(f"unknown view {view!r}; {close_matches(view, VIEWS)}")
+  dense = bool(scoring.dense_keys(batch))
   if view == "dense_multiscale":
-    keys = dense_keys(batch)
-    if not keys:
+    if not dense:
       raise DataError("view 'dense_multiscale' takes batches with one 'image_q<Q>' key per "
                       "scale; read the data with eval_iterator(view='multiscale').")
-    per_scale = [_softmax_over_views(model, variables, batch[key]) for key in keys]
-    return jnp.mean(jnp.stack(per_scale), axis=0)
-  raise ConfigError(f"unknown view {view!r}; {close_matches(view, VIEWS)}")
+    return
+  ndim = getattr(batch.get("image"), "ndim", None)
+  expected = 4 if view == "center" else 5
+  if dense or ndim != expected:
+    layout = "[B, H, W, 3]" if view == "center" else "[B, views, H, W, 3]"
+    shape = getattr(batch.get("image"), "shape", sorted(batch))
+    raise DataError(f"view {view!r} takes images {layout}; got {shape}. Read the data with "
+                    f"eval_iterator(view={DATA_VIEWS[view]!r}).")
 
 
-# -------------------------------------------------------------- the metrics
-
-
-def _error_sums(probs: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
-  from cnnjax.train.metrics import topk_wrong  # pylint: disable=import-outside-toplevel
-  weights = mask.astype(jnp.float32)
-  label_probs = jnp.take_along_axis(probs, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
-  nll = -jnp.log(jnp.maximum(label_probs, jnp.finfo(jnp.float32).tiny))
-  return {
-      "top1_wrong": jnp.sum(topk_wrong(probs, labels, 1) * weights),
-      "top5_wrong": jnp.sum(topk_wrong(probs, labels, 5) * weights),
-      "loss_sum": jnp.sum(nll * weights),
-      "count": jnp.sum(weights),
-  }
-
-
-def _summary(sums: Mapping[str, Any]) -> dict[str, float]:
-  count = float(sums["count"])
-  if count <= 0:
-    raise DataError("no evaluation examples were counted (an empty split, or batches whose "
-                    "mask is all False).")
-  return {"top1_error": float(sums["top1_wrong"]) / count,
-          "top5_error": float(sums["top5_wrong"]) / count,
-          "loss": float(sums["loss_sum"]) / count,
-          "num_examples": int(round(count))}
-
-
-def _make_step(models: Sequence[nn.Module], view: str, mesh):
+def _make_step(models: Sequence[nn.Module], mesh):
   """Jitted: (variables of each model, global batch) -> summed errors per member and ensemble."""
   from cnnjax import sharding  # pylint: disable=import-outside-toplevel
 
   def step(all_variables, batch):
-    probs = [predict_views(model, variables, batch, view)
-             for model, variables in zip(models, all_variables)]
-    ensemble = jnp.mean(jnp.stack(probs), axis=0)
-    return {"members": [_error_sums(p, batch["label"], batch["mask"]) for p in probs],
-            "ensemble": _error_sums(ensemble, batch["label"], batch["mask"])}
+    scores = [scoring.view_scores(model.apply, variables, batch)
+              for model, variables in zip(models, all_variables)]
+    sums = lambda s: scoring.error_sums(s, batch["label"], batch["mask"])  # noqa: E731
+    return {"members": [sums(s) for s in scores],
+            "ensemble": sums(scoring.ensemble_scores(scores))}
 
   return jax.jit(step, out_shardings=sharding.replicated(mesh))
 
@@ -395,27 +325,18 @@ def evaluate(members: Sequence[Member | tuple[nn.Module, Any]],
   else:
     batches = data
 
-  step = _make_step(models, view, mesh)
+  step = _make_step(models, mesh)
   variables = jax.device_put([member.variables for member in members],
                              sharding.replicated(mesh))
-  totals = None
-  iterator = batches
   if progress:
     from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
-    iterator = tqdm(batches, total=total, desc=f"evaluate {view}", unit="batch",
-                    disable=jax.process_index() != 0)
-  for local_batch in iterator:
-    if "mask" not in local_batch:
-      raise DataError("evaluation batches need a 'mask' of real examples (eval_iterator "
-                      "provides one); without it padding would be counted.")
-    sums = step(variables, sharding.global_batch(local_batch, mesh))
-    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  if totals is None:
-    raise DataError("the evaluation data yielded no batches.")
-  totals = jax.device_get(totals)
+    batches = tqdm(batches, total=total, desc=f"evaluate {view}", unit="batch",
+                   disable=jax.process_index() != 0)
+  checked = (_check_layout(batch, view) or batch for batch in batches)
+  totals = scoring.sum_over_batches(lambda batch: step(variables, batch), checked, mesh)
 
-  report.update(_summary(totals["ensemble"]))
-  report["members"] = [{"name": member.name, **_summary(member_sums)}
+  report.update(averages_from_sums(totals["ensemble"]))
+  report["members"] = [{"name": member.name, **averages_from_sums(member_sums)}
                        for member, member_sums in zip(members, totals["members"])]
   report["num_models"] = len(members)
   return report
@@ -451,78 +372,3 @@ def _eval_batches(settings: DataSettings, view: str, view_kwargs: Mapping[str, A
   return batches, split, total
 
 
-# ------------------------------------------------------------------ report
-
-
-def format_table(report: Mapping[str, Any]) -> str:
-  """The report as a text table: one row per member, then the ensemble."""
-  rows = [(m["name"], m["top1_error"], m["top5_error"]) for m in report["members"]]
-  if len(rows) > 1:
-    rows.append((f"ensemble of {len(rows)}", report["top1_error"], report["top5_error"]))
-  width = max(len("model"), *(len(name) for name, _, _ in rows))
-  title = f"view {report['view']}"
-  if "scales" in report:
-    title += f", scales {report['scales']}"
-  if "dataset" in report:
-    title += f", {report['dataset']} {report['split']}"
-  title += f", {report['num_examples']} examples"
-  lines = [title, f"{'model':<{width}}  top-1 err  top-5 err",
-           f"{'-' * width}  ---------  ---------"]
-  lines += [f"{name:<{width}}  {top1 * 100:8.2f}%  {top5 * 100:8.2f}%" for name, top1, top5 in rows]
-  return "\n".join(lines)
-
-
-def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
-      prog="python -m cnnjax.evaluate", description=__doc__.split("\n\n")[0],
-      formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--workdir", action="append", required=True,
-                      help="a trained workdir; repeat for an ensemble")
-  parser.add_argument("--views", "--view", dest="view", default="center", choices=VIEWS)
-  parser.add_argument("--split", default=None, help="default: the training config's eval split")
-  parser.add_argument("--batch_size", type=int, default=None,
-                      help="examples per global batch (default: ~64 images per device)")
-  parser.add_argument("--data_dir", default=None, help="default: the training config's")
-  parser.add_argument("--scales", default=None,
-                      help="dense_multiscale scales Q, comma-separated (default: the paper's)")
-  parser.add_argument("--which", default="latest", choices=("latest", "best"),
-                      help="which checkpoint of each workdir")
-  parser.add_argument("--ema", default="auto", choices=("auto", "yes", "no"),
-                      help="evaluate the EMA parameters (auto: when the run kept them)")
-  parser.add_argument("--output", default=None, help="write the JSON report here")
-  parser.add_argument("--no_progress", action="store_true")
-  return parser.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-  args = _parse_args(sys.argv[1:] if argv is None else argv)
-  try:
-    scales = None
-    if args.scales:
-      try:
-        scales = tuple(int(q) for q in args.scales.split(","))
-      except ValueError as error:
-        raise ConfigError(f"--scales={args.scales!r}: expected integers like 256,384,512") from error
-    use_ema = {"auto": None, "yes": True, "no": False}[args.ema]
-    members = [load_member(workdir, which=args.which, use_ema=use_ema)
-               for workdir in args.workdir]
-    report = evaluate(members, members[0].config["dataset"], view=args.view,
-                      batch_size=args.batch_size, split=args.split, data_dir=args.data_dir,
-                      scales=scales, progress=not args.no_progress)
-  except CnnjaxError as error:
-    print(f"error: {error}", file=sys.stderr)
-    return 2
-  report["workdirs"] = list(args.workdir)
-  report["which"] = args.which
-  print(format_table(report))
-  if args.output and jax.process_index() == 0:
-    directory = os.path.dirname(os.path.abspath(args.output))
-    os.makedirs(directory, exist_ok=True)
-    with open(args.output, "w") as f:
-      json.dump(report, f, indent=2)
-    print(f"report written to {args.output}")
-  return 0
-
-
-if __name__ == "__main__":
-  sys.exit(main())

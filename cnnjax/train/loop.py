@@ -46,6 +46,7 @@ import numpy as np
 
 from cnnjax import sharding
 from cnnjax.errors import CnnjaxError, ConfigError, NonFiniteError
+from cnnjax.evaluate import scoring
 from cnnjax.train import checkpoint as ckpt_lib
 from cnnjax.train import config as config_lib
 from cnnjax.train import inputs as inputs_lib
@@ -362,13 +363,10 @@ def raise_if_nonfinite(r: Prepared, state, rows: list[dict[str, Any]], record,
 
 def evaluate_split(r: Prepared, state, eval_step, *, use_ema: bool) -> dict[str, float]:
   """Loss, top-1 and top-5 error over the validation split (every example once)."""
-  total = None
-  for local in r.inputs.eval_batches():
-    sums = eval_step(state, sharding.global_batch(local, r.mesh), use_ema=use_ema)
-    total = sums if total is None else jax.tree_util.tree_map(jnp.add, total, sums)
-  if total is None:
-    raise ConfigError(f"the validation split {r.inputs.eval_split!r} yielded no batches")
-  return metrics_lib.averages_from_sums(metrics_lib.to_host(total))
+  sums = scoring.sum_over_batches(lambda batch: eval_step(state, batch, use_ema=use_ema),
+                                  r.inputs.eval_batches(), r.mesh,
+                                  what=f"the validation split {r.inputs.eval_split!r}")
+  return metrics_lib.averages_from_sums(sums)
 
 
 def validate(r: Prepared, writer: MetricWriter, state, eval_step, step: int) -> dict[str, Any]:

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cnnjax.errors import DataError
+
 
 def topk_wrong(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
   """Per-example 1.0 where the label is not among the k highest scores, else 0.0.
@@ -52,7 +54,8 @@ def averages_from_sums(sums: Mapping[str, float]) -> dict[str, float]:
   sums = {k: float(v) for k, v in sums.items()}
   count = sums["count"]
   if count <= 0:
-    raise ValueError("no evaluation examples were counted (empty split or all-padding batches)")
+    raise DataError("no evaluation examples were counted (an empty split, or batches whose "
+                    "mask is all False)")
   return {
       "loss": sums["loss_sum"] / count,
       "top1_error": sums["top1_wrong"] / count,

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import optax
 
 from cnnjax import sharding
+from cnnjax.evaluate import scoring
 from cnnjax.train import losses, metrics as metrics_lib, optim
 from cnnjax.train.state import TrainState
 
@@ -122,23 +123,17 @@ def train_step_fn(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str
 def eval_step_fn(state: TrainState, batch: Batch, use_ema: bool = False) -> dict[str, jax.Array]:
   """Summed loss / top-1 / top-5 mistakes / count over a padded, masked batch (not jitted).
 
-  A multi-view batch (image [B, V, H, W, C], e.g. 10 crops) is scored by the
-  softmax averaged over its views.
+  Any view `cnnjax.evaluate.scoring.view_scores` takes: one image, several
+  (scored by the softmax averaged over them) or dense multi-scale keys;
+  the same scoring as `python -m cnnjax.evaluate`.
   """
-  variables = state.variables(use_ema)
-  images = batch["image"]
-  if state.recipe.device_input is not None:  # uint8 batches: normalise here
-    images = state.recipe.device_input.eval(images, batch.get("window"))
-  if images.ndim == 5:
-    num, views = images.shape[:2]
-    logits = state.apply_fn(variables, images.reshape((num * views,) + images.shape[2:]),
-                            train=False)
-    probs = jax.nn.softmax(logits.astype(jnp.float32)).reshape(num, views, -1).mean(axis=1)
-    logits = jnp.log(jnp.maximum(probs, jnp.finfo(jnp.float32).tiny))
-  else:
-    logits = state.apply_fn(variables, images, train=False)
-  per_example = losses.classification_loss(logits, batch["label"], loss=state.recipe.loss)
-  return metrics_lib.error_sums(logits, batch["label"], per_example, batch.get("mask"))
+  device_input = state.recipe.device_input
+  preprocess = None
+  if device_input is not None:  # uint8 batches: normalise here
+    preprocess = lambda images: device_input.eval(images, batch.get("window"))  # noqa: E731
+  scores = scoring.view_scores(state.apply_fn, state.variables(use_ema), batch,
+                               preprocess=preprocess)
+  return scoring.error_sums(scores, batch["label"], batch.get("mask"), loss=state.recipe.loss)
 
 
 def after_validation_fn(state: TrainState, validation_error: jax.Array) -> TrainState:

@@ -1,0 +1,76 @@
+r"""`python -m cnnjax.evaluate`: a trained workdir (or several, an ensemble) under a view.
+
+    python -m cnnjax.evaluate --workdir workdirs/quickstart --views 10crop
+    python -m cnnjax.evaluate --workdir workdirs/vgg_d --workdir workdirs/vgg_e \
+        --views dense_multiscale --output vgg_de.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+import jax
+
+from cnnjax.errors import CnnjaxError, ConfigError
+from cnnjax.evaluate.ensemble import VIEWS, evaluate, load_member
+from cnnjax.evaluate.report import format_table
+
+
+def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(
+      prog="python -m cnnjax.evaluate", description=__doc__.split("\n\n")[0],
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--workdir", action="append", required=True,
+                      help="a trained workdir; repeat for an ensemble")
+  parser.add_argument("--views", "--view", dest="view", default="center", choices=VIEWS)
+  parser.add_argument("--split", default=None, help="default: the training config's eval split")
+  parser.add_argument("--batch_size", type=int, default=None,
+                      help="examples per global batch (default: ~64 images per device)")
+  parser.add_argument("--data_dir", default=None, help="default: the training config's")
+  parser.add_argument("--scales", default=None,
+                      help="dense_multiscale scales Q, comma-separated (default: the paper's)")
+  parser.add_argument("--which", default="latest", choices=("latest", "best"),
+                      help="which checkpoint of each workdir")
+  parser.add_argument("--ema", default="auto", choices=("auto", "yes", "no"),
+                      help="evaluate the EMA parameters (auto: when the run kept them)")
+  parser.add_argument("--output", default=None, help="write the JSON report here")
+  parser.add_argument("--no_progress", action="store_true")
+  return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = _parse_args(sys.argv[1:] if argv is None else argv)
+  try:
+    scales = None
+    if args.scales:
+      try:
+        scales = tuple(int(q) for q in args.scales.split(","))
+      except ValueError as error:
+        raise ConfigError(f"--scales={args.scales!r}: expected integers like 256,384,512") from error
+    use_ema = {"auto": None, "yes": True, "no": False}[args.ema]
+    members = [load_member(workdir, which=args.which, use_ema=use_ema)
+               for workdir in args.workdir]
+    report = evaluate(members, members[0].config["dataset"], view=args.view,
+                      batch_size=args.batch_size, split=args.split, data_dir=args.data_dir,
+                      scales=scales, progress=not args.no_progress)
+  except CnnjaxError as error:
+    print(f"error: {error}", file=sys.stderr)
+    return 2
+  report["workdirs"] = list(args.workdir)
+  report["which"] = args.which
+  print(format_table(report))
+  if args.output and jax.process_index() == 0:
+    directory = os.path.dirname(os.path.abspath(args.output))
+    os.makedirs(directory, exist_ok=True)
+    with open(args.output, "w") as f:
+      json.dump(report, f, indent=2)
+    print(f"report written to {args.output}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

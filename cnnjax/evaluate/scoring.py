@@ -1,0 +1,103 @@
+"""Scoring evaluation batches: the one path of the loop's validation and of cnnjax.evaluate.
+
+A batch holds one image per example ([B, H, W, 3]), several views of it
+([B, V, H, W, 3]: 10 crops, 144 crops) or, for dense multi-scale testing,
+one key "image_q<Q>" per scale Q of [B, 2, Q, Q, 3] (the image and its
+mirror). `view_scores` turns any of them into one row of class scores per
+example: the logits of a single view, or the log of the softmax averaged
+over the views (the papers average posteriors, not logits). `error_sums`
+turns scores into (sum, count) pairs over the real examples of a padded,
+masked batch, and `sum_over_batches` is the one evaluation loop: global
+batches through a jitted step, the sums added on the devices and fetched
+once at the end. Needs only jax (and cnnjax.sharding).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from cnnjax import sharding
+from cnnjax.errors import DataError
+from cnnjax.train import losses
+from cnnjax.train import metrics as metrics_lib
+
+DENSE_KEY_PREFIX = "image_q"
+
+
+def dense_keys(batch: Mapping[str, Any]) -> list[str]:
+  """The per-scale image keys of a dense batch, smallest scale first."""
+  keys = [key for key in batch if key.startswith(DENSE_KEY_PREFIX)]
+  return sorted(keys, key=lambda key: int(key[len(DENSE_KEY_PREFIX):]))
+
+
+def _mean_posteriors(apply_fn: Callable, variables: Any, images: jax.Array) -> jax.Array:
+  """[B, V, H, W, 3] -> softmax averaged over the V views: [B, classes]."""
+  batch, views = images.shape[:2]
+  logits = apply_fn(variables, images.reshape((batch * views,) + images.shape[2:]), train=False)
+  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+  return probs.reshape(batch, views, -1).mean(axis=1)
+
+
+def log_of(probs: jax.Array) -> jax.Array:
+  """log(probs), finite where a posterior underflowed to 0."""
+  return jnp.log(jnp.maximum(probs, jnp.finfo(jnp.float32).tiny))
+
+
+def view_scores(apply_fn: Callable, variables: Any, batch: Mapping[str, Any], *,
+                preprocess: Callable[[jax.Array], jax.Array] | None = None) -> jax.Array:
+  """Class scores [B, classes] of a batch of any view (see the module docstring).
+
+  `preprocess` maps the batch's stored images (e.g. uint8) to the model's
+  input (the steps' on-device normalisation); None: images arrive ready.
+  """
+  prepare = preprocess or (lambda images: images)
+  keys = dense_keys(batch)
+  if keys:
+    per_scale = [_mean_posteriors(apply_fn, variables, prepare(batch[key])) for key in keys]
+    return log_of(jnp.mean(jnp.stack(per_scale), axis=0))
+  if "image" not in batch:
+    raise DataError(f"an evaluation batch needs 'image' or 'image_q<Q>' keys; got {sorted(batch)}")
+  images = prepare(batch["image"])
+  if images.ndim == 5:
+    return log_of(_mean_posteriors(apply_fn, variables, images))
+  if images.ndim != 4:
+    raise DataError(f"evaluation images are [B, H, W, 3] or [B, views, H, W, 3]; got shape "
+                    f"{images.shape}")
+  return apply_fn(variables, images, train=False).astype(jnp.float32)
+
+
+def ensemble_scores(scores: list[jax.Array]) -> jax.Array:
+  """One row of scores per example from several models': their posteriors averaged."""
+  probs = [jax.nn.softmax(s.astype(jnp.float32), axis=-1) for s in scores]
+  return log_of(jnp.mean(jnp.stack(probs), axis=0))
+
+
+def error_sums(scores: jax.Array, labels: jax.Array, mask: jax.Array | None = None, *,
+               loss: str = "categorical_cross_entropy") -> dict[str, jax.Array]:
+  """Summed loss, top-1 and top-5 mistakes and the count of real examples."""
+  per_example = losses.classification_loss(scores, labels, loss=loss)
+  return metrics_lib.error_sums(scores, labels, per_example, mask)
+
+
+def sum_over_batches(step: Callable[[dict[str, jax.Array]], Any],
+                     batches: Iterable[Mapping[str, Any]], mesh, *,
+                     what: str = "the evaluation data") -> Any:
+  """Adds `step(global batch)`'s sums over every batch, on the devices; fetches them once.
+
+  `batches` yield this process's rows (padded, with a "mask"); the result is
+  the host copy of the summed tree.
+  """
+  total = None
+  for local in batches:
+    if "mask" not in local:
+      raise DataError("evaluation batches need a 'mask' of real examples (eval_iterator "
+                      "provides one); without it padding would be counted.")
+    sums = step(sharding.global_batch(local, mesh))
+    total = sums if total is None else jax.tree_util.tree_map(jnp.add, total, sums)
+  if total is None:
+    raise DataError(f"{what} yielded no batches.")
+  return metrics_lib.to_host(total)
