@@ -121,13 +121,17 @@ def main(argv=None) -> int:
   parser.add_argument("--repeats", type=int, default=1)
   parser.add_argument("--dtype", default="float32")
   args = parser.parse_args(argv)
-  from cnnjax.train import setup  # pylint: disable=import-outside-toplevel
+  try:
+    from cnnjax.train import inputs  # pylint: disable=import-outside-toplevel
+    has_synthetic = hasattr(inputs, "SYNTHETIC_DATASET")
+  except ImportError:  # older versions of the library: no synthetic dataset
+    has_synthetic = False
   rows = []
   for _ in range(args.repeats):
     for batch_size in (int(b) for b in args.batch_sizes.split(",")):
       for dataset in args.datasets.split(","):
-        if dataset == "synthetic" and not hasattr(setup, "SYNTHETIC_DATASET"):
-          continue  # this version of the library has no synthetic dataset
+        if dataset == "synthetic" and not has_synthetic:
+          continue
         row = measure(args.model, batch_size=batch_size, image_size=args.image_size,
                       steps=args.steps, model_kwargs=json.loads(args.model_kwargs),
                       dtype=args.dtype, dataset=dataset)

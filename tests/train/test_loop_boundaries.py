@@ -1,0 +1,70 @@
+"""The loop never waits on the host between its boundaries.
+
+A run under `jax.transfer_guard_device_to_host("disallow")` fails at the
+first implicit device-to-host copy (a float() of a metric, a bool() of a
+NaN flag); the loop's only reads are explicit `jax.device_get`s at log,
+validation and checkpoint boundaries, which are counted here. Also: the
+device-resident "synthetic" dataset, the final variables that run()
+returns, and the prefetch depth's checks.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from cnnjax import models, sharding
+from cnnjax.errors import ConfigError
+from cnnjax.train import loop, run
+from cnnjax.train import metrics as metrics_lib
+
+
+def test_metrics_reach_the_host_only_at_boundaries(tiny_config, tmp_path, monkeypatch):
+  fetched_at = []
+  real_write_train_row = loop.write_train_row
+
+  def counting(r, writer, bar, state, window, step, seconds):
+    fetched_at.append((step, len(window)))
+    return real_write_train_row(r, writer, bar, state, window, step, seconds)
+
+  monkeypatch.setattr(loop, "write_train_row", counting)
+  calls = []
+  real_to_host = metrics_lib.to_host
+  monkeypatch.setattr(metrics_lib, "to_host", lambda tree: calls.append(1) or real_to_host(tree))
+  config = tiny_config(num_steps=12, log_every_steps=4, eval_every_steps=-1)
+  with jax.transfer_guard_device_to_host("disallow"):
+    summary = run(config, str(tmp_path / "guarded"))
+  assert summary["step"] == 12
+  # One fetch of four steps' metrics per boundary; nothing between them.
+  assert fetched_at == [(4, 4), (8, 4), (12, 4)]
+  # Three windows, the final evaluation's sums and its learning rate: nothing per step.
+  assert len(calls) == 5, calls
+
+
+def test_run_returns_the_final_variables(tiny_config, tmp_path):
+  config = tiny_config(num_steps=2)
+  summary = run(config, str(tmp_path / "variables"))
+  model = models.create(config.model, num_classes=10, **config.model_kwargs)
+  images = np.zeros((2, config.image_size, config.image_size, 3), np.float32)
+  logits = model.apply(summary["variables"], images)
+  assert logits.shape == (2, 10) and np.isfinite(np.asarray(logits)).all()
+  assert set(summary["variables"]) == {"params", "batch_stats"}
+
+
+def test_synthetic_dataset_runs_the_loop_without_host_input(tiny_config, tmp_path):
+  config = tiny_config(dataset="synthetic", num_classes=10, num_steps=4, log_every_steps=2)
+  summary = run(config, str(tmp_path / "synthetic"))
+  assert summary["step"] == 4 and summary["eval"]["num_examples"] > 0
+
+
+def test_prefetch_keeps_order_and_refuses_a_depth_below_one(tiny_config, tmp_path):
+  mesh = sharding.make_mesh()
+  batches = [{"image": np.full((2, 1), i, np.float32)} for i in range(5)]
+  placed = list(sharding.prefetch_to_device(iter(batches), mesh, depth=2))
+  assert [int(b["image"][0, 0]) for b in placed] == [0, 1, 2, 3, 4]
+  assert all(isinstance(b["image"], jax.Array) for b in placed)
+  with pytest.raises(ValueError, match="depth"):
+    next(sharding.prefetch_to_device(iter(batches), mesh, depth=0))
+  with pytest.raises(ConfigError, match="prefetch_batches"):
+    run(tiny_config(prefetch_batches=0), str(tmp_path / "no_prefetch"))
