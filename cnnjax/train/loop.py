@@ -57,7 +57,7 @@ from cnnjax.train import workdir as workdir_lib
 from cnnjax.train.compilation_cache import enable_compilation_cache
 from cnnjax.train.durations import to_steps
 from cnnjax.train.preemption import StopRequest, agree_to_stop
-from cnnjax.train.workdir_lock import LOCK_FILE, WorkdirLock  # noqa: F401  (LOCK_FILE re-exported)
+from cnnjax.train.workdir_lock import LOCK_FILE, acquire_for_run  # noqa: F401  (LOCK_FILE re-exported)
 from cnnjax.train.writer import MetricWriter
 
 
@@ -92,13 +92,8 @@ def run(config: Any, workdir: str, *, stop_after_steps: int | None = None) -> di
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
     raise ConfigError(f"--workdir {workdir!r} cannot be created: {e}") from e
-  lock = WorkdirLock(workdir)
-  if jax.process_index() == 0:
-    lock.acquire()
-  try:
+  with acquire_for_run(workdir):  # every process hears a refusal at once
     return train_and_evaluate(config, workdir, stop_after_steps=stop_after_steps)
-  finally:
-    lock.release()
 
 
 def _mutable_copy(config: Any) -> ml_collections.ConfigDict:
