@@ -19,6 +19,8 @@ consumes 7,500 images/s would need.
 
   python benchmarks/input_pipeline.py [--num-images 300] [--width 500 --height 375] [--seconds 10] [--rounds 5]
                                       [--no-stages] [--no-full]
+  python benchmarks/input_pipeline.py --device-preprocessing [--seconds 10] [--rounds 2]
+      (host-finished float32 batches vs uint8 + DeviceInput in a jitted function, per preset)
 """
 
 from __future__ import annotations
@@ -155,6 +157,46 @@ def full_pipeline_rate(folder: str, data_dir: str, seconds: float, photometric=T
   return count / (time.perf_counter() - start)
 
 
+def device_preprocessing_rates(dataset: str, data_dir: str, *, augment: str, normalize: str,
+                               augment_kwargs=None, image_size: int | None = None,
+                               batch_size: int = 64, seconds: float = 10.0, rounds: int = 2
+                               ) -> dict[bool, float]:
+  """Images/s of train_iterator + the jitted DeviceInput.train, host-prepared vs uint8.
+
+  device_preprocessing=False: float32 batches finished on the host (the
+  jitted function passes them through); True: uint8 batches finished in the
+  jitted function. Both end in a sum, so the work is done; the model's own
+  cost, the same either way, is left out. Fresh iterators per round,
+  alternating, two warm-up batches each (compilation, tf.data start-up).
+  """
+  import jax
+  import jax.numpy as jnp
+  import cnnjax.data
+  finish = cnnjax.data.device_input(dataset, augment=augment, augment_kwargs=augment_kwargs,
+                                    normalize=normalize, data_dir=data_dir)
+  consume = jax.jit(lambda images, window, step: jnp.sum(
+      finish.train(images, jax.random.PRNGKey(0), step, window)))
+  rates: dict[bool, list[float]] = {False: [], True: []}
+  for _ in range(rounds):
+    for device in rates:
+      stream = cnnjax.data.train_iterator(
+          dataset, data_dir=data_dir, global_batch_size=batch_size, augment=augment,
+          augment_kwargs=augment_kwargs, normalize=normalize, image_size=image_size,
+          process_index=0, process_count=1, device_preprocessing=device)
+
+      def step(number: int) -> int:
+        batch = next(stream)
+        consume(jnp.asarray(batch["image"]), batch.get("window"), number).block_until_ready()
+        return len(batch["label"])
+      for number in range(2):
+        step(number)
+      count, start = 0, time.perf_counter()
+      while time.perf_counter() - start < seconds / rounds / 2:
+        count += step(count)
+      rates[device].append(count / (time.perf_counter() - start))
+  return {device: float(np.median(values)) for device, values in rates.items()}
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--num-images", type=int, default=300)
@@ -167,7 +209,13 @@ def main() -> None:
                       help="skip the full train_iterator measurement")
   parser.add_argument("--no-stages", dest="stages", action="store_false",
                       help="skip the per-op costs of the Inception preset")
+  parser.add_argument("--device-preprocessing", action="store_true",
+                      help="only compare host-finished float32 with uint8 batches finished in a "
+                           "jitted step (DeviceInput), per preset")
   args = parser.parse_args()
+  if args.device_preprocessing:
+    compare_device_preprocessing(args)
+    return
 
   with tempfile.TemporaryDirectory() as workdir:
     folder = os.path.join(workdir, "images")
@@ -218,6 +266,35 @@ def main() -> None:
           f"{args.gpu_images_per_second / fused:.0f} (crop + resize + flip only), "
           f"{args.gpu_images_per_second / per_core_full:.0f} (full pipeline), "
           f"{args.gpu_images_per_second / per_core_device:.0f} (photometric='device')")
+
+
+# (dataset, preset, augment_kwargs, normalize, image_size, batch size) of the comparison;
+# "folder" is the generated JPEG folder.
+DEVICE_PREPROCESSING_CASES = (
+    ("digits", "cifar", {}, "per_channel", None, 128),     # the quickstart's input
+    ("folder", "alexnet", {}, "per_pixel", 224, 32),
+    ("folder", "scale_jitter", {}, "per_channel", 224, 32),
+    ("folder", "inception", {}, "imagenet", 224, 32),      # distortions: host TF vs jitted JAX
+)
+
+
+def compare_device_preprocessing(args) -> None:
+  import jax
+  import cnnjax.data
+  with tempfile.TemporaryDirectory() as workdir:
+    folder = os.path.join(workdir, "images")
+    make_jpeg_folder(folder, args.num_images, args.width, args.height)
+    data_dir = os.path.join(workdir, "data")
+    print(f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores, "
+          f"jax backend {jax.default_backend()}; {args.seconds:.0f} s per case, {args.rounds} rounds")
+    for dataset, preset, kwargs, normalize, image_size, batch in DEVICE_PREPROCESSING_CASES:
+      name = f"image_folder:{folder}" if dataset == "folder" else dataset
+      cnnjax.data.dataset_info(name, data_dir)
+      rates = device_preprocessing_rates(name, data_dir, augment=preset, augment_kwargs=kwargs,
+                                         normalize=normalize, image_size=image_size,
+                                         batch_size=batch, seconds=args.seconds, rounds=args.rounds)
+      print(f"  {dataset:6s} {preset:12s} {normalize:11s} host float32 {rates[False]:8.1f}  "
+            f"uint8 + jitted DeviceInput {rates[True]:8.1f} images/s ({rates[True] / rates[False]:.2f}x)")
 
 
 if __name__ == "__main__":

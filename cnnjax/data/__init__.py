@@ -9,12 +9,15 @@ Public API:
   dataset_info(dataset, data_dir=None) -> DatasetInfo
   train_iterator(dataset, *, global_batch_size, ...) -> infinite iterator of batches
   eval_iterator(dataset, *, global_batch_size, ...)  -> finite, padded + masked
-  channel_normalization(dataset, *, normalize, ...)   -> (mean, std) for the train step
+  device_input(dataset, *, augment, normalize, ...)  -> DeviceInput: the jitted steps' share
+  channel_normalization(dataset, *, normalize, ...)   -> per-channel (mean, std)
 """
 
 from cnnjax.data import _tf_setup  # noqa: F401  (must run before anything builds a TF op)
 from cnnjax.data.augment import PRESETS as AUGMENT_PRESETS
-from cnnjax.data.pipeline import channel_normalization, eval_iterator, train_iterator
+from cnnjax.data.normalization import (NORMALIZATIONS, channel_normalization, device_input,
+                                       resolve_device_preprocessing)
+from cnnjax.data.pipeline import eval_iterator, train_iterator
 from cnnjax.data.sources import DatasetInfo, dataset_info, resolve_data_dir
 from cnnjax.data.stats import IMAGENET_MEAN_RGB, IMAGENET_PCA_STD, IMAGENET_PCA_EIGVEC, IMAGENET_STD_RGB
 from cnnjax.data.views import VIEWS
@@ -26,10 +29,13 @@ __all__ = [
     "IMAGENET_PCA_STD",
     "IMAGENET_PCA_EIGVEC",
     "IMAGENET_STD_RGB",
+    "NORMALIZATIONS",
     "VIEWS",
     "channel_normalization",
     "dataset_info",
+    "device_input",
     "eval_iterator",
     "resolve_data_dir",
+    "resolve_device_preprocessing",
     "train_iterator",
 ]

@@ -31,16 +31,14 @@ import numpy as np
 import tensorflow as tf
 
 from cnnjax.data import _tf_setup  # noqa: F401
-from cnnjax.data import augment as ops_lib
-from cnnjax.data.augment import DATA_ERROR_MARKER, Op, compose, train_ops
+from cnnjax.data.augment import DATA_ERROR_MARKER, compose, train_ops
+from cnnjax.data.image_ops import round_to_uint8
+from cnnjax.data.normalization import (NORMALIZATIONS, normalize_op, pca_for,  # noqa: F401
+                                       resolve_device_preprocessing, stats_if_needed)
 from cnnjax.data.sources import Source, get_source
-from cnnjax.data.stats import (DEFAULT_MAX_EXAMPLES, IMAGENET_MEAN_RGB, IMAGENET_PCA_EIGVEC,
-                               IMAGENET_PCA_STD, IMAGENET_STD_RGB, ImageStats, compute_stats,
-                               load_or_compute_stats, stats_path, stats_resolution)
 from cnnjax.data.views import eval_op
-from cnnjax.errors import DataError, close_matches
+from cnnjax.errors import DataError
 
-NORMALIZATIONS = ("per_channel", "per_channel_std", "per_pixel", "imagenet", "imagenet_mean", "none")
 DEFAULT_VARIABLE_IMAGE_SIZE = 224
 # Shuffle buffer: the whole share when it fits in about this many bytes of
 # encoded images (CIFAR, digits: a full permutation per epoch), else at least
@@ -55,17 +53,19 @@ def train_iterator(dataset: str, *, data_dir: str | os.PathLike | None = None,
                    normalize: str = "per_channel", seed: int = 0, start_step: int = 0,
                    process_index: int | None = None, process_count: int | None = None,
                    shuffle_buffer_size: int | None = None, stats_split: str | None = None,
-                   on_bad_image: str = "raise") -> Iterator[dict[str, np.ndarray]]:
+                   on_bad_image: str = "raise", device_preprocessing: bool | str = "auto"
+                   ) -> Iterator[dict[str, np.ndarray]]:
   """Infinite stream of this process's share of each global training batch.
 
-  Yields {"image": float32 [b, H, W, 3], "label": int32 [b]} with
-  b = global_batch_size // process_count; the images are uint8, neither
-  colour-distorted nor normalised, with augment="inception" and
-  augment_kwargs photometric="device" (the train step does both, see
-  `cnnjax.train.photometric` and `channel_normalization`). See the module
-  docstring for the determinism and exact-resume guarantees. `normalize` is one of
-  NORMALIZATIONS; statistics come from `stats_split` (default: the dataset's
-  training split, whole, so every process uses the same numbers).
+  Yields {"image": [b, H, W, 3], "label": int32 [b]} with
+  b = global_batch_size // process_count. With device_preprocessing (see
+  `cnnjax.data.normalization`) the images are uint8, cropped and flipped
+  but neither colour-augmented nor normalised, plus "window": int32 [b, 4]
+  for the step's `DeviceInput.train` (`cnnjax.data.device_input`); without,
+  finished float32 images. See the module docstring for the determinism and
+  exact-resume guarantees. `normalize` is one of NORMALIZATIONS; statistics
+  come from `stats_split` (default: the dataset's training split, whole, so
+  every process uses the same numbers).
   """
   source = get_source(dataset, data_dir, on_bad_image=on_bad_image)
   split = split or source.default_train_split()
@@ -80,11 +80,11 @@ def train_iterator(dataset: str, *, data_dir: str | os.PathLike | None = None,
                     f"{process_index} of {process_count}")
   image_size, native = _image_size(source, image_size)
   augment_kwargs = dict(augment_kwargs or {})
-  stats = _stats_if_needed(source, stats_split, normalize, augment_kwargs)
-  normalize_op = _normalize_op(normalize, stats)
-  pca = _pca(augment_kwargs, stats)
-  ops = train_ops(augment, image_size=image_size, native_size=native, normalize_op=normalize_op,
-                  pca=pca, **augment_kwargs)
+  device = resolve_device_preprocessing(device_preprocessing, augment_kwargs)
+  stats = stats_if_needed(source, stats_split, normalize, augment_kwargs)
+  ops = train_ops(augment, image_size=image_size, native_size=native,
+                  normalize_op=normalize_op(normalize, stats), pca=pca_for(augment_kwargs, stats),
+                  device=device, **augment_kwargs)
   augmentation = compose(ops)
   buffer = shuffle_buffer_size or _default_shuffle_buffer(source, split, num_local)
   num_classes = source.num_classes
@@ -109,9 +109,11 @@ def train_iterator(dataset: str, *, data_dir: str | os.PathLike | None = None,
         f"process {process_index})")
     ex = augmentation({"image": ex["image"], "label": label,
                        "rng": tf.random.experimental.stateless_fold_in(element_seeds, ex["index"])})
-    image = ex["image"]  # uint8 only when the photometric ops run on the device
-    image = image if image.dtype == tf.uint8 else tf.cast(image, tf.float32)
-    return {"image": image, "label": tf.cast(label, tf.int32)}
+    out = {"image": ex["image"] if device else tf.cast(ex["image"], tf.float32),
+           "label": tf.cast(label, tf.int32)}
+    if device:
+      out["window"] = tf.cast(ex["window"], tf.int32)
+    return out
 
   start_epoch, skip = divmod(start_step * local_batch, num_local)
   ds = tf.data.Dataset.range(start_epoch, 2**62).flat_map(epoch)
@@ -127,12 +129,15 @@ def eval_iterator(dataset: str, *, data_dir: str | os.PathLike | None = None,
                   view_kwargs: dict[str, Any] | None = None, image_size: int | None = None,
                   normalize: str = "per_channel", process_index: int | None = None,
                   process_count: int | None = None, stats_split: str | None = None,
-                  on_bad_image: str = "raise") -> Iterator[dict[str, np.ndarray]]:
+                  on_bad_image: str = "raise", device_preprocessing: bool | str = "auto"
+                  ) -> Iterator[dict[str, np.ndarray]]:
   """Finite stream of padded evaluation batches with a "mask" of real examples.
 
   Every example of the split is yielded exactly once across all processes
   with mask True; each process yields the same number of batches. The image
-  format depends on `view` (see `cnnjax.data.views`).
+  format depends on `view` (see `cnnjax.data.views`): float32, or with
+  device_preprocessing uint8 plus the views' "window*" keys, for
+  `DeviceInput.eval` / `eval_batch`.
   """
   source = get_source(dataset, data_dir, on_bad_image=on_bad_image)
   split = split or source.default_eval_split()
@@ -145,16 +150,19 @@ def eval_iterator(dataset: str, *, data_dir: str | os.PathLike | None = None,
   num_batches = math.ceil(max(share_sizes) / local_batch)
   num_local = share_sizes[process_index]
   image_size, native = _image_size(source, image_size)
-  stats = _stats_if_needed(source, stats_split, normalize, {})
+  device = resolve_device_preprocessing(device_preprocessing)
+  stats = stats_if_needed(source, stats_split, normalize, {})
   view_fn = eval_op(view, image_size=image_size, native_size=native,
-                    normalize_op=_normalize_op(normalize, stats), **dict(view_kwargs or {}))
+                    normalize_op=normalize_op(normalize, stats), device=device,
+                    **dict(view_kwargs or {}))
   num_classes = source.num_classes
 
   def process(index, ex):
     label = _checked_label(ex["label"], num_classes, index,
                            f"example (position in process {process_index}'s share of {split!r})")
     out = view_fn({"image": ex["image"], "label": label})
-    out = {k: (tf.cast(v, tf.float32) if k != "label" else tf.cast(v, tf.int32))
+    out = {k: (tf.cast(v, tf.int32) if k == "label" or k.startswith("window") else
+               round_to_uint8(v) if device else tf.cast(v, tf.float32))
            for k, v in out.items()}
     out["mask"] = tf.constant(True)
     return out
@@ -204,89 +212,6 @@ def _image_size(source: Source, image_size: int | None) -> tuple[int, int | None
   if image_size < 1:
     raise DataError(f"image_size must be positive, got {image_size}")
   return int(image_size), native
-
-
-def _stats_if_needed(source: Source, stats_split: str | None, normalize: str,
-                     augment_kwargs: dict[str, Any]) -> ImageStats | None:
-  if normalize not in NORMALIZATIONS:
-    raise DataError(f"unknown normalize {normalize!r}: {close_matches(normalize, NORMALIZATIONS)}")
-  needs = normalize in ("per_channel", "per_channel_std", "per_pixel") or (
-      augment_kwargs.get("pca_color") is True)
-  if not needs:
-    return None
-  return dataset_stats(source, stats_split)
-
-
-def dataset_stats(source: Source, stats_split: str | None = None,
-                  max_examples: int | None = DEFAULT_MAX_EXAMPLES) -> ImageStats:
-  """Mean/std/PCA of the training split, computed once and cached beside the data."""
-  split = stats_split or source.default_train_split()
-  source.check_split(split)
-  resolution = stats_resolution(source.image_shape)
-  dataset_id = source.builder.info.full_name + ("-mocked" if source.is_mocked else "")
-  if source.name.startswith("image_folder:") or source.name == "digits":
-    dataset_id = os.path.relpath(os.fspath(source.builder.data_dir), source.data_dir)
-  path = stats_path(source.data_dir, dataset_id, split, resolution, max_examples)
-  return load_or_compute_stats(
-      path, lambda: compute_stats(source.read(split), resolution, max_examples))
-
-
-def _normalization_arrays(normalize: str, stats: ImageStats | None
-                          ) -> tuple[np.ndarray, np.ndarray | None] | None:
-  """(mean, std) on the 0..255 scale (mean [3] or per-pixel [H, W, 3]); None for "none"."""
-  if normalize == "none":
-    return None
-  if normalize == "imagenet":
-    return np.asarray(IMAGENET_MEAN_RGB, np.float32), np.asarray(IMAGENET_STD_RGB, np.float32)
-  if normalize == "imagenet_mean":
-    return np.asarray(IMAGENET_MEAN_RGB, np.float32), None
-  assert stats is not None
-  if normalize == "per_channel":
-    return np.asarray(stats.mean_rgb, np.float32), None
-  if normalize == "per_channel_std":
-    return np.asarray(stats.mean_rgb, np.float32), np.asarray(stats.std_rgb, np.float32)
-  return np.asarray(stats.mean_image, np.float32), None
-
-
-def _normalize_op(normalize: str, stats: ImageStats | None) -> Op:
-  arrays = _normalization_arrays(normalize, stats)
-  return ops_lib.to_float() if arrays is None else ops_lib.normalize(*arrays)
-
-
-def channel_normalization(dataset: str, *, normalize: str, data_dir: str | os.PathLike | None = None,
-                          stats_split: str | None = None, on_bad_image: str = "raise"
-                          ) -> tuple[tuple[float, float, float], tuple[float, float, float] | None]:
-  """The per-channel (mean, std) that `normalize` subtracts and divides by (std None: none).
-
-  For normalising somewhere else than in the pipeline (the train step, when
-  the photometric distortions run on the accelerator); the same numbers the
-  host pipeline uses. A per-pixel mean is refused (it would be a [H, W, 3]
-  constant of the step).
-  """
-  source = get_source(dataset, data_dir, on_bad_image=on_bad_image)
-  stats = _stats_if_needed(source, stats_split, normalize, {})
-  arrays = _normalization_arrays(normalize, stats)
-  if arrays is None:
-    return (0.0, 0.0, 0.0), None
-  mean, std = arrays
-  if mean.shape != (3,):
-    raise DataError(f"normalize={normalize!r} subtracts a per-pixel mean, which only the host "
-                    "pipeline applies; with photometric='device' use per_channel, "
-                    "per_channel_std, imagenet, imagenet_mean or none")
-  as_tuple = lambda v: tuple(float(x) for x in v)  # noqa: E731
-  return as_tuple(mean), None if std is None else as_tuple(std)
-
-
-def _pca(augment_kwargs: dict[str, Any], stats: ImageStats | None):
-  """pca_color: True (the dataset's own PCA) or "imagenet" (published constants)."""
-  choice = augment_kwargs.get("pca_color", False)
-  if choice is False or choice is None:
-    return None
-  if choice == "imagenet":
-    return IMAGENET_PCA_STD, IMAGENET_PCA_EIGVEC
-  if choice is True:
-    return stats.pca
-  raise DataError(f"pca_color must be True, False or 'imagenet', got {choice!r}")
 
 
 def _default_shuffle_buffer(source: Source, split: str, num_local: int) -> int:

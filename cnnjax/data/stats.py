@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from cnnjax.data import _tf_setup  # noqa: F401
-from cnnjax.data.augment import center_crop_image, decode_image, resize_shorter_side_image
+from cnnjax.data.image_ops import center_crop_image, decode_image, resize_shorter_side_image
 from cnnjax.errors import DataError
 
 # ImageNet RGB constants on the 0..255 scale (torchvision / Caffe convention).

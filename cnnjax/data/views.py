@@ -23,7 +23,11 @@ Output formats (per example; batches add a leading batch axis):
                v = ((scale * 3 + square) * 6 + crop) * 2 + mirrored.
 
 All views normalise on the 0..255 scale like training (a per-pixel mean is
-subtracted at the resize_size square stage for "center" and "10crop").
+subtracted at the resize_size square stage for "center" and "10crop", at
+the Q x Q square for "multiscale"). With `device=True` the images stay
+unnormalised and each image key gets its windows ("window" [4] or [V, 4],
+"window_q{Q}" [2, 4]): where its pixels lie in the square the host would
+have normalised (see `cnnjax.train.device_input`).
 """
 
 from __future__ import annotations
@@ -33,9 +37,10 @@ from collections.abc import Sequence
 import tensorflow as tf
 
 from cnnjax.data import _tf_setup  # noqa: F401
-from cnnjax.data.augment import (Example, Op, _resize, center_crop_image, check_fits, decode_image,
-                                 image_hw, resize_shorter_side_image)
-from cnnjax.errors import DataError, close_matches
+from cnnjax.data.image_ops import (Example, Op, center_crop_image, check_crop_fits, check_fits,
+                                   check_named_options, decode_image,
+                                   image_hw, resize_image, resize_shorter_side_image, square_image)
+from cnnjax.errors import DataError
 
 VIEWS = ("center", "10crop", "multiscale", "144crop")
 DEFAULT_MULTISCALE = (256, 384, 512)
@@ -50,6 +55,12 @@ _VIEW_KWARGS = {
 
 def multiscale_keys(scales: Sequence[int] = DEFAULT_MULTISCALE) -> list[str]:
   return [f"image_q{q}" for q in scales]
+
+
+def five_crop_offsets(side: int, size: int) -> list[tuple[int, int]]:
+  """(top, left) of `five_crops` in a side x side square."""
+  far, centre = side - size, (side - size) // 2
+  return [(0, 0), (0, far), (far, 0), (far, far), (centre, centre)]
 
 
 def five_crops(image: tf.Tensor, size: int) -> list[tf.Tensor]:
@@ -68,39 +79,49 @@ def with_mirrors(crops: list[tf.Tensor]) -> list[tf.Tensor]:
   return crops + [tf.image.flip_left_right(c) for c in crops]
 
 
+def _windows(rows) -> tf.Tensor:
+  return tf.constant(rows, tf.int32)
+
+
 def eval_op(view: str, *, image_size: int, native_size: int | None, normalize_op: Op,
-            **kwargs) -> Op:
-  """The op turning a decoded-or-encoded example into `view`'s deterministic crops."""
-  if view not in VIEWS:
-    raise DataError(f"unknown evaluation view {view!r}: {close_matches(view, VIEWS)}")
-  unknown = set(kwargs) - _VIEW_KWARGS[view]
-  if unknown:
-    raise DataError(f"view {view!r} does not take {sorted(unknown)}; "
-                    f"it takes {sorted(_VIEW_KWARGS[view])}")
+            device: bool = False, **kwargs) -> Op:
+  """The op turning a decoded-or-encoded example into `view`'s deterministic crops.
+
+  device: leave the normalisation to the device and add the windows.
+  """
+  check_named_options("evaluation view", view, _VIEW_KWARGS, kwargs)
 
   def normalized(image):
-    return normalize_op({"image": image})["image"]
+    return image if device else normalize_op({"image": image})["image"]
+
+  def with_windows(op: Op, windows: dict[str, list]) -> Op:
+    if not device:
+      return op
+    return lambda ex: dict(op(ex), **{key: _windows(rows) for key, rows in windows.items()})
 
   if view == "center":
     if native_size == image_size and "resize_size" not in kwargs and "crop_fraction" not in kwargs:
-      return lambda ex: dict(ex, image=normalized(decode_image(ex["image"], native_size)))
+      return with_windows(lambda ex: dict(ex, image=normalized(decode_image(ex["image"], native_size))),
+                          {"window": [image_size, 0, 0, 0]})
     resize_size = kwargs.get("resize_size",
                              int(round(image_size / kwargs.get("crop_fraction", 0.875))))
-    _check_size(image_size, resize_size, "center: resize_size")
+    check_crop_fits(image_size, resize_size, "center: resize_size")
 
     def center(ex: Example) -> Example:
-      square = _square(decode_image(ex["image"], native_size), resize_size)
+      square = square_image(decode_image(ex["image"], native_size), resize_size)
       return dict(ex, image=center_crop_image(normalized(square), image_size, image_size))
-    return center
+    offset = (resize_size - image_size) // 2
+    return with_windows(center, {"window": [resize_size, offset, offset, 0]})
 
   if view == "10crop":
     resize_size = kwargs.get("resize_size", int(round(image_size / 0.875)))
-    _check_size(image_size, resize_size, "10crop: resize_size")
+    check_crop_fits(image_size, resize_size, "10crop: resize_size")
 
     def ten_crop(ex: Example) -> Example:
-      square = normalized(_square(decode_image(ex["image"], native_size), resize_size))
+      square = normalized(square_image(decode_image(ex["image"], native_size), resize_size))
       return dict(ex, image=tf.stack(with_mirrors(five_crops(square, image_size))))
-    return ten_crop
+    return with_windows(ten_crop, {"window": [[resize_size, top, left, mirrored] for mirrored in (0, 1)
+                                              for top, left in five_crop_offsets(resize_size, image_size)]})
 
   if view == "multiscale":
     scales = tuple(int(q) for q in kwargs.get("scales", DEFAULT_MULTISCALE))
@@ -111,15 +132,16 @@ def eval_op(view: str, *, image_size: int, native_size: int | None, normalize_op
       image = decode_image(ex["image"], native_size)
       out = {k: v for k, v in ex.items() if k != "image"}
       for q, key in zip(scales, multiscale_keys(scales)):
-        square = normalized(_square(image, q))
+        square = normalized(square_image(image, q))
         out[key] = tf.stack([square, tf.image.flip_left_right(square)])
       return out
-    return multiscale
+    return with_windows(multiscale, {"window" + key[len("image"):]: [[q, 0, 0, 0], [q, 0, 0, 1]]
+                                     for q, key in zip(scales, multiscale_keys(scales))})
 
   # 144crop
   scales = tuple(int(q) for q in kwargs.get("scales", GOOGLENET_SCALES))
   for q in scales:
-    _check_size(image_size, q, "144crop: scale")
+    check_crop_fits(image_size, q, "144crop: scale")
 
   def multi_crop(ex: Example) -> Example:
     image = decode_image(ex["image"], native_size)
@@ -127,20 +149,14 @@ def eval_op(view: str, *, image_size: int, native_size: int | None, normalize_op
     for q in scales:
       squares = tf.cast(tf.stack(_three_squares(resize_shorter_side_image(image, q), q)),
                         tf.float32)                                    # [3, Q, Q, 3]
-      crops = five_crops(squares, image_size) + [_resize(squares, image_size, image_size)]
+      crops = five_crops(squares, image_size) + [resize_image(squares, image_size, image_size)]
       crops = tf.stack(crops, axis=1)                                  # [3, 6, S, S, 3]
       mirrored = tf.stack([crops, tf.reverse(crops, axis=[-2])], axis=2)  # [3, 6, 2, S, S, 3]
       per_scale.append(tf.reshape(mirrored, [-1, image_size, image_size, 3]))
     stacked = tf.concat(per_scale, axis=0)
     stacked.set_shape([len(scales) * 36, image_size, image_size, 3])
     return dict(ex, image=normalized(stacked))
-  return multi_crop
-
-
-def _square(image: tf.Tensor, size: int) -> tf.Tensor:
-  """Shorter side -> size, then the centre size x size square (float32)."""
-  resized = resize_shorter_side_image(image, size)
-  return center_crop_image(resized, size, size)
+  return with_windows(multi_crop, {"window": [[image_size, 0, 0, 0]] * (len(scales) * 36)})
 
 
 def _three_squares(image: tf.Tensor, size: int) -> list[tf.Tensor]:
@@ -156,8 +172,3 @@ def _three_squares(image: tf.Tensor, size: int) -> list[tf.Tensor]:
     squares.append(square)
   return squares
 
-
-def _check_size(crop: int, available: int, what: str) -> None:
-  if crop > available:
-    raise DataError(f"{what}={available} is smaller than the {crop}x{crop} crop; "
-                    "the crop must fit inside the resized image")

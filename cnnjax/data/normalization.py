@@ -1,0 +1,161 @@
+"""Where the training-set statistics meet the images: normalisation and the device's share.
+
+`normalize` names (NORMALIZATIONS) -> the mean/std the host ops subtract, or
+the `DeviceInput` (cnnjax.train.device_input) that does the same, plus the
+colour augmentations, in the jitted step on uint8 batches. Both come from
+the same statistics (`dataset_stats`, cached beside the data).
+
+`device_preprocessing`: True ships uint8 batches (with their windows) and
+leaves colour and normalisation to the step; False prepares float32 batches
+on the host; "auto" is True on accelerators, and on a CPU-only JAX the
+faster of the two there (CPU_DEVICE_PREPROCESSING, measured: RESULTS.md,
+"uint8 to the device").
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from cnnjax.data import _tf_setup  # noqa: F401
+from cnnjax.data import augment as ops_lib
+from cnnjax.data.augment import Op
+from cnnjax.data.sources import Source, get_source
+from cnnjax.data.stats import (DEFAULT_MAX_EXAMPLES, IMAGENET_MEAN_RGB, IMAGENET_PCA_EIGVEC,
+                               IMAGENET_PCA_STD, IMAGENET_STD_RGB, ImageStats, compute_stats,
+                               load_or_compute_stats, stats_path, stats_resolution)
+from cnnjax.errors import DataError, close_matches
+
+NORMALIZATIONS = ("per_channel", "per_channel_std", "per_pixel", "imagenet", "imagenet_mean", "none")
+# "auto" on a CPU-only JAX (see RESULTS.md, "uint8 to the device").
+CPU_DEVICE_PREPROCESSING = False
+
+
+def resolve_device_preprocessing(device_preprocessing: bool | str = "auto",
+                                 augment_kwargs: dict[str, Any] | None = None) -> bool:
+  """Whether batches go to the device as uint8 (see the module docstring).
+
+  augment_kwargs photometric="device" asks for it (and conflicts with False).
+  """
+  if not (isinstance(device_preprocessing, bool) or device_preprocessing == "auto"):
+    raise DataError(f"device_preprocessing must be True, False or 'auto', got {device_preprocessing!r}")
+  if (augment_kwargs or {}).get("photometric") == "device":
+    if device_preprocessing is False:
+      raise DataError("augment_kwargs photometric='device' runs the distortions in the train step, "
+                      "which needs device_preprocessing True or 'auto' (it is False)")
+    return True
+  if device_preprocessing == "auto":
+    import jax  # pylint: disable=import-outside-toplevel  (this package must not need JAX)
+    return jax.default_backend() != "cpu" or CPU_DEVICE_PREPROCESSING
+  return bool(device_preprocessing)
+
+
+def device_input(dataset: str, *, augment: str = "none", augment_kwargs: dict[str, Any] | None = None,
+                 normalize: str = "per_channel", data_dir: str | os.PathLike | None = None,
+                 on_bad_image: str = "raise", stats_split: str | None = None):
+  """The `DeviceInput` that finishes train_iterator/eval_iterator's uint8 batches.
+
+  Takes the iterators' arguments and uses the same statistics. Its train()
+  applies the preset's photometric distortions (Inception) and PCA lighting
+  (pca_color), then the normalisation; its eval() the normalisation. A
+  float batch (device_preprocessing off) passes through it unchanged.
+  """
+  from cnnjax.train.device_input import (DeviceInput, PcaLighting,  # pylint: disable=import-outside-toplevel
+                                         Photometric)
+  augment_kwargs = dict(augment_kwargs or {})
+  ops_lib.check_preset(augment, augment_kwargs)
+  source = get_source(dataset, data_dir, on_bad_image=on_bad_image)
+  stats = stats_if_needed(source, stats_split, normalize, augment_kwargs)
+  arrays = normalization_arrays(normalize, stats)
+  mean, std = arrays if arrays is not None else (np.zeros(3, np.float32), None)
+  strengths = ops_lib.photometric_strengths(augment, augment_kwargs)
+  pca = pca_for(augment_kwargs, stats)
+  return DeviceInput(
+      mean=mean, std=std,
+      photometric=None if strengths is None else Photometric(**strengths),
+      pca=None if pca is None else PcaLighting(
+          tuple(float(v) for v in np.reshape(pca[0], 3)),
+          tuple(tuple(float(v) for v in row) for row in np.reshape(pca[1], (3, 3))),
+          float(augment_kwargs.get("pca_alpha_std", 0.1))))
+
+
+def stats_if_needed(source: Source, stats_split: str | None, normalize: str,
+                    augment_kwargs: dict[str, Any]) -> ImageStats | None:
+  if normalize not in NORMALIZATIONS:
+    raise DataError(f"unknown normalize {normalize!r}: {close_matches(normalize, NORMALIZATIONS)}")
+  needs = normalize in ("per_channel", "per_channel_std", "per_pixel") or (
+      augment_kwargs.get("pca_color") is True)
+  if not needs:
+    return None
+  return dataset_stats(source, stats_split)
+
+
+def dataset_stats(source: Source, stats_split: str | None = None,
+                  max_examples: int | None = DEFAULT_MAX_EXAMPLES) -> ImageStats:
+  """Mean/std/PCA of the training split, computed once and cached beside the data."""
+  split = stats_split or source.default_train_split()
+  source.check_split(split)
+  resolution = stats_resolution(source.image_shape)
+  dataset_id = source.builder.info.full_name + ("-mocked" if source.is_mocked else "")
+  if source.name.startswith("image_folder:") or source.name == "digits":
+    dataset_id = os.path.relpath(os.fspath(source.builder.data_dir), source.data_dir)
+  path = stats_path(source.data_dir, dataset_id, split, resolution, max_examples)
+  return load_or_compute_stats(
+      path, lambda: compute_stats(source.read(split), resolution, max_examples))
+
+
+def normalization_arrays(normalize: str, stats: ImageStats | None
+                         ) -> tuple[np.ndarray, np.ndarray | None] | None:
+  """(mean, std) on the 0..255 scale (mean [3] or per-pixel [H, W, 3]); None for "none"."""
+  if normalize == "none":
+    return None
+  if normalize == "imagenet":
+    return np.asarray(IMAGENET_MEAN_RGB, np.float32), np.asarray(IMAGENET_STD_RGB, np.float32)
+  if normalize == "imagenet_mean":
+    return np.asarray(IMAGENET_MEAN_RGB, np.float32), None
+  assert stats is not None
+  if normalize == "per_channel":
+    return np.asarray(stats.mean_rgb, np.float32), None
+  if normalize == "per_channel_std":
+    return np.asarray(stats.mean_rgb, np.float32), np.asarray(stats.std_rgb, np.float32)
+  return np.asarray(stats.mean_image, np.float32), None
+
+
+def normalize_op(normalize: str, stats: ImageStats | None) -> Op:
+  arrays = normalization_arrays(normalize, stats)
+  return ops_lib.to_float() if arrays is None else ops_lib.normalize(*arrays)
+
+
+def channel_normalization(dataset: str, *, normalize: str, data_dir: str | os.PathLike | None = None,
+                          stats_split: str | None = None, on_bad_image: str = "raise"
+                          ) -> tuple[tuple[float, float, float], tuple[float, float, float] | None]:
+  """The per-channel (mean, std) that `normalize` subtracts and divides by (std None: none).
+
+  The same numbers the host pipeline uses, for code that normalises
+  elsewhere; a per-pixel mean is refused (`device_input` handles it).
+  """
+  source = get_source(dataset, data_dir, on_bad_image=on_bad_image)
+  stats = stats_if_needed(source, stats_split, normalize, {})
+  arrays = normalization_arrays(normalize, stats)
+  if arrays is None:
+    return (0.0, 0.0, 0.0), None
+  mean, std = arrays
+  if mean.shape != (3,):
+    raise DataError(f"normalize={normalize!r} subtracts a per-pixel mean, not a per-channel one; "
+                    "cnnjax.data.device_input(...) gives the object that subtracts it on the device")
+  as_tuple = lambda v: tuple(float(x) for x in v)  # noqa: E731
+  return as_tuple(mean), None if std is None else as_tuple(std)
+
+
+def pca_for(augment_kwargs: dict[str, Any], stats: ImageStats | None):
+  """pca_color: True (the dataset's own PCA) or "imagenet" (published constants)."""
+  choice = augment_kwargs.get("pca_color", False)
+  if choice is False or choice is None:
+    return None
+  if choice == "imagenet":
+    return IMAGENET_PCA_STD, IMAGENET_PCA_EIGVEC
+  if choice is True:
+    return stats.pca
+  raise DataError(f"pca_color must be True, False or 'imagenet', got {choice!r}")

@@ -1,0 +1,147 @@
+"""uint8 to the device: every preset and view ships uint8, and DeviceInput finishes it as the host would.
+
+The host's float path and the uint8 path draw the same crops and flips (the
+same op positions); they differ by the rounding of the host's last float
+image to uint8 (at most 0.5 grey levels) plus the operations' float error
+(1e-3 x 255), which is the tolerance below, in 0..255 units.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import cnnjax.data
+from cnnjax.data import augment, normalization
+from cnnjax.errors import DataError
+
+ROUNDING_AND_OPS = 0.5 + 1e-3 * 255
+PRESET_OPTIONS = {"none": {}, "cifar": {}, "alexnet": {}, "scale_jitter": {},
+                  "inception": {"photometric": False}}  # colour draws differ between TF and JAX
+COLOUR_OPTIONS = {"alexnet": {"pca_color": True}, "scale_jitter": {"pca_color": "imagenet"},
+                  "inception": {}}
+VIEW_OPTIONS = [("center", {}), ("center", {"resize_size": 28}), ("10crop", {}),
+                ("multiscale", {"scales": (24, 40)}), ("144crop", {"scales": (24, 28)})]
+
+
+def _scale(normalize: str, digits_dir: str) -> np.ndarray:
+  """What one grey level becomes after normalisation, per channel."""
+  if normalize != "per_channel_std":
+    return np.ones(3, np.float32)
+  _, std = cnnjax.data.channel_normalization("digits", normalize=normalize, data_dir=digits_dir)
+  return 1.0 / np.asarray(std, np.float32)
+
+
+def _assert_uint8_bytes(batch, key="image"):
+  images = batch[key]
+  assert images.dtype == np.uint8 and images.nbytes == images.size  # one byte per channel value
+  window = batch["window" + key[len("image"):]]
+  assert window.dtype == np.int32 and window.shape == images.shape[:-3] + (4,)
+
+
+@pytest.mark.parametrize("normalize", ["per_channel_std", "per_pixel"])
+@pytest.mark.parametrize("preset", augment.PRESETS)
+def test_train_batches_are_uint8_and_the_device_finishes_them_as_the_host(digits_dir, preset, normalize):
+  options = PRESET_OPTIONS[preset]
+  args = dict(data_dir=digits_dir, global_batch_size=8, augment=preset, augment_kwargs=options,
+              image_size=24, normalize=normalize, process_index=0, process_count=1, seed=3)
+  host = cnnjax.data.train_iterator("digits", device_preprocessing=False, **args)
+  shipped = cnnjax.data.train_iterator("digits", device_preprocessing=True, **args)
+  finish = cnnjax.data.device_input("digits", augment=preset, augment_kwargs=options,
+                                    normalize=normalize, data_dir=digits_dir)
+  for _ in range(2):
+    want, batch = next(host), next(shipped)
+    assert want["image"].dtype == np.float32 and "window" not in want
+    _assert_uint8_bytes(batch)
+    np.testing.assert_array_equal(batch["label"], want["label"])
+    got = finish.train(jnp.asarray(batch["image"]), jax.random.PRNGKey(0), jnp.int32(0),
+                       jnp.asarray(batch["window"]))
+    np.testing.assert_allclose(np.asarray(got), want["image"],
+                               atol=float(ROUNDING_AND_OPS * _scale(normalize, digits_dir).max()))
+
+
+@pytest.mark.parametrize("normalize", ["per_channel_std", "per_pixel"])
+@pytest.mark.parametrize("view, view_kwargs", VIEW_OPTIONS)
+def test_eval_batches_of_every_view_are_uint8_and_finish_as_the_host(digits_dir, view, view_kwargs,
+                                                                    normalize):
+  args = dict(data_dir=digits_dir, global_batch_size=4, view=view, view_kwargs=view_kwargs,
+              image_size=24, normalize=normalize, process_index=0, process_count=1)
+  want = next(cnnjax.data.eval_iterator("digits", device_preprocessing=False, **args))
+  batch = next(cnnjax.data.eval_iterator("digits", device_preprocessing=True, **args))
+  image_keys = [k for k in batch if k.startswith("image")]
+  assert image_keys and image_keys == [k for k in want if k.startswith("image")]
+  for key in image_keys:
+    _assert_uint8_bytes(batch, key)
+  finish = cnnjax.data.device_input("digits", normalize=normalize, data_dir=digits_dir)
+  got = finish.eval_batch({k: jnp.asarray(v) for k, v in batch.items()})
+  assert set(got) == set(want)
+  for key in image_keys:
+    np.testing.assert_allclose(np.asarray(got[key]), want[key],
+                               atol=float(ROUNDING_AND_OPS * _scale(normalize, digits_dir).max()))
+
+
+@pytest.mark.parametrize("preset", ["alexnet", "scale_jitter", "inception"])
+def test_colour_augmentation_moves_to_the_device_with_the_same_geometry(digits_dir, preset):
+  options = COLOUR_OPTIONS[preset]
+  args = dict(data_dir=digits_dir, global_batch_size=8, augment=preset, augment_kwargs=options,
+              image_size=24, normalize="per_channel", process_index=0, process_count=1)
+  batch = next(cnnjax.data.train_iterator("digits", device_preprocessing=True, **args))
+  # Placeholders hold the colour ops' places, so every geometric op keeps its seed.
+  pca = (np.ones(3), np.eye(3))
+  host_ops = augment.train_ops(preset, image_size=24, native_size=32, normalize_op=None, pca=pca,
+                               **options)
+  device_ops = augment.train_ops(preset, image_size=24, native_size=32, normalize_op=None, pca=pca,
+                                 device=True, **options)
+  assert len(device_ops) == len(host_ops) + 1  # + the rounding to uint8
+  finish = cnnjax.data.device_input("digits", augment=preset, augment_kwargs=options,
+                                    normalize="per_channel", data_dir=digits_dir)
+  assert (finish.pca is not None) == ("pca_color" in options)
+  assert (finish.photometric is not None) == (preset == "inception")
+  images, window = jnp.asarray(batch["image"]), jnp.asarray(batch["window"])
+  coloured = finish.train(images, jax.random.PRNGKey(1), jnp.int32(5), window)
+  normalised_only = finish.eval(images, window)
+  assert np.all(np.abs(np.asarray(coloured - normalised_only)).max(axis=(1, 2, 3)) > 0.1)
+
+
+def test_device_preprocessing_choices_and_conflicts(digits_dir):
+  assert normalization.resolve_device_preprocessing(True) is True
+  assert normalization.resolve_device_preprocessing(False) is False
+  # JAX runs on the CPU in the tests: "auto" is the CPU's measured choice.
+  assert normalization.resolve_device_preprocessing("auto") is normalization.CPU_DEVICE_PREPROCESSING
+  assert normalization.resolve_device_preprocessing("auto", {"photometric": "device"}) is True
+  with pytest.raises(DataError, match="device_preprocessing True or 'auto'"):
+    normalization.resolve_device_preprocessing(False, {"photometric": "device"})
+  with pytest.raises(DataError, match="device_preprocessing must be True, False or 'auto'"):
+    cnnjax.data.train_iterator("digits", data_dir=digits_dir, global_batch_size=4,
+                               device_preprocessing="gpu", process_index=0, process_count=1)
+  with pytest.raises(DataError, match="device_preprocessing must be"):
+    cnnjax.data.eval_iterator("digits", data_dir=digits_dir, global_batch_size=4,
+                              device_preprocessing=1, process_index=0, process_count=1)
+  with pytest.raises(DataError, match="photometric='device' runs the distortions"):
+    augment.train_ops("inception", image_size=8, native_size=None, normalize_op=None,
+                      photometric="device")
+
+
+def test_the_factory_refuses_what_the_iterators_refuse(digits_dir):
+  with pytest.raises(DataError, match=r"augmentation preset 'cifar' does not take \['bogus'\]"):
+    cnnjax.data.device_input("digits", augment="cifar", augment_kwargs={"bogus": 1},
+                             data_dir=digits_dir)
+  with pytest.raises(DataError, match="did you mean 'alexnet'"):
+    cnnjax.data.device_input("digits", augment="alexnte", data_dir=digits_dir)
+  with pytest.raises(DataError, match="photometric must be True, False or 'device'"):
+    cnnjax.data.device_input("digits", augment="inception", augment_kwargs={"photometric": "gpu"},
+                             data_dir=digits_dir)
+  with pytest.raises(DataError, match="pca_color must be"):
+    cnnjax.data.device_input("digits", augment="alexnet", augment_kwargs={"pca_color": "yes"},
+                             data_dir=digits_dir)
+  with pytest.raises(DataError, match="unknown normalize"):
+    cnnjax.data.device_input("digits", normalize="per_pixle", data_dir=digits_dir)
+  # Same statistics as the host path.
+  mean, std = cnnjax.data.channel_normalization("digits", normalize="per_channel_std", data_dir=digits_dir)
+  finish = cnnjax.data.device_input("digits", normalize="per_channel_std", data_dir=digits_dir)
+  np.testing.assert_allclose(finish.mean, mean, rtol=1e-6)
+  np.testing.assert_allclose(finish.std, std, rtol=1e-6)
+  assert finish.photometric is None and finish.pca is None
+  assert cnnjax.data.device_input("digits", normalize="per_pixel", data_dir=digits_dir).mean.shape == (32, 32, 3)
