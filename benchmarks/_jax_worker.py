@@ -39,7 +39,7 @@ def _optimizer_config(batch_size: int) -> dict[str, Any]:
 
 # Copies of cnnjax.data's IMAGENET_MEAN_RGB / IMAGENET_STD_RGB and
 # augment.PHOTOMETRIC_DEFAULTS (cnnjax.data imports TensorFlow, which the
-# benchmark must not); tests/train/test_photometric.py checks they agree.
+# benchmark must not); tests/train/test_device_input.py checks they agree.
 _IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)
 _IMAGENET_STD_RGB = (58.395, 57.12, 57.375)
 _PHOTOMETRIC_STRENGTHS = {"brightness": 32.0, "contrast": 0.5, "saturation": 0.5, "hue": 0.2}
@@ -55,15 +55,15 @@ def _real_train_step(model, batch_size: int, image_shape, device_photometric: bo
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import optax  # pylint: disable=import-outside-toplevel
   from cnnjax.train import optim, state as state_lib, steps  # pylint: disable=import-outside-toplevel
-  from cnnjax.train.photometric import DevicePhotometric  # pylint: disable=import-outside-toplevel
+  from cnnjax.train.device_input import DeviceInput, Photometric  # pylint: disable=import-outside-toplevel
 
   tx = optim.create_optimizer(_optimizer_config(batch_size))
   photometric = None
   if device_photometric:
-    photometric = DevicePhotometric(**_PHOTOMETRIC_STRENGTHS, mean=_IMAGENET_MEAN_RGB,
-                                    std=_IMAGENET_STD_RGB)
+    photometric = DeviceInput(mean=_IMAGENET_MEAN_RGB, std=_IMAGENET_STD_RGB,
+                              photometric=Photometric(**_PHOTOMETRIC_STRENGTHS))
   recipe = state_lib.StepRecipe(learning_rate_fn=optax.constant_schedule(LEARNING_RATE),
-                                photometric=photometric)
+                                device_input=photometric)
   sample = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
   init = jax.jit(lambda rng: state_lib.init_train_state(model, tx, recipe, rng, sample))
   state = init(jax.random.PRNGKey(0))
