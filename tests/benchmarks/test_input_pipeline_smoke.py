@@ -52,3 +52,17 @@ def test_full_pipeline_rate_is_positive(folder, tmp_path_factory, photometric):
   data_dir = str(tmp_path_factory.mktemp("prepared"))
   rate = input_pipeline.full_pipeline_rate(folder, data_dir, seconds=0.3, photometric=photometric)
   assert math.isfinite(rate) and rate > 0
+
+
+@pytest.mark.parametrize("preset, normalize", [("alexnet", "per_pixel"), ("inception", "imagenet")])
+def test_device_preprocessing_rates_are_positive_for_both_paths(folder, tmp_path_factory, preset,
+                                                                normalize):
+  import cnnjax.data
+  data_dir = str(tmp_path_factory.mktemp("prepared_device"))
+  name = f"image_folder:{folder}"
+  cnnjax.data.dataset_info(name, data_dir)
+  rates = input_pipeline.device_preprocessing_rates(
+      name, data_dir, augment=preset, normalize=normalize, image_size=32, batch_size=2,
+      seconds=0.4, rounds=1)
+  assert set(rates) == {False, True}
+  assert all(math.isfinite(rate) and rate > 0 for rate in rates.values())

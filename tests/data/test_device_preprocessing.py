@@ -145,3 +145,31 @@ def test_the_factory_refuses_what_the_iterators_refuse(digits_dir):
   np.testing.assert_allclose(finish.std, std, rtol=1e-6)
   assert finish.photometric is None and finish.pca is None
   assert cnnjax.data.device_input("digits", normalize="per_pixel", data_dir=digits_dir).mean.shape == (32, 32, 3)
+
+
+def test_crop_and_flip_draw_what_tf_image_draws_and_the_window_follows_them():
+  import tensorflow as tf
+  from cnnjax.data import geometry
+  image = np.random.default_rng(1).integers(0, 256, (20, 20, 3), dtype=np.uint8)
+  ops = augment.compose([geometry.mark_window(), geometry.pad(3), geometry.random_crop(16),
+                         geometry.random_flip_left_right()])
+  padded = np.pad(image, [(3, 3), (3, 3), (0, 0)], constant_values=0)
+  flips = 0
+  for seed in range(12):
+    rng = tf.constant([seed, 7], tf.int64)
+    out = ops({"image": tf.constant(image), "rng": rng})
+    fold = lambda i: tf.random.experimental.stateless_fold_in(rng, i)  # noqa: E731
+    crop = tf.image.stateless_random_crop(tf.constant(padded), [16, 16, 3], seed=fold(2))
+    want = tf.image.stateless_random_flip_left_right(crop, seed=fold(3)).numpy()
+    np.testing.assert_array_equal(out["image"].numpy(), want)
+    frame, top, left, flipped = out["window"].numpy().tolist()
+    assert frame == 20 and -3 <= top <= 7 and -3 <= left <= 7
+    flips += flipped
+    # Every output pixel inside the frame is the frame's pixel the window names.
+    unflipped = want[:, ::-1] if flipped else want
+    rows, columns = np.arange(16) + top, np.arange(16) + left
+    inside = ((rows >= 0) & (rows < 20))[:, None] & ((columns >= 0) & (columns < 20))[None, :]
+    expected = image[np.clip(rows, 0, 19)][:, np.clip(columns, 0, 19)]
+    np.testing.assert_array_equal(unflipped[inside], expected[inside])
+    assert np.all(unflipped[~inside] == 0)
+  assert 0 < flips < 12
