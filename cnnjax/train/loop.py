@@ -262,7 +262,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         do_ckpt = ((r.checkpoint_every > 0 and step % r.checkpoint_every == 0)
                    or step == end_step or stopping)
         if step % c.log_every_steps == 0 or do_eval or do_ckpt:
-          write_train_row(r, writer, bar, state, window, step, time.perf_counter() - window_start)
+          write_train_row(r, writer, bar, state, window, step, window_start)
           window, window_start = [], time.perf_counter()
         if do_eval:
           results = validate(r, writer, state, eval_step, step)
@@ -320,11 +320,16 @@ def log(message: str) -> None:
 
 
 def write_train_row(r: Prepared, writer: MetricWriter, bar, state, window: list[dict[str, Any]],
-                    step: int, seconds: float) -> None:
-  """Fetches the window's metrics in one transfer; stops on a NaN/Inf; logs their mean."""
+                    step: int, window_start: float) -> None:
+  """Fetches the window's metrics in one transfer; stops on a NaN/Inf; logs their mean.
+
+  The window's time ends once its metrics are on the host, i.e. once the
+  devices have finished its steps (dispatch alone returns much earlier).
+  """
   if not window:
     return
   rows, record = metrics_lib.to_host((window, state.first_nonfinite))
+  seconds = time.perf_counter() - window_start
   raise_if_nonfinite(r, state, rows, record, first_step=step - len(window) + 1)
   rows = [{k: float(v) for k, v in row.items()} for row in rows]
   averaged = metrics_lib.mean_of(rows)

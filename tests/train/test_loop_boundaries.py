@@ -24,9 +24,9 @@ def test_metrics_reach_the_host_only_at_boundaries(tiny_config, tmp_path, monkey
   fetched_at = []
   real_write_train_row = loop.write_train_row
 
-  def counting(r, writer, bar, state, window, step, seconds):
+  def counting(r, writer, bar, state, window, step, window_start):
     fetched_at.append((step, len(window)))
-    return real_write_train_row(r, writer, bar, state, window, step, seconds)
+    return real_write_train_row(r, writer, bar, state, window, step, window_start)
 
   monkeypatch.setattr(loop, "write_train_row", counting)
   calls = []
