@@ -263,7 +263,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                    or step == end_step or stopping)
         if step % c.log_every_steps == 0 or do_eval or do_ckpt:
           write_train_row(r, writer, bar, state, window, step, window_start)
-          window, window_start = [], time.perf_counter()
+          window = []
         if do_eval:
           results = validate(r, writer, state, eval_step, step)
           state = after_validation(state, jnp.float32(results["eval"]["top1_error"]))
@@ -273,6 +273,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
             save(r, state, step, best=True)
         if do_ckpt:
           save(r, state, step)
+        if not window:  # a boundary: validation and saving stay out of the next window's rate
+          window_start = time.perf_counter()
         if stopping:
           summary["interrupted"] = True
           log(f"{stop.signal_name or 'stop request'}: saved step {step} in {workdir}; run the "
