@@ -30,11 +30,14 @@ from cnnjax.errors import CnnjaxError, DataError, ModelError
 DEFAULT_FEATURE = "pre_logits"
 
 
-def _make_embed_step(model: nn.Module, feature: str, mesh):
+def _make_embed_step(model: nn.Module, feature: str, mesh, device_input=None):
   from cnnjax import sharding  # pylint: disable=import-outside-toplevel
 
   def step(variables, batch):
-    _, feats = model.apply(variables, batch["image"], train=False, features=True)
+    images = batch["image"]
+    if device_input is not None:  # uint8 batches: normalise here
+      images = device_input.eval(images, batch.get("window"))
+    _, feats = model.apply(variables, images, train=False, features=True)
     if feature not in feats:
       raise ModelError(f"{type(model).__name__} has no feature {feature!r}; it returns "
                        f"{sorted(feats)}.")
@@ -47,7 +50,7 @@ def _make_embed_step(model: nn.Module, feature: str, mesh):
 
 def embed(model: nn.Module, variables: Any, batches: Iterable[Mapping[str, np.ndarray]], *,
           feature: str = DEFAULT_FEATURE, mesh=None, progress: bool = False,
-          total: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+          total: int | None = None, device_input=None) -> tuple[np.ndarray, np.ndarray]:
   """Features of every real example of `batches`: (embeddings [N, D], labels [N]).
 
   Args:
@@ -59,13 +62,15 @@ def embed(model: nn.Module, variables: Any, batches: Iterable[Mapping[str, np.nd
       flattened).
     mesh: a 1-D 'data' mesh (default: every device); each batch is sharded
       over it.
+    device_input: the `cnnjax.data.device_input(...)` that finishes uint8
+      batches (eval_iterator's with device_preprocessing) in the jitted step.
 
   Rows come out in the order of the global batches (for one process, the
   order of the split).
   """
   from cnnjax import sharding  # pylint: disable=import-outside-toplevel
   mesh = mesh or sharding.make_mesh()
-  step = _make_embed_step(model, feature, mesh)
+  step = _make_embed_step(model, feature, mesh, device_input)
   variables = jax.device_put(variables, sharding.replicated(mesh))
   iterator = batches
   if progress:
@@ -82,7 +87,8 @@ def embed(model: nn.Module, variables: Any, batches: Iterable[Mapping[str, np.nd
       raise DataError(f"embedding takes single images [b, H, W, 3]; got {images.shape}. "
                       "Use view='center'.")
     global_batch = sharding.global_batch(
-        {"image": images, "label": local_batch["label"], "mask": local_batch["mask"]}, mesh)
+        {key: local_batch[key] for key in ("image", "label", "mask", "window") if key in local_batch},
+        mesh)
     values, batch_labels, mask = jax.device_get(step(variables, global_batch))
     keep = np.asarray(mask).astype(bool)
     pieces.append(np.asarray(values)[keep])
@@ -115,12 +121,14 @@ def embed_dataset(model: nn.Module, variables: Any, dataset: str, *, split: str 
                                global_batch_size=batch_size, view="center",
                                image_size=image_size, normalize=normalize,
                                stats_split=stats_split)
+  device_input = data.device_input(dataset, normalize=normalize, data_dir=data_dir,
+                                   stats_split=stats_split)
   total = None
   if split in info.splits:
     total = math.ceil(math.ceil(info.splits[split] / jax.process_count())
                       / (batch_size // jax.process_count()))
   return embed(model, variables, batches, feature=feature, mesh=mesh, progress=progress,
-               total=total)
+               total=total, device_input=device_input)
 
 
 def embed_workdir(workdir: str, *, split: str | None = None, batch_size: int = 256,

@@ -187,15 +187,17 @@ def _window_means(mean_image: jax.Array, window: jax.Array, size: tuple[int, int
 
   When every frame is the mean's own size (AlexNet: 256 x 256 squares and
   statistics; padding rows have frame 0) the windows are plain crops of it:
-  a gather instead of the per-window resampling contractions.
+  slices instead of the per-window resampling contractions. The mean is
+  padded by a window's size first, so that a window reaching out of the
+  frame (CIFAR's padding) is sliced where it lies, not clamped inside.
   """
   side = mean_image.shape[0]
   frame = window[:, 0]
 
   def crops():
-    rows = jnp.clip(window[:, 1, None] + jnp.arange(size[0]), 0, side - 1)
-    columns = jnp.clip(window[:, 2, None] + jnp.arange(size[1]), 0, side - 1)
-    return mean_image[rows[:, :, None], columns[:, None, :]]
+    padded = jnp.pad(mean_image, ((size[0], size[0]), (size[1], size[1]), (0, 0)))
+    return jax.vmap(lambda w: jax.lax.dynamic_slice(
+        padded, (w[1] + size[0], w[2] + size[1], 0), size + (3,)))(window)
 
   def resampled():
     return jax.vmap(functools.partial(_window_mean, mean_image, size=size))(window)

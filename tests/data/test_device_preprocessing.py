@@ -44,9 +44,18 @@ def _assert_uint8_bytes(batch, key="image"):
 @pytest.mark.parametrize("normalize", ["per_channel_std", "per_pixel"])
 @pytest.mark.parametrize("preset", augment.PRESETS)
 def test_train_batches_are_uint8_and_the_device_finishes_them_as_the_host(digits_dir, preset, normalize):
+  _compare_train_batches(digits_dir, preset, normalize, image_size=24)
+
+
+def test_cifar_padding_around_a_per_pixel_mean_of_the_images_own_size(digits_dir):
+  # Frame = the statistics' 32 x 32: the windows are slices of the mean, reaching into the padding.
+  _compare_train_batches(digits_dir, "cifar", "per_pixel", image_size=32)
+
+
+def _compare_train_batches(digits_dir, preset, normalize, image_size):
   options = PRESET_OPTIONS[preset]
   args = dict(data_dir=digits_dir, global_batch_size=8, augment=preset, augment_kwargs=options,
-              image_size=24, normalize=normalize, process_index=0, process_count=1, seed=3)
+              image_size=image_size, normalize=normalize, process_index=0, process_count=1, seed=3)
   host = cnnjax.data.train_iterator("digits", device_preprocessing=False, **args)
   shipped = cnnjax.data.train_iterator("digits", device_preprocessing=True, **args)
   finish = cnnjax.data.device_input("digits", augment=preset, augment_kwargs=options,
