@@ -223,6 +223,24 @@ def has_checkpoint(workdir: epath.PathLike) -> bool:
   return bool(_steps_in(epath.Path(workdir) / LATEST_DIR))
 
 
+class _MissingMetricsFilter(logging.Filter):
+  """orbax warns at every save without metrics once a best metric is tracked: by design here."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return "tracked_metric" not in str(record.msg)
+
+
+@contextlib.contextmanager
+def _quiet_about_missing_metrics():
+  absl_logger = logging.getLogger("absl")
+  quiet = _MissingMetricsFilter()
+  absl_logger.addFilter(quiet)
+  try:
+    yield
+  finally:
+    absl_logger.removeFilter(quiet)
+
+
 def _agree_with_first_process(value: int) -> int:
   """Process 0's `value`, in every process (a collective: every process must call it)."""
   if jax.process_count() == 1:
@@ -329,7 +347,8 @@ class CheckpointStore:
     meta = dict(meta, items=sorted(items), structure={k: structure(v) for k, v in items.items()})
     args = ocp.args.Composite(**{k: ocp.args.StandardSave(v) for k, v in items.items()},
                               **{META_ITEM: ocp.args.JsonSave(meta)})
-    self.manager.save(step, args=args, metrics=metrics, force=True)
+    with _quiet_about_missing_metrics():
+      self.manager.save(step, args=args, metrics=metrics, force=True)
 
   def _step(self, step: int | None, best: bool) -> int:
     if step is None:
