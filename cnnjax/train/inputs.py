@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from cnnjax import sharding
 
@@ -50,15 +52,63 @@ class RunInputs:
   device_input: Any = None  # the steps' preprocessing of uint8 batches (None: ready batches)
 
 
-def open_inputs(config: Mapping[str, Any], mesh, *, native_size: int) -> RunInputs:
-  """The run's inputs for `config` (a mapping with the keys of cnnjax/configs/base.py).
-
-  `native_size` is the model's own input resolution, the default image size
-  of synthetic data.
-  """
+def open_inputs(config: Mapping[str, Any], mesh) -> RunInputs:
+  """The run's inputs for `config` (a mapping with the keys of cnnjax/configs/base.py,
+  config.image_size resolved: see `resolve_image_size`)."""
   if config["dataset"] == SYNTHETIC_DATASET:
-    return _synthetic_inputs(config, mesh, native_size)
+    return _synthetic_inputs(config, mesh)
   return _tfds_inputs(config)
+
+
+# A dataset whose typical image side is this many times smaller or larger than
+# the network input gets a one-line note naming config.image_size.
+SIZE_NOTE_RATIO = 1.5
+_SIZE_SAMPLE = 32
+
+
+def resolve_image_size(config: Mapping[str, Any], native_size: int) -> tuple[int, str | None]:
+  """(network input side, a one-line note or None) for `config`.
+
+  config.image_size 0 means the model's native resolution (the registry's
+  `ModelSpec.image_size`: 32 for the CIFAR networks, 224 or 227 for the
+  ImageNet ones), whatever the dataset's own size: a CIFAR net on a folder
+  of photographs trains at 32, as it was designed to. The note says so when
+  the dataset's images are much smaller or larger than that input.
+  """
+  size = int(config["image_size"] or native_size)
+  if config["dataset"] == SYNTHETIC_DATASET:
+    return size, None
+  typical = _typical_image_side(config)
+  if typical is None or 1 / SIZE_NOTE_RATIO <= typical / size <= SIZE_NOTE_RATIO:
+    return size, None
+  source = "config.image_size" if config["image_size"] else "the model's native resolution"
+  return size, (f"note: the images of {config['dataset']} are ~{typical} pixels on their shorter "
+                f"side and are resized to {size} ({source}); set config.image_size to train "
+                "at another resolution")
+
+
+def _typical_image_side(config: Mapping[str, Any]) -> int | None:
+  """The median shorter side of the dataset's images: fixed for most tfds datasets,
+  sampled from the files for an image folder; None when unknown."""
+  from cnnjax import data  # pylint: disable=import-outside-toplevel
+  dataset = config["dataset"]
+  if dataset.startswith("image_folder:"):
+    from PIL import Image  # pylint: disable=import-outside-toplevel
+
+    from cnnjax.data import image_folder  # pylint: disable=import-outside-toplevel
+    layout = image_folder.scan_folder(dataset.split(":", 1)[1], config["on_bad_image"])
+    files = [path for split in layout.splits.values() for path, _ in split][:_SIZE_SAMPLE]
+    sides = []
+    for path in files:
+      try:
+        with Image.open(os.path.join(layout.root, path)) as image:
+          sides.append(min(image.size))
+      except OSError:
+        continue  # preparation names unreadable files
+    return int(np.median(sides)) if sides else None
+  info = data.dataset_info(dataset, config["data_dir"] or None, on_bad_image=config["on_bad_image"])
+  height, width = info.image_shape[:2]
+  return min(height, width) if height and width else None
 
 
 def _plain(mapping) -> dict[str, Any]:
@@ -73,7 +123,7 @@ def _tfds_inputs(c: Mapping[str, Any]) -> RunInputs:
   eval_split = c["eval_split"] or info.eval_split
   num_train = _split_size(data, c, train_split, fallback=info.num_train_examples)
   augment_kwargs = _plain(c["augment_kwargs"])
-  image_size = c["image_size"] or None
+  image_size = c["image_size"]
 
   def train_batches(start_step: int) -> Iterator[Mapping[str, Any]]:
     return data.train_iterator(
@@ -95,10 +145,10 @@ def _tfds_inputs(c: Mapping[str, Any]) -> RunInputs:
       num_classes=int(info.num_classes), num_train_examples=num_train,
       skipped_images=int(getattr(info, "skipped_images", 0) or 0),
       train_batches=train_batches, eval_batches=eval_batches,
-      device_input=_device_input(data, c, image_size))
+      device_input=_device_input(data, c))
 
 
-def _device_input(data, c: Mapping[str, Any], image_size: int | None):
+def _device_input(data, c: Mapping[str, Any]):
   """The train/eval steps' preprocessing of the uint8 batches the pipeline yields."""
   augment_kwargs = _plain(c["augment_kwargs"])
   if c["augment"] == "inception" and augment_kwargs.get("photometric", True) == "device":
@@ -109,7 +159,6 @@ def _device_input(data, c: Mapping[str, Any], image_size: int | None):
                                            data_dir=c["data_dir"] or None,
                                            on_bad_image=c["on_bad_image"])
     return DevicePhotometric(**{k: float(v) for k, v in strengths.items()}, mean=mean, std=std)
-  del image_size
   return None
 
 
@@ -122,8 +171,8 @@ def _split_size(data, c: Mapping[str, Any], split: str, fallback: int) -> int:
     return int(fallback)
 
 
-def _synthetic_inputs(c: Mapping[str, Any], mesh, native_size: int) -> RunInputs:
-  size = int(c["image_size"] or native_size)
+def _synthetic_inputs(c: Mapping[str, Any], mesh) -> RunInputs:
+  size = int(c["image_size"])
   num_classes = int(c["num_classes"] or SYNTHETIC_CLASSES)
   batch_sharding = sharding.batch_sharded(mesh)
 

@@ -137,8 +137,10 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Prepared:
   from cnnjax import models  # pylint: disable=import-outside-toplevel
   c = config
   mesh = sharding.make_mesh()
-  native_size = models.get_spec(c.model).image_size
-  inputs = inputs_lib.open_inputs(c, mesh, native_size=native_size)
+  c.image_size, size_note = inputs_lib.resolve_image_size(c, models.get_spec(c.model).image_size)
+  if size_note:
+    log(size_note)
+  inputs = inputs_lib.open_inputs(c, mesh)
   if inputs.skipped_images:
     log(f"skipped {inputs.skipped_images} unreadable image(s) of {c.dataset} "
         "(on_bad_image='skip')")
