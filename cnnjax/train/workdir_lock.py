@@ -58,6 +58,9 @@ _OWNER_WAIT_S = 1.0
 _MESSAGE_BYTES = 4096
 
 log = logging.getLogger(__name__)
+# Workdirs whose lease this process holds: a record naming this host and pid is this
+# process's own only if listed here (else a dead run's, whose pid this one reuses).
+_LEASES_HELD_HERE: set[str] = set()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,6 +194,7 @@ class WorkdirLock:
     if self._lease_stop is not None:
       self._lease_stop.set()
       self._lease_stop = None
+      _LEASES_HELD_HERE.discard(os.fspath(self.workdir))
     try:
       recorded = read_owner(self.workdir)
       if self._file_lock is not None or (recorded and recorded.same_process(self._owner)):
@@ -249,8 +253,12 @@ class WorkdirLock:
     """Fallback without kernel locks: a heartbeat record (see the module docstring)."""
     me = LockOwner.this_process()
     owner = read_owner(self.workdir)
-    if owner is not None and not owner.same_process(me):
-      if lease_is_live(owner):
+    if owner is not None:
+      if owner.same_process(me):  # this process, or a dead one whose pid it reuses
+        live = os.fspath(self.workdir) in _LEASES_HELD_HERE
+      else:
+        live = lease_is_live(owner)
+      if live:
         raise WorkdirLockedError(self._in_use_message(owner, lease=True))
       log.warning("taking over %s: its record names %s, whose lease has expired", self.workdir,
                   owner)
@@ -265,6 +273,7 @@ class WorkdirLock:
     self._write_owner(me)
     self._owner = me
     self.kernel_lock = False
+    _LEASES_HELD_HERE.add(os.fspath(self.workdir))
     self._lease_stop = threading.Event()
     threading.Thread(target=self._refresh_lease, args=(self._lease_stop, me), daemon=True,
                      name="cnnjax-workdir-lease").start()

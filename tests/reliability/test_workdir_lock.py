@@ -233,3 +233,15 @@ def test_acquire_for_run_single_process_holds_and_releases(tmp_path):
       with acquire_for_run(workdir):
         pass
   assert not os.path.exists(os.path.join(workdir, OWNER_FILE))
+
+
+def test_without_flock_a_dead_run_that_had_this_very_pid_blocks_nobody(tmp_path, no_flock):
+  """Containers restart with the same pids: a fresh record naming this host and this pid,
+  not held by this process, is a dead predecessor's."""
+  workdir = str(tmp_path / "reused_pid")
+  now = time.time()
+  _record(workdir, LockOwner(socket.gethostname(), os.getpid(), now - 5, now - 5))
+  with WorkdirLock(workdir) as lock:
+    assert lock.held
+    with pytest.raises(WorkdirLockedError):  # while this process holds it, it is held
+      WorkdirLock(workdir).acquire()
