@@ -50,6 +50,7 @@ from cnnjax.evaluate import scoring
 from cnnjax.train import checkpoint as ckpt_lib
 from cnnjax.train import config as config_lib
 from cnnjax.train import inputs as inputs_lib
+from cnnjax.train import memory
 from cnnjax.train import metrics as metrics_lib
 from cnnjax.train import optim, setup, steps
 from cnnjax.train import warm_start as warm_start_lib
@@ -226,6 +227,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       f"{jax.device_count()} device(s), global batch {c.batch_size}, "
       f"{r.total_steps} steps ({r.steps_per_epoch} per epoch); {how}")
   train_step, eval_step, after_validation = steps.jit_for_mesh(r.mesh)
+  train_step = memory.compile_checked(train_step, r.abstract, r.first_batch, r.mesh, c)
   writer = MetricWriter(workdir, enabled=r.is_main, resume_step=r.start_step)
   end_step = r.total_steps
   if stop_after_steps is not None:

@@ -21,7 +21,7 @@ import pytest
 from reliability_helpers import KILL_RUN, committed_steps, leaves
 
 from cnnjax.errors import NonFiniteError
-from cnnjax.train import checkpoint
+from cnnjax.train import checkpoint, workdir_lock
 from cnnjax.train import checkpoint_integrity as integrity
 from cnnjax import sharding
 from cnnjax.train import optim, run, setup, steps
@@ -155,7 +155,7 @@ def test_loop_stops_at_the_poisoned_step_and_keeps_the_last_good_checkpoint(
   for row in read_metrics(workdir):
     assert row["step"] < POISONED_STEP, row  # nothing of the bad step was logged
     assert all(np.isfinite(v) for v in row.values() if isinstance(v, float)), row
-  assert not os.path.exists(os.path.join(workdir, "LOCK"))
+  assert workdir_lock.read_owner(workdir) is None  # the lock was released
 
   # The run resumes from the good checkpoint once the input is fixed.
   monkeypatch.setattr(cnnjax.data, "train_iterator", real_iterator)

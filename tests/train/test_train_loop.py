@@ -12,7 +12,7 @@ import pytest
 from train_helpers import make_tiny_config
 
 from cnnjax.errors import CheckpointError, ConfigError, NonFiniteError
-from cnnjax.train import checkpoint, loop, run, warm_start
+from cnnjax.train import checkpoint, loop, run, warm_start, workdir_lock
 from cnnjax.train.writer import read_metrics
 
 # Plateau schedule, EMA and mid-run evaluations make the resume test cover
@@ -37,9 +37,9 @@ def test_run_writes_metrics_checkpoints_and_learns(straight_run):
   workdir, summary = straight_run
   assert summary["step"] == 8 and not summary["interrupted"]
   assert 0.0 <= summary["eval"]["top1_error"] <= 1.0 and "eval_ema" in summary
-  for name in ("config.json", "metrics.jsonl", "checkpoints", "best", "tensorboard"):
+  for name in ("config.json", "metrics.jsonl", "checkpoints", "tensorboard"):
     assert os.path.exists(os.path.join(workdir, name)), name
-  assert not os.path.exists(os.path.join(workdir, loop.LOCK_FILE))
+  assert workdir_lock.read_owner(workdir) is None  # released: nobody holds the workdir
   with open(os.path.join(workdir, "config.json")) as f:
     assert json.load(f)["num_classes"] == 10  # resolved from the dataset
   train_rows = read_metrics(workdir, "train")
