@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# The GPU train-step table: one accelerator (sized for one H100/H200), no network,
-# no TensorFlow, no ml_collections (only jax, flax, optax and this repository).
+# The GPU check, then the GPU train-step table: one accelerator (sized for one
+# H100/H200), no network, no TensorFlow, no ml_collections (only jax, flax, optax and
+# this repository).
 #
 #   benchmarks/gpu.sh [OUTPUT_DIR]        # default: $OUT if set, else benchmarks/gpu_results
+#
+# First runs benchmarks/gpu_check.sh into OUTPUT_DIR/check (about 6 minutes; with
+# SMOKE=1 its --smoke mode); exits non-zero at its preflight (no GPU) and, after the
+# table, when any check row failed. The table below takes several minutes more.
 #   TORCH=1 benchmarks/gpu.sh             # also time the torchvision twins (if installed)
 #   STEPS=30 WARMUP=5 benchmarks/gpu.sh   # more timed steps
 #   SMOKE=1 benchmarks/gpu.sh /tmp/x      # one tiny row: checks the script itself (CPU is fine)
@@ -30,6 +35,12 @@ if [[ "${TORCH:-0}" == "1" ]]; then torch_flag="--torch"; fi
 peak=()
 if [[ -n "${PEAK_FLOPS:-}" ]]; then peak=(--peak_flops "$PEAK_FLOPS"); fi
 export TF_CPP_MIN_LOG_LEVEL=2
+
+check_status=0
+check_flag=()
+if [[ "${SMOKE:-0}" == "1" ]]; then check_flag=(--smoke); fi
+benchmarks/gpu_check.sh ${check_flag[@]+"${check_flag[@]}"} "$out/check" || check_status=$?
+if ((check_status == 2 || check_status == 3)); then exit "$check_status"; fi  # preflight
 
 python - <<'EOF'
 import importlib.util
@@ -71,4 +82,8 @@ done
 if ((${#reports[@]})); then
   python -m benchmarks._report "${reports[@]}" > "$out/gpu_table.md"
   cat "$out/gpu_table.md"
+fi
+if ((check_status != 0)); then
+  echo "gpu.sh: benchmarks/gpu_check.sh failed (exit $check_status): see $out/check/gpu_check.md" >&2
+  exit "$check_status"
 fi

@@ -26,7 +26,8 @@ time limit, set by the shell script) and writes DIR/rows/NAME.json:
 `--smoke` runs every row with a tiny CIFAR ResNet at 16 px on any machine
 (the same code, small sizes); without it a row refuses to run unless JAX
 sees a GPU. Imports jax, flax, optax, orbax and cnnjax's TensorFlow-free
-modules only; the loop rows need what `cnnjax.train.run` needs.
+modules only; the loop rows run `cnnjax.train.run` on the "synthetic"
+dataset, which needs no TensorFlow but (for now) ml_collections.
 """
 
 from __future__ import annotations
@@ -124,6 +125,9 @@ def run_config(p: dict[str, Any], batch_size: int, schedule: str = "constant") -
       "plateau_max_reductions": 3, "error_warmup_factor": 0.0, "error_warmup_threshold": 0.8,
       "loss": "categorical_cross_entropy", "label_smoothing": 0.0, "aux_loss_weight": 0.3,
       "ema_decay": 0.0,
+      # The model's default parts on every backend: the smoke run on a CPU builds
+      # the program a GPU runs, not the CPU-tuned one.
+      "cpu_kernels": "off",
   }
 
 
@@ -271,13 +275,14 @@ def row_checkpoint(p: dict[str, Any]) -> dict[str, Any]:
   t = Training(p)
   state = t.new_state()
 
-  # Every floating leaf gets random values (momentum and BatchNorm statistics
-  # start as zeros and ones), so restored == saved compares information.
+  # Every floating leaf gets distinct values (momentum and BatchNorm statistics
+  # start as zeros and ones), so restored == saved compares information. Not
+  # jax.random: a normal draw per leaf takes XLA:CPU most of a minute to compile.
   def scramble(arrays):
     leaves, treedef = jax.tree_util.tree_flatten(arrays)
-    keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
-    leaves = [jax.random.normal(k, x.shape, x.dtype) if jnp.issubdtype(x.dtype, jnp.floating)
-              else x for k, x in zip(keys, leaves)]
+    leaves = [x + jnp.sin(jnp.arange(x.size, dtype=jnp.float32) * (i + 1.5)).reshape(x.shape)
+              .astype(x.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+              for i, x in enumerate(leaves)]
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
   arrays = jax.jit(scramble, out_shardings=sharding.replicated(t.mesh))(state.arrays())
@@ -299,19 +304,22 @@ def row_checkpoint(p: dict[str, Any]) -> dict[str, Any]:
     store.close()
   finally:
     shutil.rmtree(workdir, ignore_errors=True)
-  same_structure = (jax.tree_util.tree_structure(restored)
-                    == jax.tree_util.tree_structure(arrays))
-  equal = same_structure and all(
-      a.dtype == b.dtype and a.shape == b.shape and a.sharding.is_equivalent_to(b.sharding, a.ndim)
-      and bool(jnp.array_equal(a, b))
-      for a, b in zip(jax.tree_util.tree_leaves(arrays), jax.tree_util.tree_leaves(restored)))
+  saved_leaves, restored_leaves = (jax.tree_util.tree_leaves(t) for t in (arrays, restored))
+  same_layout = (jax.tree_util.tree_structure(restored) == jax.tree_util.tree_structure(arrays)
+                 and all(a.dtype == b.dtype and a.shape == b.shape
+                         and a.sharding.is_equivalent_to(b.sharding, a.ndim)
+                         for a, b in zip(saved_leaves, restored_leaves)))
+  # One program compares every leaf (a comparison per leaf would compile per shape).
+  all_equal = jax.jit(lambda xs, ys: jnp.all(jnp.stack(
+      [jnp.array_equal(x, y) for x, y in zip(xs, ys)])))
+  equal = same_layout and bool(all_equal(saved_leaves, restored_leaves))
   on_device = all(d.platform == jax.devices()[0].platform
                   for x in jax.tree_util.tree_leaves(restored) for d in x.devices())
   ok = equal and on_device
   return {
       "status": "ok" if ok else "fail",
       "reason": None if ok else f"restored == saved: {equal}, restored onto the device: {on_device}",
-      "summary": (f"{p['model']} train state {num_bytes / 1e6:.0f} MB: save returns in "
+      "summary": (f"{p['model']} train state {num_bytes / 1e6:.3g} MB: save returns in "
                   f"{returned_s:.2f} s, on disk after {on_disk_s:.2f} s, restore {restore_s:.2f} s, "
                   f"restored == saved: {equal}"),
       "state_bytes": num_bytes, "save_returned_s": returned_s, "save_on_disk_s": on_disk_s,
@@ -350,17 +358,15 @@ def row_host_to_device(p: dict[str, Any]) -> dict[str, Any]:
   return result
 
 
-def _synthetic_dataset(smoke: bool) -> str:
-  """The dataset name of device-resident synthetic batches, if the library has them."""
-  from cnnjax.train import setup  # pylint: disable=import-outside-toplevel
-  name = getattr(setup, "SYNTHETIC_DATASET", None)
-  if isinstance(name, str):
-    return name
-  if smoke:  # the row's code path still runs, through the embedded dataset
-    return "digits"
-  raise RuntimeError(
-      "the library has no synthetic dataset yet (cnnjax.train.setup.SYNTHETIC_DATASET): the "
-      "loop rows need device-resident synthetic batches, not tf.data")
+def _synthetic_dataset() -> str:
+  """The dataset name of the loop's device-resident synthetic batches."""
+  try:
+    from cnnjax.train import inputs  # pylint: disable=import-outside-toplevel
+    return inputs.SYNTHETIC_DATASET
+  except (ImportError, AttributeError) as e:
+    raise RuntimeError(
+        "the library has no synthetic dataset (cnnjax.train.inputs.SYNTHETIC_DATASET): the loop "
+        "rows need device-resident synthetic batches, not tf.data") from e
 
 
 def row_loop(p: dict[str, Any], name: str) -> dict[str, Any]:
@@ -368,9 +374,14 @@ def row_loop(p: dict[str, Any], name: str) -> dict[str, Any]:
     from benchmarks import loop_overhead  # pylint: disable=import-outside-toplevel
   except ImportError as e:
     raise RuntimeError(f"benchmarks/loop_overhead.py is missing or broken: {e}") from e
+  import importlib.util  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
+  if importlib.util.find_spec("ml_collections") is None:
+    raise RuntimeError(
+        "cnnjax.train.run needs ml_collections (cnnjax/train/loop.py, cnnjax/configs), which this "
+        "machine lacks: pip install ml_collections, or make run() work without it")
   per_device = p["loop_batches"][name]
-  dataset = _synthetic_dataset(p is SMOKE)
+  dataset = _synthetic_dataset()
   measured = loop_overhead.measure(
       p["model"], batch_size=per_device * jax.device_count(), image_size=p["image_size"],
       steps=p["loop_steps"], model_kwargs=dict(p["model_kwargs"]), dtype=p["dtype"],
@@ -420,7 +431,7 @@ def run_row(name: str, smoke: bool) -> dict[str, Any]:
   tf_imported = "tensorflow" in sys.modules
   result["tensorflow_imported"] = tf_imported
   result["ml_collections_imported"] = "ml_collections" in sys.modules
-  if tf_imported and not name.startswith("loop") and result["status"] == "ok":
+  if tf_imported and result["status"] == "ok":
     result.update(status="fail", reason="TensorFlow was imported (the GPU host has none)")
   return result
 

@@ -107,6 +107,7 @@ def test_host_to_device_row_moves_a_quarter_of_the_bytes_in_uint8(smoke_run):
 def test_loop_row_compares_the_loop_with_the_bare_step(smoke_run):
   row = smoke_run[2]["loop_b32"]
   assert row["batch_size"] == gpu_check.SMOKE["loop_batches"]["loop_b32"]
+  assert row["dataset"] == "synthetic" and not row["tensorflow_imported"]
   for key in ("bare_images_per_s", "loop_images_per_s", "ratio"):
     assert _finite_positive(row[key]), (key, row[key])
   assert row["ratio"] == pytest.approx(row["loop_images_per_s"] / row["bare_images_per_s"])

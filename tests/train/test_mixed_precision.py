@@ -52,8 +52,9 @@ INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?[\w.\-]+ = (\w+)\[([\d,]*)\]\S* ([\w-
 def run_config(dtype: str, batch_size: int = 8, num_devices: int = 1):
   """The keys setup and optim read (a plain dict), for the small CIFAR ResNet."""
   del num_devices
+  # cpu_kernels "off": the program every backend gets, not the CPU-tuned variant.
   return optimizer_config(model=MODEL, model_kwargs=dict(MODEL_KWARGS), num_classes=NUM_CLASSES,
-                          dtype=dtype, batch_size=batch_size, bn_group_size=0)
+                          dtype=dtype, batch_size=batch_size, bn_group_size=0, cpu_kernels="off")
 
 
 def instructions(hlo: str, opcode: str) -> list[tuple[str, str]]:
