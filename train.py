@@ -22,10 +22,12 @@ import sys
 
 from cnnjax import xla_cpu
 
-# Before JAX starts any thread: glibc malloc keeps freed memory on CPU hosts, so
-# XLA's per-step buffers are not page-faulted in again every step
-# (cnnjax/xla_cpu.py; CNNJAX_CPU_MALLOC=off keeps glibc's defaults).
-xla_cpu.configure_malloc()
+# Process settings, before JAX is imported and starts its backend (cnnjax/xla_cpu.py;
+# RESULTS.md, train_step, ResNet-50 on a 2-core CPU): tuned XLA:CPU flags, 1.07x and
+# 1.04-1.08x (CNNJAX_XLA_CPU_FLAGS=off keeps XLA's defaults), and glibc malloc keeping
+# freed memory, 1.06-1.28x (CNNJAX_CPU_MALLOC=off keeps glibc's defaults). The CPU
+# model parts are a config key, cpu_kernels (cnnjax/train/setup.py create_model).
+xla_cpu.configure_process()
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported by cnnjax.data
 

@@ -7,7 +7,11 @@ and then times steps when the parent asks. `train_step="minimal"` times a
 bare forward + backward + optax SGD-momentum + weight-decay step instead,
 which shows what the real step's extras (metrics, non-finite guards) cost.
 
-Imports jax, flax, optax and cnnjax only; never TensorFlow or ml_collections.
+The worker process has applied `cnnjax.xla_cpu.configure_process()` (train.py's
+process settings; variants switch them off) and passes the model the parts
+train.py's `create_model` would (`cnnjax.models.cpu.parts()` on the CPU
+backend; see benchmarks/_variants.py). Imports jax, flax, optax and cnnjax
+only; never TensorFlow or ml_collections.
 """
 
 from __future__ import annotations
@@ -178,10 +182,10 @@ class Float64Reference:
       if getattr(module, "__name__", "").startswith("cnnjax.models") and hasattr(module, "jnp"):
         module.jnp = Float64Namespace()
     del cnnjax
-    _variants.apply(self.spec.get("patches") or [])
+    parts = _variants.model_parts(self.spec.get("patches") or [], jax.default_backend())
     saved = np.load(self.spec["numerics_source"])
     model = models.create(self.spec["model"], dtype=jnp.float64, param_dtype=jnp.float64,
-                          **dict(self.spec.get("model_kwargs") or {}))
+                          **parts, **dict(self.spec.get("model_kwargs") or {}))
 
     def rebuild(prefix):
       leaves = {k[len(prefix) + 1:]: v for k, v in saved.items() if k.startswith(prefix + ":")}
@@ -237,20 +241,21 @@ class JaxRunner:
 
   def setup(self) -> dict[str, Any]:
     spec = self.spec
-    # Before JAX starts its backend (a variant may edit XLA_FLAGS) and before
-    # cnnjax.models builds anything (a variant may replace a building block).
-    applied_patches = _variants.apply(spec.get("patches") or [])
+    applied_patches = _variants.check(spec.get("patches") or [])
     import jax  # pylint: disable=import-outside-toplevel
     import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
     from cnnjax import models  # pylint: disable=import-outside-toplevel
     rss_after_import = _common.current_rss_bytes()
     self._jax = jax
+    # What train.py's create_model passes (config.cpu_kernels="auto"), as the variants edit it.
+    parts = _variants.model_parts(applied_patches, jax.default_backend())
 
     device = jax.devices()[0]
     batch_size, size = spec["batch_size"], spec["image_size"]
     dtype = jnp.dtype(spec["dtype"])
     model_kwargs = dict(spec.get("model_kwargs") or {})
-    model = models.create(spec["model"], dtype=dtype, param_dtype=jnp.float32, **model_kwargs)
+    model = models.create(spec["model"], dtype=dtype, param_dtype=jnp.float32,
+                          **{**parts, **model_kwargs})
     profile_kwargs = {k: v for k, v in model_kwargs.items() if k not in ("scan_blocks", "remat")}
     macs = models.profile(spec["model"], image_size=size, **profile_kwargs).macs
 
@@ -317,6 +322,8 @@ class JaxRunner:
         "peak_flops_source": peak_source,
         "num_classes": model.num_classes,
         "patches": applied_patches,
+        "model_parts": {key: getattr(value, "__module__", "") + "." + value.__qualname__
+                        for key, value in parts.items()},
         "numerics": numerics,
         "rss_after_import_bytes": rss_after_import,
         "versions": {"jax": jax.__version__, "jaxlib": _jaxlib_version()},

@@ -1,10 +1,12 @@
 """Model-level variants the train-step benchmark can measure (`--patch NAME`).
 
-Each variant swaps one building block of `cnnjax.models` inside a benchmark
+A jax worker starts as train.py does: `cnnjax.xla_cpu.configure_process()`
+(tuned XLA:CPU flags, malloc settings) and the model parts of
+config.cpu_kernels="auto" (`cnnjax.models.cpu.parts()` on the CPU backend).
+Each variant changes one of these, or swaps one building block, inside its
 worker process only, keeping the variable tree (names, shapes) unchanged, so
-the same step, state and batch run with and without it. They exist to
-measure a proposed change to the models before anyone makes it; a variant
-that helps and gives the same numbers (`--check_numerics`) is a candidate for
+the same step, state and batch run with and without it. A variant that
+helps and gives the same numbers (`--check_numerics`) is a candidate for
 the models themselves. Nothing here is imported by the library.
 """
 
@@ -12,35 +14,24 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
-
-def _no_change() -> None:
-  return None
+Parts = dict[str, Any]  # model options passed to cnnjax.models.create (conv, norm, max_pool)
 
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
   description: str
   # Environment variables the worker process starts with: the harness sets them
-  # when it spawns the worker, so settings read at start-up (glibc, cnnjax's
-  # import, XLA) or at trace time all take effect.
+  # when it spawns the worker, so settings read at start-up (glibc, XLA) take effect.
   environment: tuple[tuple[str, str], ...] = ()
-  # What else the worker does before it imports JAX's backend or builds a model.
-  apply: Callable[[], None] = _no_change
+  # The worker's config.cpu_kernels policy ("auto" unless a variant sets it).
+  cpu_kernels: str | None = None
+  # Edits the model parts the worker passes to cnnjax.models.create.
+  edit_parts: Callable[[Parts], Parts] | None = None
 
 
-def _strip_inherited_tuned_flags() -> None:
-  """Removes cnnjax.xla_cpu's tuned flags from an XLA_FLAGS inherited from a
-  parent process that imported cnnjax (CNNJAX_XLA_CPU_FLAGS=off stops only this
-  process's import from adding them)."""
-  import os  # pylint: disable=import-outside-toplevel
-  from cnnjax import xla_cpu  # pylint: disable=import-outside-toplevel
-  tuned = set(xla_cpu.tuned_flags())
-  os.environ["XLA_FLAGS"] = " ".join(
-      f for f in os.environ.get("XLA_FLAGS", "").split() if f not in tuned)
-
-
-def _stem_space_to_depth() -> None:
+def _stem_space_to_depth(parts: Parts) -> Parts:
   """A stride-2 k x k convolution on a few input channels as a stride-1 one on 2x2 blocks.
 
   The 7x7/2 stem convolution on 3 channels keeps the vector units mostly idle.
@@ -53,9 +44,8 @@ def _stem_space_to_depth() -> None:
   import flax.linen as nn  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from cnnjax.models import layers  # pylint: disable=import-outside-toplevel
 
-  original_conv = layers.Conv
+  original_conv = parts.get("conv", nn.Conv)
 
   class SpaceToDepthStemConv(original_conv):
 
@@ -100,7 +90,7 @@ def _stem_space_to_depth() -> None:
         y = y + bias.astype(dtype)
       return y
 
-  layers.Conv = SpaceToDepthStemConv
+  return {**parts, "conv": SpaceToDepthStemConv}
 
 
 # Read by the jax worker: feed uint8 images and run the photometric
@@ -108,26 +98,24 @@ def _stem_space_to_depth() -> None:
 DEVICE_PHOTOMETRIC_ENV = "CNNJAX_BENCH_DEVICE_PHOTOMETRIC"
 
 VARIANTS: dict[str, Variant] = {
-    # The plain jax.lax formulations everywhere: 1x1 convolutions as
-    # convolutions, two-pass BatchNorm, select-and-scatter max-pool gradients.
-    # Measures what `cnnjax.models.kernels` buys on CPU.
+    # The default graph (what a model is without cnnjax.models.cpu.parts()):
+    # 1x1 convolutions as convolutions, two-pass BatchNorm, select-and-scatter
+    # max-pool gradients. Measures what the CPU parts buy on CPU.
     "lax_kernels": Variant(
-        "CNNJAX_CPU_KERNELS=off: plain lax convolutions, two-pass BatchNorm, "
-        "select-and-scatter max pooling", environment=(("CNNJAX_CPU_KERNELS", "off"),)),
-    # `cnnjax.models.kernels` on any backend, to measure the CPU-tuned
-    # formulations where they are off by default (GPU, TPU).
-    "cpu_kernels": Variant(
-        "CNNJAX_CPU_KERNELS=on: the CPU-tuned formulations on any backend",
-        environment=(("CNNJAX_CPU_KERNELS", "on"),)),
-    # XLA's own CPU options: cnnjax adds none to XLA_FLAGS.
+        "cpu_kernels=off: the default graph (plain lax convolutions, two-pass BatchNorm, "
+        "select-and-scatter max pooling)", cpu_kernels="off"),
+    # The CPU parts on any backend, to measure them where "auto" leaves them off (GPU, TPU).
+    "cpu_kernels": Variant("cpu_kernels=on: the CPU parts on any backend", cpu_kernels="on"),
+    # XLA's own CPU options: the worker adds none of cnnjax.xla_cpu's flags.
     "xla_defaults": Variant(
         "CNNJAX_XLA_CPU_FLAGS=off: none of cnnjax.xla_cpu's tuned XLA:CPU flags",
-        environment=(("CNNJAX_XLA_CPU_FLAGS", "off"),), apply=_strip_inherited_tuned_flags),
+        environment=(("CNNJAX_XLA_CPU_FLAGS", "off"),)),
     "stem_space_to_depth": Variant(
         "stride-2 convolutions on <= 4 channels (the stem) over 2x2 pixel blocks",
-        apply=_stem_space_to_depth),
-    # glibc malloc's own settings (as `import cnnjax` alone leaves them): XLA's
-    # per-execution buffers are unmapped when freed and faulted in again every step.
+        edit_parts=_stem_space_to_depth),
+    # glibc malloc's own settings (what a process gets that does not call
+    # cnnjax.xla_cpu.configure_process): XLA's per-execution buffers are
+    # unmapped when freed and faulted in again every step.
     "glibc_malloc": Variant(
         "CNNJAX_CPU_MALLOC=off: glibc's malloc defaults (freed blocks go back to the OS)",
         environment=(("CNNJAX_CPU_MALLOC", "off"),)),
@@ -145,12 +133,24 @@ def environment(names: list[str]) -> dict[str, str]:
           for key, value in VARIANTS[name].environment}
 
 
-def apply(names: list[str]) -> list[str]:
-  """Applies the named variants' `apply` (before any model is built); returns their names.
-
-  Their `environment` is set by the harness when it starts the worker (`environment`)."""
+def check(names: list[str]) -> list[str]:
+  """The names, each a known variant (ValueError otherwise)."""
   for name in names:
     if name not in VARIANTS:
       raise ValueError(f"unknown patch {name!r}; choose from {', '.join(VARIANTS)}")
-    VARIANTS[name].apply()
   return list(names)
+
+
+def model_parts(names: list[str], backend: str) -> Parts:
+  """The parts a worker passes to cnnjax.models.create under the named variants:
+  config.cpu_kernels's rule ("auto" unless a variant sets it), then each
+  variant's edit. Called after JAX is imported, before a model is built."""
+  from cnnjax.models import cpu  # pylint: disable=import-outside-toplevel
+  policy = "auto"
+  for name in check(names):
+    policy = VARIANTS[name].cpu_kernels or policy
+  parts = cpu.parts() if cpu.wanted(policy, backend) else {}
+  for name in names:
+    if VARIANTS[name].edit_parts is not None:
+      parts = VARIANTS[name].edit_parts(parts)
+  return parts

@@ -34,10 +34,11 @@ def _runner(spec):
 def main(argv: list[str]) -> int:
   spec = json.loads(argv[1])
   if spec["framework"].startswith("jax"):
-    # What train.py does first: cnnjax/xla_cpu.py's malloc settings (off with
-    # --patches=glibc_malloc). Torch workers keep the defaults their users get.
+    # What train.py does first: cnnjax/xla_cpu.py's tuned XLA flags and malloc
+    # settings (off with --patches=xla_defaults / glibc_malloc). Torch workers
+    # keep the defaults their users get.
     from cnnjax import xla_cpu  # pylint: disable=import-outside-toplevel
-    xla_cpu.configure_malloc()
+    xla_cpu.configure_process()
   try:
     runner = _runner(spec)
     info = runner.setup()

@@ -6,7 +6,9 @@
 Each run builds the step (forward in train mode, cross-entropy, backward,
 plain `optax.sgd` update, new BatchNorm statistics), traces and lowers it
 with abstract inputs (`jax.ShapeDtypeStruct`, so no parameters are
-materialised), then times `lowered.compile()` with XLA's default options.
+materialised), then times `lowered.compile()` with XLA's default options
+plus train.py's process settings and model parts (`cnnjax.xla_cpu`,
+`cnnjax.models.cpu` on the CPU backend).
 Trace+lower and compile times are reported separately; every run happens in
 a fresh process so no compilation cache is shared, the runs are repeated
 `--repeats` times interleaved, and the fastest of each is kept (other
@@ -41,8 +43,10 @@ def measure(model_name: str, variant: str, batch_size: int, image_size: int | No
 
   spec = models.get_spec(model_name)
   size = image_size or spec.image_size
+  # The model train.py builds (config.cpu_kernels="auto").
+  parts = models.cpu.parts() if models.cpu.wanted("auto", jax.default_backend()) else {}
   model = models.create(model_name, scan_blocks="scanned" in variant,
-                        remat="remat" in variant)
+                        remat="remat" in variant, **parts)
   images = jax.ShapeDtypeStruct((batch_size, size, size, 3), jnp.float32)
   labels = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(images.shape)))
@@ -83,6 +87,9 @@ def main() -> None:
   args = parser.parse_args()
 
   if args.single:
+    # train.py's process settings (tuned XLA:CPU flags), before JAX starts.
+    from cnnjax import xla_cpu  # pylint: disable=import-outside-toplevel
+    xla_cpu.configure_process()
     model_name, variant = args.single.split(":")
     print(json.dumps(measure(model_name, variant, args.batch_size, args.image_size)))
     return

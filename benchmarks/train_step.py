@@ -17,8 +17,13 @@ channels-last, same batch, resolution and precision), and each JAX variant
 gets its throughput ratio jax/torch.
 
 How it measures. Each variant runs in its own worker process (fresh peak
-memory, its own XLA_FLAGS): the worker builds the model and the real train
-step (`cnnjax.train.steps.train_step`), places one synthetic batch on the
+memory, its own XLA_FLAGS). A JAX worker starts as train.py does: process
+settings from `cnnjax.xla_cpu.configure_process()` and, on the CPU backend,
+the model parts `cnnjax.models.cpu.parts()`; `--patches=lax_kernels,
+xla_defaults,glibc_malloc` gives what a library user's own process gets
+without opting in (the default graph, XLA's flags, glibc's malloc). The
+worker builds the model and the real train step
+(`cnnjax.train.steps.train_step`), places one synthetic batch on the
 device once, compiles, warms up and waits. The parent then interleaves the
 timed steps in rounds (jax, torch, torch.compile, then the reverse order),
 so every variant sees the same machine load; the ratios come from the same

@@ -8,10 +8,7 @@ the package imports before anything else.
 
 from __future__ import annotations
 
-import os
 import sys
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def _import_tensorflow():
@@ -56,4 +53,5 @@ def hide_gpus_from_tensorflow() -> None:
           f"running any TensorFlow op. Visible: {visible}") from None
 
 
+# At import, not in a setup call: TF must never hold a GPU that JAX needs (no env var is touched).
 hide_gpus_from_tensorflow()

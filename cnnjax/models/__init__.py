@@ -7,17 +7,22 @@
     (logits, feats), state = model.apply(variables, images, train=True, features=True,
                                          rngs={"dropout": key}, mutable=["batch_stats"])
 
+Every part of a network can be replaced through `create`: `activation=`,
+`conv=`, `norm=`, `max_pool=` (see `cnnjax.models.registry.create`). The
+default graph is the same on every backend; `cnnjax.models.cpu.parts()` are
+the CPU-tuned parts a caller may pass on the CPU backend.
+
 Needs only jax and flax (no TensorFlow, no optax).
 """
 
 from cnnjax.errors import ModelError
-from cnnjax.models import alexnet, googlenet, layers, resnet, vgg
+from cnnjax.models import alexnet, cpu, googlenet, layers, resnet, vgg
 from cnnjax.models.profiling import LayerRow, Profile, profile
 from cnnjax.models.registry import ModelSpec, allowed_overrides, create, get_spec, list_models
 from cnnjax.models.resnet import to_scanned_variables, to_unscanned_variables
 
 __all__ = [
-    "LayerRow", "ModelError", "ModelSpec", "Profile", "alexnet", "allowed_overrides",
+    "LayerRow", "ModelError", "ModelSpec", "Profile", "alexnet", "allowed_overrides", "cpu",
     "create", "get_spec", "googlenet", "layers", "list_models", "profile", "resnet", "to_scanned_variables",
     "to_unscanned_variables", "vgg",
 ]

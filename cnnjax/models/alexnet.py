@@ -14,6 +14,11 @@ Both networks are the same module, `AlexNet`, reading a layer table:
   61,100,840 parameters. Layer order and padding match torchvision's
   `features`/`classifier` so its weights can be imported.
 
+Parts: `activation` (a name or any callable), `conv` (called like nn.Conv),
+`max_pool` (the pooling function), and `norm` after every convolution when
+`use_bn=True` (off in both published networks; the convolutions then lose
+their biases); `cnnjax.models.cpu.parts()` are faster on XLA:CPU.
+
 conv1 is 11x11/4 with padding 2, so a 224 input (or 227) gives 55x55 maps
 and pool5 is 6x6. Variables: `conv{1..5}/conv/{kernel,bias}`, `fc6`, `fc7`,
 `fc8` (each `{kernel, bias}`; fc6's kernel rows are in NHWC flattening order
@@ -84,8 +89,9 @@ def _pooled_size(size: int, table: Sequence[ConvLayer]) -> int:
   return size
 
 
-class AlexNet(nn.Module):
-  """AlexNet-style network read from a `ConvLayer` table."""
+class AlexNet(layers.ConvNet):
+  """AlexNet-style network read from a `ConvLayer` table (the parts: `layers.ConvNet`'s
+  fields; `use_bn` is off in both published networks)."""
 
   conv_layers: Sequence[ConvLayer] = ALEXNET_2012
   num_classes: int = 1000
@@ -97,11 +103,8 @@ class AlexNet(nn.Module):
   dropout_before_fc: bool = False  # torchvision: dropout on the inputs of fc6, fc7
   fc_bias: float = 1.0  # initial bias of fc6 and fc7
   adaptive_pool: bool = True  # average pool5 to 6x6 for inputs other than 224..227
-  activation: str = "relu"
   kernel_init: str = "gaussian"
   dense_init: str = "gaussian"
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
 
   CHOICES: ClassVar[dict[str, tuple[Any, ...]]] = {
       "activation": tuple(layers.ACTIVATIONS),
@@ -115,27 +118,22 @@ class AlexNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False, features: bool = False):
-    for option, allowed in self.CHOICES.items():
-      layers.check_choice(option, getattr(self, option), allowed)
-    layers.check_images(x, model="AlexNet", in_channels=self.in_channels,
-                        min_size=self.min_image_size)
-    act = layers.activation(self.activation)
+    act = self.checked_activation(x, model="AlexNet", min_size=self.min_image_size)
+    norm = self.norm_part()
     feats: dict[str, Array] = {}
     x = x.astype(self.dtype)
     for row in self.conv_layers:
-      conv = functools.partial(
-          layers.Conv, dtype=self.dtype, param_dtype=self.param_dtype,
-          kernel_init=layers.initializer(self.kernel_init),
-          bias_init=nn.initializers.constant(row.bias))
+      conv = self.conv_part(self.kernel_init, use_bias=norm is None,
+                            bias_init=nn.initializers.constant(row.bias))
       x = layers.ConvNormAct(
           layers.scaled_channels(row.features, self.width_multiplier, row.groups),
           (row.kernel, row.kernel), conv=conv, strides=row.stride,
           padding=((row.padding, row.padding),) * 2, feature_group_count=row.groups,
-          act=act, name=row.name)(x)
+          norm=norm, act=act, name=row.name)(x, train)
       if row.lrn and self.lrn:
         x = layers.LocalResponseNorm(size=5, k=2.0, alpha=1e-4, beta=0.75)(x)
       if row.pool:
-        x = layers.max_pool(x, (POOL_WINDOW,) * 2, (POOL_STRIDE,) * 2)
+        x = self.max_pool(x, (POOL_WINDOW,) * 2, (POOL_STRIDE,) * 2)
       feats[row.name] = x
 
     if x.shape[1:3] != (POOL5_SIZE, POOL5_SIZE):

@@ -32,6 +32,11 @@ Variants (registry names):
   `transform_input` (maps ImageNet-normalised input to [-1, 1] scaling);
   6,624,904 parameters without aux heads.
 
+Parts: `activation` (a name or any callable), `conv` (called like nn.Conv),
+`norm` (the normalisation of the BN variants, used where use_bn),
+`max_pool` (the pooling function, also in the inception pool branch);
+`cnnjax.models.cpu.parts()` are faster on XLA:CPU.
+
 Variables: stem `conv1`, `conv2_reduce`, `conv2` (each `{conv[,bn]}`);
 `inception{3a..5b}/{branch1x1, branch3x3_reduce, branch3x3, branch5x5_reduce,
 branch5x5, pool_proj}/{conv[,bn]}`; `aux1`, `aux2` with `proj/{conv[,bn]}`,
@@ -50,7 +55,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnnjax.models import layers
+from cnnjax.models import layers, pooling
 
 Array = jax.Array
 
@@ -101,6 +106,7 @@ class InceptionModule(nn.Module):
   conv_norm_act: layers.ModuleDef
   width_multiplier: float = 1.0
   branch5x5_kernel: int = 5
+  max_pool: pooling.MaxPool = pooling.max_pool
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
@@ -118,7 +124,7 @@ class InceptionModule(nn.Module):
     branch2 = unit(row.n3x3, 3, "branch3x3")(branch2, train)
     branch3 = unit(row.n5x5_reduce, 1, "branch5x5_reduce")(x, train)
     branch3 = unit(row.n5x5, self.branch5x5_kernel, "branch5x5")(branch3, train)
-    branch4 = layers.max_pool(x, (3, 3), (1, 1), ((1, 1), (1, 1)))
+    branch4 = self.max_pool(x, (3, 3), (1, 1), ((1, 1), (1, 1)))
     branch4 = unit(row.pool_proj, 1, "pool_proj")(branch4, train)
     return jnp.concatenate([branch1, branch2, branch3, branch4], axis=-1)
 
@@ -148,8 +154,8 @@ class AuxiliaryHead(nn.Module):
     return self.dense(self.num_classes, name="fc2")(x).astype(jnp.float32)
 
 
-class GoogLeNet(nn.Module):
-  """Inception v1 read from `GOOGLENET_TABLE`."""
+class GoogLeNet(layers.ConvNet):
+  """Inception v1 read from `GOOGLENET_TABLE` (the parts: `layers.ConvNet`'s fields)."""
 
   table: Sequence[InceptionRow | str] = GOOGLENET_TABLE
   num_classes: int = 1000
@@ -163,16 +169,9 @@ class GoogLeNet(nn.Module):
   branch5x5_kernel: int = 5
   last_pool_window: int = 3  # the pool before 5a; torchvision uses 2x2/2
   transform_input: bool = False
-  use_bn: bool = False
-  bn_group_size: int | None = None
-  bn_momentum: float = 0.9
-  bn_epsilon: float = 1e-5
   conv_bias: float = 0.2
-  activation: str = "relu"
   kernel_init: str = "glorot"
   dense_init: str = "glorot"
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
 
   CHOICES: ClassVar[dict[str, tuple[Any, ...]]] = {
       "aux_pool": ("paper", "adaptive"),
@@ -187,18 +186,10 @@ class GoogLeNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False, features: bool = False):
-    for option, allowed in self.CHOICES.items():
-      layers.check_choice(option, getattr(self, option), allowed)
-    layers.check_images(x, model="GoogLeNet", in_channels=self.in_channels,
-                        min_size=self.min_image_size)
-    act = layers.activation(self.activation)
-    conv = functools.partial(
-        layers.Conv, use_bias=not self.use_bn, dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=layers.initializer(self.kernel_init),
-        bias_init=nn.initializers.constant(self.conv_bias))
-    norm = layers.norm_partial(use_norm=self.use_bn, group_size=self.bn_group_size,
-                               momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                               dtype=self.dtype, param_dtype=self.param_dtype)
+    act = self.checked_activation(x, model="GoogLeNet", min_size=self.min_image_size)
+    norm = self.norm_part()
+    conv = self.conv_part(self.kernel_init, use_bias=norm is None,
+                          bias_init=nn.initializers.constant(self.conv_bias))
     conv_norm_act = functools.partial(layers.ConvNormAct, conv=conv, norm=norm, act=act)
     dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype,
                               kernel_init=layers.initializer(self.dense_init))
@@ -217,7 +208,7 @@ class GoogLeNet(nn.Module):
 
     x = conv_norm_act(width(64), (7, 7), strides=2, padding=layers.symmetric_padding(7),
                       name="conv1")(x, train)
-    x = layers.max_pool_ceil(x, 3, 2)
+    x = layers.max_pool_ceil(x, 3, 2, self.max_pool)
     if self.lrn:
       x = lrn()(x)
     x = conv_norm_act(width(64), (1, 1), padding="VALID", name="conv2_reduce")(x, train)
@@ -225,7 +216,7 @@ class GoogLeNet(nn.Module):
                       name="conv2")(x, train)
     if self.lrn:
       x = lrn()(x)
-    x = layers.max_pool_ceil(x, 3, 2)
+    x = layers.max_pool_ceil(x, 3, 2, self.max_pool)
     feats["stem"] = x
 
     run_aux = self.aux_logits and (train or self.is_initializing())
@@ -236,10 +227,10 @@ class GoogLeNet(nn.Module):
         pools_seen += 1
         last = pools_seen == sum(1 for r in self.table if r == MAX_POOL)
         window = self.last_pool_window if last else 3
-        x = layers.max_pool_ceil(x, window, 2)
+        x = layers.max_pool_ceil(x, window, 2, self.max_pool)
         continue
       x = InceptionModule(row, conv_norm_act, self.width_multiplier, self.branch5x5_kernel,
-                          name=f"inception{row.name}")(x, train)
+                          self.max_pool, name=f"inception{row.name}")(x, train)
       feats[f"inception{row.name}"] = x
       if run_aux and row.name in AUX_HEADS_AFTER:
         head = AuxiliaryHead(self.num_classes, conv_norm_act, dense, act,

@@ -14,27 +14,24 @@ tie-breaking), arranged so that XLA's CPU backend picks fast kernels:
   out of the transposes XLA:CPU puts before a kernel-gradient convolution),
   and whose stride-2 input gradient is four stride-1 phase convolutions
   instead of one over a zero-dilated gradient.
-- `max_pool`: max pooling that records which window tap won (first maximum,
-  as XLA's select-and-scatter) and routes the gradient back with strided pads,
-  instead of select-and-scatter, which XLA:CPU rewrites into a reduce-window
-  over four index arrays plus a scatter.
 - `batch_norm_train`: one pass for E[x] and E[x^2], then x * a + b with the
   scale and bias folded into per-channel a, b (flax's `use_fast_variance`).
   Measured and rejected (RESULTS.md): two-pass statistics with the folded
   affine (+10% step time), a shifted one-pass form and a closed-form custom
   backward pass (both materialise an extra activation-sized array per layer).
 
-Which path runs is decided when a model is traced: `use_cpu_kernels()` is
-true on the CPU backend, false elsewhere (where these rewrites are not
-measured), and `CNNJAX_CPU_KERNELS=on|off|auto` overrides it. The measured
-effect is in benchmarks/RESULTS.md (section train_step).
+An argmax-routed max-pool gradient was here too; measured within noise of
+select-and-scatter, then slower (RESULTS.md, "Model graph: default vs CPU
+parts"), it was removed.
+
+These are functions of arrays; `cnnjax.models.cpu` wraps them into the
+modules a caller passes to a model (`conv=`, `norm=`). Nothing here looks at the backend: the caller
+chooses. Their custom VJPs make them reverse-mode only (no `jax.jvp`).
+The measured effect is in benchmarks/RESULTS.md (section train_step).
 """
 
 from __future__ import annotations
 
-import functools
-import itertools
-import os
 from collections.abc import Sequence
 
 import jax
@@ -44,19 +41,6 @@ import numpy as np
 from cnnjax.errors import ModelError
 
 Array = jax.Array
-POLICY_ENV = "CNNJAX_CPU_KERNELS"
-POLICIES = ("auto", "on", "off")
-
-
-def use_cpu_kernels() -> bool:
-  """Whether models trace the CPU-tuned formulations (read at trace time)."""
-  policy = os.environ.get(POLICY_ENV, "auto").strip().lower() or "auto"
-  if policy not in POLICIES:
-    raise ModelError(f"{POLICY_ENV}={policy!r} is not one of {', '.join(POLICIES)}; unset it "
-                     f"(auto: the tuned kernels on CPU only) or pick one of those.")
-  if policy == "auto":
-    return jax.default_backend() == "cpu"
-  return policy == "on"
 
 
 # ------------------------------------------------------------ 1x1 convolution
@@ -106,8 +90,8 @@ def conv_general_dilated(lhs: Array, rhs: Array, window_strides, padding, lhs_di
                          rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
                          batch_group_count=1, precision=None,
                          preferred_element_type=None) -> Array:
-  """`jax.lax.conv_general_dilated`; with `use_cpu_kernels()`, its gradients
-  read their operands through an `optimization_barrier`.
+  """`jax.lax.conv_general_dilated` whose gradients read their operands
+  through an `optimization_barrier`.
 
   XLA:CPU computes a kernel gradient as a convolution over transposed
   operands; unbarriered, the BatchNorm/ReLU backward that produces the
@@ -117,9 +101,6 @@ def conv_general_dilated(lhs: Array, rhs: Array, window_strides, padding, lhs_di
     return jax.lax.conv_general_dilated(
         x, kernel, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
         feature_group_count, batch_group_count, precision, preferred_element_type)
-
-  if not use_cpu_kernels():
-    return conv(lhs, rhs)
 
   @jax.custom_vjp
   def barriered(x, kernel):
@@ -193,99 +174,6 @@ def _stride2_input_gradient(grad, kernel, x_shape, padding, precision):
   interleaved = jnp.stack(phases, axis=2)  # [N, rows, 2 (r), cols, 2 (c), C]
   interleaved = interleaved.reshape(batch, 2 * rows, 2 * cols, channels)
   return interleaved[:, top:top + height, left:left + width, :]
-
-
-# ---------------------------------------------------------------- max pooling
-
-
-def _pool_geometry(shape, window, strides, padding):
-  if isinstance(padding, str):
-    if padding.upper() != "VALID":
-      raise ModelError(f"max_pool takes 'VALID' or explicit ((top, bottom), (left, right)) "
-                       f"padding; got {padding!r}.")
-    padding = ((0, 0), (0, 0))
-  padded = [size + lo + hi for size, (lo, hi) in zip(shape[1:3], padding)]
-  out = [(p - w) // s + 1 for p, w, s in zip(padded, window, strides)]
-  if min(out) < 1:
-    raise ModelError(f"max_pool window {tuple(window)} is larger than the padded "
-                     f"{padded[0]}x{padded[1]} map; use a smaller window or a larger input.")
-  return tuple(tuple(p) for p in padding), padded, out
-
-
-def _window_taps(x_padded, window, strides, out):
-  """The strided slice of the padded map under every window offset, row-major."""
-  batch, _, _, channels = x_padded.shape
-  for i, j in itertools.product(range(window[0]), range(window[1])):
-    yield jax.lax.slice(
-        x_padded, (0, i, j, 0),
-        (batch, i + strides[0] * (out[0] - 1) + 1, j + strides[1] * (out[1] - 1) + 1, channels),
-        (1, strides[0], strides[1], 1))
-
-
-def _max_pool_forward(x, window, strides, padding):
-  padding, _, out = _pool_geometry(x.shape, window, strides, padding)
-  low = jnp.array(-jnp.inf, x.dtype)
-  x_padded = jnp.pad(x, ((0, 0), *padding, (0, 0)), constant_values=low)
-  best = winner = None
-  for tap, values in enumerate(_window_taps(x_padded, window, strides, out)):
-    if best is None:
-      best, winner = values, jnp.zeros(values.shape, jnp.int8)
-    else:
-      # Strictly greater: the first maximum in row-major window order keeps
-      # the gradient, as XLA's select-and-scatter (select = ge) does.
-      winner = jnp.where(values > best, jnp.int8(tap), winner)
-      best = jnp.maximum(best, values)
-  return best, winner
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
-def _max_pool(x, window, strides, padding):
-  return _max_pool_forward(x, window, strides, padding)[0]
-
-
-def _max_pool_fwd(x, window, strides, padding):
-  y, winner = _max_pool_forward(x, window, strides, padding)
-  return y, (winner, x.shape)
-
-
-def _max_pool_bwd(window, strides, padding, residuals, grad):
-  winner, x_shape = residuals
-  padding, padded, out = _pool_geometry(x_shape, window, strides, padding)
-  zero = jnp.zeros((), grad.dtype)
-  grad_padded = None
-  for tap, (i, j) in enumerate(itertools.product(range(window[0]), range(window[1]))):
-    routed = jnp.where(winner == tap, grad, zero)
-    # Place routed[a, b] at padded position (i + s_h a, j + s_w b).
-    config = ((0, 0, 0),
-              (i, padded[0] - i - strides[0] * (out[0] - 1) - 1, strides[0] - 1),
-              (j, padded[1] - j - strides[1] * (out[1] - 1) - 1, strides[1] - 1),
-              (0, 0, 0))
-    placed = jax.lax.pad(routed, zero, config)
-    grad_padded = placed if grad_padded is None else grad_padded + placed
-  (top, _), (left, _) = padding
-  return (grad_padded[:, top:top + x_shape[1], left:left + x_shape[2], :],)
-
-
-_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
-
-
-def max_pool(x: Array, window: Sequence[int], strides: Sequence[int],
-             padding: str | Sequence[tuple[int, int]] = "VALID") -> Array:
-  """Max pooling of NHWC maps, padding with -inf; the argmax-routed gradient.
-
-  Same values and gradients as `flax.linen.max_pool` with the same arguments
-  (ties: the first maximum in row-major window order gets the gradient).
-  """
-  window, strides = tuple(int(w) for w in window), tuple(int(s) for s in strides)
-  if not isinstance(padding, str):
-    padding = tuple((int(lo), int(hi)) for lo, hi in padding)
-  if x.ndim != 4 or len(window) != 2 or len(strides) != 2:
-    raise ModelError(f"max_pool takes NHWC maps with a 2-D window and strides; got an "
-                     f"array of shape {x.shape}, window {window}, strides {strides}.")
-  if window[0] * window[1] > 127:
-    raise ModelError(f"max_pool records the winning tap in int8; a {window} window has "
-                     f"more than 127 taps. Use flax.linen.max_pool for windows that large.")
-  return _max_pool(x, window, strides, padding)
 
 
 # ------------------------------------------------------------------ BatchNorm

@@ -120,7 +120,7 @@ def profile(name_or_module: str | nn.Module, image_size: int | None = None, *,
 
   def record(next_fun, args, kwargs, context):
     module_called = context.module
-    # A subclass's __call__ that defers to its parent's (layers.Conv ->
+    # A subclass's __call__ that defers to its parent's (cpu.Conv ->
     # nn.Conv) is one layer: count the outermost call only.
     reentrant = any(module is module_called for module in active)
     active.append(module_called)

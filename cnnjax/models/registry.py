@@ -2,8 +2,9 @@
 
 Each family contributes a table of `ModelSpec`s (module class + the keyword
 arguments that make the named network). `create` validates overrides
-against the module's fields and allowed option values before building, so a
-typo fails here, with the allowed names, rather than deep inside a trace.
+against the module's fields, allowed option values and numeric ranges
+(`cnnjax.models.options`) before building, so a typo fails here, with the
+allowed names, rather than deep inside a trace.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cnnjax.errors import ModelError, close_matches
+from cnnjax.models import options
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +80,10 @@ def create(name: str, *, num_classes: int | None = None, dtype: Any = jnp.float3
       returned logits stay float32.
     param_dtype: parameter dtype (float32 for mixed precision).
     **overrides: any field of the family's module (see `allowed_overrides`),
-      e.g. `width_multiplier=0.25`, `bn_group_size=32`, `scan_blocks=True`.
+      e.g. `width_multiplier=0.25`, `bn_group_size=32`, `scan_blocks=True`;
+      the parts take callables: `activation=nn.gelu` (or a name),
+      `norm=functools.partial(nn.GroupNorm, num_groups=8)` (or None),
+      `conv=...`, `max_pool=...`, e.g. `**cnnjax.models.cpu.parts()`.
 
   Returns:
     A Module called as `model.apply(variables, images_nhwc, train=..., features=...)`.
@@ -90,12 +95,8 @@ def create(name: str, *, num_classes: int | None = None, dtype: Any = jnp.float3
       raise ModelError(
           f"{name} has no option {key!r}; {close_matches(key, allowed)} "
           f"(options: {', '.join(allowed)})")
-  choices = getattr(spec.module, "CHOICES", {})
   kwargs = {**spec.kwargs, **overrides}
-  for key, value in kwargs.items():
-    if key in choices and value not in choices[key]:
-      raise ModelError(
-          f"{name}: {key}={value!r} is not allowed; choose one of "
-          f"{', '.join(repr(c) for c in choices[key])}")
-  return spec.module(num_classes=spec.num_classes if num_classes is None else num_classes,
-                     dtype=dtype, param_dtype=param_dtype, **kwargs)
+  num_classes = spec.num_classes if num_classes is None else num_classes
+  options.check(name, {**kwargs, "num_classes": num_classes},
+                getattr(spec.module, "CHOICES", {}))
+  return spec.module(num_classes=num_classes, dtype=dtype, param_dtype=param_dtype, **kwargs)

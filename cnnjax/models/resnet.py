@@ -10,6 +10,12 @@ tables `IMAGENET_DEPTHS` and `cifar_stage_sizes`. Options:
   (parameter-free), "B" projection (1x1 conv + BN) only where the shape changes,
   "C" projection in every block, "none" for plain networks.
 * `zero_init_residual`: the last BN scale of each residual branch starts at 0.
+* `activation`, `conv`, `norm`, `max_pool`: the parts every block is built
+  from (a name from `layers.ACTIVATIONS` or any callable; a module class or
+  partial called like nn.Conv; a normalisation class or partial, e.g.
+  `functools.partial(nn.GroupNorm, num_groups=8)`, or None; a pooling
+  function). `use_bn=False` (or norm=None) drops the norms and gives the
+  convolutions biases. `cnnjax.models.cpu.parts()` are faster on XLA:CPU.
 * `scan_blocks`: the identical blocks of a stage (all but the first) run under
   `nn.scan`, so compile time stops growing with depth; `remat` recomputes each
   block's activations in the backward pass. `to_scanned_variables` and
@@ -159,8 +165,11 @@ class ResNetStage(nn.Module):
     return x
 
 
-class ResNet(nn.Module):
-  """ResNet / plain network for ImageNet (stem="imagenet") or CIFAR (stem="cifar")."""
+class ResNet(layers.ConvNet):
+  """ResNet / plain network for ImageNet (stem="imagenet") or CIFAR (stem="cifar").
+
+  The parts and BatchNorm settings are `layers.ConvNet`'s fields (keyword-only).
+  """
 
   stage_sizes: Sequence[int]
   block: str = "basic"  # "basic" | "bottleneck"
@@ -172,17 +181,11 @@ class ResNet(nn.Module):
   version: str = "1.5"
   shortcut: str = "B"
   zero_init_residual: bool = False
-  activation: str = "relu"
   kernel_init: str = "he"
   dense_init: str = "lecun"
-  use_bn: bool = True
-  bn_group_size: int | None = None
-  bn_momentum: float = 0.9
-  bn_epsilon: float = 1e-5
+  use_bn: bool = layers.keyword_field(True)
   scan_blocks: bool = False
   remat: bool = False
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
 
   CHOICES: ClassVar[dict[str, tuple[Any, ...]]] = {
       "block": ("basic", "bottleneck"),
@@ -201,17 +204,9 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False, features: bool = False):
-    for option, allowed in self.CHOICES.items():
-      layers.check_choice(option, getattr(self, option), allowed)
-    layers.check_images(x, model=type(self).__name__, in_channels=self.in_channels,
-                        min_size=self.min_image_size)
-    act = layers.activation(self.activation)
-    conv = functools.partial(layers.Conv, use_bias=not self.use_bn, dtype=self.dtype,
-                             param_dtype=self.param_dtype,
-                             kernel_init=layers.initializer(self.kernel_init))
-    norm = layers.norm_partial(use_norm=self.use_bn, group_size=self.bn_group_size,
-                               momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                               dtype=self.dtype, param_dtype=self.param_dtype)
+    act = self.checked_activation(x, model=type(self).__name__, min_size=self.min_image_size)
+    norm = self.norm_part()
+    conv = self.conv_part(self.kernel_init, use_bias=norm is None)
     conv_norm_act = functools.partial(layers.ConvNormAct, conv=conv, norm=norm)
     feats: dict[str, Array] = {}
 
@@ -220,7 +215,7 @@ class ResNet(nn.Module):
     if self.stem == "imagenet":
       x = conv_norm_act(base, (7, 7), strides=2, padding=layers.symmetric_padding(7),
                         act=act, name="stem")(x, train)
-      x = layers.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
+      x = self.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
     else:
       x = conv_norm_act(base, (3, 3), padding=layers.symmetric_padding(3), act=act,
                         name="stem")(x, train)

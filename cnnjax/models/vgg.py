@@ -17,6 +17,11 @@ Evaluation modes:
   with the SAME parameters (`layers.FullyConnected` reshapes its kernel),
   and the class-score map is averaged spatially. Any input >= 224.
 
+Parts: `activation` (a name or any callable), `conv` (called like nn.Conv),
+`norm` (the normalisation of the BN variants, used where use_bn; e.g.
+`functools.partial(nn.GroupNorm, num_groups=8)`), `max_pool` (the pooling
+function); `cnnjax.models.cpu.parts()` are faster on XLA:CPU.
+
 Variables: `conv{block}_{index}/conv/{kernel,bias}` (+ `/bn/...` in the BN
 variants), e.g. conv3_3 is C's 1x1 layer; `fc6`, `fc7`, `fc8` `{kernel,bias}`
 (fc6's kernel rows in NHWC order h, w, c). Features: "block1".."block5"
@@ -70,26 +75,19 @@ def parse_conv(entry: str) -> tuple[int, int]:
   return int(kind.removeprefix("conv")), int(channels)
 
 
-class VGG(nn.Module):
-  """One column of `VGG_TABLE`."""
+class VGG(layers.ConvNet):
+  """One column of `VGG_TABLE` (the parts: `layers.ConvNet`'s fields)."""
 
   config: str = "D"
   num_classes: int = 1000
   in_channels: int = 3
   width_multiplier: float = 1.0  # scales every conv and the FC widths (tests)
   fc_features: int = 4096
-  use_bn: bool = False
-  bn_group_size: int | None = None
-  bn_momentum: float = 0.9
-  bn_epsilon: float = 1e-5
   dropout_rate: float = 0.5
   fully_convolutional: bool = False
   adaptive_pool: bool = True
-  activation: str = "relu"
   kernel_init: str = "glorot"  # the paper's later finding; "gaussian" is N(0, 0.01)
   dense_init: str = "glorot"
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
 
   CHOICES: ClassVar[dict[str, tuple[Any, ...]]] = {
       "config": tuple(VGG_TABLE),
@@ -104,17 +102,10 @@ class VGG(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False, features: bool = False):
-    for option, allowed in self.CHOICES.items():
-      layers.check_choice(option, getattr(self, option), allowed)
-    layers.check_images(x, model=f"VGG-{self.config}", in_channels=self.in_channels,
-                        min_size=self.min_image_size)
-    act = layers.activation(self.activation)
-    conv = functools.partial(layers.Conv, use_bias=True, dtype=self.dtype,
-                             param_dtype=self.param_dtype,
-                             kernel_init=layers.initializer(self.kernel_init))
-    norm = layers.norm_partial(use_norm=self.use_bn, group_size=self.bn_group_size,
-                               momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                               dtype=self.dtype, param_dtype=self.param_dtype)
+    act = self.checked_activation(x, model=f"VGG-{self.config}", min_size=self.min_image_size)
+    # Conv biases stay with BN, as in torchvision's vgg*_bn.
+    conv = self.conv_part(self.kernel_init, use_bias=True)
+    norm = self.norm_part()
     feats: dict[str, Array] = {}
     x = x.astype(self.dtype)
     for block_index, block in enumerate(VGG_TABLE[self.config], start=1):
@@ -129,7 +120,7 @@ class VGG(nn.Module):
             layers.scaled_channels(channels, self.width_multiplier), (kernel, kernel),
             conv=conv, norm=norm, padding=layers.symmetric_padding(kernel), act=act,
             name=f"conv{block_index}_{conv_index}")(x, train)
-      x = layers.max_pool(x, (2, 2), (2, 2))
+      x = self.max_pool(x, (2, 2), (2, 2))
       feats[f"block{block_index}"] = x
 
     if not self.fully_convolutional and x.shape[1:3] != (FC6_RECEPTIVE_FIELD,) * 2:

@@ -1,7 +1,10 @@
-"""`cnnjax.xla_cpu`: the XLA flags `import cnnjax` sets and train.py's malloc settings."""
+"""`cnnjax.xla_cpu`: the process settings train.py and the benchmark workers apply
+(tuned XLA flags, malloc settings); `import cnnjax` applies none of them
+(tests/test_import_side_effects.py)."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -51,3 +54,24 @@ def test_malloc_settings_apply_in_a_fresh_process():
   done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                         text=True, timeout=120, check=True)
   assert done.stdout.split() == [name for name, _, _ in xla_cpu.MALLOC_SETTINGS]
+
+
+def test_configure_process_applies_both_settings_and_each_switch_turns_one_off():
+  script = ("import json, os; from cnnjax import xla_cpu; applied = xla_cpu.configure_process(); "
+            "print(json.dumps([applied, os.environ.get('XLA_FLAGS', '')]))")
+  base = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+  for key in (xla_cpu.ENV, xla_cpu.MALLOC_ENV):
+    base.pop(key, None)
+  runs = {}
+  for name, extra in (("both", {}), ("no_flags", {xla_cpu.ENV: "off"}),
+                      ("no_malloc", {xla_cpu.MALLOC_ENV: "off"})):
+    done = subprocess.run([sys.executable, "-c", script], env={**base, **extra},
+                          capture_output=True, text=True, timeout=120, check=True)
+    runs[name] = json.loads(done.stdout.strip().splitlines()[-1])
+  flags = list(xla_cpu.tuned_flags())
+  applied, xla_flags = runs["both"]
+  assert applied["xla_flags"] == flags and xla_flags.split() == flags
+  assert bool(applied["malloc"]) == GLIBC_LINUX
+  assert runs["no_flags"][0]["xla_flags"] == [] and runs["no_flags"][1] == ""
+  assert runs["no_flags"][0]["malloc"] == applied["malloc"]
+  assert runs["no_malloc"][0] == {"xla_flags": flags, "malloc": []}

@@ -1,10 +1,10 @@
-"""The CPU-tuned formulations compute what the plain jax.lax/flax ones compute.
+"""The CPU parts compute what the default graph computes.
 
-`cnnjax.models.kernels` replaces 1x1 convolutions, training-mode BatchNorm and
-max pooling on CPU. Each is compared here with its reference (flax.linen.Conv,
-the two-pass BatchNorm, flax.linen.max_pool): values, gradients and BatchNorm
-statistics, including gradient routing through ties of the max pool, and the
-whole switch on a small bottleneck ResNet against float64.
+`cnnjax.models.cpu` (`Conv` and `BatchNorm`, built on
+`cnnjax.models.kernels`) is what a caller passes a model on the CPU backend.
+Each part is compared here with the default it replaces (flax.linen.Conv,
+the project's two-pass BatchNorm): values, gradients, variables and
+BatchNorm statistics, and both in a small bottleneck ResNet against float64.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 
 from cnnjax import models
-from cnnjax.errors import ModelError
-from cnnjax.models import kernels, layers
+from cnnjax.models import cpu, kernels, layers
 
 
 def _rel(a, b) -> float:
@@ -25,54 +24,13 @@ def _rel(a, b) -> float:
   return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
-def test_policy_follows_the_environment(monkeypatch):
-  monkeypatch.setenv(kernels.POLICY_ENV, "on")
-  assert kernels.use_cpu_kernels()
-  monkeypatch.setenv(kernels.POLICY_ENV, "off")
-  assert not kernels.use_cpu_kernels()
-  monkeypatch.setenv(kernels.POLICY_ENV, "auto")
-  assert kernels.use_cpu_kernels() == (jax.default_backend() == "cpu")
-  monkeypatch.setenv(kernels.POLICY_ENV, "fastest")
-  with pytest.raises(ModelError, match="CNNJAX_CPU_KERNELS"):
-    kernels.use_cpu_kernels()
-
-
-@pytest.mark.parametrize("window,strides,padding", [
-    ((3, 3), (2, 2), ((1, 1), (1, 1))),   # ResNet stem
-    ((2, 2), (2, 2), "VALID"),            # VGG
-    ((3, 3), (1, 1), ((1, 1), (1, 1))),   # GoogLeNet pool branch (overlapping, stride 1)
-    ((3, 3), (2, 2), ((0, 1), (0, 1))),   # ceil mode (AlexNet, GoogLeNet)
-])
-def test_max_pool_matches_flax_including_ties(window, strides, padding):
-  rng = np.random.default_rng(0)
-  # ReLU outputs: most windows hold several equal zeros, and some whole
-  # windows are zero, so tie-breaking decides where the gradient goes.
-  x = jnp.asarray(np.maximum(rng.standard_normal((2, 9, 11, 3)), 0).astype(np.float32))
-  x = x.at[0, :3, :3, 0].set(1.0)  # a window of equal non-zero maxima
-  reference, reference_vjp = jax.vjp(lambda v: nn.max_pool(v, window, strides, padding), x)
-  tuned, tuned_vjp = jax.vjp(lambda v: kernels.max_pool(v, window, strides, padding), x)
-  np.testing.assert_array_equal(tuned, reference)
-  grad = jnp.asarray(rng.standard_normal(reference.shape).astype(np.float32))
-  # Same routing: only the summation order of overlapping windows may differ.
-  np.testing.assert_allclose(tuned_vjp(grad)[0], reference_vjp(grad)[0], rtol=0, atol=1e-5)
-
-
-def test_max_pool_refuses_what_it_cannot_do():
-  x = jnp.zeros((1, 4, 4, 1))
-  with pytest.raises(ModelError, match="padding"):
-    kernels.max_pool(x, (2, 2), (2, 2), "SAME")
-  with pytest.raises(ModelError, match="larger than"):
-    kernels.max_pool(x, (5, 5), (1, 1))
-
-
 @pytest.mark.parametrize("strides,use_bias", [((1, 1), False), ((2, 2), True)])
-def test_pointwise_conv_matches_flax_conv(monkeypatch, strides, use_bias):
+def test_pointwise_conv_matches_flax_conv(strides, use_bias):
   rng = np.random.default_rng(1)
   x = jnp.asarray(rng.standard_normal((2, 7, 6, 5)).astype(np.float32))
   results = {}
-  for policy in ("off", "on"):
-    monkeypatch.setenv(kernels.POLICY_ENV, policy)
-    conv = layers.Conv(4, (1, 1), strides=strides, use_bias=use_bias, padding="VALID")
+  for policy, conv_class in (("off", nn.Conv), ("on", cpu.Conv)):
+    conv = conv_class(4, (1, 1), strides=strides, use_bias=use_bias, padding="VALID")
     variables = conv.init(jax.random.PRNGKey(0), x)
     if use_bias:
       variables = jax.tree_util.tree_map(lambda v: v + 0.5, variables)
@@ -96,14 +54,13 @@ def test_pointwise_detection():
 
 
 @pytest.mark.parametrize("group_size", [None, 2])
-def test_batch_norm_matches_the_two_pass_form(monkeypatch, group_size):
+def test_batch_norm_matches_the_two_pass_form(group_size):
   rng = np.random.default_rng(2)
   # A mean well away from zero: the one-pass variance must stay accurate there.
   x = jnp.asarray((3.0 + rng.standard_normal((4, 5, 5, 6))).astype(np.float32))
   results = {}
-  for policy in ("off", "on"):
-    monkeypatch.setenv(kernels.POLICY_ENV, policy)
-    norm = layers.BatchNorm(group_size=group_size)
+  for policy, norm_class in (("off", layers.BatchNorm), ("on", cpu.BatchNorm)):
+    norm = norm_class(group_size=group_size)
     variables = norm.init(jax.random.PRNGKey(0), x)
     params = {"scale": jnp.linspace(0.5, 2.0, 6), "bias": jnp.linspace(-1.0, 1.0, 6)}
 
@@ -120,10 +77,10 @@ def test_batch_norm_matches_the_two_pass_form(monkeypatch, group_size):
     np.testing.assert_allclose(tuned, reference, rtol=1e-4, atol=1e-5)
 
 
-def test_bottleneck_resnet_is_as_close_to_float64_with_the_tuned_kernels(monkeypatch):
+def test_bottleneck_resnet_is_as_close_to_float64_with_the_cpu_parts():
   """Logits, gradients and statistics of a small bottleneck ResNet (1x1 convs,
-  strided projections, stem max pool) with the tuned kernels are no further
-  from a float64 evaluation than the plain float32 formulation is."""
+  strided projections, stem max pool) with the CPU parts are no further
+  from a float64 evaluation than the default float32 graph is."""
   model = models.create("resnet50", num_classes=10, width_multiplier=0.125)
   rng = np.random.default_rng(3)
   # Un-normalised pixels (mean 0.5) and a trained-looking state: He-scaled
@@ -144,9 +101,9 @@ def test_bottleneck_resnet_is_as_close_to_float64_with_the_tuned_kernels(monkeyp
       lambda path, shape: draw(path, shape).astype(np.float32), shapes)
 
   def run(policy, dtype):
-    monkeypatch.setenv(kernels.POLICY_ENV, policy)
+    parts = cpu.parts() if policy == "on" else {}
     net = models.create("resnet50", num_classes=10, width_multiplier=0.125,
-                        dtype=dtype, param_dtype=dtype)
+                        dtype=dtype, param_dtype=dtype, **parts)
     cast = lambda tree: jax.tree_util.tree_map(lambda v: jnp.asarray(v, dtype), tree)
 
     def loss(params):
@@ -173,17 +130,36 @@ def test_bottleneck_resnet_is_as_close_to_float64_with_the_tuned_kernels(monkeyp
     (2, (2, 2), 1, ((0, 0), (0, 0))),   # even kernel, no padding
     (3, (1, 1), 2, ((1, 1), (1, 1))),   # grouped
 ])
-def test_spatial_conv_matches_flax_conv(monkeypatch, size, strides, groups, padding):
+def test_spatial_conv_matches_flax_conv(size, strides, groups, padding):
   rng = np.random.default_rng(4)
   x = jnp.asarray(rng.standard_normal((2, 9, 8, 4)).astype(np.float32))
   results = {}
-  for policy in ("off", "on"):
-    monkeypatch.setenv(kernels.POLICY_ENV, policy)
-    conv = layers.Conv(6, (size, size), strides=strides, feature_group_count=groups,
-                       padding=padding)
+  for policy, conv_class in (("off", nn.Conv), ("on", cpu.Conv)):
+    conv = conv_class(6, (size, size), strides=strides, feature_group_count=groups,
+                      padding=padding)
     variables = conv.init(jax.random.PRNGKey(0), x)
     loss = lambda v, inputs, conv=conv: jnp.sum(jnp.sin(conv.apply(v, inputs)))
     results[policy] = (conv.apply(variables, x), jax.grad(loss, argnums=(0, 1))(variables, x))
   for tuned, reference in zip(jax.tree_util.tree_leaves(results["on"]),
                               jax.tree_util.tree_leaves(results["off"])):
     np.testing.assert_allclose(tuned, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_the_cpu_parts_keep_every_variable_name_and_shape():
+  images = jnp.zeros((2, 32, 32, 3))
+  for name in ("resnet50", "googlenet_bn", "vgg11_bn"):
+    shapes = [jax.eval_shape(lambda m=m: m.init(jax.random.PRNGKey(0), images))
+              for m in (models.create(name, width_multiplier=0.125),
+                        models.create(name, width_multiplier=0.125, **cpu.parts()))]
+    assert jax.tree_util.tree_structure(shapes[0]) == jax.tree_util.tree_structure(shapes[1])
+    assert jax.tree_util.tree_leaves(shapes[0]) == jax.tree_util.tree_leaves(shapes[1])
+
+
+def test_the_cpu_parts_are_reverse_mode_only():
+  """Their custom VJPs refuse forward mode; the default graph takes it
+  (tests/models/test_parts.py)."""
+  x = jnp.ones((1, 4, 4, 2))
+  conv = cpu.Conv(3, (1, 1))
+  variables = conv.init(jax.random.PRNGKey(0), x)
+  with pytest.raises(TypeError, match="custom_vjp"):
+    jax.jvp(lambda v: conv.apply(variables, v), (x,), (x,))
