@@ -14,7 +14,7 @@
 #
 # A preflight stops the script (exit 2) unless JAX sees a GPU (not needed with
 # --smoke) and jax, flax, optax and orbax import (exit 3). Every row is its own
-# process under `timeout`; the row limits add up to 5m45s. Writes OUTPUT_DIR/gpu_check.md
+# process under `timeout`; the limits add up to 6 minutes. Writes OUTPUT_DIR/gpu_check.md
 # (the table, also printed), gpu_check.json and rows/<row>.json; exits 1 when any row
 # failed or timed out. Uses $PYTHON (default python3).
 set -uo pipefail
@@ -40,7 +40,7 @@ limit() {  # seconds x TIMEOUT_SCALE, as an integer
   awk -v s="$1" -v k="$scale" 'BEGIN { printf "%d", s * k }'
 }
 
-timeout "$(limit 20)" "$python" -m benchmarks.gpu_check preflight ${smoke_flag[@]+"${smoke_flag[@]}"}
+timeout "$(limit 15)" "$python" -m benchmarks.gpu_check preflight ${smoke_flag[@]+"${smoke_flag[@]}"}
 status=$?
 if ((status != 0)); then
   echo "gpu_check: preflight failed (exit $status); no row was run" >&2
@@ -49,12 +49,12 @@ fi
 
 # row  time limit (s)
 rows=(
-  "train_step 100"
-  "compile_counts 35"
-  "checkpoint 35"
+  "train_step 90"
+  "compile_counts 45"
+  "checkpoint 30"
   "host_to_device 20"
-  "loop_b256 80"
-  "loop_b32 75"
+  "loop_b256 90"
+  "loop_b32 70"
 )
 selected="${ROWS:-}"
 names=()
