@@ -149,17 +149,11 @@ def _tfds_inputs(c: Mapping[str, Any]) -> RunInputs:
 
 
 def _device_input(data, c: Mapping[str, Any]):
-  """The train/eval steps' preprocessing of the uint8 batches the pipeline yields."""
-  augment_kwargs = _plain(c["augment_kwargs"])
-  if c["augment"] == "inception" and augment_kwargs.get("photometric", True) == "device":
-    from cnnjax.train.photometric import DevicePhotometric  # pylint: disable=import-outside-toplevel
-    strengths = {**data.augment.PHOTOMETRIC_DEFAULTS,
-                 **{k: v for k, v in augment_kwargs.items() if k in data.augment.PHOTOMETRIC_DEFAULTS}}
-    mean, std = data.channel_normalization(c["dataset"], normalize=c["normalize"],
-                                           data_dir=c["data_dir"] or None,
-                                           on_bad_image=c["on_bad_image"])
-    return DevicePhotometric(**{k: float(v) for k, v in strengths.items()}, mean=mean, std=std)
-  return None
+  """The steps' share of the preprocessing: colour augmentation and normalisation of the
+  uint8 batches the pipeline ships (float batches, prepared on the host, pass through)."""
+  return data.device_input(c["dataset"], augment=c["augment"],
+                           augment_kwargs=_plain(c["augment_kwargs"]), normalize=c["normalize"],
+                           data_dir=c["data_dir"] or None, on_bad_image=c["on_bad_image"])
 
 
 def _split_size(data, c: Mapping[str, Any], split: str, fallback: int) -> int:

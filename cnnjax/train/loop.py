@@ -157,9 +157,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Prepared:
   total_steps = to_steps(c, "num", steps_per_epoch)
   model = setup.create_model(c, num_devices=jax.device_count())
   tx = optim.create_optimizer(c)
-  recipe = setup.step_recipe(c, steps_per_epoch, total_steps)
-  if inputs.device_input is not None:
-    recipe = dataclasses.replace(recipe, photometric=inputs.device_input)
+  recipe = dataclasses.replace(setup.step_recipe(c, steps_per_epoch, total_steps),
+                               device_input=inputs.device_input)
   store = ckpt_lib.CheckpointStore(workdir, c.keep_checkpoints)
   latest = store.newest_restorable_step()
   start_step = int(latest or 0)
