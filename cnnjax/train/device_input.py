@@ -276,7 +276,6 @@ class DeviceInput:
     """
     if images.dtype != jnp.uint8:
       return images
-    leading = images.shape[:-3]
     flat = images.reshape((-1,) + images.shape[-3:]).astype(jnp.float32)
     if window is not None:
       window = window.reshape(-1, 4)
