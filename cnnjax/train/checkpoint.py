@@ -312,9 +312,7 @@ class CheckpointStore:
           f"{directory} away to start from scratch")
     if decision == _NO_CHECKPOINT:
       return None
-    if decision not in self.manager.all_steps():
-      return decision
-    self.manager.reload()  # forget the steps process 0 moved away
+    self.manager.reload()  # forget the steps process 0 moved away (no collective inside)
     return decision
 
   def save(self, arrays: Mapping[str, Any], meta: Mapping[str, Any], *, best: bool = False) -> None:
