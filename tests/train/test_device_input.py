@@ -13,13 +13,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow as tf
-from train_helpers import tiny_state
+from train_helpers import make_tiny_config, tiny_state
 
 from cnnjax import sharding
 from cnnjax.data import augment
 from cnnjax.data.stats import IMAGENET_PCA_EIGVEC, IMAGENET_PCA_STD
 from cnnjax.train import device_input as di
-from cnnjax.train import steps
+from cnnjax.train import checkpoint, run, steps
 
 RNG = np.random.default_rng(0)
 IMAGES = RNG.uniform(0, 255, (4, 12, 10, 3)).astype(np.float32)
@@ -177,6 +177,34 @@ def test_the_train_and_eval_steps_apply_the_recipes_device_input():
   _, metrics_a = steps.train_step(on_device, uint8_batch)
   _, metrics_b = steps.train_step(tiny_state()[0], float_batch)
   np.testing.assert_allclose(float(metrics_a["loss"]), float(metrics_b["loss"]), rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_run_on_uint8_batches_resumes_exactly(tmp_path, digits_dir, monkeypatch):
+  # photometric="device" turns device_preprocessing on even on the CPU backend.
+  traced = []
+  original = di.DeviceInput.train
+
+  def spy(self, images, rng, step, window=None):
+    traced.append((str(images.dtype), window is not None, self.photometric.hue, self.pca is not None))
+    return original(self, images, rng, step, window)
+  monkeypatch.setattr(di.DeviceInput, "train", spy)
+  settings = dict(augment="inception", normalize="per_channel_std", num_steps=4,
+                  checkpoint_every_steps=2, log_every_steps=2,
+                  augment_kwargs={"photometric": "device", "hue": 0.1, "pca_color": True})
+  straight = str(tmp_path / "straight")
+  run(make_tiny_config(digits_dir, **settings), straight)
+  resumed = str(tmp_path / "resumed")
+  first = run(make_tiny_config(digits_dir, **settings), resumed, stop_after_steps=2)
+  assert first["interrupted"] and first["step"] == 2
+  run(make_tiny_config(digits_dir, **settings), resumed)
+  # The step received uint8 images with their windows, the configured hue and PCA lighting.
+  assert traced and set(traced) == {("uint8", True, 0.1, True)}
+  a, meta_a = checkpoint.restore_variables(straight)
+  b, meta_b = checkpoint.restore_variables(resumed)
+  assert meta_a["step"] == meta_b["step"] == 4
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def test_the_benchmark_worker_copies_the_data_constants():
