@@ -198,11 +198,13 @@ def _check_layout(batch: Mapping[str, Any], view: str) -> None:
                     f"eval_iterator(view={DATA_VIEWS[view]!r}).")
 
 
-def _make_step(models: Sequence[nn.Module], mesh):
+def _make_step(models: Sequence[nn.Module], mesh, device_input=None):
   """Jitted: (variables of each model, global batch) -> summed errors per member and ensemble."""
   from cnnjax import sharding  # pylint: disable=import-outside-toplevel
 
   def step(all_variables, batch):
+    if device_input is not None:  # uint8 batches: normalised once, for every member
+      batch = device_input.eval_batch(batch)
     scores = [scoring.view_scores(model.apply, variables, batch)
               for model, variables in zip(models, all_variables)]
     sums = lambda s: scoring.error_sums(s, batch["label"], batch["mask"])  # noqa: E731
@@ -310,7 +312,7 @@ def evaluate(members: Sequence[Member | tuple[nn.Module, Any]],
   if batch_size % num_devices:
     raise ConfigError(f"batch_size {batch_size} must be a multiple of the {num_devices} devices "
                       "it is sharded over.")
-  total = None
+  total, device_input = None, None
   if isinstance(data, (str, DataSettings)):
     if isinstance(data, str):
       base = data_settings(members[0].config, dataset=data) if members[0].config else (
@@ -320,12 +322,13 @@ def evaluate(members: Sequence[Member | tuple[nn.Module, Any]],
     settings = dataclasses.replace(base, **{k: v for k, v in {
         "split": split, "data_dir": data_dir, "image_size": image_size,
         "normalize": normalize}.items() if v is not None})
-    batches, resolved_split, total = _eval_batches(settings, view, view_kwargs, batch_size)
+    batches, resolved_split, total, device_input = _eval_batches(settings, view, view_kwargs,
+                                                                 batch_size)
     report.update(dataset=settings.dataset, split=resolved_split)
   else:
     batches = data
 
-  step = _make_step(models, mesh)
+  step = _make_step(models, mesh, device_input)
   variables = jax.device_put([member.variables for member in members],
                              sharding.replicated(mesh))
   if progress:
@@ -344,7 +347,8 @@ def evaluate(members: Sequence[Member | tuple[nn.Module, Any]],
 
 def _eval_batches(settings: DataSettings, view: str, view_kwargs: Mapping[str, Any],
                   batch_size: int):
-  """(eval_iterator for the settings, resolved split name, number of batches)."""
+  """(eval_iterator for the settings, resolved split name, number of batches, and the
+  DeviceInput that finishes its uint8 batches on the device)."""
   import math  # pylint: disable=import-outside-toplevel
 
   from cnnjax import data  # pylint: disable=import-outside-toplevel
@@ -369,6 +373,8 @@ def _eval_batches(settings: DataSettings, view: str, view_kwargs: Mapping[str, A
   if split in info.splits:
     per_process = math.ceil(info.splits[split] / jax.process_count())
     total = math.ceil(per_process / (batch_size // jax.process_count()))
-  return batches, split, total
+  device_input = data.device_input(settings.dataset, normalize=settings.normalize,
+                                   data_dir=settings.data_dir, stats_split=settings.stats_split)
+  return batches, split, total, device_input
 
 

@@ -48,20 +48,22 @@ def log_of(probs: jax.Array) -> jax.Array:
 
 
 def view_scores(apply_fn: Callable, variables: Any, batch: Mapping[str, Any], *,
-                preprocess: Callable[[jax.Array], jax.Array] | None = None) -> jax.Array:
+                device_input: Any = None) -> jax.Array:
   """Class scores [B, classes] of a batch of any view (see the module docstring).
 
-  `preprocess` maps the batch's stored images (e.g. uint8) to the model's
-  input (the steps' on-device normalisation); None: images arrive ready.
+  `device_input` (a `cnnjax.train.device_input.DeviceInput`) first makes the
+  batch's uint8 images network input (normalisation on the device); None:
+  the images arrive ready.
   """
-  prepare = preprocess or (lambda images: images)
+  if device_input is not None:
+    batch = device_input.eval_batch(batch)
   keys = dense_keys(batch)
   if keys:
-    per_scale = [_mean_posteriors(apply_fn, variables, prepare(batch[key])) for key in keys]
+    per_scale = [_mean_posteriors(apply_fn, variables, batch[key]) for key in keys]
     return log_of(jnp.mean(jnp.stack(per_scale), axis=0))
   if "image" not in batch:
     raise DataError(f"an evaluation batch needs 'image' or 'image_q<Q>' keys; got {sorted(batch)}")
-  images = prepare(batch["image"])
+  images = batch["image"]
   if images.ndim == 5:
     return log_of(_mean_posteriors(apply_fn, variables, images))
   if images.ndim != 4:

@@ -130,14 +130,14 @@ def _tfds_inputs(c: Mapping[str, Any]) -> RunInputs:
         c["dataset"], data_dir=data_dir, split=train_split, global_batch_size=c["batch_size"],
         augment=c["augment"], augment_kwargs=augment_kwargs, image_size=image_size,
         normalize=c["normalize"], seed=c["seed"], start_step=start_step,
-        on_bad_image=c["on_bad_image"])
+        stats_split=train_split, on_bad_image=c["on_bad_image"])
 
   def eval_batches() -> Iterable[Mapping[str, Any]]:
     batches = data.eval_iterator(
         c["dataset"], data_dir=data_dir, split=eval_split,
         global_batch_size=c["eval_batch_size"] or c["batch_size"], view=c["eval_view"],
         view_kwargs=_plain(c["eval_view_kwargs"]), image_size=image_size,
-        normalize=c["normalize"], on_bad_image=c["on_bad_image"])
+        normalize=c["normalize"], stats_split=train_split, on_bad_image=c["on_bad_image"])
     return itertools.islice(batches, c["eval_num_batches"] or None)
 
   return RunInputs(
@@ -145,15 +145,18 @@ def _tfds_inputs(c: Mapping[str, Any]) -> RunInputs:
       num_classes=int(info.num_classes), num_train_examples=num_train,
       skipped_images=int(getattr(info, "skipped_images", 0) or 0),
       train_batches=train_batches, eval_batches=eval_batches,
-      device_input=_device_input(data, c))
+      device_input=_device_input(data, c, train_split))
 
 
-def _device_input(data, c: Mapping[str, Any]):
+def _device_input(data, c: Mapping[str, Any], train_split: str):
   """The steps' share of the preprocessing: colour augmentation and normalisation of the
-  uint8 batches the pipeline ships (float batches, prepared on the host, pass through)."""
+  uint8 batches the pipeline ships (float batches, prepared on the host, pass through).
+  Its statistics, like the pipeline's, come from the training split the run uses
+  (train[:45000] for CIFAR's held-out recipe, not the whole of train)."""
   return data.device_input(c["dataset"], augment=c["augment"],
                            augment_kwargs=_plain(c["augment_kwargs"]), normalize=c["normalize"],
-                           data_dir=c["data_dir"] or None, on_bad_image=c["on_bad_image"])
+                           data_dir=c["data_dir"] or None, on_bad_image=c["on_bad_image"],
+                           stats_split=train_split)
 
 
 def _split_size(data, c: Mapping[str, Any], split: str, fallback: int) -> int:

@@ -127,12 +127,8 @@ def eval_step_fn(state: TrainState, batch: Batch, use_ema: bool = False) -> dict
   (scored by the softmax averaged over them) or dense multi-scale keys;
   the same scoring as `python -m cnnjax.evaluate`.
   """
-  device_input = state.recipe.device_input
-  preprocess = None
-  if device_input is not None:  # uint8 batches: normalise here
-    preprocess = lambda images: device_input.eval(images, batch.get("window"))  # noqa: E731
   scores = scoring.view_scores(state.apply_fn, state.variables(use_ema), batch,
-                               preprocess=preprocess)
+                               device_input=state.recipe.device_input)  # uint8: normalised here
   return scoring.error_sums(scores, batch["label"], batch.get("mask"), loss=state.recipe.loss)
 
 
