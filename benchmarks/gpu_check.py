@@ -67,6 +67,7 @@ SMOKE = {
 }
 
 BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
 
 
 class GpuMissingError(RuntimeError):
@@ -89,20 +90,28 @@ class CompileCounter:
 
   def __init__(self):
     self.names: list[str] = []
+    self.persistent_cache_hits = 0  # of those, read from the persistent compilation cache
 
   def _listen(self, event: str, duration: float, **kwargs) -> None:
     del duration
     if event == BACKEND_COMPILE_EVENT:
       self.names.append(str(kwargs.get("fun_name", "")))
 
+  def _listen_hits(self, event: str, **kwargs) -> None:
+    del kwargs
+    if event == CACHE_HIT_EVENT:
+      self.persistent_cache_hits += 1
+
   def __enter__(self) -> CompileCounter:
     import jax.monitoring  # pylint: disable=import-outside-toplevel
     jax.monitoring.register_event_duration_secs_listener(self._listen)
+    jax.monitoring.register_event_listener(self._listen_hits)
     return self
 
   def __exit__(self, *exc) -> None:
     import jax.monitoring  # pylint: disable=import-outside-toplevel
     jax.monitoring.unregister_event_duration_listener(self._listen)
+    jax.monitoring.unregister_event_listener(self._listen_hits)
 
   def count(self, function_name: str) -> int:
     """Compilations of the function named `function_name` (recorded as 'jit(<name>)')."""
@@ -262,9 +271,12 @@ def row_compile_counts(p: dict[str, Any]) -> dict[str, Any]:
       "reason": f"compiled other than once: {bad}" if bad else None,
       "summary": (f"{p['compile_steps']} train steps (fresh batch each), {validations} "
                   "validations + plateau updates: compilations " +
-                  ", ".join(f"{name} {n}" for name, n in counts.items())),
+                  ", ".join(f"{name} {n}" for name, n in counts.items()) +
+                  f" ({compiles.persistent_cache_hits} of this row's builds read from the "
+                  "persistent cache)"),
       "backend_compilations": counts, "jit_cache_entries": cache_sizes,
-      "all_compilations": compiles.names, "train_steps": p["compile_steps"],
+      "all_compilations": compiles.names,
+      "persistent_cache_hits": compiles.persistent_cache_hits, "train_steps": p["compile_steps"],
       "validations": validations,
   }
 

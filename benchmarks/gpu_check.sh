@@ -70,6 +70,10 @@ for row in "${rows[@]}"; do
   if ((code != 0)); then echo "!! $name failed (exit $code); continuing" >&2; fi
 done
 
+if ((${#names[@]} == 0)); then
+  echo "gpu_check: ROWS=$selected selects no row; rows: train_step,compile_counts,checkpoint,host_to_device,loop_b256,loop_b32" >&2
+  exit 1
+fi
 names_csv="$(IFS=,; echo "${names[*]}")"
 timeout 60 "$python" -m benchmarks.gpu_check table --output_dir "$out" \
     --rows "$names_csv" ${smoke_flag[@]+"${smoke_flag[@]}"}
