@@ -3,18 +3,23 @@
 The first launch trains, validates and checkpoints; its last step is both the
 newest and the best checkpoint (the case two orbax managers crashed on: the same
 step saved twice under one barrier name). The second launch, with more steps,
-resumes from it. metrics.jsonl must be written by process 0 alone. The workdir
-lock and the resume decision are checked with every process taking part.
+resumes from it until SIGTERM reaches one of its processes; a third, 1 process x
+4 devices, resumes from where both stopped. metrics.jsonl must be written by
+process 0 alone. The workdir lock and the resume decision are checked with every
+process taking part.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -28,7 +33,7 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 TRAIN = os.path.join(REPO, "train.py")
 WORKER = os.path.join(HERE, "multiprocess_worker.py")
 LAUNCH_TIMEOUT_S = 300  # imports + compiles on a loaded 2-core machine
-FIRST_STEPS, SECOND_STEPS = 4, 6
+FIRST_STEPS = 4
 
 pytestmark = pytest.mark.slow
 
@@ -65,19 +70,39 @@ def _launch(commands: list[list[str]], env: dict[str, str], timeout: float):
   return results
 
 
-def _train_py(workdir: str, data_dir: str, cache_dir: str, num_steps: int, keep: int):
-  """The 2-process train.py launch: [(returncode, output)] of processes 0 and 1."""
+def _train_py_command(workdir: str, data_dir: str, cache_dir: str, num_steps: int,
+                      keep: int) -> list[str]:
+  return [sys.executable, TRAIN, f"--workdir={workdir}", f"--config.data_dir={data_dir}",
+          "--config.model_kwargs={'stage_sizes': (1, 1, 1), 'width_multiplier': 0.25}",
+          "--config.image_size=16", "--config.batch_size=16", "--config.eval_batch_size=64",
+          "--config.eval_num_batches=1", "--config.schedule=constant",
+          "--config.warmup_steps=-1", "--config.log_every_steps=1",
+          "--config.checkpoint_every_steps=2", "--config.eval_every_steps=-1",
+          f"--config.keep_checkpoints={keep}", "--config.progress_bar=false",
+          f"--config.num_steps={num_steps}", f"--config.compilation_cache_dir={cache_dir}"]
+
+
+def _two_process_commands(*args, **kwargs) -> list[list[str]]:
   port = _free_port()
-  common = [sys.executable, TRAIN, f"--workdir={workdir}", f"--config.data_dir={data_dir}",
-            "--config.model_kwargs={'stage_sizes': (1, 1, 1), 'width_multiplier': 0.25}",
-            "--config.image_size=16", "--config.batch_size=16", "--config.eval_batch_size=64",
-            "--config.eval_num_batches=1", "--config.schedule=constant",
-            "--config.warmup_steps=-1", "--config.log_every_steps=1",
-            "--config.checkpoint_every_steps=2", "--config.eval_every_steps=-1",
-            f"--config.keep_checkpoints={keep}", "--config.progress_bar=false",
-            f"--config.num_steps={num_steps}", f"--config.compilation_cache_dir={cache_dir}",
-            "--multihost", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]
-  return _launch([common + [f"--process_id={i}"] for i in range(2)], _env(2), LAUNCH_TIMEOUT_S)
+  common = _train_py_command(*args, **kwargs) + [
+      "--multihost", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]
+  return [common + [f"--process_id={i}"] for i in range(2)]
+
+
+def _train_py(*args, **kwargs):
+  """The 2-process train.py launch: [(returncode, output)] of processes 0 and 1."""
+  return _launch(_two_process_commands(*args, **kwargs), _env(2), LAUNCH_TIMEOUT_S)
+
+
+def _start_train_py(log_dir, *args, **kwargs) -> list[tuple[subprocess.Popen, str]]:
+  """The 2-process launch, running: [(process, its log file)] (files: no pipe to fill)."""
+  started = []
+  for index, command in enumerate(_two_process_commands(*args, **kwargs)):
+    log_path = os.path.join(log_dir, f"process_{index}.log")
+    with open(log_path, "w") as log_file:
+      started.append((subprocess.Popen(command, cwd=REPO, env=_env(2), stdout=log_file,
+                                       stderr=subprocess.STDOUT, text=True), log_path))
+  return started
 
 
 def _workers(mode: str, workdir: str):
@@ -162,17 +187,56 @@ def test_a_refused_lock_stops_every_process_with_the_holder_named(tmp_path):
   assert all(_result(output)["seconds"] < 30 for _, output in results)
 
 
-def test_a_second_launch_with_more_steps_resumes(first_run, digits_dir):
+def test_sigterm_to_one_process_stops_both_at_one_step_and_resumes_on_one_process(
+    first_run, digits_dir, tmp_path):
+  """Second launch: resumes from the first, then SIGTERM reaches process 1 only (as when
+  one host is preempted); both must save the same step and exit cleanly. A third launch,
+  1 process x 4 devices, resumes from that checkpoint and finishes."""
   workdir, _, cache, _ = first_run
-  results = _train_py(workdir, digits_dir, cache, SECOND_STEPS, keep=1)
-  _ok(results)
-  assert f"resumed from step {FIRST_STEPS}" in results[0][1], results[0][1][-3000:]
+  started = _start_train_py(str(tmp_path), workdir, digits_dir, cache, num_steps=10_000, keep=1)
+  processes = [process for process, _ in started]
+  try:
+    _wait_for_row(workdir, "train", FIRST_STEPS + 2, started)
+    processes[1].send_signal(signal.SIGTERM)
+    for process in processes:
+      process.wait(timeout=LAUNCH_TIMEOUT_S)
+  finally:
+    for process in processes:
+      if process.poll() is None:
+        process.kill()
+        process.wait()
+  outputs = [open(log_path).read() for _, log_path in started]
+  _ok([(process.returncode, output) for process, output in zip(processes, outputs)])
+  assert f"resumed from step {FIRST_STEPS}" in outputs[0], outputs[0][-3000:]
+  match = re.search(r"saved step (\d+)", outputs[0])
+  assert match, outputs[0][-3000:]
+  stopped = int(match.group(1))
+  assert stopped > FIRST_STEPS
   steps = checkpoint._steps_in(os.path.join(workdir, checkpoint.LATEST_DIR))  # pylint: disable=protected-access
-  assert steps[-1] == SECOND_STEPS and 2 not in steps, steps  # keep=1 plus the best
+  assert steps[-1] == stopped, steps
+  assert 2 not in steps, steps  # keep=1 plus the best
+  assert checkpoint.restore_variables(workdir, which="best")[1]["step"] in steps
+
+  single = _launch([_train_py_command(workdir, digits_dir, cache, stopped + 2, keep=1)],
+                   _env(4), LAUNCH_TIMEOUT_S)
+  _ok(single)
+  assert f"resumed from step {stopped}" in single[0][1], single[0][1][-3000:]
+  assert "final held-out accuracy" in single[0][1]
+  assert [row["step"] for row in read_metrics(workdir, "train")] == list(range(1, stopped + 3))
   validation = {row["step"]: row["top1_error"] for row in read_metrics(workdir, "val")}
-  assert sorted(validation) == [FIRST_STEPS, SECOND_STEPS]
+  assert FIRST_STEPS in validation and stopped + 2 in validation
   _, best_meta = checkpoint.restore_variables(workdir, which="best")
   assert validation[best_meta["step"]] == min(validation.values())
-  assert best_meta["step"] in steps
-  train_steps = [row["step"] for row in read_metrics(workdir, "train")]
-  assert train_steps == list(range(1, SECOND_STEPS + 1))
+
+
+def _wait_for_row(workdir: str, split: str, step: int, started, timeout: float = 240) -> None:
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    for process, log_path in started:
+      if process.poll() is not None:
+        pytest.fail(f"a process ended early:\n{open(log_path).read()[-3000:]}")
+    rows = read_metrics(workdir, split) if os.path.exists(os.path.join(workdir, METRICS_FILE)) else []
+    if any(row["step"] >= step for row in rows):
+      return
+    time.sleep(0.5)
+  pytest.fail(f"no {split} row of step {step} within {timeout} s")
