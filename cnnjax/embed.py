@@ -156,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--which", default="latest", choices=("latest", "best"))
   parser.add_argument("--data_dir", default=None)
   parser.add_argument("--output", required=True, help="the .npz file to write")
+  parser.add_argument("--verbose", action="store_true",
+                      help="show the libraries' own log lines (by default only their errors)")
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   try:
     embeddings, labels = embed_workdir(args.workdir, split=args.split,
@@ -173,4 +175,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+  from cnnjax import logs  # pylint: disable=g-import-not-at-top
+  logs.set_up(verbose="--verbose" in sys.argv[1:])  # a process setting: here, not at import
   sys.exit(main())

@@ -39,6 +39,8 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
                       help="evaluate the EMA parameters (auto: when the run kept them)")
   parser.add_argument("--output", default=None, help="write the JSON report here")
   parser.add_argument("--no_progress", action="store_true")
+  parser.add_argument("--verbose", action="store_true",
+                      help="show the libraries' own log lines (by default only their errors)")
   return parser.parse_args(argv)
 
 
@@ -73,4 +75,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+  from cnnjax import logs  # pylint: disable=g-import-not-at-top
+  logs.set_up(verbose="--verbose" in sys.argv[1:])  # a process setting: here, not at import
   sys.exit(main())

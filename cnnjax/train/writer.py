@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 import warnings
 from collections.abc import Mapping
@@ -33,6 +34,28 @@ METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 # The key of the marker row a resumed run appends before its first row.
 RESUME_KEY = "resume_from_step"
+
+
+def _tensorboardx_summary_writer():
+  """tensorboardX's SummaryWriter, imported without PyTorch.
+
+  tensorboardX imports torch, when installed, only to name a type in its
+  annotations: 1.8 s of CPU at the start of every run on a 2-core machine
+  (RESULTS.md, "Start-up"). It tolerates torch being absent, so torch is
+  marked absent for the duration of the import and then forgotten; a later
+  `import torch` loads it as usual.
+  """
+  blocked = "torch"
+  if blocked in sys.modules or "tensorboardX.writer" in sys.modules:
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    return SummaryWriter
+  sys.modules[blocked] = None  # type: ignore[assignment]
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  finally:
+    if sys.modules.get(blocked, 0) is None:
+      del sys.modules[blocked]
+  return SummaryWriter
 
 
 def read_metrics(workdir: epath.PathLike, split: str | None = None) -> list[dict[str, Any]]:
@@ -97,7 +120,7 @@ class MetricWriter:
       self._jsonl.flush()
     if tensorboard:
       try:
-        from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+        SummaryWriter = _tensorboardx_summary_writer()
         # purge_step: TensorBoard hides the earlier events from the resumed step on.
         self._tb = SummaryWriter(os.fspath(workdir / TENSORBOARD_DIR),
                                  purge_step=None if resume_step is None else resume_step + 1)
