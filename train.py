@@ -29,11 +29,10 @@ from cnnjax import xla_cpu
 # model parts are a config key, cpu_kernels (cnnjax/train/setup.py create_model).
 xla_cpu.configure_process()
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported by cnnjax.data
-
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from cnnjax import logs
 from cnnjax.errors import CnnjaxError, ConfigError
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -54,6 +53,11 @@ _LOCAL_DEVICE_IDS = flags.DEFINE_string(
     "local_device_ids", None, "Devices of this process: 'auto' (default; $JAX_LOCAL_DEVICE_IDS "
     "if set, else under SLURM / Open MPI all of the node's GPUs, or one per process when the "
     "launcher starts one process per GPU), 'all', or a list such as '0,1'.")
+
+
+_VERBOSE = flags.DEFINE_bool(
+    "verbose", False, "Show the libraries' own log lines (TensorFlow's C++ notices, AutoGraph, "
+    "tfds, orbax); by default only their errors print (cnnjax/logs.py).")
 
 
 def _library_words(error: BaseException) -> str:
@@ -127,6 +131,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def main(argv: list[str]) -> None:
   logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
+  logs.set_up(verbose=_VERBOSE.value)  # before TensorFlow loads (when the data is opened)
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}; configure with --config.<key>=<value>")
   if _MULTIHOST.value:
