@@ -190,7 +190,7 @@ def batch_norm_train(grouped: Array, scale: Array | None, bias: Array | None,
 
   Float32 caveat of the one-pass variance: it loses digits when a channel's
   |mean| is many times its standard deviation, which BatchNorm inputs (conv
-  outputs of normalised activations) are not; tests/models/test_kernels.py
+  outputs of normalised activations) are not; tests/models/test_cpu_parts.py
   checks the whole network against float64.
   """
   reduce_axes = tuple(range(1, grouped.ndim - 1))
