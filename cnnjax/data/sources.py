@@ -15,6 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
+import time
+import urllib.parse
+import urllib.request
 from typing import Any
 
 import tensorflow as tf
@@ -44,6 +48,9 @@ _EVAL_SPLIT_PREFERENCE = ("validation", "val", "test")
 # Evaluation split of well-known datasets when split metadata is unavailable (mocked).
 _KNOWN_EVAL_SPLITS = {"imagenet2012": "validation", "imagenette": "validation",
                       "imagenet_resized": "validation", "imagewang": "validation"}
+# Seconds the download hosts of a dataset that is not on disk get to accept a connection, in
+# all: without one, tfds would retry for minutes before failing (no network, a firewall).
+DOWNLOAD_CHECK_TIMEOUT_S = 20.0
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> str:
@@ -303,6 +310,7 @@ def _prepare(name: str, builder, root: str) -> None:
     if missing or not os.path.isdir(manual_dir) or not os.listdir(manual_dir):
       raise DataError(manual_download_message(name, builder, root)
                       + (f" Missing: {', '.join(missing)}." if missing else ""))
+  _check_download_hosts(name, builder, root)
   created = _missing_directories(builder, root)
   try:
     builder.download_and_prepare()
@@ -316,6 +324,70 @@ def _prepare(name: str, builder, root: str) -> None:
         "No other dataset is used in its place; fix the cause (network access, disk space), "
         "or prepare it on a machine with access and copy the data_dir here. "
         "The offline default dataset is 'digits'.") from error
+
+
+def download_hosts(builder) -> list[tuple[str, int]]:
+  """(host, port) pairs a download of `builder` connects to: its registered URLs' hosts.
+
+  The URLs are those of the dataset's checksums file (tfds `url_infos`);
+  empty when tfds registers none (then nothing is checked). With an HTTP(S)
+  proxy configured for a URL, the proxy is the host connected to.
+  """
+  try:
+    urls = list(builder.url_infos or ())
+  except Exception:  # noqa: BLE001 - a builder without a checksums file
+    return []
+  proxies = urllib.request.getproxies()
+  hosts = []
+  for url in urls:
+    parts = urllib.parse.urlsplit(url)
+    if not parts.hostname:
+      continue
+    proxy = proxies.get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(parts.hostname):
+      parts = urllib.parse.urlsplit(proxy if "://" in proxy else "http://" + proxy)
+    default_port = {"https": 443, "http": 80, "ftp": 21}.get(parts.scheme, 443)
+    host = (parts.hostname, parts.port or default_port)
+    if parts.hostname and host not in hosts:
+      hosts.append(host)
+  return hosts
+
+
+def _unreachable(hosts: list[tuple[str, int]], timeout_s: float) -> list[str]:
+  """The hosts that refuse, time out or do not resolve within `timeout_s` (in all), with why."""
+  deadline = time.monotonic() + timeout_s
+  failures = []
+  for host, port in hosts:
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+      failures.append(f"{host}:{port} (not tried: out of time)")
+      continue
+    try:
+      socket.create_connection((host, port), timeout=remaining).close()
+    except OSError as error:
+      failures.append(f"{host}:{port} ({type(error).__name__}: {error})")
+  return failures
+
+
+def not_prepared_message(name: str, builder, root: str) -> str:
+  """How to provide a downloadable dataset on a machine that cannot download it."""
+  folder = os.path.join(root, builder.name)
+  return (
+      f"dataset {name!r} is not prepared in data_dir {root} (looked for {builder.data_dir}) "
+      f"and cannot be downloaded from here. Prepare it on a machine with network access: "
+      f"python -c \"import tensorflow_datasets as tfds; tfds.builder({name!r}, "
+      f"data_dir='/path/to/data_dir').download_and_prepare()\" (or `tfds build {name} "
+      f"--data_dir=/path/to/data_dir`), then copy its folder /path/to/data_dir/{builder.name} "
+      f"to {folder}, or point config.data_dir (or $TFDS_DATA_DIR) at a directory where it is "
+      "prepared. No other dataset is used in its place; the offline default dataset is 'digits'.")
+
+
+def _check_download_hosts(name: str, builder, root: str) -> None:
+  """DataError within DOWNLOAD_CHECK_TIMEOUT_S when a download host cannot be reached."""
+  failures = _unreachable(download_hosts(builder), DOWNLOAD_CHECK_TIMEOUT_S)
+  if failures:
+    raise DataError(not_prepared_message(name, builder, root)
+                    + f" Unreachable: {', '.join(failures)}.")
 
 
 def _missing_directories(builder, root: str) -> list[str]:
