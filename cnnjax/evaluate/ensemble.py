@@ -25,9 +25,7 @@ VIEWS = ("center", "10crop", "dense_multiscale", "144crop")
 DATA_VIEWS = {"center": "center", "10crop": "10crop", "dense_multiscale": "multiscale",
               "144crop": "144crop"}
 # ResNet paper, Table 3 footnote / Section 3.4: fully-convolutional test scales.
-RESNET_DENSE_SCALES = (224, 256, 384, 480, 640)
 GOOGLENET_SCALES = (256, 288, 320, 352)  # the 144-crop scales, for 224 crops
-VGG_SCALE_OFFSET = 32  # Q in {S - 32, S, S + 32} for a fixed training scale S
 REFERENCE_SIZE = 224  # the papers' crop; scales are given for it
 # Images per device per step when --batch_size is not given.
 DEFAULT_IMAGES_PER_DEVICE = 64
@@ -98,66 +96,43 @@ def check_ensemble(members: Sequence[Member]) -> None:
 # ---------------------------------------------------------- view and model
 
 
-def _family(model: nn.Module) -> str:
-  from cnnjax.models.resnet import ResNet  # pylint: disable=import-outside-toplevel
-  from cnnjax.models.vgg import VGG  # pylint: disable=import-outside-toplevel
-  if isinstance(model, VGG):
-    return "vgg"
-  if isinstance(model, ResNet):
-    return "resnet"
-  return type(model).__name__
+def _spec(model: nn.Module, config: Mapping[str, Any] | None = None):
+  """The registry's spec of a member's network (its family's evaluation hooks)."""
+  from cnnjax import models  # pylint: disable=import-outside-toplevel
+  if config and config.get("model") in models.list_models():
+    return models.get_spec(config["model"])
+  return models.registry.spec_of(model)
 
 
-def model_for_view(model: nn.Module, view: str) -> nn.Module:
-  """The module that evaluates `view`: VGG runs fully convolutionally for dense views.
+def model_for_view(model: nn.Module, view: str, config: Mapping[str, Any] | None = None
+                   ) -> nn.Module:
+  """The module that evaluates `view`: for dense views the family's fully
+  convolutional form (`ModelSpec.dense`: VGG's FC layers as convolutions).
 
-  Raises ModelError for a view the architecture cannot take (dense
-  evaluation needs a network that maps any image size to a class-score map
-  averaged spatially: VGG with its FC layers as convolutions, or ResNet).
+  Raises ModelError for a view the architecture cannot take.
   """
   if view not in VIEWS:
     raise ConfigError(f"unknown view {view!r}; {close_matches(view, VIEWS)}")
   if view != "dense_multiscale":
     return model
-  family = _family(model)
-  if family == "vgg":
-    return model.clone(fully_convolutional=True)
-  if family == "resnet":
-    return model
-  raise ModelError(
-      f"view 'dense_multiscale' needs a fully convolutional network (VGG, whose FC layers "
-      f"become convolutions, or ResNet); {type(model).__name__} is not one. Use '10crop' "
-      f"(AlexNet, ResNet) or '144crop' (GoogLeNet), or 'center'.")
+  spec = _spec(model, config)
+  if spec is None or spec.dense is None:
+    raise ModelError(
+        f"view 'dense_multiscale' needs a fully convolutional network (VGG, whose FC layers "
+        f"become convolutions, or ResNet); {type(model).__name__} is not one. Use '10crop' "
+        f"(AlexNet, ResNet) or '144crop' (GoogLeNet), or 'center'.")
+  return spec.dense(model)
 
 
 def dense_scales(model: nn.Module, config: Mapping[str, Any] | None = None,
                  image_size: int | None = None) -> tuple[int, ...]:
-  """The test scales Q of dense evaluation for this model and training config.
-
-  VGG: {S-32, S, S+32} for a fixed training scale S, {Smin, (Smin+Smax)/2,
-  Smax} for scale jitter (S from the config's scale_jitter augment_kwargs,
-  else the 256-equivalent of the crop); ResNet: {224, 256, 384, 480, 640}.
-  Both scale with image_size / 224.
-  """
+  """The test scales Q of dense evaluation for this model and training config
+  (`ModelSpec.dense_scales`: VGG {S-32, S, S+32} or {Smin, (Smin+Smax)/2, Smax},
+  ResNet {224, 256, 384, 480, 640}, both scaled with image_size / 224)."""
   config = config or {}
   image_size = int(image_size or config.get("image_size") or REFERENCE_SIZE)
-  ratio = image_size / REFERENCE_SIZE
-  family = _family(model)
-  if family == "resnet":
-    return tuple(int(round(q * ratio)) for q in RESNET_DENSE_SCALES)
-  if family != "vgg":
-    model_for_view(model, "dense_multiscale")  # raises the named error
-  kwargs = dict(config.get("augment_kwargs") or {})
-  default_s = int(round(256 * ratio))
-  if config.get("augment") == "scale_jitter":
-    smin = int(kwargs.get("scale_min", default_s))
-    smax = int(kwargs.get("scale_max", int(round(512 * ratio))))
-  else:
-    smin = smax = default_s
-  if smin == smax:
-    offset = int(round(VGG_SCALE_OFFSET * ratio))
-    return (smin - offset, smin, smin + offset)
-  return (smin, (smin + smax) // 2, smax)
+  model_for_view(model, "dense_multiscale", config)  # the named error for other families
+  return tuple(_spec(model, config).dense_scales(config, image_size))
 
 
 def predict_views(model: nn.Module, variables: Any, batch: Mapping[str, Any] | Any,
@@ -290,7 +265,7 @@ def evaluate(members: Sequence[Member | tuple[nn.Module, Any]],
   members = [_as_member(item, index) for index, item in enumerate(members)]
   check_ensemble(members)
   _check_same_data(members)
-  models = [model_for_view(member.model, view) for member in members]
+  models = [model_for_view(member.model, view, member.config) for member in members]
   mesh = mesh or sharding.make_mesh()
   num_devices = mesh.devices.size
 

@@ -20,8 +20,7 @@ def model_table(names: list[str] | None = None) -> str:
            "| --- | --- | ---: | ---: | ---: | --- |"]
   for name in names or list_models():
     spec = get_spec(name)
-    kwargs = {"aux_logits": False} if spec.family == "googlenet" else {}
-    result = profile(name, **kwargs)
+    result = profile(name, **spec.profile_kwargs)
     lines.append(f"| `{name}` | {spec.family} | {result.params:,} | {result.macs / 1e9:.2f} "
                  f"| {result.image_size} | {spec.description} |")
   return "\n".join(lines)

@@ -249,17 +249,20 @@ class GoogLeNet(layers.ConvNet):
 
 def _register_all() -> None:
   from cnnjax.models.registry import ModelSpec, register  # pylint: disable=import-outside-toplevel
+  # Profiles and tables count the deployed network: the auxiliary heads only train.
+  hooks = {"profile_kwargs": {"aux_logits": False}}
   register("googlenet", ModelSpec(
       GoogLeNet, {}, "googlenet",
-      description="GoogLeNet (Inception v1) as published, aux heads in training"))
+      description="GoogLeNet (Inception v1) as published, aux heads in training", **hooks))
   register("googlenet_bn", ModelSpec(
       GoogLeNet, {"use_bn": True, "lrn": False}, "googlenet",
-      description="GoogLeNet with BatchNorm after every conv (no LRN)"))
+      description="GoogLeNet with BatchNorm after every conv (no LRN)", **hooks))
   register("googlenet_torchvision", ModelSpec(
       GoogLeNet, {"use_bn": True, "bn_epsilon": 1e-3, "lrn": False, "branch5x5_kernel": 3,
                   "dropout_rate": 0.2, "last_pool_window": 2, "aux_pool": "adaptive",
                   "transform_input": False}, "googlenet",
-      description="torchvision's GoogLeNet (BN, 3x3 in the 5x5 branch), for weight import"))
+      description="torchvision's GoogLeNet (BN, 3x3 in the 5x5 branch), for weight import",
+      **hooks))
 
 
 _register_all()

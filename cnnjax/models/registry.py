@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -29,8 +29,22 @@ class ModelSpec:
   kwargs: Mapping[str, Any]
   family: str
   num_classes: int = 1000  # default number of classes (10 for the CIFAR networks)
-  image_size: int = 224  # the resolution the paper used; profile and tables use it
+  # The native input resolution: the paper's, the default image size of a run,
+  # of profile and of the tables.
+  image_size: int = 224
   description: str = ""
+  # What training and evaluation need to know of a family, instead of
+  # `if family == ...` in their code:
+  # the module that evaluates densely (fully convolutionally) over whole images,
+  # from the trained one (same variables); None: the family cannot.
+  dense: Callable[[nn.Module], nn.Module] | None = None
+  # (training config, image size) -> the paper's test scales Q for dense evaluation.
+  dense_scales: Callable[[Mapping[str, Any], int], tuple[int, ...]] | None = None
+  # (fresh variables, a trained shallower net's variables) -> (variables with
+  # the trained layers copied in, {destination: source}); VGG's start from net A.
+  warm_start: Callable[[Mapping[str, Any], Mapping[str, Any]], tuple[dict, dict]] | None = None
+  # Keyword overrides for `profile` and the model table (e.g. no auxiliary heads).
+  profile_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -61,6 +75,14 @@ def get_spec(name: str) -> ModelSpec:
   if name not in _REGISTRY:
     raise ModelError(f"unknown model {name!r}; {close_matches(name, _REGISTRY)}")
   return _REGISTRY[name]
+
+
+def spec_of(model: nn.Module) -> ModelSpec | None:
+  """The first registered spec built from `model`'s class (its family's hooks), or None."""
+  for name in list_models():
+    if isinstance(model, _REGISTRY[name].module):
+      return _REGISTRY[name]
+  return None
 
 
 def allowed_overrides(module: type[nn.Module]) -> list[str]:

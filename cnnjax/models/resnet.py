@@ -296,27 +296,43 @@ def to_unscanned_variables(variables: Mapping[str, Any]) -> dict[str, Any]:
 
 # ------------------------------------------------------------------ registry
 
+# Dense evaluation (Sec. 4, following VGG): the fully convolutional net over
+# the whole image at these shorter sides, given for 224 crops.
+DENSE_SCALES = (224, 256, 384, 480, 640)
+
+
+def dense_module(model: ResNet) -> ResNet:
+  """ResNet as it is: its global average pool already takes any image size."""
+  return model
+
+
+def dense_scales(config: Mapping[str, Any], image_size: int) -> tuple[int, ...]:
+  """The paper's test scales, scaled with the image size."""
+  del config
+  return tuple(int(round(q * image_size / 224)) for q in DENSE_SCALES)
+
 
 def _register_all() -> None:
   from cnnjax.models.registry import ModelSpec, register  # pylint: disable=import-outside-toplevel
+  hooks = {"dense": dense_module, "dense_scales": dense_scales}
   for depth, (stage_sizes, block) in IMAGENET_DEPTHS.items():
     common = {"stage_sizes": stage_sizes, "block": block}
     register(f"resnet{depth}", ModelSpec(
         ResNet, common, "resnet",
-        description=f"ResNet-{depth} ({block} blocks), v1.5, option-B shortcuts"))
+        description=f"ResNet-{depth} ({block} blocks), v1.5, option-B shortcuts", **hooks))
     register(f"plain{depth}", ModelSpec(
         ResNet, {**common, "shortcut": "none"}, "resnet",
-        description=f"plain-{depth}: ResNet-{depth} without shortcuts"))
+        description=f"plain-{depth}: ResNet-{depth} without shortcuts", **hooks))
   for depth in CIFAR_DEPTHS:
     register(f"cifar_resnet{depth}", ModelSpec(
         ResNet, {"stage_sizes": cifar_stage_sizes(depth), "block": "basic", "stem": "cifar",
                  "width": 16, "shortcut": "A"}, "cifar_resnet", num_classes=10,
-        image_size=32, description=f"CIFAR-10 ResNet-{depth} (6n+2, option A)"))
+        image_size=32, description=f"CIFAR-10 ResNet-{depth} (6n+2, option A)", **hooks))
   for depth in CIFAR_PLAIN_DEPTHS:
     register(f"cifar_plain{depth}", ModelSpec(
         ResNet, {"stage_sizes": cifar_stage_sizes(depth), "block": "basic", "stem": "cifar",
                  "width": 16, "shortcut": "none"}, "cifar_resnet", num_classes=10,
-        image_size=32, description=f"CIFAR-10 plain-{depth} (no shortcuts)"))
+        image_size=32, description=f"CIFAR-10 plain-{depth} (no shortcuts)", **hooks))
 
 
 _register_all()

@@ -32,6 +32,7 @@ variants), e.g. conv3_3 is C's 1x1 layer; `fc6`, `fc7`, `fc8` `{kernel,bias}`
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import flax.linen as nn
@@ -151,20 +152,51 @@ class VGG(layers.ConvNet):
 
 _ALIASES = {"A": "vgg11", "B": "vgg13", "D": "vgg16", "E": "vgg19"}
 
+# Dense evaluation (Sec. 3.2): test scales Q = {S - 32, S, S + 32} for a net
+# trained at a fixed scale S, {Smin, (Smin + Smax) / 2, Smax} for scale jitter;
+# given for 224 crops and scaled with the image size.
+SCALE_OFFSET = 32
+REFERENCE_SIZE = 224
+
+
+def dense_module(model: VGG) -> VGG:
+  """VGG with fc6..fc8 run as convolutions over the whole image (same parameters)."""
+  return model.clone(fully_convolutional=True)
+
+
+def dense_scales(config: Mapping[str, Any], image_size: int) -> tuple[int, ...]:
+  """The paper's test scales Q for a training config (S from its scale_jitter
+  augment_kwargs, else the 256-equivalent of the crop)."""
+  ratio = image_size / REFERENCE_SIZE
+  kwargs = dict(config.get("augment_kwargs") or {})
+  default_s = int(round(256 * ratio))
+  if config.get("augment") == "scale_jitter":
+    smin = int(kwargs.get("scale_min", default_s))
+    smax = int(kwargs.get("scale_max", int(round(512 * ratio))))
+  else:
+    smin = smax = default_s
+  if smin == smax:
+    offset = int(round(SCALE_OFFSET * ratio))
+    return (smin - offset, smin, smin + offset)
+  return (smin, (smin + smax) // 2, smax)
+
 
 def _register_all() -> None:
   from cnnjax.models.registry import ModelSpec, register  # pylint: disable=import-outside-toplevel
+  from cnnjax.models.warm_start import warm_start_vgg  # pylint: disable=import-outside-toplevel
+  hooks = {"dense": dense_module, "dense_scales": dense_scales, "warm_start": warm_start_vgg}
   for config in VGG_TABLE:
     base = "vgg_" + config.lower().replace("-", "_")
     depth = sum(1 for block in VGG_TABLE[config] for e in block if e != "LRN") + 3
     names = [base] + ([_ALIASES[config]] if config in _ALIASES else [])
     for name in names:
       register(name, ModelSpec(VGG, {"config": config}, "vgg",
-                               description=f"VGG configuration {config} ({depth} weight layers)"))
+                               description=f"VGG configuration {config} ({depth} weight layers)",
+                               **hooks))
       if config != "A-LRN":
         register(f"{name}_bn", ModelSpec(
             VGG, {"config": config, "use_bn": True}, "vgg",
-            description=f"VGG {config} with BatchNorm after every conv"))
+            description=f"VGG {config} with BatchNorm after every conv", **hooks))
 
 
 _register_all()

@@ -6,7 +6,7 @@
 Submodules are layered so an accelerator host can import the step without
 TensorFlow or ml_collections:
   losses, metrics, optim, durations, state, steps, checkpoint   jax, flax, optax, orbax
-  setup, warm_start                                                      + cnnjax.models
+  setup                                                                  + cnnjax.models
   config (validation), loop (run)                                        + ml_collections, cnnjax.data
 
 `run` and `restore_for_eval` are imported lazily, on first use.

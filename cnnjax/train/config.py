@@ -189,6 +189,9 @@ def validate(config: Any, *, num_devices: int | None = None,
                                                      for s in profile)
                            and 0 <= profile[0] <= profile[1]),
            "profile_steps", profile, "() or (first_step, last_step)")
-  if c["init_from"] and not c["model"].startswith("vgg"):
-    raise ConfigError(
-        f"config.init_from is the VGG warm start; model {c['model']!r} is not a VGG")
+  if c["init_from"]:
+    from cnnjax import models  # pylint: disable=import-outside-toplevel
+    if c["model"] in models.list_models() and models.get_spec(c["model"]).warm_start is None:
+      raise ConfigError(
+          f"config.init_from is a warm start from a trained shallower net of the same family "
+          f"(VGG's net A); model {c['model']!r} has none (ModelSpec.warm_start)")

@@ -53,7 +53,6 @@ from cnnjax.train import inputs as inputs_lib
 from cnnjax.train import memory
 from cnnjax.train import metrics as metrics_lib
 from cnnjax.train import optim, setup, steps
-from cnnjax.train import warm_start as warm_start_lib
 from cnnjax.train import workdir as workdir_lib
 from cnnjax.train.compilation_cache import enable_compilation_cache
 from cnnjax.train.durations import to_steps
@@ -190,6 +189,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Prepared:
 
 def initial_state(r: Prepared):
   """(state, how it was made): restored, warm-started or fresh, placed on the mesh."""
+  from cnnjax import models  # pylint: disable=import-outside-toplevel
   c = r.config
   if r.start_step > 0:
     arrays, _ = r.store.restore(r.abstract.arrays(), r.start_step)
@@ -201,8 +201,8 @@ def initial_state(r: Prepared):
   target = {"params": state.params}
   if state.batch_stats:
     target["batch_stats"] = state.batch_stats
-  merged, mapping = warm_start_lib.warm_start_vgg(jax.tree_util.tree_map(np.asarray, target),
-                                                  source)
+  warm_start = models.get_spec(c.model).warm_start  # checked by workdir.check_init_from
+  merged, mapping = warm_start(jax.tree_util.tree_map(np.asarray, target), source)
   put = lambda tree: jax.device_put(tree, sharding.replicated(r.mesh))  # noqa: E731
   params = put(merged["params"])
   state = state.replace(params=params, batch_stats=put(merged.get("batch_stats", {})),

@@ -53,7 +53,8 @@ def check_workdir_compatible(workdir: str, config: Mapping[str, Any]) -> None:
 
 
 def check_init_from(config: Mapping[str, Any], workdir: str) -> None:
-  """The warm-start source (config.init_from) exists, holds a checkpoint, and fits."""
+  """The warm-start source (config.init_from) exists, holds a checkpoint of the same
+  family (whose `ModelSpec.warm_start` copies its layers), and is another workdir."""
   source = config["init_from"]
   if not source:
     return
@@ -64,11 +65,14 @@ def check_init_from(config: Mapping[str, Any], workdir: str) -> None:
     raise CheckpointError(
         f"config.init_from={source!r} holds no checkpoint (expected {source}/checkpoints/<step>): "
         "train net A there first")
+  from cnnjax import models  # pylint: disable=import-outside-toplevel
   stored = ckpt_lib.read_workdir_config(source)
-  if not str(stored.get("model", "")).startswith("vgg"):
+  family = models.get_spec(config["model"]).family
+  stored_name = str(stored.get("model", ""))
+  if stored_name not in models.list_models() or models.get_spec(stored_name).family != family:
     raise CheckpointError(
         f"config.init_from={source!r} was trained with model {stored.get('model')!r}; the warm "
-        "start copies layers of a VGG (net A)")
+        f"start of {config['model']} copies layers of a trained {family} (VGG: net A)")
   if os.path.abspath(source) == os.path.abspath(workdir):
     raise ConfigError("config.init_from must be another workdir than --workdir")
 

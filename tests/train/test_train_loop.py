@@ -12,7 +12,8 @@ import pytest
 from train_helpers import make_tiny_config
 
 from cnnjax.errors import CheckpointError, ConfigError, NonFiniteError
-from cnnjax.train import checkpoint, loop, run, warm_start, workdir_lock
+from cnnjax.models import warm_start
+from cnnjax.train import checkpoint, loop, run, workdir_lock
 from cnnjax.train.writer import read_metrics
 
 # Plateau schedule, EMA and mid-run evaluations make the resume test cover
