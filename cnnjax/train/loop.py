@@ -14,7 +14,8 @@ calls `train_and_evaluate`, which reads as the run goes:
    the window's metrics come back in one transfer, a non-finite step stops
    the run with its exact step and quantity, validation runs and
    checkpoints are saved asynchronously;
-3. the held-out evaluation at the end.
+3. the held-out evaluation of the last step, saved once (as the best when
+   it is).
 
 `log_every_steps` is the trade-off: every boundary waits for the devices
 to finish the steps before it, so a small value (1) costs a sync per step
@@ -25,8 +26,8 @@ SIGTERM / SIGINT (preemption, Ctrl-C) finish the current step, save, and
 return; running the same command again continues exactly where it stopped.
 
 Outputs in the workdir: config.json, metrics.jsonl, tensorboard/,
-checkpoints/, best/, profile/ (when `profile_steps` is set) and a LOCK file
-while running.
+checkpoints/ (the latest N and the best by validation error, one orbax
+manager), profile/ (when `profile_steps` is set), and LOCK / LOCK.owner.
 """
 
 from __future__ import annotations
@@ -243,7 +244,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   window_start = time.perf_counter()
   last_eval: tuple[int, dict[str, Any]] | None = None
   profiling = False
-  step = r.start_step
+  step = saved_step = r.start_step
   try:
     with stop.installed():
       while step < end_step:
@@ -261,21 +262,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         bar.update(1)
 
         stopping = agree_to_stop(bool(stop), step, c.log_every_steps)
-        do_eval = r.eval_every > 0 and step % r.eval_every == 0
+        do_eval = (r.eval_every > 0 and step % r.eval_every == 0) or step == r.total_steps
         do_ckpt = ((r.checkpoint_every > 0 and step % r.checkpoint_every == 0)
                    or step == end_step or stopping)
         if step % c.log_every_steps == 0 or do_eval or do_ckpt:
           write_train_row(r, writer, bar, state, window, step, window_start)
           window = []
+        best = False
         if do_eval:
           results = validate(r, writer, state, eval_step, step)
           state = after_validation(state, jnp.float32(results["eval"]["top1_error"]))
           last_eval = (step, results)
-          if results["eval"]["top1_error"] < r.best_error:
+          best = results["eval"]["top1_error"] < r.best_error
+          if best:
             r.best_error = results["eval"]["top1_error"]
-            save(r, state, step, best=True)
-        if do_ckpt:
-          save(r, state, step)
+        if do_ckpt or best:  # one save per step, tagged when it is the best so far
+          save(r, state, step, best=best)
+          saved_step = step
         if not window:  # a boundary: validation and saving stay out of the next window's rate
           window_start = time.perf_counter()
         if stopping:
@@ -286,19 +289,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       bar.close()
       if step < r.total_steps:
         summary["interrupted"] = True  # stopped, or stop_after_steps reached
-      else:
+      else:  # the last step was validated in the loop, unless a finished run was resumed
         results = last_eval[1] if last_eval and last_eval[0] == step else validate(
             r, writer, state, eval_step, step)
         summary.update(results)
-        if results["eval"]["top1_error"] < r.best_error and step > r.start_step:
-          r.best_error = results["eval"]["top1_error"]
-          save(r, state, step, best=True)
         log(f"final held-out accuracy ({r.inputs.eval_split}, "
             f"{results['eval']['num_examples']} examples, step {step}): top-1 "
             f"{100 * (1 - results['eval']['top1_error']):.2f}%, top-5 "
             f"{100 * (1 - results['eval']['top5_error']):.2f}%")
-      if step > r.start_step:
-        save(r, state, step)  # a no-op when this step is already saved
+      if step > r.start_step and saved_step != step:
+        save(r, state, step)
   finally:
     if profiling:
       jax.profiler.stop_trace()
