@@ -326,20 +326,38 @@ def _prepare(name: str, builder, root: str) -> None:
         "The offline default dataset is 'digits'.") from error
 
 
-def download_hosts(builder) -> list[tuple[str, int]]:
+def _downloaded_already(builder, root: str, url: str, info) -> bool:
+  """Whether tfds will find `url`'s file on disk (downloads/ or downloads/manual/), not fetch it."""
+  downloads = os.path.join(root, "downloads")
+  if getattr(info, "filename", None) and os.path.exists(
+      os.path.join(downloads, "manual", info.filename)):
+    return True
+  resource = tfds.core.download.resource
+  try:  # tfds' own naming and test (the file and its .INFO beside it)
+    name = resource.get_dl_fname(url, info.checksum)
+    return any(resource.is_locally_cached(tfds.core.Path(folder) / name)
+               for folder in (os.path.join(downloads, builder.name), downloads))
+  except Exception:  # noqa: BLE001 - tfds' internals changed: assume a download
+    return False
+
+
+def download_hosts(builder, root: str | None = None) -> list[tuple[str, int]]:
   """(host, port) pairs a download of `builder` connects to: its registered URLs' hosts.
 
-  The URLs are those of the dataset's checksums file (tfds `url_infos`);
-  empty when tfds registers none (then nothing is checked). With an HTTP(S)
-  proxy configured for a URL, the proxy is the host connected to.
+  The URLs are those of the dataset's checksums file (tfds `url_infos`),
+  less those already downloaded into `root`'s downloads/ folder; empty when
+  tfds registers none (then nothing is checked). With an HTTP(S) proxy
+  configured for a URL, the proxy is the host connected to.
   """
   try:
-    urls = list(builder.url_infos or ())
+    url_infos = dict(builder.url_infos or {})
   except Exception:  # noqa: BLE001 - a builder without a checksums file
     return []
   proxies = urllib.request.getproxies()
   hosts = []
-  for url in urls:
+  for url, info in url_infos.items():
+    if root is not None and _downloaded_already(builder, root, url, info):
+      continue
     parts = urllib.parse.urlsplit(url)
     if not parts.hostname:
       continue
@@ -384,7 +402,7 @@ def not_prepared_message(name: str, builder, root: str) -> str:
 
 def _check_download_hosts(name: str, builder, root: str) -> None:
   """DataError within DOWNLOAD_CHECK_TIMEOUT_S when a download host cannot be reached."""
-  failures = _unreachable(download_hosts(builder), DOWNLOAD_CHECK_TIMEOUT_S)
+  failures = _unreachable(download_hosts(builder, root), DOWNLOAD_CHECK_TIMEOUT_S)
   if failures:
     raise DataError(not_prepared_message(name, builder, root)
                     + f" Unreachable: {', '.join(failures)}.")

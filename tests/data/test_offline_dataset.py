@@ -44,7 +44,7 @@ def _closed_local_port() -> tuple[str, int]:
 @pytest.mark.parametrize("host", [UNRESOLVABLE, None], ids=["unresolvable", "refused"])
 def test_unreachable_download_host_fails_fast_naming_data_dir_and_fix(tmp_path, monkeypatch, host):
   host = host or _closed_local_port()
-  monkeypatch.setattr(sources, "download_hosts", lambda builder: [host])
+  monkeypatch.setattr(sources, "download_hosts", lambda builder, root=None: [host])
   data_dir = str(tmp_path / "tfds")
   start = time.monotonic()
   with pytest.raises(DataError) as raised:
@@ -63,7 +63,7 @@ def test_reachable_download_host_goes_on_to_download(tmp_path, monkeypatch):
   with socket.socket() as server:
     server.bind(("127.0.0.1", 0))
     server.listen()
-    monkeypatch.setattr(sources, "download_hosts", lambda builder: [server.getsockname()])
+    monkeypatch.setattr(sources, "download_hosts", lambda builder, root=None: [server.getsockname()])
     with pytest.raises(DataError, match="download_and_prepare was called") as raised:
       cnnjax.data.dataset_info("cifar10", data_dir=str(tmp_path))
   assert isinstance(raised.value.__cause__, _DownloadStarted)
@@ -71,7 +71,7 @@ def test_reachable_download_host_goes_on_to_download(tmp_path, monkeypatch):
 
 def test_check_is_bounded_by_its_time_budget(tmp_path, monkeypatch):
   monkeypatch.setattr(sources, "DOWNLOAD_CHECK_TIMEOUT_S", 0.0)
-  monkeypatch.setattr(sources, "download_hosts", lambda builder: [("127.0.0.1", 1)])
+  monkeypatch.setattr(sources, "download_hosts", lambda builder, root=None: [("127.0.0.1", 1)])
   with pytest.raises(DataError, match="not tried: out of time"):
     cnnjax.data.dataset_info("cifar10", data_dir=str(tmp_path))
 
@@ -85,3 +85,21 @@ def test_download_hosts_are_the_registered_urls_or_the_proxy(tmp_path, monkeypat
   assert sources.download_hosts(builder) == [("proxy.example", 3128)]
   monkeypatch.setenv("no_proxy", "cs.toronto.edu")
   assert sources.download_hosts(builder) == [("www.cs.toronto.edu", 443)]
+
+
+def test_archive_already_in_downloads_needs_no_host(tmp_path):
+  """An archive copied into data_dir/downloads (or downloads/manual) is prepared offline."""
+  root = str(tmp_path)
+  builder = tfds.builder("cifar10", data_dir=root)
+  assert sources.download_hosts(builder, root) == [("www.cs.toronto.edu", 443)]
+  (url, info), = builder.url_infos.items()
+  manual = tmp_path / "downloads" / "manual"
+  manual.mkdir(parents=True)
+  (manual / info.filename).write_bytes(b"")
+  assert sources.download_hosts(builder, root) == []
+  (manual / info.filename).unlink()
+  cached = tmp_path / "downloads" / tfds.core.download.resource.get_dl_fname(url, info.checksum)
+  cached.write_bytes(b"")
+  assert sources.download_hosts(builder, root) == [("www.cs.toronto.edu", 443)]  # no .INFO yet
+  tfds.core.download.resource.get_info_path(tfds.core.Path(cached)).write_text("{}")
+  assert sources.download_hosts(builder, root) == []
