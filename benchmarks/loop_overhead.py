@@ -34,45 +34,36 @@ DEFAULT_MODEL_KWARGS = {"width_multiplier": 0.25}
 
 
 def _config(model: str, batch_size: int, image_size: int, steps: int, dataset: str,
-            model_kwargs: dict[str, Any] | None, dtype: str, log_every: int):
-  from cnnjax.configs import quickstart  # pylint: disable=import-outside-toplevel
-  c = quickstart.get_config()
-  c.model = model
-  c.model_kwargs = dict(model_kwargs or {})
-  c.dataset = dataset
-  c.batch_size = batch_size
-  c.eval_batch_size = max(batch_size, 64)
-  c.eval_num_batches = 1
-  c.image_size = image_size
-  c.num_steps = steps
-  c.log_every_steps = log_every
-  c.eval_every_steps = -1
-  c.checkpoint_every_steps = -1
-  c.progress_bar = False
-  c.dtype = dtype
-  c.compilation_cache_dir = "none"
-  return c
+            model_kwargs: dict[str, Any] | None, dtype: str, log_every: int) -> dict[str, Any]:
+  """The quickstart's optimiser and schedule around the given model and batch (a plain
+  dict: no ml_collections, as on a bare accelerator image)."""
+  from cnnjax.configs import base  # pylint: disable=import-outside-toplevel
+  return dict(
+      base.default_values(), model=model, model_kwargs=dict(model_kwargs or {}), dataset=dataset,
+      num_classes=10 if dataset == "digits" else 1000, batch_size=batch_size,
+      eval_batch_size=max(batch_size, 64), eval_num_batches=1, image_size=image_size,
+      num_steps=steps, learning_rate=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
+      schedule="warmup_cosine", warmup_steps=min(30, steps // 2), log_every_steps=log_every,
+      progress_bar=False, dtype=dtype, compilation_cache_dir="")
 
 
-def bare_images_per_s(config, steps: int) -> float:
-  """Images/s of the donated jitted train step alone, on one device-resident batch."""
+def bare_images_per_s(config: dict[str, Any], steps: int) -> float:
+  """Images/s of the loop's own donated, jitted train step alone (`jit_for_mesh`, the
+  same program, so a compilation cache serves both), on one device-resident batch."""
   import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
 
-  from cnnjax.train import optim, setup, steps as steps_lib  # pylint: disable=import-outside-toplevel
-  c = config
-  c.num_classes = c.num_classes or 10
-  model = setup.create_model(c, num_devices=1)
+  from cnnjax import sharding  # pylint: disable=import-outside-toplevel
+  from cnnjax.train import inputs, optim, setup  # pylint: disable=import-outside-toplevel
+  from cnnjax.train import steps as steps_lib  # pylint: disable=import-outside-toplevel
+  c = dict(config, dataset=inputs.SYNTHETIC_DATASET)
+  mesh = sharding.make_mesh()
+  model = setup.create_model(c, num_devices=jax.device_count())
   tx = optim.create_optimizer(c)
   recipe = setup.step_recipe(c, steps_per_epoch=100, total_steps=steps)
-  shape = (c.image_size, c.image_size, 3)
-  init = setup.state_initializer(model, tx, recipe, shape)
-  state = jax.jit(init)(jax.random.PRNGKey(0))
-  rng = np.random.default_rng(0)
-  batch = {"image": jnp.asarray(rng.normal(size=(c.batch_size,) + shape).astype(np.float32)),
-           "label": jnp.asarray(rng.integers(0, c.num_classes, c.batch_size).astype(np.int32))}
-  train = jax.jit(steps_lib.train_step_fn, donate_argnums=(0,))
+  init = setup.state_initializer(model, tx, recipe, (c["image_size"], c["image_size"], 3))
+  state = setup.create_state(init, mesh, c["seed"])
+  batch = next(inputs.open_inputs(c, mesh).train_batches(0))
+  train = steps_lib.jit_for_mesh(mesh)[0]
   for _ in range(3):
     state, metrics = train(state, batch)
   jax.block_until_ready((state, metrics))
@@ -80,7 +71,7 @@ def bare_images_per_s(config, steps: int) -> float:
   for _ in range(steps):
     state, metrics = train(state, batch)
   jax.block_until_ready((state, metrics))
-  return steps * c.batch_size / (time.perf_counter() - started)
+  return steps * c["batch_size"] / (time.perf_counter() - started)
 
 
 def loop_images_per_s(config) -> float:

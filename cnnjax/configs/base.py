@@ -12,7 +12,7 @@ are set the step count wins, so `--config.num_steps=100` shortens any
 recipe. `cnnjax.train.durations.to_steps` is the one place that converts.
 """
 
-import ml_collections
+from typing import Any
 
 # Enumerated keys and their allowed values.
 CHOICES = {
@@ -35,106 +35,112 @@ FREE_FORM_KEYS = ("model_kwargs", "augment_kwargs", "eval_view_kwargs")
 DURATIONS = ("num", "eval_every", "checkpoint_every", "warmup", "lr_decay_every")
 
 
-def get_base_config() -> ml_collections.ConfigDict:
-  """All keys with neutral defaults; recipes override and lock."""
-  c = ml_collections.ConfigDict()
+def default_values() -> dict[str, Any]:
+  """Every key with its neutral default, as a plain dict (no ml_collections needed:
+  the training code validates and runs any mapping with these keys)."""
+  return {
+    # --- model -------------------------------------------------------------
+    "model": "cifar_resnet20",  # a name from cnnjax.models.list_models()
+    "model_kwargs": {},  # forwarded to cnnjax.models.create
+    "num_classes": 0,  # 0: the dataset's number of classes
+    "dtype": "float32",  # compute dtype; params, optimiser state and BN statistics stay float32
+    # Examples per BatchNorm statistics group. 0: the per-device batch (the
+    # papers' per-GPU statistics, no cross-device traffic); -1: synchronised
+    # over the whole global batch; n > 0: groups of n examples.
+    "bn_group_size": 0,
+    "init_from": "",  # workdir of a trained VGG-A: warm start of a deeper VGG
+    # The CPU-tuned model parts (cnnjax.models.cpu: same variables and values,
+    # a faster train step on XLA:CPU, benchmarks/RESULTS.md): "auto" uses them
+    # when the process runs on the CPU backend, "on" always, "off" never.
+    "cpu_kernels": "auto",
 
-  # --- model -------------------------------------------------------------
-  c.model = "cifar_resnet20"  # a name from cnnjax.models.list_models()
-  c.model_kwargs = ml_collections.ConfigDict()  # forwarded to cnnjax.models.create
-  c.num_classes = 0  # 0: the dataset's number of classes
-  c.dtype = "float32"  # compute dtype; params, optimiser state and BN statistics stay float32
-  # Examples per BatchNorm statistics group. 0: the per-device batch (the
-  # papers' per-GPU statistics, no cross-device traffic); -1: synchronised
-  # over the whole global batch; n > 0: groups of n examples.
-  c.bn_group_size = 0
-  c.init_from = ""  # workdir of a trained VGG-A: warm start of a deeper VGG
-  # The CPU-tuned model parts (cnnjax.models.cpu: same variables and values,
-  # a faster train step on XLA:CPU, benchmarks/RESULTS.md): "auto" uses them
-  # when the process runs on the CPU backend, "on" always, "off" never.
-  c.cpu_kernels = "auto"
+    # --- data --------------------------------------------------------------
+    "dataset": "digits",  # a tfds name, "image_folder:<path>", or the embedded "digits"
+    "data_dir": "",  # "": tfds default
+    "train_split": "",  # "": the dataset's training split
+    "eval_split": "",  # "": the dataset's validation split
+    "image_size": 0,  # 0: the augmentation's / dataset's default
+    "normalize": "per_channel",  # mean subtraction, see cnnjax.data
+    "augment": "none",
+    "augment_kwargs": {},
+    "eval_view": "center",  # view of the periodic validation (full protocols: cnnjax evaluation)
+    "eval_view_kwargs": {},
+    "eval_batch_size": 0,  # 0: batch_size
+    "eval_num_batches": 0,  # 0: the whole validation split
+    # An unreadable image file (image folders): "raise" stops before training
+    # with a DataError naming it; "skip" leaves it out and counts it.
+    "on_bad_image": "raise",
 
-  # --- data --------------------------------------------------------------
-  c.dataset = "digits"  # a tfds name, "image_folder:<path>", or the embedded "digits"
-  c.data_dir = ""  # "": tfds default
-  c.train_split = ""  # "": the dataset's training split
-  c.eval_split = ""  # "": the dataset's validation split
-  c.image_size = 0  # 0: the augmentation's / dataset's default
-  c.normalize = "per_channel"  # mean subtraction, see cnnjax.data
-  c.augment = "none"
-  c.augment_kwargs = ml_collections.ConfigDict()
-  c.eval_view = "center"  # view of the periodic validation (full protocols: cnnjax evaluation)
-  c.eval_view_kwargs = ml_collections.ConfigDict()
-  c.eval_batch_size = 0  # 0: batch_size
-  c.eval_num_batches = 0  # 0: the whole validation split
-  # An unreadable image file (image folders): "raise" stops before training
-  # with a DataError naming it; "skip" leaves it out and counts it.
-  c.on_bad_image = "raise"
+    # --- batch and duration -------------------------------------------------
+    "batch_size": 128,  # global, over every device of every process
+    "num_steps": -1,
+    "num_epochs": -1.0,
 
-  # --- batch and duration -------------------------------------------------
-  c.batch_size = 128  # global, over every device of every process
-  c.num_steps = -1
-  c.num_epochs = -1.0
+    # --- optimiser ----------------------------------------------------------
+    "optimizer": "sgd",
+    "learning_rate": 0.1,
+    "lr_scaling": "none",  # "linear": lr = learning_rate * batch_size / lr_base_batch_size
+    "lr_base_batch_size": 256,
+    "momentum": 0.9,
+    "nesterov": False,
+    "weight_decay": 1e-4,
+    # Which parameters decay: conv/dense "kernels" (modern default), also their
+    # biases ("kernels_and_biases"), every parameter incl. BN ("all", Caffe's
+    # default as used by AlexNet/VGG/GoogLeNet), or "none".
+    "weight_decay_mask": "kernels",
+    "grad_clip_norm": 0.0,  # 0: no clipping
 
-  # --- optimiser ----------------------------------------------------------
-  c.optimizer = "sgd"
-  c.learning_rate = 0.1
-  c.lr_scaling = "none"  # "linear": lr = learning_rate * batch_size / lr_base_batch_size
-  c.lr_base_batch_size = 256
-  c.momentum = 0.9
-  c.nesterov = False
-  c.weight_decay = 1e-4
-  # Which parameters decay: conv/dense "kernels" (modern default), also their
-  # biases ("kernels_and_biases"), every parameter incl. BN ("all", Caffe's
-  # default as used by AlexNet/VGG/GoogLeNet), or "none".
-  c.weight_decay_mask = "kernels"
-  c.grad_clip_norm = 0.0  # 0: no clipping
+    # --- learning-rate schedule ---------------------------------------------
+    # constant | multistep (x lr_decay_factor at each boundary) | plateau (x
+    # lr_decay_factor when validation error stops improving, at most
+    # plateau_max_reductions times) | exponential (x lr_decay_factor every
+    # lr_decay_every) | warmup_cosine (linear warm-up, cosine to 0).
+    "schedule": "constant",
+    "lr_decay_factor": 0.1,
+    "lr_boundaries_steps": (),
+    "lr_boundaries_epochs": (),
+    "lr_decay_every_steps": -1,
+    "lr_decay_every_epochs": -1.0,
+    "warmup_steps": -1,  # linear warm-up from 0 (any schedule)
+    "warmup_epochs": -1.0,
+    "plateau_patience": 2,  # evaluations without improvement before a reduction
+    "plateau_rtol": 1e-3,  # relative improvement that counts
+    "plateau_max_reductions": 3,
+    # ResNet-110's warm-up: lr x error_warmup_factor until a training batch's
+    # top-1 error drops below error_warmup_threshold. 0: off.
+    "error_warmup_factor": 0.0,
+    "error_warmup_threshold": 0.8,
+    "ema_decay": 0.0,  # Polyak/EMA averaging of params, evaluated separately; 0: off
 
-  # --- learning-rate schedule ---------------------------------------------
-  # constant | multistep (x lr_decay_factor at each boundary) | plateau (x
-  # lr_decay_factor when validation error stops improving, at most
-  # plateau_max_reductions times) | exponential (x lr_decay_factor every
-  # lr_decay_every) | warmup_cosine (linear warm-up, cosine to 0).
-  c.schedule = "constant"
-  c.lr_decay_factor = 0.1
-  c.lr_boundaries_steps = ()
-  c.lr_boundaries_epochs = ()
-  c.lr_decay_every_steps = -1
-  c.lr_decay_every_epochs = -1.0
-  c.warmup_steps = -1  # linear warm-up from 0 (any schedule)
-  c.warmup_epochs = -1.0
-  c.plateau_patience = 2  # evaluations without improvement before a reduction
-  c.plateau_rtol = 1e-3  # relative improvement that counts
-  c.plateau_max_reductions = 3
-  # ResNet-110's warm-up: lr x error_warmup_factor until a training batch's
-  # top-1 error drops below error_warmup_threshold. 0: off.
-  c.error_warmup_factor = 0.0
-  c.error_warmup_threshold = 0.8
-  c.ema_decay = 0.0  # Polyak/EMA averaging of params, evaluated separately; 0: off
+    # --- loss ---------------------------------------------------------------
+    "loss": "categorical_cross_entropy",
+    "label_smoothing": 0.0,
+    "aux_loss_weight": 0.3,  # GoogLeNet's auxiliary classifiers
 
-  # --- loss ---------------------------------------------------------------
-  c.loss = "categorical_cross_entropy"
-  c.label_smoothing = 0.0
-  c.aux_loss_weight = 0.3  # GoogLeNet's auxiliary classifiers
-
-  # --- run ----------------------------------------------------------------
-  c.seed = 0
-  c.log_every_steps = 50
-  c.eval_every_steps = -1  # -1 with eval_every_epochs -1: only at the end
-  c.eval_every_epochs = -1.0
-  c.checkpoint_every_steps = -1  # -1 with checkpoint_every_epochs -1: only at the end
-  c.checkpoint_every_epochs = -1.0
-  c.keep_checkpoints = 3  # latest N; the best by validation error is kept besides
-  # Batches placed on the devices ahead of the step that uses them, so their
-  # host-to-device copies overlap compute (>= 1).
-  c.prefetch_batches = 2
-  c.profile_steps = ()  # (first, last): trace these steps with jax.profiler into <workdir>/profile
-  c.compilation_cache_dir = ""  # "": $CNNJAX_COMPILATION_CACHE_DIR or ~/.cache/cnnjax/jax
-  c.progress_bar = True
-  return c
+    # --- run ----------------------------------------------------------------
+    "seed": 0,
+    "log_every_steps": 50,
+    "eval_every_steps": -1,  # -1 with eval_every_epochs -1: only at the end
+    "eval_every_epochs": -1.0,
+    "checkpoint_every_steps": -1,  # -1 with checkpoint_every_epochs -1: only at the end
+    "checkpoint_every_epochs": -1.0,
+    "keep_checkpoints": 3,  # latest N; the best by validation error is kept besides
+    # Batches placed on the devices ahead of the step that uses them, so their
+    # host-to-device copies overlap compute (>= 1).
+    "prefetch_batches": 2,
+    "profile_steps": (),  # (first, last): trace these steps with jax.profiler into <workdir>/profile
+    "compilation_cache_dir": "",  # "": $CNNJAX_COMPILATION_CACHE_DIR or ~/.cache/cnnjax/jax
+    "progress_bar": True,
+  }
 
 
-def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+def get_base_config():
+  """All keys with neutral defaults, as the ml_collections.ConfigDict recipes override and lock."""
+  import ml_collections  # pylint: disable=import-outside-toplevel  (config files only)
+  return ml_collections.ConfigDict(default_values())
+
+
+def finalize(config):
   """Locks a recipe: unknown keys become errors; free-form dicts stay open."""
   config.lock()
   for key in FREE_FORM_KEYS:

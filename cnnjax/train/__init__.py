@@ -3,11 +3,11 @@
     from cnnjax.train import run
     run(config, workdir)          # what `python train.py` calls
 
-Submodules are layered so an accelerator host can import the step without
-TensorFlow or ml_collections:
+Submodules are layered so an accelerator host runs the whole loop without
+ml_collections, and imports TensorFlow only where data is read:
   losses, metrics, optim, durations, state, steps, checkpoint   jax, flax, optax, orbax
-  setup                                                                  + cnnjax.models
-  config (validation), loop (run)                                        + ml_collections, cnnjax.data
+  setup, memory                                                 + cnnjax.models
+  config (validation, RunConfig), loop (run), inputs            + cnnjax.data for tfds datasets
 
 `run` and `restore_for_eval` are imported lazily, on first use.
 """

@@ -532,17 +532,16 @@ def restore_variables(workdir: epath.PathLike, *, which: str = "latest", use_ema
 def restore_for_eval(workdir: epath.PathLike, *, which: str = "latest", use_ema: bool = False):
   """(config, model, variables) of a trained workdir, ready for `model.apply`.
 
-  config is the run's resolved ConfigDict (from config.json), model the flax
+  config is the run's resolved config (a RunConfig, from config.json), model the flax
   module built from it (float32 compute unless the run used another dtype),
   variables {"params", "batch_stats"?} on the default device. Example:
 
     config, model, variables = restore_for_eval("workdirs/quickstart")
     logits = model.apply(variables, images, train=False)
   """
-  import ml_collections  # pylint: disable=g-import-not-at-top
-
   from cnnjax.train import setup  # pylint: disable=g-import-not-at-top
-  config = ml_collections.ConfigDict(read_workdir_config(workdir))
+  from cnnjax.train.config import RunConfig  # pylint: disable=g-import-not-at-top
+  config = RunConfig(read_workdir_config(workdir))
   model = setup.create_model(config, num_devices=1)
   variables, _ = restore_variables(workdir, which=which, use_ema=use_ema)
   return config, model, variables

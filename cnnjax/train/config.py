@@ -27,6 +27,35 @@ def as_plain_dict(config: Any) -> dict[str, Any]:
   return json.loads(json.dumps(dict(config), default=list))
 
 
+class RunConfig(dict):
+  """A validated config as the run holds it: a plain dict with attribute access.
+
+  ml_collections stays with the config files and the command line; a run
+  (and a machine without ml_collections, such as a bare accelerator image)
+  takes any mapping with the keys of `base.default_values()`.
+  """
+
+  def __init__(self, config: Any):
+    super().__init__(as_plain_dict(config))
+
+  def __getattr__(self, key: str) -> Any:
+    try:
+      return self[key]
+    except KeyError:
+      raise AttributeError(key) from None
+
+  def __setattr__(self, key: str, value: Any) -> None:
+    if key not in self:
+      raise ConfigError(f"unknown config key {key!r}: {close_matches(key, self)}")
+    self[key] = value
+
+  def to_dict(self) -> dict[str, Any]:
+    return as_plain_dict(dict(self))
+
+  def to_json(self, **kwargs: Any) -> str:
+    return json.dumps(self.to_dict(), **kwargs)
+
+
 def _type_name(value: Any) -> str:
   return type(value).__name__
 
@@ -75,11 +104,11 @@ def validate(config: Any, *, num_devices: int | None = None,
   """Raises ConfigError for any unknown key, wrong type or bad value.
 
   Args:
-    config: a ConfigDict or mapping with the keys of `base.get_base_config()`.
+    config: a ConfigDict or mapping with the keys of `base.default_values()`.
     num_devices: the global device count; the batch size must divide by it.
     model_names: the registry's names (checked when given).
   """
-  reference = base.get_base_config()
+  reference = base.default_values()
   given = as_plain_dict(config)
   known = set(reference.keys())
   for key in given:

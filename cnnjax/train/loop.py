@@ -42,7 +42,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from cnnjax import sharding
@@ -83,7 +82,7 @@ def run(config: Any, workdir: str, *, stop_after_steps: int | None = None) -> di
   """
   from cnnjax import models  # pylint: disable=import-outside-toplevel
   config_lib.validate(config, num_devices=jax.device_count(), model_names=models.list_models())
-  config = _mutable_copy(config)
+  config = config_lib.RunConfig(config)
   workdir_lib.check_init_from(config, workdir)
   if stop_after_steps is not None and stop_after_steps < 0:
     raise ConfigError(f"stop_after_steps must be >= 0, got {stop_after_steps}")
@@ -97,12 +96,6 @@ def run(config: Any, workdir: str, *, stop_after_steps: int | None = None) -> di
     return train_and_evaluate(config, workdir, stop_after_steps=stop_after_steps)
 
 
-def _mutable_copy(config: Any) -> ml_collections.ConfigDict:
-  if isinstance(config, ml_collections.ConfigDict):
-    return ml_collections.ConfigDict(config.to_dict())
-  return ml_collections.ConfigDict(dict(config))
-
-
 # ---------------------------------------------------------------------------
 # Preparation: everything fixed for the run, before the first step.
 
@@ -111,7 +104,7 @@ def _mutable_copy(config: Any) -> ml_collections.ConfigDict:
 class Prepared:
   """The fixed parts of a run, made by `prepare`."""
 
-  config: ml_collections.ConfigDict
+  config: config_lib.RunConfig
   workdir: str
   inputs: inputs_lib.RunInputs
   mesh: Any
@@ -133,7 +126,7 @@ class Prepared:
     return jax.process_index() == 0
 
 
-def prepare(config: ml_collections.ConfigDict, workdir: str) -> Prepared:
+def prepare(config: config_lib.RunConfig, workdir: str) -> Prepared:
   """Resolves the dataset, model, schedule and resume point; computes nothing yet."""
   from cnnjax import models  # pylint: disable=import-outside-toplevel
   c = config
@@ -174,7 +167,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Prepared:
     raise
   except Exception as e:  # pylint: disable=broad-except  (the model refused its options)
     raise ConfigError(
-        f"config.model={c.model!r} / config.model_kwargs={c.model_kwargs.to_dict()} cannot "
+        f"config.model={c.model!r} / config.model_kwargs={c.model_kwargs} cannot "
         f"be built for {tuple(image_shape)} images: {type(e).__name__}: {e}") from e
   if jax.process_index() == 0:
     workdir_lib.write_whole(os.path.join(workdir, ckpt_lib.CONFIG_FILE),
@@ -216,7 +209,7 @@ def initial_state(r: Prepared):
 # The loop.
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+def train_and_evaluate(config: config_lib.RunConfig, workdir: str, *,
                        stop_after_steps: int | None = None) -> dict[str, Any]:
   """Trains to the config's end (or `stop_after_steps` more steps) and evaluates."""
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel

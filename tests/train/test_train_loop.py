@@ -141,7 +141,7 @@ VGG_TINY = {"width_multiplier": 0.125, "fc_features": 16}
 def _prepared_run(config, workdir):
   """The loop's set-up without training: config checks, data, model, initial state."""
   os.makedirs(workdir, exist_ok=True)
-  r = loop.prepare(loop._mutable_copy(config), workdir)
+  r = loop.prepare(loop.config_lib.RunConfig(config), workdir)
   state, how = loop.initial_state(r)
   return r, state, how
 
