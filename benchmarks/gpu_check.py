@@ -27,7 +27,7 @@ time limit, set by the shell script) and writes DIR/rows/NAME.json:
 (the same code, small sizes); without it a row refuses to run unless JAX
 sees a GPU. Imports jax, flax, optax, orbax and cnnjax's TensorFlow-free
 modules only; the loop rows run `cnnjax.train.run` on the "synthetic"
-dataset, which needs no TensorFlow but (for now) ml_collections.
+dataset, which needs neither TensorFlow nor ml_collections.
 """
 
 from __future__ import annotations
@@ -389,12 +389,7 @@ def row_loop(p: dict[str, Any], name: str) -> dict[str, Any]:
     from benchmarks import loop_overhead  # pylint: disable=import-outside-toplevel
   except ImportError as e:
     raise RuntimeError(f"benchmarks/loop_overhead.py is missing or broken: {e}") from e
-  import importlib.util  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
-  if importlib.util.find_spec("ml_collections") is None:
-    raise RuntimeError(
-        "cnnjax.train.run needs ml_collections (cnnjax/train/loop.py, cnnjax/configs), which this "
-        "machine lacks: pip install ml_collections, or make run() work without it")
   per_device = p["loop_batches"][name]
   dataset = _synthetic_dataset()
   measured = loop_overhead.measure(
