@@ -114,7 +114,7 @@ def test_best_before_any_validation_is_a_checkpoint_error(tmp_path):
 
 
 def test_the_manifest_hook_follows_orbax_finalize_whether_coroutine_or_not(tmp_path):
-  cls = checkpoint.manifested_temporary_path_class(str(tmp_path))
+  cls = integrity.manifested_temporary_path_class(str(tmp_path))
   base = cls.__mro__[1]
   assert inspect.iscoroutinefunction(cls.finalize) == inspect.iscoroutinefunction(base.finalize)
 
@@ -125,23 +125,23 @@ def test_the_manifest_hook_follows_orbax_finalize_whether_coroutine_or_not(tmp_p
   class NoFinalize:
     finalize = None
 
-  original = checkpoint._default_temporary_path_class  # pylint: disable=protected-access
+  original = integrity._default_temporary_path_class  # pylint: disable=protected-access
   try:
-    checkpoint._default_temporary_path_class = lambda directory: SyncFinalize  # pylint: disable=protected-access
-    synchronous = checkpoint.manifested_temporary_path_class(str(tmp_path))
+    integrity._default_temporary_path_class = lambda directory: SyncFinalize  # pylint: disable=protected-access
+    synchronous = integrity.manifested_temporary_path_class(str(tmp_path))
     assert not inspect.iscoroutinefunction(synchronous.finalize)
-    checkpoint._default_temporary_path_class = lambda directory: NoFinalize  # pylint: disable=protected-access
+    integrity._default_temporary_path_class = lambda directory: NoFinalize  # pylint: disable=protected-access
     with pytest.raises(CheckpointError, match="finalize.*orbax-checkpoint version"):
-      checkpoint.manifested_temporary_path_class(str(tmp_path))
+      integrity.manifested_temporary_path_class(str(tmp_path))
   finally:
-    checkpoint._default_temporary_path_class = original  # pylint: disable=protected-access
+    integrity._default_temporary_path_class = original  # pylint: disable=protected-access
 
 
 def test_object_store_paths_get_orbax_commit_file_class():
   """On gs:// orbax commits with a marker file, not a rename; the manifest hook follows it."""
-  cls = checkpoint.manifested_temporary_path_class("gs://bucket/run/checkpoints")
+  cls = integrity.manifested_temporary_path_class("gs://bucket/run/checkpoints")
   assert cls.__mro__[1].__name__ == "CommitFileTemporaryPath"
-  local = checkpoint.manifested_temporary_path_class("/tmp/run/checkpoints")
+  local = integrity.manifested_temporary_path_class("/tmp/run/checkpoints")
   assert local.__mro__[1].__name__ == "AtomicRenameTemporaryPath"
 
 
