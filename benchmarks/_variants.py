@@ -16,7 +16,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-Parts = dict[str, Any]  # model options passed to cnnjax.models.create (conv, norm, max_pool)
+Parts = dict[str, Any]  # model options passed to cnnjax.models.create (conv, norm)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +93,13 @@ def _stem_space_to_depth(parts: Parts) -> Parts:
   return {**parts, "conv": SpaceToDepthStemConv}
 
 
+def _without(part: str) -> Callable[[Parts], Parts]:
+  """Drops one CPU part, so the model takes that option's default."""
+  def edit(parts: Parts) -> Parts:
+    return {key: value for key, value in parts.items() if key != part}
+  return edit
+
+
 # Read by the jax worker: feed uint8 images and run the photometric
 # distortions + normalisation inside the step (augment_kwargs photometric="device").
 DEVICE_PHOTOMETRIC_ENV = "CNNJAX_BENCH_DEVICE_PHOTOMETRIC"
@@ -106,6 +113,11 @@ VARIANTS: dict[str, Variant] = {
         "select-and-scatter max pooling)", cpu_kernels="off"),
     # The CPU parts on any backend, to measure them where "auto" leaves them off (GPU, TPU).
     "cpu_kernels": Variant("cpu_kernels=on: the CPU parts on any backend", cpu_kernels="on"),
+    # One CPU part at a time: what each buys on top of the other.
+    "default_conv": Variant("the CPU parts with flax's nn.Conv (plain 1x1 and k x k "
+                            "convolutions)", edit_parts=_without("conv")),
+    "default_norm": Variant("the CPU parts with the two-pass BatchNorm",
+                            edit_parts=_without("norm")),
     # XLA's own CPU options: the worker adds none of cnnjax.xla_cpu's flags.
     "xla_defaults": Variant(
         "CNNJAX_XLA_CPU_FLAGS=off: none of cnnjax.xla_cpu's tuned XLA:CPU flags",

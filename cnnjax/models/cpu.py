@@ -21,9 +21,11 @@ Max pooling keeps the default graph's (an argmax-routed gradient measured
 no faster; RESULTS.md, "Model graph: default vs CPU parts").
 
 The convolutions' custom VJPs support reverse-mode differentiation only:
-`jax.jvp` and `jax.jacfwd` need the default parts. Measured on a 2-core CPU (ResNet-50 v1.5
-train step, batch 16, 224 px; benchmarks/RESULTS.md): the channel matmul
-1.58x, the one-pass BatchNorm 1.18x, the barriered convolutions 1.04-1.05x.
+`jax.jvp` and `jax.jacfwd` need the default parts. Measured on a 2-core CPU
+(ResNet-50 v1.5 train step, batch 16, 224 px; benchmarks/RESULTS.md): `Conv`
+1.51x and `BatchNorm` 1.34x, both 1.61x, in one interleaved run on top of
+the XLA flags and malloc settings (earlier: the channel matmul 1.58x, the
+one-pass BatchNorm 1.18x, the barriered convolutions 1.04-1.05x).
 """
 
 from __future__ import annotations
