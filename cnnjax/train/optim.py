@@ -49,7 +49,8 @@ def _is_normalisation_param(path, siblings: Mapping[str, Any]) -> bool:
 def weight_decay_mask(params, which: str = "kernels"):
   """A boolean pytree over `params`: True where weight decay applies.
 
-  kernels:            conv and dense kernels (leaves named 'kernel', or any >= 2-D weight)
+  kernels:            conv and dense kernels (leaves named 'kernel', or any other >= 2-D
+                      weight that is not a bias, a BN scale/offset or an embedding)
   kernels_and_biases: also the biases of conv/dense layers, not BatchNorm's scale/offset
   all:                every parameter, BatchNorm included (Caffe's decay on every blob)
   none:               nothing
@@ -65,8 +66,12 @@ def weight_decay_mask(params, which: str = "kernels"):
       if isinstance(value, Mapping):
         out[name] = visit(value, path + (name,))
         continue
-      is_kernel = name == "kernel" or (getattr(value, "ndim", 0) >= 2 and name != "embedding")
       is_norm = _is_normalisation_param(path, tree)
+      # By name, not by ndim: scan_blocks stacks BN's scale/bias of blocks 2..n
+      # into 2-D arrays, which must stay as undecayed as block 1's 1-D ones.
+      is_kernel = name == "kernel" or (
+          not is_norm and name not in ("bias", "scale", "embedding")
+          and getattr(value, "ndim", 0) >= 2)
       if which == "all":
         out[name] = True
       elif which == "none":
