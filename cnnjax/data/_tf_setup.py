@@ -8,7 +8,7 @@ the package imports before anything else.
 
 from __future__ import annotations
 
-import sys
+from cnnjax._imports import import_without
 
 
 def _import_tensorflow():
@@ -22,17 +22,7 @@ def _import_tensorflow():
   duration of the import and then forgotten: a later `import keras` or
   `tf.keras` loads it as usual.
   """
-  blocked = "keras.src.optimizers"
-  if "tensorflow" in sys.modules or blocked in sys.modules:
-    import tensorflow  # pylint: disable=import-outside-toplevel
-    return tensorflow
-  sys.modules[blocked] = None  # type: ignore[assignment]
-  try:
-    import tensorflow  # pylint: disable=import-outside-toplevel
-  finally:
-    if sys.modules.get(blocked, 0) is None:
-      del sys.modules[blocked]
-  return tensorflow
+  return import_without("tensorflow", blocked="keras.src.optimizers")
 
 
 tf = _import_tensorflow()

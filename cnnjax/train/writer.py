@@ -22,13 +22,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import time
 import warnings
 from collections.abc import Mapping
 from typing import Any
 
 from etils import epath
+
+from cnnjax._imports import import_without
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -45,17 +46,7 @@ def _tensorboardx_summary_writer():
   marked absent for the duration of the import and then forgotten; a later
   `import torch` loads it as usual.
   """
-  blocked = "torch"
-  if blocked in sys.modules or "tensorboardX.writer" in sys.modules:
-    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-    return SummaryWriter
-  sys.modules[blocked] = None  # type: ignore[assignment]
-  try:
-    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-  finally:
-    if sys.modules.get(blocked, 0) is None:
-      del sys.modules[blocked]
-  return SummaryWriter
+  return import_without("tensorboardX", blocked="torch").SummaryWriter
 
 
 def read_metrics(workdir: epath.PathLike, split: str | None = None) -> list[dict[str, Any]]:
