@@ -297,9 +297,12 @@ def evaluate(members: Sequence[Member | tuple[nn.Module, Any]],
     settings = dataclasses.replace(base, **{k: v for k, v in {
         "split": split, "data_dir": data_dir, "image_size": image_size,
         "normalize": normalize}.items() if v is not None})
-    batches, resolved_split, total, device_input = _eval_batches(settings, view, view_kwargs,
-                                                                 batch_size)
+    batches, resolved_split, total, device_input, used_kwargs = _eval_batches(
+        settings, view, view_kwargs, batch_size, auto_scales=not scales)
     report.update(dataset=settings.dataset, split=resolved_split)
+    if "scales" in report:
+      report["scales"] = list(used_kwargs.get("scales", [settings.image_size or _native_side(
+          settings)]))
   else:
     batches = data
 
@@ -320,10 +323,21 @@ def evaluate(members: Sequence[Member | tuple[nn.Module, Any]],
   return report
 
 
+def _native_side(settings: DataSettings) -> int | None:
+  from cnnjax import data  # pylint: disable=import-outside-toplevel
+  shape = data.dataset_info(settings.dataset, data_dir=settings.data_dir).image_shape
+  return shape[0] if shape[0] and shape[0] == shape[1] else None
+
+
 def _eval_batches(settings: DataSettings, view: str, view_kwargs: Mapping[str, Any],
-                  batch_size: int):
-  """(eval_iterator for the settings, resolved split name, number of batches, and the
-  DeviceInput that finishes its uint8 batches on the device)."""
+                  batch_size: int, *, auto_scales: bool = True):
+  """(eval_iterator for the settings, resolved split name, number of batches, the
+  DeviceInput that finishes its uint8 batches on the device, and the view options used).
+
+  Images already at the network's size keep it: the scales derived from the
+  papers' 224-pixel ones (auto_scales) are dropped, and the data views crop
+  them with the training geometry instead (see cnnjax.data.views).
+  """
   import math  # pylint: disable=import-outside-toplevel
 
   from cnnjax import data  # pylint: disable=import-outside-toplevel
@@ -335,7 +349,10 @@ def _eval_batches(settings: DataSettings, view: str, view_kwargs: Mapping[str, A
   view_kwargs = dict(view_kwargs)
   image_size = settings.image_size or (info.image_shape[0] if info.image_shape[0] ==
                                        info.image_shape[1] else None) or REFERENCE_SIZE
-  if view == "144crop" and "scales" not in view_kwargs and image_size != REFERENCE_SIZE:
+  native = info.image_shape[0] if info.image_shape[0] == info.image_shape[1] else None
+  if native and native == image_size and auto_scales:
+    view_kwargs.pop("scales", None)
+  elif view == "144crop" and "scales" not in view_kwargs and image_size != REFERENCE_SIZE:
     # GoogLeNet's 256..352 are for 224 crops; smaller networks get the same ratios.
     view_kwargs["scales"] = [int(round(q * image_size / REFERENCE_SIZE))
                              for q in GOOGLENET_SCALES]
@@ -350,6 +367,6 @@ def _eval_batches(settings: DataSettings, view: str, view_kwargs: Mapping[str, A
     total = math.ceil(per_process / (batch_size // jax.process_count()))
   device_input = data.device_input(settings.dataset, normalize=settings.normalize,
                                    data_dir=settings.data_dir, stats_split=settings.stats_split)
-  return batches, split, total, device_input
+  return batches, split, total, device_input, view_kwargs
 
 

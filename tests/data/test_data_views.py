@@ -98,3 +98,56 @@ def test_view_errors():
                   resize_size=200)
   with pytest.raises(DataError, match="does not take"):
     views.eval_op("center", image_size=224, native_size=None, normalize_op=IDENTITY, scales=(1,))
+
+
+# ---------------------------------------------- images already at the network's size
+
+
+def test_native_ten_crop_cuts_the_zero_padded_image_without_rescaling():
+  """CIFAR geometry: corners and centre of the 4-pixel zero-padded image, then mirrored."""
+  image = _distinct_image(32, 32)
+  op = views.eval_op("10crop", image_size=32, native_size=32, normalize_op=IDENTITY)
+  crops = _apply(op, image)["image"]
+  assert crops.shape == (10, 32, 32, 3)
+  padded = np.pad(image, [(4, 4), (4, 4), (0, 0)])
+  expected = [padded[:32, :32], padded[:32, 8:], padded[8:, :32], padded[8:, 8:],
+              padded[4:36, 4:36]]
+  expected += [e[:, ::-1] for e in expected]
+  for index, (got, want) in enumerate(zip(crops, expected)):
+    np.testing.assert_array_equal(got, want, err_msg=f"view {index}")
+  np.testing.assert_array_equal(crops[4], image)  # the centre crop is the image itself
+  # 144crop on a native-size image: the same 10 crops (no scales, no squares).
+  op = views.eval_op("144crop", image_size=32, native_size=32, normalize_op=IDENTITY)
+  np.testing.assert_array_equal(_apply(op, image)["image"], crops)
+  # An explicit resize_size keeps the rescaling view.
+  op = views.eval_op("10crop", image_size=32, native_size=32, normalize_op=IDENTITY,
+                     resize_size=40)
+  assert not np.array_equal(_apply(op, image)["image"][4], image)
+
+
+def test_native_multiscale_is_the_image_and_its_mirror_at_its_own_size():
+  image = _distinct_image(32, 32)
+  op = views.eval_op("multiscale", image_size=32, native_size=32, normalize_op=IDENTITY)
+  out = _apply(op, image)
+  assert [k for k in out if k.startswith("image")] == ["image_q32"]
+  np.testing.assert_array_equal(out["image_q32"], np.stack([image, image[:, ::-1]]))
+
+
+@pytest.mark.parametrize("view", ["10crop", "multiscale"])
+def test_native_views_finish_on_the_device_as_on_the_host(digits_dir, view):
+  """The padded crops' windows reach outside the frame: the device zeroes that padding."""
+  import jax.numpy as jnp
+
+  import cnnjax.data
+  args = dict(data_dir=digits_dir, global_batch_size=4, view=view, image_size=32,
+              normalize="per_pixel", process_index=0, process_count=1)
+  want = next(cnnjax.data.eval_iterator("digits", device_preprocessing=False, **args))
+  batch = next(cnnjax.data.eval_iterator("digits", device_preprocessing=True, **args))
+  finish = cnnjax.data.device_input("digits", normalize="per_pixel", data_dir=digits_dir)
+  got = finish.eval_batch({k: jnp.asarray(v) for k, v in batch.items()})
+  keys = [k for k in want if k.startswith("image")]
+  assert keys and set(got) == set(want)
+  for key in keys:
+    np.testing.assert_allclose(np.asarray(got[key]), want[key], atol=0.51 + 1e-3 * 255)
+  if view == "10crop":
+    assert np.all(want["image"][:, 0, :4] == 0)  # the top-left crop's padding rows
