@@ -52,9 +52,19 @@ def pca_lighting(pca_std: Sequence[float], pca_eigvec, alpha_std: float = 0.1) -
 
   p_i are the eigenvectors (columns of `pca_eigvec`) of the training set's
   RGB covariance, s_i the standard deviation along each (sqrt eigenvalue, in
-  0..255 units) and alpha_i ~ N(0, alpha_std^2), drawn once per image. The
-  added colour then has covariance alpha_std^2 * Sigma: a 10% copy of the
-  dataset's own colour variation.
+  0..255 units) and alpha_i ~ N(0, alpha_std^2), drawn once per image:
+  noise = eigvec @ (alpha * sqrt(eigval)).
+
+  The reading of the paper's lambda_i: the eigenvalues of the RGB
+  covariance, i.e. variances, so each enters through its square root (a
+  standard deviation). Only this reading gives a shift independent of the
+  pixel scale: the added colour has covariance alpha_std^2 * Sigma (0.01
+  Sigma for the paper's 0.1), a copy of the dataset's own colour variation
+  at a tenth of its standard deviation, on 0..255 or 0..1 pixels alike.
+  Multiplying by the eigenvalue itself (as some replications do, on 0..1
+  pixels) gives a shift that depends on the scale the images are stored
+  in. Tested in tests/data/test_data_augment.py
+  (the noise covariance is 0.01 x the data's colour covariance).
   """
   std = tf.constant(np.asarray(pca_std, np.float32).reshape(3))
   eigvec = tf.constant(np.asarray(pca_eigvec, np.float32).reshape(3, 3))

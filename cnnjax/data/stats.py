@@ -57,7 +57,8 @@ class ImageStats:
 
   @property
   def pca(self) -> tuple[np.ndarray, np.ndarray]:
-    """(std along each principal axis, eigenvectors as columns), largest first."""
+    """(std along each principal axis = sqrt of the covariance's eigenvalues, which are
+    variances; eigenvectors as columns), largest first: what `pca_lighting` takes."""
     eigval, eigvec = np.linalg.eigh(self.covariance)
     order = np.argsort(eigval)[::-1]
     return (np.sqrt(np.maximum(eigval[order], 0.0)).astype(np.float32),
