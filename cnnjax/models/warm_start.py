@@ -1,4 +1,13 @@
-"""VGG's warm start: a deeper net begins from a trained net A.
+"""VGG's warm starts: a deeper net begins from a trained net A; a net from
+the same configuration's trained net (the paper's training-scale chain).
+
+Same configuration (Sec. 3.1, "Training image size"): the S=384 net is
+initialised with the trained S=256 net of the same configuration, and the
+scale-jittered nets by fine-tuning all layers of the S=384 one. When source
+and target have the same layers with the same shapes, every layer is
+copied (`same_architecture`), BatchNorm statistics included.
+
+Net A into a deeper net:
 
 Simonyan & Zisserman (Sec. 3.1): "we initialised the first four
 convolutional layers and the last three fully-connected layers with the
@@ -82,13 +91,26 @@ def vgg_layer_mapping(source_params: Mapping[str, Any],
   return mapping
 
 
+def same_architecture(source_params: Mapping[str, Any], target_params: Mapping[str, Any]) -> bool:
+  """Whether the two parameter trees have the same layers, leaves and shapes."""
+  shapes = lambda tree: {  # noqa: E731
+      jax.tree_util.keystr(path): tuple(np.shape(leaf))
+      for path, leaf in jax.tree_util.tree_flatten_with_path(dict(tree))[0]}
+  return shapes(source_params) == shapes(target_params)
+
+
 def warm_start_vgg(target: Mapping[str, Any], source: Mapping[str, Any]) -> tuple[dict, dict[str, str]]:
   """Target variables with the mapped layers copied from the source variables.
 
   Both are {"params": ..., "batch_stats"?: ...}; BatchNorm statistics of a
-  copied layer travel with it. Returns (new variables, mapping).
+  copied layer travel with it. A source of the same configuration gives
+  every layer (the fine-tuning chain); otherwise net A's layers are mapped
+  (`vgg_layer_mapping`). Returns (new variables, mapping).
   """
-  mapping = vgg_layer_mapping(source["params"], target["params"])
+  if same_architecture(source["params"], target["params"]):
+    mapping = {name: name for name in target["params"]}
+  else:
+    mapping = vgg_layer_mapping(source["params"], target["params"])
   out = {}
   for collection, tree in target.items():
     tree = dict(tree)
