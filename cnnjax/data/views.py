@@ -11,8 +11,10 @@ Output formats (per example; batches add a leading batch axis):
                0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right, 4 centre,
                5..9 the same five mirrored left-right.
   "multiscale" one key per scale Q, "image_q{Q}": [2, Q, Q, 3] (VGG dense
-               evaluation): shorter side -> Q, centre Q x Q square, and its
-               mirror image. The model runs fully convolutionally on each key
+               evaluation) for batches of one fixed shape: shorter side -> Q,
+               centre Q x Q square, and its mirror image (the whole image for
+               square datasets). Datasets of varying image sizes are densely
+               evaluated on whole images instead (`whole_image_op`). The model runs fully convolutionally on each key
                and averages the class-score maps; keys are listed in
                `multiscale_keys(scales)`.
   "144crop"    image [144, 224, 224, 3] (GoogLeNet): for each scale Q in
@@ -214,3 +216,63 @@ def _three_squares(image: tf.Tensor, size: int) -> list[tf.Tensor]:
     squares.append(square)
   return squares
 
+
+
+# ------------------------------------------------------- dense evaluation on whole images
+
+
+def whole_image_op(scales: Sequence[int], normalize_op: Op, native_size: int | None = None) -> Op:
+  """VGG Sec. 3.2 / ResNet Sec. 4: the whole image at each scale, for dense evaluation.
+
+  Key "image_q{Q}" [2, Hq, Wq, 3]: the image with its shorter side rescaled
+  to Q and the aspect ratio kept (no crop; a 300x450 image gives 256x384 at
+  Q=256), and its mirror. Shapes differ between images, so these examples
+  are scored one at a time (`whole_image_batches`).
+  """
+  scales = tuple(int(q) for q in scales)
+  if not scales:
+    raise DataError("dense evaluation needs at least one scale")
+
+  def op(ex: Example) -> Example:
+    image = decode_image(ex["image"], native_size)
+    out = {k: v for k, v in ex.items() if k != "image"}
+    for q, key in zip(scales, multiscale_keys(scales)):
+      rescaled = normalize_op({"image": tf.cast(resize_shorter_side_image(image, q),
+                                                tf.float32)})["image"]
+      out[key] = tf.stack([rescaled, tf.image.flip_left_right(rescaled)])
+    return out
+  return op
+
+
+def whole_image_batches(dataset: str, *, scales: Sequence[int], rows: int = 1,
+                        data_dir=None, split: str | None = None,
+                        normalize: str = "per_channel", stats_split: str | None = None,
+                        on_bad_image: str = "raise"):
+  """One example per batch, each key "image_q{Q}" [rows, 2, Hq, Wq, 3] at its own shape.
+
+  Row 0 is the example (mask True); rows 1.. repeat it with mask False, so
+  a batch can be sharded over `rows` devices. Float32, normalised on the
+  host (`DeviceInput.eval_batch` passes float batches through). Each
+  distinct shape compiles the scoring step once more (measured cost in
+  cnnjax/evaluate/ensemble.py's docstring). Single-process only: the processes
+  of a multi-host run would need equal shapes in each global batch.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  from cnnjax.data import pipeline  # pylint: disable=import-outside-toplevel
+  if jax.process_count() > 1:
+    raise DataError("dense evaluation of whole images runs in one process (its batches have a "
+                    "shape per image); evaluate on one host, or use view '10crop'.")
+  source = pipeline.get_source(dataset, data_dir, on_bad_image=on_bad_image)
+  split = split or source.default_eval_split()
+  _, native = pipeline._image_size(source, None)  # pylint: disable=protected-access
+  stats = pipeline.stats_if_needed(source, stats_split, normalize, {})
+  op = whole_image_op(scales, pipeline.normalize_op(normalize, stats), native)
+  ds = source.read(source.share(split, 0, 1)).map(
+      lambda ex: op({"image": ex["image"], "label": tf.cast(ex["label"], tf.int32)}),
+      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
+  for example in ds.as_numpy_iterator():
+    batch = {k: np.repeat(np.asarray(v)[None], rows, axis=0) for k, v in example.items()}
+    batch["mask"] = np.arange(rows) == 0
+    yield batch
