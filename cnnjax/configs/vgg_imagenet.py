@@ -39,7 +39,9 @@ validation accuracy stops improving (three times), 74 epochs; random 224
 crops of the rescaled image, flips, RGB colour shift.
 
 Aims at (top-1 / top-5 validation error): D or E trained with jitter,
-multi-scale dense evaluation 24.8 / 7.5, dense + multi-crop 24.4 / 7.1;
+multi-scale dense evaluation 24.8 / 7.5 (`python -m cnnjax.evaluate
+--workdir <run> --views dense_multiscale`), dense + multi-crop 24.4 / 7.1
+(`--views dense+150crop`; 150 crops alone: `--views 150crop`);
 single-scale test of D with jitter, Q=384: 25.6 / 8.1 (paper Table 3).
 """
 

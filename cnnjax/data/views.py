@@ -17,6 +17,10 @@ Output formats (per example; batches add a leading batch axis):
                evaluated on whole images instead (`whole_image_op`). The model runs fully convolutionally on each key
                and averages the class-score maps; keys are listed in
                `multiscale_keys(scales)`.
+  "150crop"    image [150, 224, 224, 3] (VGG multi-crop): for each scale Q
+               (default 256, 384, 512): shorter side -> Q, the whole image;
+               a 5x5 regular grid of image_size crops and their mirrors
+               (`grid_crops_op`; the order is documented there).
   "144crop"    image [144, 224, 224, 3] (GoogLeNet): for each scale Q in
                (256, 288, 320, 352): shorter side -> Q; three Q x Q squares
                (left/centre/right, or top/centre/bottom for portrait images);
@@ -60,7 +64,7 @@ from cnnjax.data.image_ops import (Example, Op, center_crop_image, check_crop_fi
                                    image_hw, resize_image, resize_shorter_side_image, square_image)
 from cnnjax.errors import DataError
 
-VIEWS = ("center", "10crop", "multiscale", "144crop")
+VIEWS = ("center", "10crop", "multiscale", "144crop", "150crop")
 DEFAULT_MULTISCALE = (256, 384, 512)
 GOOGLENET_SCALES = (256, 288, 320, 352)
 NATIVE_PAD = 4  # the CIFAR recipe's zero padding (ResNet paper, Section 4.2)
@@ -69,7 +73,9 @@ _VIEW_KWARGS = {
     "10crop": {"resize_size", "pad"},
     "multiscale": {"scales"},
     "144crop": {"scales", "pad"},
+    "150crop": {"scales", "grid"},
 }
+VGG_GRID = 5  # VGG Sec. 3.2: a 5x5 regular grid of crops per scale
 
 
 def multiscale_keys(scales: Sequence[int] = DEFAULT_MULTISCALE) -> list[str]:
@@ -182,6 +188,15 @@ def eval_op(view: str, *, image_size: int, native_size: int | None, normalize_op
     return with_windows(multiscale, {"window" + key[len("image"):]: [[q, 0, 0, 0], [q, 0, 0, 1]]
                                      for q, key in zip(scales, multiscale_keys(scales))})
 
+  if view == "150crop":
+    scales = tuple(int(q) for q in kwargs.get("scales", DEFAULT_MULTISCALE))
+    grid = int(kwargs.get("grid", VGG_GRID))
+    for q in scales:
+      check_crop_fits(image_size, q, "150crop: scale")
+    crops_op = grid_crops_op(scales, image_size, grid)
+    return with_windows(lambda ex: dict(ex, image=normalized(crops_op(ex)["image"])),
+                        {"window": [[image_size, 0, 0, 0]] * (len(scales) * grid * grid * 2)})
+
   # 144crop
   scales = tuple(int(q) for q in kwargs.get("scales", GOOGLENET_SCALES))
   for q in scales:
@@ -201,6 +216,49 @@ def eval_op(view: str, *, image_size: int, native_size: int | None, normalize_op
     stacked.set_shape([len(scales) * 36, image_size, image_size, 3])
     return dict(ex, image=normalized(stacked))
   return with_windows(multi_crop, {"window": [[image_size, 0, 0, 0]] * (len(scales) * 36)})
+
+
+def grid_crops(image: tf.Tensor, size: int, grid: int = VGG_GRID) -> tf.Tensor:
+  """[grid * grid, size, size, 3]: crops on a regular grid over the whole image, row-major.
+
+  Row i of the grid starts at round(i * (H - size) / (grid - 1)) (the first
+  and last rows touch the image's edges), columns likewise.
+  """
+  h, w = image_hw(image)
+  steps = tf.cast(max(grid - 1, 1), tf.float32)
+  crops = []
+  for i in range(grid):
+    for j in range(grid):
+      top = tf.cast(tf.round(tf.cast(h - size, tf.float32) * i / steps), tf.int32)
+      left = tf.cast(tf.round(tf.cast(w - size, tf.float32) * j / steps), tf.int32)
+      crop = image[top:top + size, left:left + size]
+      crop.set_shape([size, size, 3])
+      crops.append(crop)
+  return tf.stack(crops)
+
+
+def grid_crops_op(scales: Sequence[int], image_size: int, grid: int = VGG_GRID,
+                  native_size: int | None = None) -> Op:
+  """VGG's multi-crop (Sec. 3.2, Table 5): per scale Q, shorter side -> Q (the
+  whole image, aspect kept), a grid x grid regular grid of image_size crops,
+  each also mirrored: "image" [len(scales) * grid^2 * 2, S, S, 3] (150 for 3
+  scales and the 5x5 grid), view v = (scale * grid^2 + row * grid + column) * 2
+  + mirrored. Unnormalised (float32)."""
+  scales = tuple(int(q) for q in scales)
+
+  def op(ex: Example) -> Example:
+    image = decode_image(ex["image"], native_size)
+    per_scale = []
+    for q in scales:
+      rescaled = check_fits(tf.cast(resize_shorter_side_image(image, q), tf.float32),
+                            image_size, image_size, "150crop")
+      crops = grid_crops(rescaled, image_size, grid)                    # [G, S, S, 3]
+      both = tf.stack([crops, tf.reverse(crops, axis=[-2])], axis=1)    # [G, 2, S, S, 3]
+      per_scale.append(tf.reshape(both, [-1, image_size, image_size, 3]))
+    stacked = tf.concat(per_scale, axis=0)
+    stacked.set_shape([len(scales) * grid * grid * 2, image_size, image_size, 3])
+    return dict(ex, image=stacked)
+  return op
 
 
 def _three_squares(image: tf.Tensor, size: int) -> list[tf.Tensor]:
@@ -247,8 +305,12 @@ def whole_image_op(scales: Sequence[int], normalize_op: Op, native_size: int | N
 def whole_image_batches(dataset: str, *, scales: Sequence[int], rows: int = 1,
                         data_dir=None, split: str | None = None,
                         normalize: str = "per_channel", stats_split: str | None = None,
-                        on_bad_image: str = "raise"):
+                        on_bad_image: str = "raise", crop_scales: Sequence[int] | None = None,
+                        image_size: int = 224):
   """One example per batch, each key "image_q{Q}" [rows, 2, Hq, Wq, 3] at its own shape.
+
+  crop_scales: also "image" [rows, V, image_size, image_size, 3], the
+  150crop view at these scales (VGG's dense + multi-crop, Table 5).
 
   Row 0 is the example (mask True); rows 1.. repeat it with mask False, so
   a batch can be sharded over `rows` devices. Float32, normalised on the
@@ -268,7 +330,15 @@ def whole_image_batches(dataset: str, *, scales: Sequence[int], rows: int = 1,
   split = split or source.default_eval_split()
   _, native = pipeline._image_size(source, None)  # pylint: disable=protected-access
   stats = pipeline.stats_if_needed(source, stats_split, normalize, {})
-  op = whole_image_op(scales, pipeline.normalize_op(normalize, stats), native)
+  norm = pipeline.normalize_op(normalize, stats)
+  dense_op = whole_image_op(scales, norm, native)
+  crops_op = grid_crops_op(crop_scales, image_size, native_size=native) if crop_scales else None
+
+  def op(ex):
+    out = dense_op(ex)
+    if crops_op is not None:
+      out["image"] = norm({"image": crops_op(ex)["image"]})["image"]
+    return out
   ds = source.read(source.share(split, 0, 1)).map(
       lambda ex: op({"image": ex["image"], "label": tf.cast(ex["label"], tf.int32)}),
       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)

@@ -12,8 +12,12 @@ every layer: zero padding changes the convolutions at the image border).
 Cost: one compilation of the scoring step per distinct image shape and
 scale set. Measured 2026-12-04 on the 2-core AMD EPYC CPU (shared), a
 narrow CIFAR ResNet at scales (64, 96), 16 images: one shape 1.4 s warm
-(4.4 s with its compile), 16 shapes 18.6 s, i.e. ~1.1 s per new shape;
-ImageNet's validation set has a few hundred distinct shapes per scale.
+(4.4 s with its compile), 16 shapes 18.6 s, i.e. ~1.1 s per new shape,
+paid once per distinct shape of the evaluated set.
+"150crop" is VGG's multi-crop (a 5x5 grid of crops and mirrors at each of
+three scales, cnnjax.data.views.grid_crops_op) and "dense+150crop" the
+average of the dense and the multi-crop posteriors (VGG Table 5: E 24.4 /
+7.1 top-1 / top-5 against 24.8 / 7.5 dense alone).
 Images already at the network's size (CIFAR, digits) keep that size: see
 cnnjax.data.views.
 """
@@ -34,10 +38,12 @@ from cnnjax.errors import ConfigError, DataError, ModelError, close_matches
 from cnnjax.evaluate import scoring
 from cnnjax.train.metrics import averages_from_sums
 
-VIEWS = ("center", "10crop", "dense_multiscale", "144crop")
-# Names of the same views in cnnjax.data.eval_iterator.
+VIEWS = ("center", "10crop", "dense_multiscale", "144crop", "150crop", "dense+150crop")
+# Names of the same views in cnnjax.data.eval_iterator ("dense+150crop" reads
+# whole images one at a time: cnnjax.data.views.whole_image_batches).
 DATA_VIEWS = {"center": "center", "10crop": "10crop", "dense_multiscale": "multiscale",
-              "144crop": "144crop"}
+              "144crop": "144crop", "150crop": "150crop", "dense+150crop": "multiscale"}
+DENSE_VIEWS = ("dense_multiscale", "dense+150crop")
 # ResNet paper, Table 3 footnote / Section 3.4: fully-convolutional test scales.
 GOOGLENET_SCALES = (256, 288, 320, 352)  # the 144-crop scales, for 224 crops
 REFERENCE_SIZE = 224  # the papers' crop; scales are given for it
@@ -127,7 +133,7 @@ def model_for_view(model: nn.Module, view: str, config: Mapping[str, Any] | None
   """
   if view not in VIEWS:
     raise ConfigError(f"unknown view {view!r}; {close_matches(view, VIEWS)}")
-  if view != "dense_multiscale":
+  if view not in DENSE_VIEWS:
     return model
   spec = _spec(model, config)
   if spec is None or spec.dense is None:
@@ -147,6 +153,18 @@ def dense_scales(model: nn.Module, config: Mapping[str, Any] | None = None,
   image_size = int(image_size or config.get("image_size") or REFERENCE_SIZE)
   model_for_view(model, "dense_multiscale", config)  # the named error for other families
   return tuple(_spec(model, config).dense_scales(config, image_size))
+
+
+def _view_scales(member: Member, view: str, image_size: int | None) -> tuple[int, ...]:
+  """Scales Q of a dense or 150crop view: the family's dense scales (VGG's from
+  its training S); for 150crop on other families VGG's (256, 384, 512) scaled
+  with image_size / 224."""
+  if view == "150crop":
+    spec = _spec(member.model, member.config)
+    if spec is None or spec.dense is None:
+      size = int(image_size or (member.config or {}).get("image_size") or REFERENCE_SIZE)
+      return tuple(int(round(q * size / REFERENCE_SIZE)) for q in (256, 384, 512))
+  return dense_scales(member.model, member.config, image_size)
 
 
 def predict_views(model: nn.Module, variables: Any, batch: Mapping[str, Any] | Any,
@@ -173,6 +191,12 @@ def _check_layout(batch: Mapping[str, Any], view: str) -> None:
   if view not in VIEWS:
     raise ConfigError(f"unknown view {view!r}; {close_matches(view, VIEWS)}")
   dense = bool(scoring.dense_keys(batch))
+  if view == "dense+150crop":
+    if not dense or getattr(batch.get("image"), "ndim", None) != 5:
+      raise DataError("view 'dense+150crop' takes batches with 'image_q<Q>' keys and 'image' "
+                      "[B, views, H, W, 3]; read them with cnnjax.data.views.whole_image_batches "
+                      "(crop_scales=...).")
+    return
   if view == "dense_multiscale":
     if not dense:
       raise DataError("view 'dense_multiscale' takes batches with one 'image_q<Q>' key per "
@@ -241,9 +265,12 @@ def _check_same_data(members: Sequence[Member]) -> None:
 
 
 def _default_batch_size(view: str, num_devices: int, view_kwargs: Mapping[str, Any]) -> int:
-  views = {"center": 1, "10crop": 10, "dense_multiscale": 2 * 3, "144crop": 144}[view]
+  views = {"center": 1, "10crop": 10, "dense_multiscale": 2 * 3, "144crop": 144,
+           "150crop": 150, "dense+150crop": 156}[view]
   if view == "144crop" and "scales" in view_kwargs:
     views = 36 * len(view_kwargs["scales"])
+  if view == "150crop" and "scales" in view_kwargs:
+    views = 50 * len(view_kwargs["scales"])
   per_device = max(1, DEFAULT_IMAGES_PER_DEVICE // views)
   return per_device * num_devices
 
@@ -285,14 +312,14 @@ def evaluate(members: Sequence[Member | tuple[nn.Module, Any]],
 
   report: dict[str, Any] = {"view": view}
   view_kwargs: dict[str, Any] = {}
-  if view == "dense_multiscale":
-    chosen = tuple(scales) if scales else dense_scales(members[0].model, members[0].config,
-                                                       image_size)
+  if view in DENSE_VIEWS or view == "150crop":
+    implied = lambda m: _view_scales(m, view, image_size)  # noqa: E731
+    chosen = tuple(scales) if scales else implied(members[0])
     for member in members[1:]:
-      if not scales and dense_scales(member.model, member.config, image_size) != chosen:
+      if not scales and implied(member) != chosen:
         raise ConfigError(
             f"ensemble members imply different dense scales ({chosen} for {members[0].name!r}, "
-            f"{dense_scales(member.model, member.config, image_size)} for {member.name!r}); "
+            f"{implied(member)} for {member.name!r}); "
             "pass scales= (--scales) to choose one set.")
     view_kwargs["scales"] = list(chosen)
     report["scales"] = list(chosen)
@@ -311,10 +338,11 @@ def evaluate(members: Sequence[Member | tuple[nn.Module, Any]],
     settings = dataclasses.replace(base, **{k: v for k, v in {
         "split": split, "data_dir": data_dir, "image_size": image_size,
         "normalize": normalize}.items() if v is not None})
-    if view == "dense_multiscale" and not _native_side(settings):
+    if view == "dense+150crop" or (view == "dense_multiscale" and not _native_side(settings)):
       # Images of many shapes: the whole image at each scale, one image per batch.
-      batches, resolved_split, total = _whole_image_batches(settings, view_kwargs["scales"],
-                                                            num_devices)
+      batches, resolved_split, total = _whole_image_batches(
+          settings, view_kwargs["scales"], num_devices,
+          crop_scales=view_kwargs["scales"] if view == "dense+150crop" else None)
       device_input, used_kwargs = None, view_kwargs
       report["whole_images"] = True
     else:
@@ -344,7 +372,8 @@ def evaluate(members: Sequence[Member | tuple[nn.Module, Any]],
   return report
 
 
-def _whole_image_batches(settings: DataSettings, scales: Sequence[int], rows: int):
+def _whole_image_batches(settings: DataSettings, scales: Sequence[int], rows: int, *,
+                         crop_scales: Sequence[int] | None = None):
   """(one-image batches of whole rescaled images, split, number of batches)."""
   from cnnjax import data  # pylint: disable=import-outside-toplevel
   from cnnjax.data import views  # pylint: disable=import-outside-toplevel
@@ -355,7 +384,8 @@ def _whole_image_batches(settings: DataSettings, scales: Sequence[int], rows: in
                     f"(--split), e.g. one of {sorted(info.splits)}.")
   batches = views.whole_image_batches(
       settings.dataset, scales=scales, rows=rows, data_dir=settings.data_dir, split=split,
-      normalize=settings.normalize, stats_split=settings.stats_split)
+      normalize=settings.normalize, stats_split=settings.stats_split, crop_scales=crop_scales,
+      image_size=settings.image_size or REFERENCE_SIZE)
   return batches, split, info.splits.get(split)
 
 
@@ -386,7 +416,7 @@ def _eval_batches(settings: DataSettings, view: str, view_kwargs: Mapping[str, A
   image_size = settings.image_size or (info.image_shape[0] if info.image_shape[0] ==
                                        info.image_shape[1] else None) or REFERENCE_SIZE
   native = info.image_shape[0] if info.image_shape[0] == info.image_shape[1] else None
-  if native and native == image_size and auto_scales:
+  if native and native == image_size and auto_scales and view != "150crop":
     view_kwargs.pop("scales", None)
   elif view == "144crop" and "scales" not in view_kwargs and image_size != REFERENCE_SIZE:
     # GoogLeNet's 256..352 are for 224 crops; smaller networks get the same ratios.

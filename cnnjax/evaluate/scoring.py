@@ -2,8 +2,9 @@
 
 A batch holds one image per example ([B, H, W, 3]), several views of it
 ([B, V, H, W, 3]: 10 crops, 144 crops) or, for dense multi-scale testing,
-one key "image_q<Q>" per scale Q of [B, 2, Q, Q, 3] (the image and its
-mirror). `view_scores` turns any of them into one row of class scores per
+one key "image_q<Q>" per scale Q of [B, 2, Hq, Wq, 3] (the image and its
+mirror), with "image" [B, V, H, W, 3] too for dense + multi-crop (VGG
+Table 5: the two methods' posteriors averaged with equal weight). `view_scores` turns any of them into one row of class scores per
 example: the logits of a single view, or the log of the softmax averaged
 over the views (the papers average posteriors, not logits). `error_sums`
 turns scores into (sum, count) pairs over the real examples of a padded,
@@ -60,7 +61,10 @@ def view_scores(apply_fn: Callable, variables: Any, batch: Mapping[str, Any], *,
   keys = dense_keys(batch)
   if keys:
     per_scale = [_mean_posteriors(apply_fn, variables, batch[key]) for key in keys]
-    return log_of(jnp.mean(jnp.stack(per_scale), axis=0))
+    dense = jnp.mean(jnp.stack(per_scale), axis=0)
+    if "image" in batch:  # VGG Table 5: dense and multi-crop, their posteriors averaged
+      return log_of((dense + _mean_posteriors(apply_fn, variables, batch["image"])) / 2)
+    return log_of(dense)
   if "image" not in batch:
     raise DataError(f"an evaluation batch needs 'image' or 'image_q<Q>' keys; got {sorted(batch)}")
   images = batch["image"]
