@@ -19,6 +19,13 @@ Views (test-time augmentation; the softmax is averaged over a view's images):
                     ResNet {224, 256, 384, 480, 640} (both scaled by
                     image_size / 224 for smaller inputs).
   144crop           GoogLeNet's 4 scales x 3 squares x 6 crops x 2 mirrors.
+  150crop           VGG's multi-crop: 3 scales x a 5x5 grid x 2 mirrors.
+  dense+150crop     VGG's dense and multi-crop posteriors averaged (Table 5).
+
+Dense views keep the whole image at shorter side Q (one image per batch
+when sizes vary). Images already at the network's size (CIFAR, digits) are
+not rescaled: the multi-crop views cut the 4-pixel zero-padded image, as
+training did (see cnnjax.evaluate.ensemble and cnnjax.data.views).
 
 Ensembles (AlexNet's 5 CNNs, GoogLeNet's 7 models, VGG D+E) average the
 softmax over models as well. Every example of the split is counted exactly
