@@ -26,6 +26,7 @@ CHOICES = {
     "loss": ("categorical_cross_entropy", "binary_cross_entropy", "mean_squared_error"),
     "on_bad_image": ("raise", "skip"),
     "cpu_kernels": ("auto", "on", "off"),
+    "device_preprocessing": ("auto", "on", "off"),
 }
 
 # Keys whose value is a free-form dict forwarded to another module.
@@ -63,6 +64,12 @@ def default_values() -> dict[str, Any]:
     "normalize": "per_channel",  # mean subtraction, see cnnjax.data
     "augment": "none",
     "augment_kwargs": {},
+    # Where images are finished: "on" ships uint8 (+ crop windows) and the
+    # jitted steps normalise and colour-augment them (a quarter of the bytes);
+    # "off" prepares float32 on the host; "auto": on with an accelerator, and
+    # on a CPU-only JAX the faster of the two there (host: RESULTS.md,
+    # "uint8 to the device").
+    "device_preprocessing": "auto",
     "eval_view": "center",  # view of the periodic validation (full protocols: cnnjax evaluation)
     "eval_view_kwargs": {},
     "eval_batch_size": 0,  # 0: batch_size

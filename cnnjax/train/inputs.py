@@ -124,20 +124,22 @@ def _tfds_inputs(c: Mapping[str, Any]) -> RunInputs:
   num_train = _split_size(data, c, train_split, fallback=info.num_train_examples)
   augment_kwargs = _plain(c["augment_kwargs"])
   image_size = c["image_size"]
+  device = {"auto": "auto", "on": True, "off": False}[c.get("device_preprocessing", "auto")]
 
   def train_batches(start_step: int) -> Iterator[Mapping[str, Any]]:
     return data.train_iterator(
         c["dataset"], data_dir=data_dir, split=train_split, global_batch_size=c["batch_size"],
         augment=c["augment"], augment_kwargs=augment_kwargs, image_size=image_size,
         normalize=c["normalize"], seed=c["seed"], start_step=start_step,
-        stats_split=train_split, on_bad_image=c["on_bad_image"])
+        stats_split=train_split, on_bad_image=c["on_bad_image"], device_preprocessing=device)
 
   def eval_batches() -> Iterable[Mapping[str, Any]]:
     batches = data.eval_iterator(
         c["dataset"], data_dir=data_dir, split=eval_split,
         global_batch_size=c["eval_batch_size"] or c["batch_size"], view=c["eval_view"],
         view_kwargs=_plain(c["eval_view_kwargs"]), image_size=image_size,
-        normalize=c["normalize"], stats_split=train_split, on_bad_image=c["on_bad_image"])
+        normalize=c["normalize"], stats_split=train_split, on_bad_image=c["on_bad_image"],
+        device_preprocessing=device)
     return itertools.islice(batches, c["eval_num_batches"] or None)
 
   return RunInputs(
