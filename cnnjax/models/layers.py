@@ -84,6 +84,9 @@ INITIALIZERS: dict[str, Initializer] = {
     "he_fan_out": nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
     # Flax's own default for Dense layers.
     "lecun": nn.initializers.lecun_normal(),
+    # All zeros: a classifier that starts at uniform posteriors (loss ln C)
+    # whatever the scale of its input features.
+    "zeros": nn.initializers.zeros,
 }
 
 
