@@ -39,6 +39,10 @@ instead (the CIFAR recipe's `pad`-pixel zero padding, 4 by default):
                = five_crop_offsets(N + 2 pad, N)[v % 5].
   "144crop"    the same 10 crops (there are no scales or squares to take).
   "multiscale" one key "image_q{N}": the image and its mirror.
+Option `flip=False` (a net trained without mirroring, e.g. digits) drops
+the mirrored views (10crop/144crop: 5 crops; multiscale: [1, N, N, 3]), and
+`pad=0` (trained without the padding) makes every crop the image itself;
+cnnjax.evaluate sets both from the run's training augmentation.
 An explicit resize_size (10crop) or scales (multiscale, 144crop) restores
 the rescaling views.
 
@@ -70,9 +74,9 @@ GOOGLENET_SCALES = (256, 288, 320, 352)
 NATIVE_PAD = 4  # the CIFAR recipe's zero padding (ResNet paper, Section 4.2)
 _VIEW_KWARGS = {
     "center": {"crop_fraction", "resize_size"},
-    "10crop": {"resize_size", "pad"},
-    "multiscale": {"scales"},
-    "144crop": {"scales", "pad"},
+    "10crop": {"resize_size", "pad", "flip"},
+    "multiscale": {"scales", "flip"},
+    "144crop": {"scales", "pad", "flip"},
     "150crop": {"scales", "grid"},
 }
 VGG_GRID = 5  # VGG Sec. 3.2: a 5x5 regular grid of crops per scale
@@ -141,27 +145,30 @@ def eval_op(view: str, *, image_size: int, native_size: int | None, normalize_op
   if native_size == image_size and view in ("10crop", "144crop") and not (
       {"resize_size", "scales"} & set(kwargs)):
     pad = int(kwargs.get("pad", NATIVE_PAD))
+    flip = bool(kwargs.get("flip", True))
     if pad < 0:
       raise DataError(f"{view}: pad must be >= 0 pixels; got {pad}")
 
     def padded_crops(ex: Example) -> Example:
       image = normalized(decode_image(ex["image"], native_size))
       padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
-      return dict(ex, image=tf.stack(with_mirrors(five_crops(padded, image_size))))
+      crops = five_crops(padded, image_size)
+      return dict(ex, image=tf.stack(with_mirrors(crops) if flip else crops))
     return with_windows(padded_crops, {"window": [
-        [native_size, top - pad, left - pad, mirrored] for mirrored in (0, 1)
+        [native_size, top - pad, left - pad, mirrored] for mirrored in ((0, 1) if flip else (0,))
         for top, left in five_crop_offsets(image_size + 2 * pad, image_size)]})
 
   if view == "multiscale" and native_size == image_size and "scales" not in kwargs:
     key = multiscale_keys([native_size])[0]
+    flip = bool(kwargs.get("flip", True))
 
     def native_dense(ex: Example) -> Example:
       image = normalized(decode_image(ex["image"], native_size))
       out = {k: v for k, v in ex.items() if k != "image"}
-      out[key] = tf.stack([image, tf.image.flip_left_right(image)])
+      out[key] = tf.stack([image, tf.image.flip_left_right(image)] if flip else [image])
       return out
-    return with_windows(native_dense, {"window" + key[len("image"):]: [[native_size, 0, 0, 0],
-                                                                        [native_size, 0, 0, 1]]})
+    return with_windows(native_dense, {"window" + key[len("image"):]: [
+        [native_size, 0, 0, mirrored] for mirrored in ((0, 1) if flip else (0,))]})
 
   if view == "10crop":
     resize_size = kwargs.get("resize_size", int(round(image_size / 0.875)))

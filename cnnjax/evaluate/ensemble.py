@@ -347,7 +347,8 @@ def evaluate(members: Sequence[Member | tuple[nn.Module, Any]],
       report["whole_images"] = True
     else:
       batches, resolved_split, total, device_input, used_kwargs = _eval_batches(
-          settings, view, view_kwargs, batch_size, auto_scales=not scales)
+          settings, view, view_kwargs, batch_size, auto_scales=not scales,
+          train_geometry=train_geometry(members[0].config))
     report.update(dataset=settings.dataset, split=resolved_split)
     if "scales" in report:
       report["scales"] = list(used_kwargs.get("scales", [settings.image_size or _native_side(
@@ -389,6 +390,20 @@ def _whole_image_batches(settings: DataSettings, scales: Sequence[int], rows: in
   return batches, split, info.splits.get(split)
 
 
+def train_geometry(config: Mapping[str, Any] | None) -> dict[str, Any]:
+  """The crops' padding and mirroring a run was trained with, for the views of
+  images already at the network's size: the CIFAR preset's `pad` (4 by
+  default), no padding for other presets; mirrors unless the run trained
+  without flips (augment "none", or augment_kwargs flip=False). {} without a
+  training config (the views' CIFAR defaults: pad 4, mirrors)."""
+  if not config:
+    return {}
+  augment = config.get("augment", "none")
+  options = dict(config.get("augment_kwargs") or {})
+  return {"pad": int(options.get("pad", 4)) if augment == "cifar" else 0,
+          "flip": augment != "none" and bool(options.get("flip", True))}
+
+
 def _native_side(settings: DataSettings) -> int | None:
   from cnnjax import data  # pylint: disable=import-outside-toplevel
   shape = data.dataset_info(settings.dataset, data_dir=settings.data_dir).image_shape
@@ -396,7 +411,8 @@ def _native_side(settings: DataSettings) -> int | None:
 
 
 def _eval_batches(settings: DataSettings, view: str, view_kwargs: Mapping[str, Any],
-                  batch_size: int, *, auto_scales: bool = True):
+                  batch_size: int, *, auto_scales: bool = True,
+                  train_geometry: Mapping[str, Any] | None = None):
   """(eval_iterator for the settings, resolved split name, number of batches, the
   DeviceInput that finishes its uint8 batches on the device, and the view options used).
 
@@ -418,6 +434,11 @@ def _eval_batches(settings: DataSettings, view: str, view_kwargs: Mapping[str, A
   native = info.image_shape[0] if info.image_shape[0] == info.image_shape[1] else None
   if native and native == image_size and auto_scales and view != "150crop":
     view_kwargs.pop("scales", None)
+    geometry = dict(train_geometry or {})
+    if view == "dense_multiscale":
+      geometry.pop("pad", None)  # the whole image: no crops to shift
+    if view in ("10crop", "144crop", "dense_multiscale"):
+      view_kwargs.update(geometry)
   elif view == "144crop" and "scales" not in view_kwargs and image_size != REFERENCE_SIZE:
     # GoogLeNet's 256..352 are for 224 crops; smaller networks get the same ratios.
     view_kwargs["scales"] = [int(round(q * image_size / REFERENCE_SIZE))

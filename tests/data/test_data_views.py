@@ -151,3 +151,17 @@ def test_native_views_finish_on_the_device_as_on_the_host(digits_dir, view):
     np.testing.assert_allclose(np.asarray(got[key]), want[key], atol=0.51 + 1e-3 * 255)
   if view == "10crop":
     assert np.all(want["image"][:, 0, :4] == 0)  # the top-left crop's padding rows
+
+
+def test_native_views_without_flips_or_padding():
+  image = _distinct_image(32, 32)
+  op = views.eval_op("10crop", image_size=32, native_size=32, normalize_op=IDENTITY, flip=False)
+  crops = _apply(op, image)["image"]
+  assert crops.shape == (5, 32, 32, 3)
+  np.testing.assert_array_equal(crops[0], np.pad(image, [(4, 4), (4, 4), (0, 0)])[:32, :32])
+  op = views.eval_op("10crop", image_size=32, native_size=32, normalize_op=IDENTITY, flip=False,
+                     pad=0)
+  np.testing.assert_array_equal(_apply(op, image)["image"], np.stack([image] * 5))
+  op = views.eval_op("multiscale", image_size=32, native_size=32, normalize_op=IDENTITY,
+                     flip=False)
+  np.testing.assert_array_equal(_apply(op, image)["image_q32"], image[None])

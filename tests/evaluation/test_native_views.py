@@ -38,3 +38,27 @@ def test_multi_crop_views_of_native_size_digits_do_not_hurt(digits_dir, tmp_path
   # Dense evaluation keeps the images' own size: one scale, 32, no upsampling.
   assert errors["dense_multiscale"]["scales"] == [32]
   assert errors["dense_multiscale"]["top1_error"] <= center + 0.005
+
+
+def test_views_follow_a_run_trained_without_padding_or_flips(digits_dir):
+  """The quickstart trains on the plain digits (augment "none"): no shifted or mirrored views."""
+  import jax
+  import jax.numpy as jnp
+
+  from cnnjax import evaluate, models
+  from cnnjax.configs import quickstart
+  assert evaluate.ensemble.train_geometry(quickstart.get_config().to_dict()) == {
+      "pad": 0, "flip": False}
+  assert evaluate.ensemble.train_geometry(
+      {"augment": "cifar", "augment_kwargs": {}}) == {"pad": 4, "flip": True}
+  model = models.create("cifar_resnet20", num_classes=10, stage_sizes=(1, 1, 1),
+                        width_multiplier=0.25)
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False)
+  config = {"dataset": "digits", "data_dir": digits_dir, "image_size": 32,
+            "normalize": "per_channel", "augment": "none", "model": "cifar_resnet20"}
+  member = evaluate.Member(model=model, variables=variables, config=config)
+  reports = {view: evaluate.evaluate([member], "digits", view=view, progress=False)
+             for view in ("center", "10crop", "dense_multiscale")}
+  for view in ("10crop", "dense_multiscale"):
+    assert reports[view]["top1_error"] == reports["center"]["top1_error"]
+    assert abs(reports[view]["loss"] - reports["center"]["loss"]) < 1e-4
