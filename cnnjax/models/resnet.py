@@ -10,9 +10,9 @@ tables `IMAGENET_DEPTHS` and `cifar_stage_sizes`. Options:
   (parameter-free), "B" projection (1x1 conv + BN) only where the shape changes,
   "C" projection in every block, "none" for plain networks.
 * `zero_init_residual`: the last BN scale of each residual branch starts at 0.
-* `dense_init`: the classifier's initialiser; the CIFAR networks default to
-  "zeros" (first loss ln 10 whatever the depth; see `CIFAR_INIT` for why),
-  the ImageNet ones to "lecun".
+  The CIFAR ResNets default to it (first loss ~ln 10 at any depth; see
+  `CIFAR_RESNET_INIT` for why); the ImageNet ones and all plain nets do not.
+* `dense_init`: the classifier's initialiser ("lecun"; "zeros" starts at ln C).
 * `activation`, `conv`, `norm`, `max_pool`: the parts every block is built
   from (a name from `layers.ACTIVATIONS` or any callable; a module class or
   partial called like nn.Conv; a normalisation class or partial, e.g.
@@ -63,18 +63,22 @@ CIFAR_DEPTHS: tuple[int, ...] = (20, 32, 44, 56, 110, 1202)
 CIFAR_PLAIN_DEPTHS: tuple[int, ...] = (20, 32, 44, 56, 110)
 
 
-# The CIFAR networks' initialisation (the ImageNet ones keep LeCun-normal fc
-# and BN scales 1). With BN scales 1 every block adds a unit-variance branch
-# to the identity, so the stream's variance grows ~linearly with the blocks:
-# a fresh ResNet-56 (27 blocks) gives logits of std ~2.7 and a first loss of
-# ~4.5 instead of ln 10 = 2.3 (BN in training mode), its first gradients are
-# large (norm ~13), and under the paper's recipe (SGD lr 0.1 from step one)
-# the first update is too big: depending on the seed and on rounding the run
-# trains or sits at chance. A zero classifier kernel starts every network at
-# loss ln 10 exactly; benchmarks/cifar_init.py measures both choices
-# (RESULTS.md, "Deep CIFAR ResNets at the paper's learning rate").
-# Both are options: `dense_init="lecun"` and `zero_init_residual=True`.
-CIFAR_INIT: dict[str, Any] = {"dense_init": "zeros"}
+# The CIFAR ResNets' initialisation (the ImageNet ones and the plain nets
+# keep BN scales 1 and a LeCun-normal fc). With BN scales 1 every block adds
+# a unit-variance branch to the identity, so the stream's variance grows
+# ~linearly with the blocks: a fresh ResNet-56 (27 blocks) gives logits of
+# std ~2.7 and a first loss of ~4.5 instead of ln 10 = 2.3 (BN in training
+# mode), large first gradients (norm ~13), and under the paper's recipe (SGD
+# lr 0.1 from step one) a first update too big: depending on the seed and on
+# rounding the run trains or sits near chance. Zero last-BN scales make every
+# block the identity at the start (first loss 2.33 at any depth) and trained
+# best of the three choices measured by benchmarks/cifar_init.py (RESULTS.md,
+# "Deep CIFAR ResNets at the paper's learning rate"); a zero classifier
+# (`dense_init="zeros"`) starts at ln 10 exactly but left the stream's growth
+# in place and trained slowest. Plain nets have no residual branch (a zero
+# last-BN scale would silence them) and no stream that grows.
+# The old choice stays available: `zero_init_residual=False`.
+CIFAR_RESNET_INIT: dict[str, Any] = {"zero_init_residual": True}
 
 
 def cifar_stage_sizes(depth: int) -> tuple[int, int, int]:
@@ -343,12 +347,12 @@ def _register_all() -> None:
   for depth in CIFAR_DEPTHS:
     register(f"cifar_resnet{depth}", ModelSpec(
         ResNet, {"stage_sizes": cifar_stage_sizes(depth), "block": "basic", "stem": "cifar",
-                 "width": 16, "shortcut": "A", **CIFAR_INIT}, "cifar_resnet", num_classes=10,
+                 "width": 16, "shortcut": "A", **CIFAR_RESNET_INIT}, "cifar_resnet", num_classes=10,
         image_size=32, description=f"CIFAR-10 ResNet-{depth} (6n+2, option A)", **hooks))
   for depth in CIFAR_PLAIN_DEPTHS:
     register(f"cifar_plain{depth}", ModelSpec(
         ResNet, {"stage_sizes": cifar_stage_sizes(depth), "block": "basic", "stem": "cifar",
-                 "width": 16, "shortcut": "none", **CIFAR_INIT}, "cifar_resnet", num_classes=10,
+                 "width": 16, "shortcut": "none"}, "cifar_resnet", num_classes=10,
         image_size=32, description=f"CIFAR-10 plain-{depth} (no shortcuts)", **hooks))
 
 
