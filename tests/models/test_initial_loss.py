@@ -40,8 +40,8 @@ CIFAR_NETS = {
     "cifar_plain110": ({"width_multiplier": 0.25}, TOLERANCE),
     "cifar_resnet20": ({"width_multiplier": 0.25}, TOLERANCE),
     "cifar_resnet56": ({"width_multiplier": 0.25}, TOLERANCE),
-    "cifar_resnet110": ({"width_multiplier": 0.25}, TOLERANCE),
-    # Scanned stages: one block compiled per stage instead of 200.
+    "cifar_resnet110": ({"width_multiplier": 0.25, "scan_blocks": True}, TOLERANCE),
+    # Scanned stages (110, 1202): one block compiled per stage instead of 18 or 200.
     "cifar_resnet1202": ({"width_multiplier": 0.25, "scan_blocks": True}, TOLERANCE),
 }
 IMAGENET_NETS = {
