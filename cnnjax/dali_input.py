@@ -889,23 +889,32 @@ def _decode_failure(error: Exception, sources: Sequence[ExampleSource], step: in
         position = (step + ahead) * source.local_batch + source.row_offset + row
         candidates.append((source, source.example_at(position)))
 
-  @dali.pipeline_def(batch_size=1, num_threads=1, device_id=None, exec_dynamic=True)
+  encoded_candidates = [source.read(example)[0] for source, example in candidates]
+
+  # Synchronous and one example per run, so that run k fails exactly when candidate k does.
+  @dali.pipeline_def(batch_size=1, num_threads=1, device_id=None, prefetch_queue_depth=1,
+                     exec_pipelined=False, exec_async=False)
   def probe():
-    return fn.decoders.image(fn.external_source(name="encoded", dtype=types.UINT8), device="cpu")
+    encoded = fn.external_source(lambda info: encoded_candidates[info.iteration], batch=False,
+                                 dtype=types.UINT8)
+    return fn.decoders.image(encoded, device="cpu", adjust_orientation=False)
 
   pipeline = probe()
   pipeline.build()
   for source, example in candidates:
-    encoded, _ = source.read(example)
     try:
-      pipeline.feed_input("encoded", [encoded])
       pipeline.run()
     except Exception as decode_error:  # noqa: BLE001 - DALI reports decoder errors as RuntimeError
-      detail = str(decode_error).strip().splitlines()
-      return DataError(f"cannot decode {source.describe(example)}: {detail[0] if detail else ''}; "
+      return DataError(f"cannot decode {source.describe(example)} ({_brief(decode_error)}); "
                        "fix or remove the image and prepare the dataset again")
-  first = str(error).strip().splitlines()
-  return DataError(f"the DALI pipeline failed at step {step}: {first[0] if first else error!r}")
+  return DataError(f"the DALI pipeline failed at step {step}: {_brief(error)}")
+
+
+def _brief(error: Exception, limit: int = 300) -> str:
+  """DALI's multi-line error text on one line, shortened."""
+  text = " ".join(str(error).split())
+  return text if len(text) <= limit else text[:limit] + "..."
+
 
 
 def train_iterator(dataset: str, *, global_batch_size: int, data_dir: str | os.PathLike | None = None,

@@ -1,0 +1,385 @@
+"""The DALI training input (cnnjax.dali_input), in DALI's CPU mode, against TensorFlow's reading of the same data."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed (pip install -e '.[dali]')")
+
+import tensorflow as tf  # noqa: E402
+
+from cnnjax import dali_input  # noqa: E402
+from cnnjax.errors import ConfigError, DataError  # noqa: E402
+from data_helpers import smooth_image  # noqa: E402
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def prepared(folder_with_splits, tmp_path_factory) -> tuple[str, str]:
+  """(dataset name, data_dir): the 3-class JPEG folder prepared by cnnjax (15 train, 9 val)."""
+  import cnnjax.data
+  data_dir = str(tmp_path_factory.mktemp("dali_data"))
+  name = "image_folder:" + folder_with_splits
+  cnnjax.data.dataset_info(name, data_dir=data_dir)
+  return name, data_dir
+
+
+def _iterator(prepared, **kwargs):
+  name, data_dir = prepared
+  options = dict(global_batch_size=4, image_size=SIZE, process_index=0, process_count=1,
+                 device="cpu", num_threads=1)
+  options.update(kwargs)
+  return dali_input.train_iterator(name, data_dir=data_dir, **options)
+
+
+def _take(iterator, count):
+  return [next(iterator) for _ in range(count)]
+
+
+def _jpeg(rng, height, width, quality=90) -> bytes:
+  from PIL import Image
+  noisy = smooth_image(rng, height, width).astype(np.int16) + rng.integers(-20, 21, (height, width, 3))
+  buffer = io.BytesIO()
+  Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(buffer, format="JPEG", quality=quality)
+  return buffer.getvalue()
+
+
+# ----------------------------------------------------------------------------
+# Reading without TensorFlow: Example protos, record offsets, image headers.
+
+
+def test_parse_example_equals_tensorflows_serialization():
+  features = {
+      "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"\xff\xd8\x00binary", b""])),
+      "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[7])),
+      "ids": tf.train.Feature(int64_list=tf.train.Int64List(value=[0, -1, 2**62, -2**63, 300])),
+      "scores": tf.train.Feature(float_list=tf.train.FloatList(value=[0.5, -1.25, 3e8])),
+      "empty": tf.train.Feature(int64_list=tf.train.Int64List(value=[])),
+      "name": tf.train.Feature(bytes_list=tf.train.BytesList(value=["naïve".encode()])),
+  }
+  serialized = tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+  parsed = dali_input.parse_example(serialized)
+  assert set(parsed) == set(features)
+  assert [bytes(v) for v in parsed["image"]] == [b"\xff\xd8\x00binary", b""]
+  assert parsed["label"] == [7]
+  assert parsed["ids"] == [0, -1, 2**62, -2**63, 300]
+  assert parsed["scores"] == [0.5, -1.25, 3e8]
+  assert parsed["empty"] == []
+  assert bytes(parsed["name"][0]).decode() == "naïve"
+
+
+def test_index_matches_the_records_tensorflow_reads(prepared, tmp_path):
+  split = dali_input.prepared_split(*prepared, split="train")
+  path = split.files[0]
+  copy = str(tmp_path / os.path.basename(path))
+  shutil.copy(path, copy)
+  index = dali_input.record_index(copy, expected=15)
+  records = [r.numpy() for r in tf.data.TFRecordDataset(copy)]
+  assert len(index) == len(records) == 15
+  with open(copy, "rb") as f:
+    data = f.read()
+  for (offset, size), record in zip(index.tolist(), records):
+    assert data[offset + 12:offset + size - 4] == record
+  assert index[-1].sum() == len(data)
+  # Cached beside the data as "offset size" lines (DALI's tfrecord2idx format)...
+  with open(copy + ".idx") as f:
+    assert [tuple(map(int, line.split())) for line in f] == [tuple(r) for r in index.tolist()]
+  # ...rebuilt when stale, and written to index_dir when asked.
+  with open(copy + ".idx", "w") as f:
+    f.write("0 10\n")
+  np.testing.assert_array_equal(dali_input.record_index(copy, expected=15), index)
+  elsewhere = dali_input.record_index(copy, expected=15, index_dir=str(tmp_path / "cache"))
+  np.testing.assert_array_equal(elsewhere, index)
+  assert len(os.listdir(tmp_path / "cache")) == 1
+  # The prepared record parses as TensorFlow parses it.
+  parsed = dali_input.parse_example(records[0])
+  example = tf.train.Example.FromString(records[0])
+  assert bytes(parsed["image"][0]) == example.features.feature["image"].bytes_list.value[0]
+  assert parsed["label"] == list(example.features.feature["label"].int64_list.value)
+
+
+def test_image_header_sizes_equal_pillows():
+  from PIL import Image
+  rng = np.random.default_rng(1)
+  for height, width, options in [(37, 53, {"format": "JPEG"}), (64, 17, {"format": "PNG"}),
+                                 (80, 96, {"format": "JPEG", "progressive": True}),
+                                 (21, 40, {"format": "JPEG", "exif": b"Exif\x00\x00" + b"\x00" * 64})]:
+    buffer = io.BytesIO()
+    Image.fromarray(smooth_image(rng, height, width)).save(buffer, **options)
+    assert dali_input.image_hw(buffer.getvalue()) == (height, width)
+  assert dali_input.image_hw(b"GIF89a....") is None
+  assert dali_input.image_hw(b"\xff\xd8\xff\xd9") is None
+
+
+# ----------------------------------------------------------------------------
+# Pixels: DALI on given windows against TensorFlow on the same windows.
+
+
+def _round(image) -> np.ndarray:
+  return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8).numpy()
+
+
+def _tf_resized_crop(encoded, plan_geometry, dct_method=""):
+  """TF's inception path on a window: fused decode-and-crop, bilinear resize (no antialias), flip."""
+  top, left, height, width, flip = plan_geometry
+  crop = tf.image.decode_and_crop_jpeg(encoded, [top, left, height, width], channels=3,
+                                       dct_method=dct_method)
+  resized = tf.image.resize(tf.cast(crop, tf.float32), [SIZE * 2, SIZE * 2], "bilinear",
+                            antialias=False)
+  return _round(resized[:, ::-1] if flip else resized)
+
+
+def test_inception_windows_match_tf_decode_and_crop():
+  """DALI's decode-slice-resize-flip against TF's on the same windows, 0..255 scale, 24 JPEGs.
+
+  Measured (DALI 2.4 CPU, TF 2.21): against the tf.data op (decode_and_crop_jpeg,
+  whose default IDCT is libjpeg's fast one; DALI's is the accurate one):
+  mean |diff| 0.97, 99th percentile 3, max 12. With TF's accurate IDCT
+  the mean is 0.016 and the 99th percentile 0: what differs is then a
+  column at the window's edge, where TF's fused crop upsamples the chroma
+  without the neighbouring block (TF's fused and full decodes differ there
+  by up to 11 themselves).
+  """
+  rng = np.random.default_rng(0)
+  examples, geometries = [], []
+  for k in range(24):
+    encoded = _jpeg(rng, int(rng.integers(80, 200)), int(rng.integers(80, 200)))
+    height, width = dali_input.image_hw(encoded)
+    top, left, h, w = dali_input.inception_window(np.random.default_rng(k), height, width)
+    flip = bool(k % 2)
+    examples.append((encoded, dali_input.CropPlan((top, left), (h, w), (0.0, 0.0), (float(h), float(w)),
+                                                  flip, "bilinear", (SIZE, 0, 0, 0))))
+    geometries.append((top, left, h, w, flip))
+  ours = dali_input.render_plans(examples, image_size=SIZE * 2, antialias=False).astype(np.int32)
+  pipeline = np.stack([_tf_resized_crop(e, g) for (e, _), g in zip(examples, geometries)])
+  accurate = np.stack([_tf_resized_crop(e, g, "INTEGER_ACCURATE")
+                       for (e, _), g in zip(examples, geometries)])
+  error = np.abs(ours - pipeline)
+  assert error.mean() < 1.5 and np.percentile(error, 99) <= 4 and error.max() <= 24
+  error = np.abs(ours - accurate)
+  assert error.mean() < 0.05 and np.percentile(error, 99) <= 1
+
+
+@pytest.mark.parametrize("preset", ["alexnet", "scale_jitter"])
+def test_resize_then_crop_presets_match_tf(preset):
+  """One resize of the crop's region against TF's resize of the whole image, then crops.
+
+  TF side: full decode (accurate IDCT, so only the geometry is compared),
+  shorter side resized with antialiased bilinear, (centre square,) the
+  random crop, flip. Measured: mean |diff| 0.0001, max 1 (rounding), both presets.
+  """
+  rng = np.random.default_rng(1)
+  settings = dali_input.make_preset(preset, SIZE)
+  examples, references = [], []
+  for k in range(16):
+    encoded = _jpeg(rng, int(rng.integers(40, 160)), int(rng.integers(40, 160)))
+    height, width = dali_input.image_hw(encoded)
+    plan = settings.plan(np.random.default_rng(k), height, width)
+    examples.append((encoded, plan))
+    draws = np.random.default_rng(k)  # the same draws, in the order Preset.plan makes them
+    target = (int(draws.integers(settings.scale_min, settings.scale_max + 1))
+              if preset == "scale_jitter" else settings.resize_size)
+    new_h, new_w = dali_input.shorter_side_size(height, width, target)
+    image = tf.image.resize(tf.cast(tf.image.decode_jpeg(encoded, channels=3,
+                                                         dct_method="INTEGER_ACCURATE"), tf.float32),
+                            [new_h, new_w], "bilinear", antialias=True)
+    if preset == "alexnet":
+      top, left = (new_h - target) // 2, (new_w - target) // 2
+      image, new_h, new_w = image[top:top + target, left:left + target], target, target
+    top, left = int(draws.integers(new_h - SIZE + 1)), int(draws.integers(new_w - SIZE + 1))
+    flip = bool(draws.random() < 0.5)
+    assert flip == plan.flip
+    if preset == "alexnet":
+      assert plan.window == (settings.resize_size, top, left, int(flip))
+    image = image[top:top + SIZE, left:left + SIZE]
+    references.append(_round(image[:, ::-1] if flip else image))
+  ours = dali_input.render_plans(examples, image_size=SIZE, antialias=True).astype(np.int32)
+  error = np.abs(ours - np.stack(references))
+  assert error.mean() < 0.01 and error.max() <= 1
+
+
+def test_inception_window_statistics_match_tf():
+  """Area and aspect distributions of 3000 draws vs tf.image.stateless_sample_distorted_bounding_box."""
+  height, width, count = 120, 200, 3000
+
+  @tf.function
+  def tf_windows(seeds):
+    def one(seed):
+      _, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+          [height, width, 3], tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=seed,
+          min_object_covered=0.0, aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0),
+          max_attempts=10, use_image_if_no_bounding_boxes=True)
+      return size[:2]
+    return tf.map_fn(one, seeds, fn_output_signature=tf.int32)
+
+  theirs = tf_windows(tf.stack([tf.range(count), tf.range(count) * 7 + 1], 1)).numpy().astype(float)
+  ours = np.array([dali_input.inception_window(np.random.default_rng(k), height, width)[2:]
+                   for k in range(count)], float)
+  for name, sizes in (("tf", theirs), ("ours", ours)):
+    area = sizes[:, 0] * sizes[:, 1] / (height * width)
+    assert area.min() >= 0.08 - 1e-6 and area.max() <= 1.0, name
+  area_theirs, area_ours = (s[:, 0] * s[:, 1] / (height * width) for s in (theirs, ours))
+  aspect_theirs, aspect_ours = (s[:, 1] / s[:, 0] for s in (theirs, ours))
+  assert abs(area_ours.mean() - area_theirs.mean()) < 0.02
+  assert abs(np.median(area_ours) - np.median(area_theirs)) < 0.03
+  assert abs(aspect_ours.mean() - aspect_theirs.mean()) < 0.02
+  whole_theirs = np.mean((theirs == [height, width]).all(1))
+  whole_ours = np.mean((ours == [height, width]).all(1))
+  assert abs(whole_ours - whole_theirs) < 0.02
+
+
+# ----------------------------------------------------------------------------
+# The stream: exact resume, shares, seeds, windows.
+
+
+def test_resume_at_a_step_equals_the_uninterrupted_stream(prepared):
+  """15 examples, 4 per batch: the batches cross epoch boundaries (steps 3 and 7)."""
+  uninterrupted = _take(_iterator(prepared, seed=3), 8)
+  resumed = _take(_iterator(prepared, seed=3, start_step=5), 3)
+  for expected, got in zip(uninterrupted[5:], resumed):
+    for key in ("image", "label", "window"):
+      np.testing.assert_array_equal(got[key], expected[key])
+  labels = np.concatenate([b["label"] for b in uninterrupted[:4]])[:15]
+  assert sorted(labels.tolist()) == [0] * 5 + [1] * 5 + [2] * 5  # an epoch is a permutation
+  assert all(b["image"].shape == (4, SIZE, SIZE, 3) and b["image"].dtype == np.uint8
+             for b in uninterrupted)
+  assert all((b["window"] == [SIZE, 0, 0, 0]).all() for b in uninterrupted)
+
+
+def test_seeds_decide_the_batches(prepared):
+  first, again, other = (_take(_iterator(prepared, seed=s, augment="scale_jitter"), 2)
+                         for s in (0, 0, 1))
+  for a, b in zip(first, again):
+    np.testing.assert_array_equal(a["image"], b["image"])
+  assert any(not np.array_equal(a["image"], c["image"]) for a, c in zip(first, other))
+
+
+def test_process_shares_are_disjoint_and_cover_the_split(prepared):
+  split = dali_input.prepared_split(*prepared, split="train")
+  preset = dali_input.make_preset("inception", SIZE)
+  indices = [dali_input.record_index(f, n) for f, n in zip(split.files, split.shard_lengths)]
+  shares = []
+  for process in range(4):
+    source = dali_input.ExampleSource(split, indices, preset, seed=0, process_index=process,
+                                      process_count=4, local_batch=2, start_step=0)
+    shares.append([source.example_at(t) for t in range(source.share_size)])
+    assert sorted(shares[-1]) == list(range(source.share_start,
+                                            source.share_start + source.share_size))
+  assert [len(s) for s in shares] == [4, 4, 4, 3]  # tfds.even_splits' sizes
+  assert sorted(sum(shares, [])) == list(range(15))
+  two = _iterator(prepared, global_batch_size=4, process_count=2, process_index=1)
+  assert next(two)["image"].shape == (2, SIZE, SIZE, 3)
+
+
+def test_alexnet_windows_place_the_crop_in_its_square(prepared):
+  resize_size = 40
+  batches = _take(_iterator(prepared, augment="alexnet", augment_kwargs={"resize_size": resize_size},
+                            global_batch_size=8), 2)
+  window = np.concatenate([b["window"] for b in batches])
+  assert (window[:, 0] == resize_size).all()
+  assert (window[:, 1:3] >= 0).all() and (window[:, 1:3] <= resize_size - SIZE).all()
+  assert set(window[:, 3].tolist()) == {0, 1}
+
+
+def test_sharded_batches_are_global_arrays(prepared):
+  import jax
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  sharded = next(_iterator(prepared, sharding=sharding, seed=5))
+  plain = next(_iterator(prepared, seed=5))
+  assert isinstance(sharded["image"], jax.Array) and sharded["image"].sharding == sharding
+  for key in plain:
+    np.testing.assert_array_equal(np.asarray(sharded[key]), plain[key])
+
+
+# ----------------------------------------------------------------------------
+# Errors that name the cause and the fix.
+
+
+def _copy_prepared(prepared, tmp_path) -> str:
+  directory = dali_input.dataset_directory(*prepared)
+  copy = str(tmp_path / "prepared")
+  shutil.copytree(directory, copy, ignore=shutil.ignore_patterns("*.idx"))
+  return copy
+
+
+def test_a_corrupt_jpeg_is_named(prepared, tmp_path):
+  copy = _copy_prepared(prepared, tmp_path)
+  path = os.path.join(copy, "cnnjax_image_folder-train.tfrecord-00000-of-00001")
+  records = [r.numpy() for r in tf.data.TFRecordDataset(path)]
+  example = tf.train.Example.FromString(records[6])
+  image = example.features.feature["image"].bytes_list.value[0]
+  example.features.feature["image"].bytes_list.value[0] = image[:len(image) // 2]
+  records[6] = example.SerializeToString()
+  with tf.io.TFRecordWriter(path) as writer:
+    for record in records:
+      writer.write(record)
+  iterator = dali_input.train_iterator(copy, global_batch_size=15, image_size=SIZE, process_index=0,
+                                       process_count=1, device="cpu", num_threads=1)
+  with pytest.raises(DataError, match=r"cannot decode example 6 of .*record 6 of .*prepare the dataset again"):
+    next(iterator)
+
+
+def test_unprepared_datasets_say_how_to_prepare_them(tmp_path):
+  empty_folder = tmp_path / "photos"
+  empty_folder.mkdir()
+  for name in ("imagenet2012", "image_folder:" + str(empty_folder)):
+    with pytest.raises(DataError, match=r"is not prepared in data_dir .*prepare it once"):
+      dali_input.train_iterator(name, data_dir=str(tmp_path / "data"), global_batch_size=2,
+                                process_index=0, process_count=1, device="cpu")
+  with pytest.raises(DataError, match="does not exist"):
+    dali_input.prepared_split("image_folder:" + str(tmp_path / "nowhere"), str(tmp_path))
+
+
+def test_empty_split_and_bad_options_are_named(prepared, tmp_path):
+  copy = _copy_prepared(prepared, tmp_path)
+  with open(os.path.join(copy, "dataset_info.json")) as f:
+    info = json.load(f)
+  for split in info["splits"]:
+    if split["name"] == "val":
+      split["shardLengths"] = []
+  with open(os.path.join(copy, "dataset_info.json"), "w") as f:
+    json.dump(info, f)
+  options = dict(global_batch_size=2, process_index=0, process_count=1, device="cpu")
+  with pytest.raises(DataError, match="split 'val' has no examples"):
+    dali_input.train_iterator(copy, split="val", **options)
+  with pytest.raises(DataError, match="no split 'tets'.*'test'|no split 'tets'"):
+    dali_input.train_iterator(copy, split="tets", **options)
+  with pytest.raises(ConfigError, match="no augmentation preset 'inceptoin'.*'inception'"):
+    dali_input.train_iterator(copy, augment="inceptoin", **options)
+  with pytest.raises(ConfigError, match="takes no option 'pad'"):
+    dali_input.train_iterator(copy, augment="alexnet", augment_kwargs={"pad": 4}, **options)
+
+
+def test_missing_dali_is_named(monkeypatch):
+  monkeypatch.setitem(sys.modules, "nvidia.dali", None)
+  with pytest.raises(ConfigError, match=r'pip install -e "\.\[dali\]"'):
+    dali_input.build_pipeline(lambda info: None, batch_size=1, image_size=8, antialias=False)
+
+
+def test_runs_without_tensorflow(prepared):
+  """On accelerator hosts there is no TensorFlow: import and iterate with it made unimportable."""
+  name, data_dir = prepared
+  dali_input.prepared_split(name, data_dir)  # the index files exist (no need for a writable dir)
+  code = (
+      "import sys\n"
+      "sys.modules['tensorflow'] = None; sys.modules['tensorflow_datasets'] = None\n"
+      "from cnnjax import dali_input\n"
+      f"it = dali_input.train_iterator({name!r}, data_dir={data_dir!r}, global_batch_size=3,\n"
+      f"    image_size={SIZE}, process_index=0, process_count=1, device='cpu', num_threads=1)\n"
+      "batch = next(it)\n"
+      "assert batch['image'].shape == (3, 32, 32, 3), batch['image'].shape\n"
+      "assert sys.modules['tensorflow'] is None\n"
+      "print('ok')\n")
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+  assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]
