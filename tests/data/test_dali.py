@@ -263,6 +263,15 @@ def test_seeds_decide_the_batches(prepared):
   assert any(not np.array_equal(a["image"], c["image"]) for a, c in zip(first, other))
 
 
+def test_parallel_python_workers_yield_the_same_batches(prepared):
+  """py_workers moves the per-example reads into spawned processes; the stream is unchanged."""
+  in_thread = _take(_iterator(prepared, seed=2), 3)
+  in_workers = _take(_iterator(prepared, seed=2, py_workers=1), 3)
+  for a, b in zip(in_thread, in_workers):
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+
+
 def test_process_shares_are_disjoint_and_cover_the_split(prepared):
   split = dali_input.prepared_split(*prepared, split="train")
   preset = dali_input.make_preset("inception", SIZE)
