@@ -53,8 +53,8 @@ def train_iterator(dataset: str, *, data_dir: str | os.PathLike | None = None,
                    normalize: str = "per_channel", seed: int = 0, start_step: int = 0,
                    process_index: int | None = None, process_count: int | None = None,
                    shuffle_buffer_size: int | None = None, stats_split: str | None = None,
-                   on_bad_image: str = "raise", device_preprocessing: bool | str = "auto"
-                   ) -> Iterator[dict[str, np.ndarray]]:
+                   on_bad_image: str = "raise", device_preprocessing: bool | str = "auto",
+                   max_resolution: int = 0) -> Iterator[dict[str, np.ndarray]]:
   """Infinite stream of this process's share of each global training batch.
 
   Yields {"image": [b, H, W, 3], "label": int32 [b]} with
@@ -66,8 +66,13 @@ def train_iterator(dataset: str, *, data_dir: str | os.PathLike | None = None,
   exact-resume guarantees. `normalize` is one of NORMALIZATIONS; statistics
   come from `stats_split` (default: the dataset's training split, whole, so
   every process uses the same numbers).
+
+  max_resolution > 0 reads the copy of the dataset bounded at that longer
+  side (`cnnjax.data.bounded`; prepared once); statistics still come from
+  the original. It is for training only: evaluate on the original.
   """
-  source = get_source(dataset, data_dir, on_bad_image=on_bad_image)
+  original = get_source(dataset, data_dir, on_bad_image=on_bad_image)
+  source = get_source(dataset, data_dir, on_bad_image=on_bad_image, max_resolution=max_resolution)
   split = split or source.default_train_split()
   process_index, process_count = _process(process_index, process_count)
   local_batch = _local_batch(global_batch_size, process_count)
@@ -78,10 +83,10 @@ def train_iterator(dataset: str, *, data_dir: str | os.PathLike | None = None,
   if num_local == 0:
     raise DataError(f"dataset {dataset!r} split {split!r} has no examples for process "
                     f"{process_index} of {process_count}")
-  image_size, native = _image_size(source, image_size)
+  image_size, native = _image_size(original, image_size)
   augment_kwargs = dict(augment_kwargs or {})
   device = resolve_device_preprocessing(device_preprocessing, augment_kwargs)
-  stats = stats_if_needed(source, stats_split, normalize, augment_kwargs)
+  stats = stats_if_needed(original, stats_split, normalize, augment_kwargs)
   ops = train_ops(augment, image_size=image_size, native_size=native,
                   normalize_op=normalize_op(normalize, stats), pca=pca_for(augment_kwargs, stats),
                   device=device, **augment_kwargs)

@@ -237,19 +237,30 @@ _SOURCES: dict[tuple[str, str, str], Source] = {}
 
 
 def get_source(dataset: str, data_dir: str | os.PathLike | None = None, *,
-               on_bad_image: str = "raise") -> Source:
+               on_bad_image: str = "raise", max_resolution: int = 0) -> Source:
   """Resolves a dataset name to a prepared `Source` (raises DataError naming the fix).
 
+  max_resolution > 0: the copy of the dataset whose images' longer side is
+  at most that many pixels, prepared once (`cnnjax.data.bounded`).
   Resolved once per process and data_dir: an image folder changed while the
   process runs is picked up (prepared anew) by the next process.
   """
   if not isinstance(dataset, str) or not dataset:
     raise DataError(f"dataset must be a non-empty name, got {dataset!r}")
+  from cnnjax.data.bounded import bounded_builder, check_max_resolution
+  max_resolution = check_max_resolution(max_resolution)
   root = resolve_data_dir(data_dir)
-  key = (dataset, root, on_bad_image)
+  key = (dataset, root, on_bad_image, max_resolution)
   if key in _SOURCES and not tfds_is_mocked():
     return _SOURCES[key]
-  source = _open_source(dataset, root, on_bad_image)
+  if max_resolution:
+    original = get_source(dataset, root, on_bad_image=on_bad_image)
+    builder = bounded_builder(original, max_resolution)
+    name = f"{dataset} (max_resolution={max_resolution})"
+    _prepare(name, builder, root)
+    source = _source_from_builder(name, builder, root, original.skipped_images)
+  else:
+    source = _open_source(dataset, root, on_bad_image)
   if not tfds_is_mocked():
     _SOURCES[key] = source
   return source
