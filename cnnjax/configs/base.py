@@ -27,6 +27,7 @@ CHOICES = {
     "on_bad_image": ("raise", "skip"),
     "cpu_kernels": ("auto", "on", "off"),
     "device_preprocessing": ("auto", "on", "off"),
+    "input_pipeline": ("tf", "dali"),
 }
 
 # Keys whose value is a free-form dict forwarded to another module.
@@ -70,6 +71,15 @@ def default_values() -> dict[str, Any]:
     # on a CPU-only JAX the faster of the two there (host: RESULTS.md,
     # "uint8 to the device").
     "device_preprocessing": "auto",
+    # Training images from a copy of the dataset whose longer side is at most
+    # this many pixels (prepared once; fewer pixels to decode, so fewer host
+    # cores per accelerator; cnnjax.data.bounded for the policy). 0: the
+    # original. Evaluation always reads the original.
+    "max_resolution": 0,
+    # Who decodes the training images: "tf" (tf.data on the host's cores) or
+    # "dali" (NVIDIA DALI: on the GPU where there is one; `pip install -e
+    # ".[dali]"`; cnnjax.dali_input). Evaluation stays on tf.data.
+    "input_pipeline": "tf",
     "eval_view": "center",  # view of the periodic validation (full protocols: cnnjax evaluation)
     "eval_view_kwargs": {},
     "eval_batch_size": 0,  # 0: batch_size

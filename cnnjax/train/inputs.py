@@ -127,11 +127,18 @@ def _tfds_inputs(c: Mapping[str, Any]) -> RunInputs:
   device = {"auto": "auto", "on": True, "off": False}[c.get("device_preprocessing", "auto")]
 
   def train_batches(start_step: int) -> Iterator[Mapping[str, Any]]:
+    if c.get("input_pipeline", "tf") == "dali":  # decoded on the GPU; colour in the step
+      from cnnjax import dali_input  # pylint: disable=import-outside-toplevel
+      return dali_input.train_iterator(
+          c["dataset"], data_dir=data_dir, split=train_split, global_batch_size=c["batch_size"],
+          augment=c["augment"], augment_kwargs=augment_kwargs, image_size=image_size or 224,
+          seed=c["seed"], start_step=start_step)
     return data.train_iterator(
         c["dataset"], data_dir=data_dir, split=train_split, global_batch_size=c["batch_size"],
         augment=c["augment"], augment_kwargs=augment_kwargs, image_size=image_size,
         normalize=c["normalize"], seed=c["seed"], start_step=start_step,
-        stats_split=train_split, on_bad_image=c["on_bad_image"], device_preprocessing=device)
+        stats_split=train_split, on_bad_image=c["on_bad_image"], device_preprocessing=device,
+        max_resolution=c.get("max_resolution", 0))
 
   def eval_batches() -> Iterable[Mapping[str, Any]]:
     batches = data.eval_iterator(
