@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import tensorflow as tf
 
 from cnnjax.data import _tf_setup  # noqa: F401
-from cnnjax.data.image_ops import (Example, Op, center_crop_image, check_fits, decode_image,
+from cnnjax.data.image_ops import (SHRINK_AREA, Example, Op, center_crop_image, check_fits, decode_image,
                                    image_hw, resize_image, resize_shorter_side_image)
 from cnnjax.errors import DataError
 
@@ -59,9 +59,9 @@ def resize(size: int | tuple[int, int], method: str = "bilinear") -> Op:
 
 
 def resize_shorter_side(size: int) -> Op:
-  """Scales the image so that its shorter side is `size` (aspect kept)."""
+  """Scales the image so that its shorter side is `size` (aspect kept; area when shrinking)."""
   def op(example: Example) -> Example:
-    return dict(example, image=resize_shorter_side_image(example["image"], size))
+    return dict(example, image=resize_shorter_side_image(example["image"], size, SHRINK_AREA))
   return op
 
 
@@ -75,7 +75,7 @@ def random_resize_shorter_side(min_size: int, max_size: int) -> Op:
   def op(example: Example) -> Example:
     size = tf.random.stateless_uniform([], example["rng"], minval=min_size, maxval=max_size + 1,
                                        dtype=tf.int32)
-    return dict(example, image=resize_shorter_side_image(example["image"], size))
+    return dict(example, image=resize_shorter_side_image(example["image"], size, SHRINK_AREA))
   return op
 
 
