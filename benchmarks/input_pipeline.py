@@ -21,6 +21,11 @@ consumes 7,500 images/s would need.
                                       [--no-stages] [--no-full]
   python benchmarks/input_pipeline.py --device-preprocessing [--seconds 10] [--rounds 2]
       (host-finished float32 batches vs uint8 + DeviceInput in a jitted function, per preset)
+  python benchmarks/input_pipeline.py --presets [--num-images 300] [--seconds 8] [--rounds 3]
+      (real photographs, benchmarks/photos.py; per ImageNet preset, uint8 out, all cores:
+       plain tf.data vs train_iterator on the original vs train_iterator on bounded copies
+       (max_resolution), alternating rounds; then each copy's pixel error and the decoder
+       options' speed and pixel error)
 """
 
 from __future__ import annotations
@@ -209,10 +214,15 @@ def main() -> None:
                       help="skip the full train_iterator measurement")
   parser.add_argument("--no-stages", dest="stages", action="store_false",
                       help="skip the per-op costs of the Inception preset")
+  parser.add_argument("--presets", action="store_true",
+                      help="only the per-preset comparison on real photographs (see the docstring)")
   parser.add_argument("--device-preprocessing", action="store_true",
                       help="only compare host-finished float32 with uint8 batches finished in a "
                            "jitted step (DeviceInput), per preset")
   args = parser.parse_args()
+  if args.presets:
+    compare_presets(args)
+    return
   if args.device_preprocessing:
     compare_device_preprocessing(args)
     return
@@ -295,6 +305,189 @@ def compare_device_preprocessing(args) -> None:
                                          batch_size=batch, seconds=args.seconds, rounds=args.rounds)
       print(f"  {dataset:6s} {preset:12s} {normalize:11s} host float32 {rates[False]:8.1f}  "
             f"uint8 + jitted DeviceInput {rates[True]:8.1f} images/s ({rates[True] / rates[False]:.2f}x)")
+
+
+# ----------------------------------------------------------------------------
+# Per-preset comparison on real photographs (--presets).
+
+# preset -> (augment_kwargs of train_iterator, bounded copies to measure). The
+# bounds follow cnnjax.data.bounded's policy: Inception samples crops of any
+# size (320 keeps the average crop near its original pixel count; 256 is
+# the aggressive choice); AlexNet resizes the shorter side to 256 (341 keeps
+# that for 4:3 images); VGG's scale jittering reaches S = 512 (683: above
+# every image of the set, so its copy stores the original bytes).
+PRESET_CASES = {
+    "inception": ({"photometric": "device"}, (320, 256)),
+    "alexnet": ({}, (341,)),
+    "scale_jitter": ({}, (683,)),
+}
+
+
+def plain_tf_data(source, preset: str, image_size: int, batch_size: int, seed: int = 0):
+  """The textbook tf.data pipeline of a preset on the same records, uint8 out (numpy batches).
+
+  read -> tf.io.decode_jpeg (whole image) -> the preset's geometry with
+  stock tf.image ops -> flip -> uint8; parallel map, batch, prefetch.
+  """
+  import tensorflow as tf
+
+  def geometry(index, example):
+    rng = tf.stack([tf.constant(seed, tf.int64), index])
+    image = tf.io.decode_jpeg(example["image"], channels=3)
+    if preset == "inception":
+      begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+          tf.shape(image), tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=rng,
+          min_object_covered=0.0, aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0),
+          max_attempts=10, use_image_if_no_bounding_boxes=True)
+      image = tf.image.resize(tf.slice(image, begin, size), (image_size, image_size))
+    else:
+      if preset == "alexnet":
+        shorter = tf.constant(round(image_size / 0.875))
+      else:  # scale_jitter: S ~ U{256..512} at 224
+        shorter = tf.random.stateless_uniform([], rng, round(image_size * 256 / 224),
+                                              round(image_size * 512 / 224) + 1, tf.int32)
+      hw = tf.cast(tf.shape(image)[:2], tf.float32)
+      scale = tf.cast(shorter, tf.float32) / tf.reduce_min(hw)
+      image = tf.image.resize(image, tf.cast(tf.round(hw * scale), tf.int32))
+      if preset == "alexnet":
+        image = tf.image.resize_with_crop_or_pad(image, shorter, shorter)
+      image = tf.image.stateless_random_crop(image, (image_size, image_size, 3), rng)
+    image = tf.image.stateless_random_flip_left_right(image, rng)
+    return {"image": tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8),
+            "label": tf.cast(example["label"], tf.int32)}
+
+  ds = source.read("train").repeat().enumerate().map(geometry, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+  return ({k: v.numpy() for k, v in batch.items()} for batch in ds)
+
+
+def _stream_rate(make_stream, seconds: float) -> float:
+  stream = make_stream()
+  for _ in range(3):  # warm-up: tracing, thread pools, autotuning
+    next(stream)
+  count, start = 0, time.perf_counter()
+  while time.perf_counter() - start < seconds:
+    count += len(next(stream)["label"])
+  return count / (time.perf_counter() - start)
+
+
+def preset_rates(dataset: str, data_dir: str, preset: str, seconds: float, rounds: int,
+                 image_size: int = 224, batch_size: int = 64) -> dict[str, float]:
+  """images/s (all cores, medians of alternating rounds) of each pipeline of one preset."""
+  import cnnjax.data
+  from cnnjax.data.sources import get_source
+  kwargs, bounds = PRESET_CASES[preset]
+  normalize = "imagenet" if preset == "inception" else "per_channel"
+
+  def ours(max_resolution: int):
+    return lambda: cnnjax.data.train_iterator(
+        dataset, data_dir=data_dir, global_batch_size=batch_size, augment=preset,
+        augment_kwargs=kwargs, image_size=image_size, normalize=normalize, process_index=0,
+        process_count=1, device_preprocessing=True, max_resolution=max_resolution)
+
+  source = get_source(dataset, data_dir)
+  makers = {"plain tf.data": lambda: plain_tf_data(source, preset, image_size, batch_size),
+            "train_iterator": ours(0)}
+  makers.update({f"train_iterator, max_resolution={b}": ours(b) for b in bounds})
+  for make in makers.values():  # prepare the copies (and statistics) outside the timing
+    next(make())
+  rates: dict[str, list[float]] = {name: [] for name in makers}
+  for _ in range(rounds):
+    for name, make in makers.items():
+      rates[name].append(_stream_rate(make, seconds / rounds))
+  return {name: float(np.median(values)) for name, values in rates.items()}
+
+
+def bounded_pixel_error(dataset: str, data_dir: str, max_resolution: int, image_size: int = 224,
+                        num_windows: int = 4, limit: int = 100) -> dict[str, float]:
+  """What a bounded copy changes in Inception's network input.
+
+  For each image and a few Inception windows (as fractions of the image), the
+  224x224 bilinear resize of the window from the original and from the copy;
+  returns their mean absolute difference (0..255) and PSNR (dB).
+  """
+  import tensorflow as tf
+  from cnnjax.data.sources import get_source
+  original = get_source(dataset, data_dir)
+  bounded = get_source(dataset, data_dir, max_resolution=max_resolution)
+  errors, squares = [], []
+  pairs = zip(original.read("train").take(limit), bounded.read("train").take(limit))
+  for index, (a, b) in enumerate(pairs):
+    full = tf.io.decode_jpeg(a["image"], channels=3)
+    small = tf.io.decode_jpeg(b["image"], channels=3)
+    for w in range(num_windows):
+      begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+          tf.shape(full), tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=[index, w],
+          min_object_covered=0.0, aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0),
+          max_attempts=10, use_image_if_no_bounding_boxes=True)
+      box = tf.cast(tf.concat([begin[:2], begin[:2] + size[:2]], 0), tf.float32)
+      box = box / tf.cast(tf.tile(tf.shape(full)[:2], [2]), tf.float32)
+      crops = [tf.image.crop_and_resize(tf.cast(image[None], tf.float32), box[None], [0],
+                                        (image_size, image_size))[0] for image in (full, small)]
+      difference = crops[0] - crops[1]
+      errors.append(float(tf.reduce_mean(tf.abs(difference))))
+      squares.append(float(tf.reduce_mean(tf.square(difference))))
+  return {"mean_abs": float(np.mean(errors)),
+          "psnr_db": float(10 * np.log10(255.0 ** 2 / np.mean(squares)))}
+
+
+def decoder_options(encoded: list[bytes], seconds: float) -> list[tuple[str, float, float]]:
+  """(option, ms per image on one core, mean abs error vs INTEGER_ACCURATE) of JPEG decoding."""
+  import tensorflow as tf
+  exact = [tf.io.decode_jpeg(e, channels=3, dct_method="INTEGER_ACCURATE") for e in encoded[:50]]
+  options = {"dct_method INTEGER_ACCURATE": {"dct_method": "INTEGER_ACCURATE"},
+             "dct_method '' (TF's default, INTEGER_FAST)": {},
+             "ratio=2 (1/2-scale IDCT)": {"ratio": 2},
+             "ratio=4": {"ratio": 4}}
+  rows = []
+  for name, kwargs in options.items():
+    ds = tf.data.Dataset.from_tensor_slices(encoded).repeat().map(
+        lambda e, kw=kwargs: _one_pixel(tf.io.decode_jpeg(e, channels=3, **kw)))
+    milliseconds = 1000.0 / _one_thread_rate(ds, seconds)
+    errors = []
+    for reference, e in zip(exact, encoded[:50]):
+      decoded = tf.io.decode_jpeg(e, channels=3, **kwargs)
+      if kwargs.get("ratio"):  # compare with the exact image scaled the same way
+        reference = tf.image.resize(reference, tf.shape(decoded)[:2], method="area")
+      errors.append(float(tf.reduce_mean(tf.abs(tf.cast(decoded, tf.float32)
+                                                - tf.cast(reference, tf.float32)))))
+    rows.append((name, milliseconds, float(np.mean(errors))))
+  return rows
+
+
+def compare_presets(args) -> None:
+  try:
+    from benchmarks.photos import make_photo_folder
+  except ImportError:  # run as a script: benchmarks/ is on the path, the repository is not
+    from photos import make_photo_folder
+  cores = os.cpu_count() or 1
+  with tempfile.TemporaryDirectory() as workdir:
+    folder = os.path.join(workdir, "photos")
+    made = make_photo_folder(folder, args.num_images, args.width, args.height)
+    data_dir = os.path.join(workdir, "data")
+    dataset = f"image_folder:{folder}"
+    print(f"machine: {platform.machine()} {platform.processor() or ''}, {cores} cores, "
+          f"python {platform.python_version()}")
+    print(f"images: {made['images']} JPEGs {args.width}x{args.height} q90 cut from "
+          f"{', '.join(made['sources'])}; mean {made['mean_kib']:.0f} KiB")
+    print(f"images/s on {cores} cores, uint8 out, batch 64, medians of {args.rounds} "
+          f"alternating rounds ({args.seconds:.0f} s per pipeline):")
+    for preset in PRESET_CASES:
+      rates = preset_rates(dataset, data_dir, preset, args.seconds, args.rounds)
+      plain = rates["plain tf.data"]
+      for name, rate in rates.items():
+        print(f"  {preset:12s} {name:38s} {rate:8.1f}  ({rate / cores:7.1f} per core, "
+              f"{rate / plain:.2f}x plain)", flush=True)
+    print("pixel error of a bounded copy (Inception windows, 224x224 bilinear, vs the original):")
+    for bound in PRESET_CASES["inception"][1]:
+      error = bounded_pixel_error(dataset, data_dir, bound)
+      print(f"  max_resolution={bound}: mean abs {error['mean_abs']:.2f} / 255, "
+            f"PSNR {error['psnr_db']:.1f} dB")
+    paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs)
+    encoded = [open(p, "rb").read() for p in paths]
+    print("JPEG decoding options, one core (error: mean abs vs INTEGER_ACCURATE, 0..255):")
+    for name, milliseconds, error in decoder_options(encoded, max(2.0, args.seconds / 4)):
+      print(f"  {name:44s} {milliseconds:6.3f} ms  error {error:.2f}")
 
 
 if __name__ == "__main__":
