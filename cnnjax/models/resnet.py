@@ -9,9 +9,13 @@ tables `IMAGENET_DEPTHS` and `cifar_stage_sizes`. Options:
 * `shortcut`: "A" identity with zero-padded channels and stride-2 subsampling
   (parameter-free), "B" projection (1x1 conv + BN) only where the shape changes,
   "C" projection in every block, "none" for plain networks.
-* `zero_init_residual`: the last BN scale of each residual branch starts at 0.
-  The CIFAR ResNets default to it (first loss ~ln 10 at any depth; see
-  `CIFAR_RESNET_INIT` for why); the ImageNet ones and all plain nets do not.
+* `residual_scale_init`: the initial value of the last BN scale of each
+  residual branch: a number (1.0: the paper's and torchvision's default) or
+  "inverse_sqrt_blocks" (1/sqrt(total blocks), the CIFAR ResNets' default);
+  0 starts every block as the identity (the ImageNet ResNets' default).
+  `zero_init_residual` (torchvision's switch), when given, decides instead:
+  True is 0, False is 1. Plain nets keep 1. Why each default:
+  `CIFAR_RESNET_INIT`, `IMAGENET_RESNET_INIT`.
 * `dense_init`: the classifier's initialiser ("lecun"; "zeros" starts at ln C).
 * `activation`, `conv`, `norm`, `max_pool`: the parts every block is built
   from (a name from `layers.ACTIVATIONS` or any callable; a module class or
@@ -36,6 +40,7 @@ so torchvision weights give torchvision's outputs.
 from __future__ import annotations
 
 import functools
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
@@ -46,6 +51,7 @@ import jax.numpy as jnp
 
 from cnnjax.errors import ModelError
 from cnnjax.models import layers
+from cnnjax.models.injection import module_class
 
 Array = jax.Array
 
@@ -63,26 +69,52 @@ CIFAR_DEPTHS: tuple[int, ...] = (20, 32, 44, 56, 110, 1202)
 CIFAR_PLAIN_DEPTHS: tuple[int, ...] = (20, 32, 44, 56, 110)
 
 
-# The CIFAR ResNets' initialisation (the ImageNet ones and the plain nets
-# keep BN scales 1 and a LeCun-normal fc). With BN scales 1 every block adds
-# a unit-variance branch to the identity, so the stream's variance grows
-# ~linearly with the blocks: a fresh ResNet-56 (27 blocks) gives logits of
-# std ~2.7 and a first loss of ~4.5 instead of ln 10 = 2.3 (BN in training
-# mode), large first gradients (norm ~13), and under the paper's recipe (SGD
-# lr 0.1 from step one) a first update too big: depending on the seed and on
-# rounding the run trains or sits near chance. Zero last-BN scales make every
-# block the identity at the start (first loss 2.33 at any depth) and trained
-# best of the three choices measured by benchmarks/cifar_init.py (RESULTS.md,
-# "Deep CIFAR ResNets at the paper's learning rate"); a zero classifier
-# (`dense_init="zeros"`) starts at ln 10 exactly but left the stream's growth
-# in place and trained slowest. Plain nets have no residual branch (a zero
-# last-BN scale would silence them) and no stream that grows.
-# Not the default (yet): with zero last-BN scales the quickstart (ResNet-20,
-# digits, 150 steps of warm-up + cosine from lr 0.1) reached 84.0% held-out
-# top-1 instead of 99.33% (2026-12-04, one run each), so the choice needs
-# more seeds and recipes than were measured. `zero_init_residual=True` is
-# the option that starts a deep CIFAR ResNet at chance.
-CIFAR_RESNET_INIT: dict[str, Any] = {}
+# Why residual branches do not start at full scale. With BN scales 1 (the
+# paper's and torchvision's default, `residual_scale_init=1.0`) every block
+# adds a unit-variance branch to the identity, so the stream's variance grows
+# ~linearly with the blocks and the first logits with it: fresh full-width
+# CIFAR ResNets (BN in training mode, random labels) start at loss 3.05
+# (ResNet-20), 4.46 (56) and 5.81 (110) instead of ln 10 = 2.30, with large
+# first gradients; at lr 0.1 from step one the first updates are too big.
+#
+# The CIFAR ResNets start each last-BN scale at 1/sqrt(total blocks) (0.33
+# for ResNet-20, 0.19 for 56, 0.14 for 110): the branches together add ~1 to
+# the stream's variance at any depth, so the first loss stays near ln 10
+# (2.42, 2.46, 2.45 for 20, 56, 110 layers, full width, batch 64; 1202 within
+# 0.5 in tests/models/test_initial_loss.py), and every branch convolution
+# gets a gradient from step one. Measured (benchmarks/RESULTS.md, "Deep
+# CIFAR ResNets at the paper's learning rate"; 2-core CPU, 2026-12-04):
+# * benchmarks/cifar_init.py (SGD 0.9, lr 0.1 from step one, batch 64,
+#   digits at 32 px), ResNet-56, seed 0, loss at step 100 / mean of steps
+#   51-100: 1/sqrt(blocks) 0.09 / 0.09; zero scales 0.48 / 1.02; scales 1
+#   0.96 / 1.58; zero classifier 1.86 / 2.04. Five seeds of ResNet-56 and
+#   of ResNet-110 (warm-up) with the default: RESULTS.md.
+# * the quickstart (`python train.py`: ResNet-20, 150 steps of warm-up +
+#   cosine), held-out top-1 over seeds 0, 1, 2: 1/sqrt(blocks) 98.33, 98.67,
+#   99.33%; scales 1 99.33, 99.67, 99.33%; zero scales 84.00, 83.67, 86.33%
+#   (the branches' convolutions get no gradient until their scales grow:
+#   training sat at chance for ~75 of the 150 steps); N(0, 0.01) classifier
+#   99.33, 99.33, 98.67%.
+# So zero scales (`zero_init_residual=True`, Goyal et al. 2017) start at
+# chance but learn late on a short schedule, and scales 1 start far above
+# chance; 1/sqrt(blocks) does well on both. Both stay options. Plain nets
+# have no residual branch (a zero or small last-BN scale would shrink the
+# whole signal) and no stream that grows: they keep scales 1.
+CIFAR_RESNET_INIT: dict[str, Any] = {"residual_scale_init": "inverse_sqrt_blocks"}
+
+# The ImageNet ResNets start their last-BN scales at 0, as in Goyal et al.
+# (2017), torchvision's `zero_init_residual=True` and Flax's ImageNet
+# example, the published large-batch ImageNet recipes (their training is not
+# measurable here). With scales 1 a fresh ResNet-18 / ResNet-50 (1/8 width,
+# 224 px, BN in training mode) starts at loss 7.60 / 7.52 against
+# ln 1000 = 6.91; with zero scales at 7.09 / 6.99. Their schedules are long
+# (90 epochs, with warm-up in large-batch runs), so the late start that hurt
+# the 150-step quickstart is a small part of them (not measured here).
+# `zero_init_residual=False` (or `residual_scale_init=1.0`) gives
+# torchvision's default initialisation.
+IMAGENET_RESNET_INIT: dict[str, Any] = {"residual_scale_init": 0.0}
+
+RESIDUAL_SCALE_RULES = ("inverse_sqrt_blocks",)
 
 
 def cifar_stage_sizes(depth: int) -> tuple[int, int, int]:
@@ -110,11 +142,13 @@ class ResidualBlock(nn.Module):
   act: Callable[[Array], Array]
   shortcut: str = "B"
   version: str = "1.5"
-  zero_init_residual: bool = False
+  residual_scale_init: float = 1.0  # the last BN scale's initial value
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
-    last_scale_init = nn.initializers.zeros if self.zero_init_residual else None
+    # 1.0 keeps the norm's own initialiser, so norms without a scale work as before.
+    last_scale_init = (None if self.residual_scale_init == 1.0
+                       else nn.initializers.constant(self.residual_scale_init))
     if self.bottleneck:
       out_features = self.features * BOTTLENECK_EXPANSION
       first_stride, middle_stride = ((self.strides, 1) if self.version == "1"
@@ -205,7 +239,8 @@ class ResNet(layers.ConvNet):
   in_channels: int = 3
   version: str = "1.5"
   shortcut: str = "B"
-  zero_init_residual: bool = False
+  zero_init_residual: bool | None = None  # True: scales 0; False: scales 1; None: as above
+  residual_scale_init: float | str = 1.0
   kernel_init: str = "he"
   dense_init: str = "lecun"
   use_bn: bool = layers.keyword_field(True)
@@ -226,6 +261,29 @@ class ResNet(layers.ConvNet):
   def min_image_size(self) -> int:
     """Each stride-2 step halves the map; below this the last stage is empty."""
     return 2 ** (len(self.stage_sizes) - 1) * (4 if self.stem == "imagenet" else 1)
+
+  def residual_branch_scale(self, norm: layers.ModuleDef | None) -> float:
+    """The initial last-BN scale of every residual branch (see CIFAR_RESNET_INIT)."""
+    value = self.residual_scale_init
+    if self.zero_init_residual is not None:  # torchvision's switch, when given, decides
+      value = 0.0 if self.zero_init_residual else 1.0
+    elif value == "inverse_sqrt_blocks":
+      value = 1 / math.sqrt(sum(self.stage_sizes))
+    elif isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+      raise ModelError(
+          f"residual_scale_init={value!r}: give a number >= 0 (1.0 is the paper's "
+          f"initialisation, 0 is zero_init_residual) or one of {RESIDUAL_SCALE_RULES}.")
+    value = float(value)
+    if value != 1.0 and norm is not None:
+      norm_class = module_class(norm)
+      if not hasattr(norm_class, "scale_init"):
+        setting = ("zero_init_residual=True" if self.zero_init_residual
+                   else f"residual_scale_init={self.residual_scale_init!r}")
+        raise ModelError(
+            f"{norm_class.__name__} has no scale_init, which {setting} sets (the last "
+            f"norm of each residual branch starts at {value:.3g}); use a norm with a "
+            f"learnt scale, or zero_init_residual=False (scales 1).")
+    return value
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False, features: bool = False):
@@ -251,7 +309,7 @@ class ResNet(layers.ConvNet):
           ResidualBlock, features=base * 2**stage_index,
           bottleneck=self.block == "bottleneck", conv_norm_act=conv_norm_act, act=act,
           shortcut=self.shortcut, version=self.version,
-          zero_init_residual=self.zero_init_residual)
+          residual_scale_init=self.residual_branch_scale(norm))
       x = ResNetStage(num_blocks=num_blocks, block=block,
                       strides=1 if stage_index == 0 else 2, scan=self.scan_blocks,
                       remat=self.remat, name=f"stage{stage_index + 1}")(x, train)
@@ -343,7 +401,7 @@ def _register_all() -> None:
   for depth, (stage_sizes, block) in IMAGENET_DEPTHS.items():
     common = {"stage_sizes": stage_sizes, "block": block}
     register(f"resnet{depth}", ModelSpec(
-        ResNet, common, "resnet",
+        ResNet, {**common, **IMAGENET_RESNET_INIT}, "resnet",
         description=f"ResNet-{depth} ({block} blocks), v1.5, option-B shortcuts", **hooks))
     register(f"plain{depth}", ModelSpec(
         ResNet, {**common, "shortcut": "none"}, "resnet",
