@@ -31,8 +31,8 @@ from cnnjax.data.colour import (PHOTOMETRIC_DEFAULTS, color_distortion, identity
                                 pca_lighting, to_float, to_uint8)
 from cnnjax.data.geometry import (INTERPOLATION_METHODS, center_crop, decode, inception_crop, mark_window,
                                   pad, random_crop, random_flip_left_right,
-                                  random_interpolation_resize, random_resize_shorter_side, resize,
-                                  resize_shorter_side)
+                                  random_interpolation_resize, random_resize_shorter_side,
+                                  fit_to_canvas, record_flip, resize, resize_shorter_side)
 from cnnjax.data.image_ops import (DATA_ERROR_MARKER, Example, Op, check_crop_fits, check_named_options,
                                    decode_image)
 from cnnjax.errors import DataError
@@ -70,9 +70,11 @@ PRESET_KWARGS = {
     "alexnet": {"resize_size", "pca_color", "pca_alpha_std", "flip"},
     "scale_jitter": {"scale_min", "scale_max", "pca_color", "pca_alpha_std", "flip"},
     "inception": {"area_range", "aspect_range", "photometric", "brightness", "contrast",
-                  "saturation", "hue", "interpolations", "pca_color", "pca_alpha_std", "flip"},
+                  "saturation", "hue", "interpolations", "pca_color", "pca_alpha_std", "flip",
+                  "resize"},
 }
 PHOTOMETRIC_CHOICES = (True, False, "device")
+RESIZE_CHOICES = ("host", "device")
 
 
 def check_preset(preset: str, kwargs) -> None:
@@ -81,6 +83,13 @@ def check_preset(preset: str, kwargs) -> None:
   if kwargs.get("photometric", True) not in PHOTOMETRIC_CHOICES:
     raise DataError(f"inception: photometric must be True, False or 'device' (True, always in "
                     f"the train step), got {kwargs['photometric']!r}")
+  if kwargs.get("resize", "host") not in RESIZE_CHOICES:
+    raise DataError(f"inception: resize must be 'host' or 'device' (crops no larger than the "
+                    f"input are resized in the train step), got {kwargs['resize']!r}")
+  if kwargs.get("resize") == "device" and tuple(kwargs.get("interpolations", ("bilinear",))) != (
+      "bilinear",):
+    raise DataError("inception: resize='device' resizes bilinearly in the train step; the random "
+                    "interpolation methods (interpolations=...) need resize='host'")
 
 
 def photometric_strengths(preset: str, kwargs) -> dict[str, float] | None:
@@ -88,6 +97,11 @@ def photometric_strengths(preset: str, kwargs) -> dict[str, float] | None:
   if preset != "inception" or kwargs.get("photometric", True) is False:
     return None
   return {k: float(kwargs.get(k, v)) for k, v in PHOTOMETRIC_DEFAULTS.items()}
+
+
+def device_resizes(preset: str, kwargs) -> bool:
+  """Whether the preset leaves the resize (and the flip) to the train step."""
+  return preset == "inception" and kwargs.get("resize", "host") == "device"
 
 
 def train_ops(preset: str, *, image_size: int, native_size: int | None,
@@ -158,6 +172,15 @@ def train_ops(preset: str, *, image_size: int, native_size: int | None,
     distortions = []
     if strengths is not None:
       distortions = [identity() if device else color_distortion(**strengths)]
+    if device_resizes(preset, kwargs):
+      if not device:
+        raise DataError("inception: resize='device' leaves the resize to the train step; it "
+                        "needs device_preprocessing on (True or 'auto' with an accelerator)")
+      # The op positions (so the seeds) of the host path: the crop is the same
+      # window, the flip the same draw; the step resizes and mirrors.
+      return [inception_crop(tuple(kwargs.get("area_range", (0.08, 1.0))),
+                             tuple(kwargs.get("aspect_range", (3 / 4, 4 / 3)))),
+              fit_to_canvas(image_size)] + ([record_flip()] if kwargs.get("flip", True) else [])
     ops = ([inception_crop(tuple(kwargs.get("area_range", (0.08, 1.0))),
                            tuple(kwargs.get("aspect_range", (3 / 4, 4 / 3)))),
             random_interpolation_resize(image_size, kwargs.get("interpolations",

@@ -19,7 +19,8 @@ import tensorflow as tf
 
 from cnnjax.data import _tf_setup  # noqa: F401
 from cnnjax.data.image_ops import (SHRINK_AREA, Example, Op, center_crop_image, check_fits, decode_image,
-                                   image_hw, resize_image, resize_shorter_side_image)
+                                   image_hw, resize_image, resize_shorter_side_image,
+                                   round_to_uint8)
 from cnnjax.errors import DataError
 
 INTERPOLATION_METHODS = ("bilinear", "area", "nearest", "bicubic")
@@ -123,6 +124,39 @@ def random_flip_left_right() -> Op:
       out["window"] = tf.tensor_scatter_nd_update(example["window"], [[3]],
                                                   [tf.cast(flip, tf.int32)])
     return out
+  return op
+
+
+def fit_to_canvas(size: int) -> Op:
+  """Inception's resize="device": the crop, to go out on a size x size uint8 canvas.
+
+  A crop no larger than size x size (most crops of a bounded copy) is left
+  as it is; the pipeline's batching zero-pads it to the canvas (its
+  top-left corner), and the train step resizes it
+  (`cnnjax.train.device_input.resize_crop`): the host does no resampling.
+  A larger crop is resized here (bilinear, the step's arithmetic) and fills
+  the canvas, which the step then takes as it is. Records
+  example["crop"] = (height, width, flipped=0) of the canvas's valid region.
+  """
+  def op(example: Example) -> Example:
+    image = example["image"]
+    height, width = image_hw(image)
+    fits = tf.logical_and(height <= size, width <= size)
+    placed = tf.cond(
+        fits, lambda: image,
+        lambda: round_to_uint8(resize_image(image, size, size, "bilinear", antialias=False)))
+    placed.set_shape([None, None, 3])
+    crop = tf.where(fits, tf.stack([height, width, 0]), tf.constant([size, size, 0]))
+    return dict(example, image=placed, crop=crop)
+  return op
+
+
+def record_flip() -> Op:
+  """random_flip_left_right's draw, recorded in example["crop"][2] for the step to apply."""
+  def op(example: Example) -> Example:
+    flip = tf.random.stateless_uniform([], example["rng"], minval=0, maxval=1.0) < 0.5
+    crop = tf.tensor_scatter_nd_update(example["crop"], [[2]], [tf.cast(flip, tf.int32)])
+    return dict(example, crop=crop)
   return op
 
 

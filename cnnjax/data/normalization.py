@@ -41,11 +41,12 @@ def resolve_device_preprocessing(device_preprocessing: bool | str = "auto",
   """
   if not (isinstance(device_preprocessing, bool) or device_preprocessing == "auto"):
     raise DataError(f"device_preprocessing must be True, False or 'auto', got {device_preprocessing!r}")
-  if (augment_kwargs or {}).get("photometric") == "device":
-    if device_preprocessing is False:
-      raise DataError("augment_kwargs photometric='device' runs the distortions in the train step, "
-                      "which needs device_preprocessing True or 'auto' (it is False)")
-    return True
+  for option in ("photometric", "resize"):
+    if (augment_kwargs or {}).get(option) == "device":
+      if device_preprocessing is False:
+        raise DataError(f"augment_kwargs {option}='device' leaves work to the train step, which "
+                        "needs device_preprocessing True or 'auto' (it is False)")
+      return True
   if device_preprocessing == "auto":
     import jax  # pylint: disable=import-outside-toplevel  (this package must not need JAX)
     return jax.default_backend() != "cpu" or CPU_DEVICE_PREPROCESSING
@@ -54,13 +55,16 @@ def resolve_device_preprocessing(device_preprocessing: bool | str = "auto",
 
 def device_input(dataset: str, *, augment: str = "none", augment_kwargs: dict[str, Any] | None = None,
                  normalize: str = "per_channel", data_dir: str | os.PathLike | None = None,
-                 on_bad_image: str = "raise", stats_split: str | None = None):
+                 on_bad_image: str = "raise", stats_split: str | None = None,
+                 image_size: int | None = None):
   """The `DeviceInput` that finishes train_iterator/eval_iterator's uint8 batches.
 
   Takes the iterators' arguments and uses the same statistics. Its train()
   applies the preset's photometric distortions (Inception) and PCA lighting
   (pca_color), then the normalisation; its eval() the normalisation. A
   float batch (device_preprocessing off) passes through it unchanged.
+  image_size: the network input side; needed by the Inception preset's
+  resize="device", whose crops the step resizes.
   """
   from cnnjax.train.device_input import (DeviceInput, PcaLighting,  # pylint: disable=import-outside-toplevel
                                          Photometric)
@@ -72,7 +76,13 @@ def device_input(dataset: str, *, augment: str = "none", augment_kwargs: dict[st
   mean, std = arrays if arrays is not None else (np.zeros(3, np.float32), None)
   strengths = ops_lib.photometric_strengths(augment, augment_kwargs)
   pca = pca_for(augment_kwargs, stats)
+  resize = None
+  if ops_lib.device_resizes(augment, augment_kwargs):
+    if image_size is None:
+      raise DataError("inception: resize='device' needs the network input side (image_size)")
+    resize = int(image_size)
   return DeviceInput(
+      resize=resize,
       mean=mean, std=std,
       photometric=None if strengths is None else Photometric(**strengths),
       pca=None if pca is None else PcaLighting(

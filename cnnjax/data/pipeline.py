@@ -70,6 +70,11 @@ def train_iterator(dataset: str, *, data_dir: str | os.PathLike | None = None,
   max_resolution > 0 reads the copy of the dataset bounded at that longer
   side (`cnnjax.data.bounded`; prepared once); statistics still come from
   the original. It is for training only: evaluate on the original.
+
+  The Inception preset's resize="device" yields "crop": int32 [b, 3]
+  (height, width, flipped) in place of "window": each image is a canvas
+  with the crop at its top-left, which the step resizes and mirrors
+  (`DeviceInput.train`).
   """
   original = get_source(dataset, data_dir, on_bad_image=on_bad_image)
   source = get_source(dataset, data_dir, on_bad_image=on_bad_image, max_resolution=max_resolution)
@@ -116,15 +121,21 @@ def train_iterator(dataset: str, *, data_dir: str | os.PathLike | None = None,
                        "rng": tf.random.experimental.stateless_fold_in(element_seeds, ex["index"])})
     out = {"image": ex["image"] if device else tf.cast(ex["image"], tf.float32),
            "label": tf.cast(label, tf.int32)}
-    if device:
-      out["window"] = tf.cast(ex["window"], tf.int32)
+    for key in ("window", "crop"):  # where the step finishes the geometry
+      if device and key in ex:
+        out[key] = tf.cast(ex[key], tf.int32)
     return out
 
   start_epoch, skip = divmod(start_step * local_batch, num_local)
   ds = tf.data.Dataset.range(start_epoch, 2**62).flat_map(epoch)
   ds = ds.skip(skip)
   ds = ds.map(process, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  ds = ds.batch(local_batch, drop_remainder=True)
+  if "crop" in ds.element_spec:  # resize="device": the batching zero-pads each crop to the canvas
+    shapes = {key: spec.shape for key, spec in ds.element_spec.items()}
+    shapes["image"] = tf.TensorShape([image_size, image_size, 3])
+    ds = ds.padded_batch(local_batch, padded_shapes=shapes, drop_remainder=True)
+  else:
+    ds = ds.batch(local_batch, drop_remainder=True)
   ds = ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
   return _numpy_batches(ds, f"training data of {dataset!r} ({split})")
 

@@ -168,6 +168,39 @@ def resize_like_tf(image: jax.Array, size: int) -> jax.Array:
                                        jnp.zeros(2, jnp.float32), "linear", antialias=True)
 
 
+def _bilinear_axis(out_size: int, length: jax.Array):
+  """TF's half-pixel-centre bilinear sampling along one axis: (lower, upper, lerp)."""
+  scale = length.astype(jnp.float32) / out_size
+  position = (jnp.arange(out_size, dtype=jnp.float32) + 0.5) * scale - 0.5
+  floor = jnp.floor(position)
+  lower = jnp.clip(floor.astype(jnp.int32), 0, length - 1)
+  upper = jnp.minimum(jnp.ceil(position).astype(jnp.int32), length - 1)
+  return lower, upper, (position - floor)[:, None]
+
+
+def resize_crop(canvas: jax.Array, crop: jax.Array, size: int) -> jax.Array:
+  """The crop at the top-left of one uint8 canvas [C, C, 3], resized to float32
+  [size, size, 3] and mirrored when crop[2] is 1.
+
+  crop = (height, width, flipped). The same arithmetic as the host's
+  `tf.image.resize(crop, [size, size], "bilinear")` (half-pixel centres, no
+  antialiasing: the Inception preset's bilinear draw) followed by its flip.
+  """
+  y_low, y_high, y_lerp = _bilinear_axis(size, crop[0])
+  x_low, x_high, x_lerp = _bilinear_axis(size, crop[1])
+  image = canvas.astype(jnp.float32)
+  top, bottom = image[y_low], image[y_high]
+  top = top[:, x_low] + (top[:, x_high] - top[:, x_low]) * x_lerp[:, 0, None]
+  bottom = bottom[:, x_low] + (bottom[:, x_high] - bottom[:, x_low]) * x_lerp[:, 0, None]
+  out = top + (bottom - top) * y_lerp[:, None]
+  return jnp.where(crop[2] > 0, out[:, ::-1], out)
+
+
+def resize_crops(canvases: jax.Array, crops: jax.Array, size: int) -> jax.Array:
+  """`resize_crop` of each example of a batch: [B, C, C, 3], [B, 3] -> [B, size, size, 3]."""
+  return jax.vmap(functools.partial(resize_crop, size=size))(canvases, crops.astype(jnp.int32))
+
+
 def _window_mean(mean_image: jax.Array, window: jax.Array, size: tuple[int, int]) -> jax.Array:
   """The per-pixel mean the host subtracted from the pixels of one window (unflipped).
 
@@ -216,6 +249,8 @@ class DeviceInput:
     std: [3] per-channel standard deviation, or None (mean subtraction only).
     photometric: the Inception distortions (training only), or None.
     pca: AlexNet's PCA lighting (training only), or None.
+    resize: the network input side when training batches are canvases with
+      a "crop" (the Inception preset's resize="device"), else None.
 
   A static field of the train state: equality and hash go by value (the
   mean image by a digest of its bytes, computed once).
@@ -225,6 +260,7 @@ class DeviceInput:
   std: np.ndarray | None = None
   photometric: Photometric | None = None
   pca: PcaLighting | None = None
+  resize: int | None = None
 
   def __post_init__(self):
     mean = np.array(self.mean, np.float32)
@@ -238,7 +274,7 @@ class DeviceInput:
     object.__setattr__(self, "std", std)
     digest = hashlib.sha1(mean.tobytes() + str(mean.shape).encode()
                           + (b"-" if std is None else std.tobytes())).hexdigest()
-    object.__setattr__(self, "_key", (digest, self.photometric, self.pca))
+    object.__setattr__(self, "_key", (digest, self.photometric, self.pca, self.resize))
 
   def __eq__(self, other) -> bool:
     return isinstance(other, DeviceInput) and self._key == other._key
@@ -250,19 +286,26 @@ class DeviceInput:
     mean = (f"mean image {self.mean.shape}" if self.mean.ndim == 3
             else f"mean {self.mean.round(3).tolist()}")
     std = "" if self.std is None else f", std {self.std.round(3).tolist()}"
-    return f"DeviceInput({mean}{std}, photometric={self.photometric}, pca={self.pca})"
+    resize = "" if self.resize is None else f", resize={self.resize}"
+    return f"DeviceInput({mean}{std}, photometric={self.photometric}, pca={self.pca}{resize})"
 
   # -- the steps' entry points ------------------------------------------------
   def train(self, images: jax.Array, rng: jax.Array, step: jax.Array,
-            window: jax.Array | None = None) -> jax.Array:
+            window: jax.Array | None = None, crop: jax.Array | None = None) -> jax.Array:
     """uint8 [B, H, W, 3] -> distorted, normalised float32; the step's keys.
 
     rng: the train state's key; step: its step (the draws of a step are a
-    function of both, so resumption is exact). window: the batch's "window".
+    function of both, so resumption is exact). window: the batch's "window";
+    crop: its "crop" (canvases to resize first, see `resize_crop`).
     """
     if images.dtype != jnp.uint8:
       return images
-    x = images.astype(jnp.float32)
+    if crop is not None:
+      if self.resize is None:
+        raise ValueError("a batch of canvases with a 'crop' needs DeviceInput(resize=<side>)")
+      x = resize_crops(images, crop, self.resize)
+    else:
+      x = images.astype(jnp.float32)
     if self.photometric is not None:
       x = self.photometric(x, _stream_key(rng, _PHOTOMETRIC_STREAM, step))
     if self.pca is not None:

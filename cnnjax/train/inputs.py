@@ -165,7 +165,7 @@ def _device_input(data, c: Mapping[str, Any], train_split: str):
   return data.device_input(c["dataset"], augment=c["augment"],
                            augment_kwargs=_plain(c["augment_kwargs"]), normalize=c["normalize"],
                            data_dir=c["data_dir"] or None, on_bad_image=c["on_bad_image"],
-                           stats_split=train_split)
+                           stats_split=train_split, image_size=c["image_size"] or None)
 
 
 def _split_size(data, c: Mapping[str, Any], split: str, fallback: int) -> int:

@@ -60,7 +60,8 @@ def train_step_fn(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str
   dropout_rng = jax.random.fold_in(state.rng, state.step)
   images = batch["image"]
   if recipe.device_input is not None:  # uint8 batches: augment colour and normalise here
-    images = recipe.device_input.train(images, state.rng, state.step, batch.get("window"))
+    images = recipe.device_input.train(images, state.rng, state.step, batch.get("window"),
+                                       batch.get("crop"))
 
   def loss_fn(params):
     (logits, feats), model_state = state.apply_fn(

@@ -185,9 +185,9 @@ def test_a_run_on_uint8_batches_resumes_exactly(tmp_path, digits_dir, monkeypatc
   traced = []
   original = di.DeviceInput.train
 
-  def spy(self, images, rng, step, window=None):
+  def spy(self, images, rng, step, window=None, crop=None):
     traced.append((str(images.dtype), window is not None, self.photometric.hue, self.pca is not None))
-    return original(self, images, rng, step, window)
+    return original(self, images, rng, step, window, crop)
   monkeypatch.setattr(di.DeviceInput, "train", spy)
   settings = dict(augment="inception", normalize="per_channel_std", num_steps=4,
                   checkpoint_every_steps=2, log_every_steps=2,

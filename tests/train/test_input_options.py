@@ -68,3 +68,84 @@ def test_dali_pipeline_feeds_the_run(photo_folder, tmp_path):
   batch = _first_batch(c)
   assert batch["image"].dtype == np.uint8 and batch["image"].shape == (4, 32, 32, 3)
   assert batch["window"].shape == (4, 4) and set(np.unique(batch["label"])) <= {0, 1, 2}
+
+
+# ----------------------------------------------------------------------------
+# The Inception preset's resize="device": crops within the input go out unresized.
+
+
+def _inception(folder, data_dir, **kwargs):
+  import cnnjax.data
+  return next(cnnjax.data.train_iterator(
+      f"image_folder:{folder}", data_dir=str(data_dir), global_batch_size=12,
+      augment="inception", image_size=48, normalize="imagenet", process_index=0,
+      process_count=1, seed=4, device_preprocessing=True, **kwargs))
+
+
+@pytest.mark.parametrize("max_resolution", [0, 64])
+def test_device_resize_equals_the_host_bilinear_resize(photo_folder, tmp_path, max_resolution):
+  """Same crops, same flips; pixels within the host's rounding to uint8 (0.5)."""
+  import jax.numpy as jnp
+  from cnnjax.train.device_input import resize_crops
+  host = _inception(photo_folder, tmp_path, max_resolution=max_resolution,
+                    augment_kwargs={"photometric": "device", "interpolations": ("bilinear",)})
+  device = _inception(photo_folder, tmp_path, max_resolution=max_resolution,
+                      augment_kwargs={"photometric": "device", "resize": "device"})
+  assert device["image"].shape == host["image"].shape == (12, 48, 48, 3)
+  assert "window" not in device and device["crop"].shape == (12, 3)
+  fits = (device["crop"][:, 0] < 48) | (device["crop"][:, 1] < 48)
+  assert fits.any()  # some crops went out unresized (and, on the originals, some not)
+  if max_resolution == 0:
+    assert not fits.all()
+  for row, (height, width, _) in enumerate(device["crop"]):  # zero beyond the crop
+    assert not device["image"][row, height:].any() and not device["image"][row, :, width:].any()
+  resized = np.asarray(resize_crops(jnp.asarray(device["image"]), jnp.asarray(device["crop"]), 48))
+  np.testing.assert_allclose(resized, host["image"].astype(np.float32), atol=0.5 + 1e-3)
+  np.testing.assert_array_equal(device["label"], host["label"])
+
+
+def test_resize_crop_is_tf_bilinear_then_flip():
+  import jax.numpy as jnp
+  import tensorflow as tf
+  from cnnjax.train.device_input import resize_crop
+  rng = np.random.default_rng(0)
+  canvas = np.zeros((40, 40, 3), np.uint8)
+  for height, width, flipped in [(17, 33, 0), (40, 40, 1), (9, 40, 1), (40, 23, 0)]:
+    canvas[:] = 0
+    canvas[:height, :width] = rng.integers(0, 256, (height, width, 3))
+    expected = tf.image.resize(canvas[:height, :width].astype(np.float32), (40, 40)).numpy()
+    expected = expected[:, ::-1] if flipped else expected
+    got = np.asarray(resize_crop(jnp.asarray(canvas), jnp.asarray([height, width, flipped]), 40))
+    np.testing.assert_allclose(got, expected, atol=2e-3)
+
+
+@pytest.mark.parametrize("kwargs, device, message", [
+    ({"resize": "gpu"}, True, r"resize must be 'host' or 'device'"),
+    ({"resize": "device", "interpolations": ("bilinear", "area")}, True, r"resize='device'"),
+    ({"resize": "device"}, False, r"needs device_preprocessing"),
+])
+def test_device_resize_options_are_checked(photo_folder, tmp_path, kwargs, device, message):
+  import cnnjax.data
+  from cnnjax.errors import DataError
+  with pytest.raises(DataError, match=message):
+    next(cnnjax.data.train_iterator(
+        f"image_folder:{photo_folder}", data_dir=str(tmp_path), global_batch_size=4,
+        augment="inception", image_size=32, process_index=0, process_count=1,
+        device_preprocessing=device, augment_kwargs=kwargs))
+
+
+def test_a_run_trains_on_device_resized_crops(photo_folder, tmp_path):
+  """Through the loop: the step gets "crop" and resizes; the state is finite."""
+  import jax
+  from cnnjax.train.loop import run
+  config = dict(_config(dataset=f"image_folder:{photo_folder}", data_dir=str(tmp_path / "data"),
+                        augment="inception", normalize="imagenet", image_size=32, batch_size=4,
+                        num_steps=3, model="cifar_resnet20", device_preprocessing="on",
+                        augment_kwargs={"photometric": "device", "resize": "device"},
+                        model_kwargs={"stage_sizes": (1, 1, 1), "width_multiplier": 0.25},
+                        eval_split="train", eval_num_batches=1, progress_bar=False,
+                        compilation_cache_dir="", max_resolution=64))
+  result = run(config, str(tmp_path / "run"))
+  assert result["step"] == 3 and np.isfinite(result["eval"]["loss"])
+  leaves = jax.tree_util.tree_leaves(result["variables"])
+  assert leaves and all(np.isfinite(np.asarray(leaf)).all() for leaf in leaves)
