@@ -310,17 +310,23 @@ def compare_device_preprocessing(args) -> None:
 # ----------------------------------------------------------------------------
 # Per-preset comparison on real photographs (--presets).
 
-# preset -> (augment_kwargs of train_iterator, bounded copies to measure). The
-# bounds follow cnnjax.data.bounded's policy: Inception samples crops of any
-# size (320 keeps the average crop near its original pixel count; 256 is
-# the aggressive choice); AlexNet resizes the shorter side to 256 (341 keeps
-# that for 4:3 images); VGG's scale jittering reaches S = 512 (683: above
-# every image of the set, so its copy stores the original bytes).
+# preset -> the train_iterator variants measured against plain tf.data:
+# (augment_kwargs, max_resolution). The bounds follow cnnjax.data.bounded's
+# policy: Inception samples crops of any size (320 keeps the average crop
+# near its original pixel count; 256 is the aggressive choice); AlexNet
+# resizes the shorter side to 256 (341 keeps that for 4:3 images); VGG's
+# scale jittering reaches S = 512 (683: above every image of the set, so
+# its copy stores the original bytes). resize="device" leaves crops that fit
+# the input unresized for the train step (see `device_resize_cost`).
+_INCEPTION = {"photometric": "device"}
+_ON_DEVICE = {"photometric": "device", "resize": "device"}
 PRESET_CASES = {
-    "inception": ({"photometric": "device"}, (320, 256)),
-    "alexnet": ({}, (341,)),
-    "scale_jitter": ({}, (683,)),
+    "inception": ((_INCEPTION, 0), (_ON_DEVICE, 0), (_INCEPTION, 320), (_ON_DEVICE, 320),
+                  (_INCEPTION, 256), (_ON_DEVICE, 256)),
+    "alexnet": (({}, 0), ({}, 341)),
+    "scale_jitter": (({}, 0), ({}, 683)),
 }
+INCEPTION_BOUNDS = (320, 256)
 
 
 def plain_tf_data(source, preset: str, image_size: int, batch_size: int, seed: int = 0):
@@ -376,19 +382,20 @@ def preset_rates(dataset: str, data_dir: str, preset: str, seconds: float, round
   """images/s (all cores, medians of alternating rounds) of each pipeline of one preset."""
   import cnnjax.data
   from cnnjax.data.sources import get_source
-  kwargs, bounds = PRESET_CASES[preset]
   normalize = "imagenet" if preset == "inception" else "per_channel"
 
-  def ours(max_resolution: int):
+  def ours(kwargs, max_resolution: int):
     return lambda: cnnjax.data.train_iterator(
         dataset, data_dir=data_dir, global_batch_size=batch_size, augment=preset,
         augment_kwargs=kwargs, image_size=image_size, normalize=normalize, process_index=0,
         process_count=1, device_preprocessing=True, max_resolution=max_resolution)
 
   source = get_source(dataset, data_dir)
-  makers = {"plain tf.data": lambda: plain_tf_data(source, preset, image_size, batch_size),
-            "train_iterator": ours(0)}
-  makers.update({f"train_iterator, max_resolution={b}": ours(b) for b in bounds})
+  makers = {"plain tf.data": lambda: plain_tf_data(source, preset, image_size, batch_size)}
+  for kwargs, bound in PRESET_CASES[preset]:
+    name = ("train_iterator" + (f", max_resolution={bound}" if bound else "")
+            + (", resize='device'" if kwargs.get("resize") == "device" else ""))
+    makers[name] = ours(kwargs, bound)
   for make in makers.values():  # prepare the copies (and statistics) outside the timing
     next(make())
   rates: dict[str, list[float]] = {name: [] for name in makers}
@@ -455,6 +462,24 @@ def decoder_options(encoded: list[bytes], seconds: float) -> list[tuple[str, flo
   return rows
 
 
+def device_resize_cost(image_size: int = 224, batch_size: int = 64, repeats: int = 10) -> float:
+  """ms per image of the train step's share of resize="device" (`resize_crops`), jitted, on
+  JAX's default backend, for crops of 50-100% of the input side."""
+  import jax
+  import jax.numpy as jnp
+  from cnnjax.train.device_input import resize_crops
+  rng = np.random.default_rng(0)
+  canvases = jnp.asarray(rng.integers(0, 256, (batch_size, image_size, image_size, 3), np.uint8))
+  sides = rng.integers(image_size // 2, image_size + 1, (batch_size, 2))
+  crops = jnp.asarray(np.concatenate([sides, rng.integers(0, 2, (batch_size, 1))], 1), jnp.int32)
+  resize = jax.jit(lambda c, k: resize_crops(c, k, image_size).sum())
+  resize(canvases, crops).block_until_ready()
+  start = time.perf_counter()
+  for _ in range(repeats):
+    resize(canvases, crops).block_until_ready()
+  return 1000.0 * (time.perf_counter() - start) / repeats / batch_size
+
+
 def compare_presets(args) -> None:
   try:
     from benchmarks.photos import make_photo_folder
@@ -476,13 +501,16 @@ def compare_presets(args) -> None:
       rates = preset_rates(dataset, data_dir, preset, args.seconds, args.rounds)
       plain = rates["plain tf.data"]
       for name, rate in rates.items():
-        print(f"  {preset:12s} {name:38s} {rate:8.1f}  ({rate / cores:7.1f} per core, "
+        print(f"  {preset:12s} {name:56s} {rate:8.1f}  ({rate / cores:7.1f} per core, "
               f"{rate / plain:.2f}x plain)", flush=True)
     print("pixel error of a bounded copy (Inception windows, 224x224 bilinear, vs the original):")
-    for bound in PRESET_CASES["inception"][1]:
+    for bound in INCEPTION_BOUNDS:
       error = bounded_pixel_error(dataset, data_dir, bound)
       print(f"  max_resolution={bound}: mean abs {error['mean_abs']:.2f} / 255, "
             f"PSNR {error['psnr_db']:.1f} dB")
+    import jax
+    print(f"resize='device': the step's resize costs {device_resize_cost():.3f} ms per image "
+          f"on JAX's {jax.default_backend()} backend (batch 64, jitted)")
     paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs)
     encoded = [open(p, "rb").read() for p in paths]
     print("JPEG decoding options, one core (error: mean abs vs INTEGER_ACCURATE, 0..255):")

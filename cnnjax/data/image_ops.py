@@ -81,16 +81,20 @@ def resize_image(image: tf.Tensor, height, width, method: str = "bilinear",
                  antialias: bool = True) -> tf.Tensor:
   """Resizes to (height, width) as float32 0..255 (antialiased when shrinking, by default).
 
-  method SHRINK_AREA: "area" when neither side grows, else bilinear; the
-  image itself (as float) when the size does not change.
+  method SHRINK_AREA: "area" when neither side grows, plain bilinear when
+  neither shrinks (TF's antialiased kernel computes the same there, slowly),
+  else antialiased bilinear; the image itself (as float) when the size does
+  not change.
   """
   if method == SHRINK_AREA:
     h, w = image_hw(image)
     target = tf.stack([height, width])
     same = tf.logical_and(tf.equal(h, height), tf.equal(w, width))
     shrinks = tf.logical_and(height <= h, width <= w)
+    grows = tf.logical_and(height >= h, width >= w)  # antialiasing changes nothing there
     return tf.case([(same, lambda: as_float(image)),
-                    (shrinks, lambda: tf.image.resize(as_float(image), target, method="area"))],
+                    (shrinks, lambda: tf.image.resize(as_float(image), target, method="area")),
+                    (grows, lambda: tf.image.resize(as_float(image), target))],
                    default=lambda: tf.image.resize(as_float(image), target, antialias=True))
   antialias = antialias and method in ("bilinear", "bicubic")
   resized = tf.image.resize(as_float(image), tf.stack([height, width]), method=method,
