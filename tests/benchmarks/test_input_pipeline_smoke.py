@@ -66,3 +66,30 @@ def test_device_preprocessing_rates_are_positive_for_both_paths(folder, tmp_path
       seconds=0.4, rounds=1)
   assert set(rates) == {False, True}
   assert all(math.isfinite(rate) and rate > 0 for rate in rates.values())
+
+
+def test_real_photographs_make_imagenet_like_jpegs(tmp_path):
+  from PIL import Image
+  from benchmarks.photos import make_photo_folder
+  made = make_photo_folder(str(tmp_path), num_images=4, width=100, height=75)
+  paths = sorted(os.path.join(d, f) for d, _, files in os.walk(tmp_path) for f in files)
+  assert len(paths) == 4 and made["images"] == 4 and {"china.jpg", "flower.jpg"} <= set(made["sources"])
+  with Image.open(paths[0]) as image:
+    assert image.size == (100, 75) and image.format == "JPEG"
+
+
+@pytest.mark.parametrize("preset", ["inception", "alexnet", "scale_jitter"])
+def test_plain_tf_data_baseline_yields_uint8_batches(folder, tmp_path, preset):
+  import cnnjax.data
+  from cnnjax.data.sources import get_source
+  cnnjax.data.dataset_info(f"image_folder:{folder}", str(tmp_path))
+  source = get_source(f"image_folder:{folder}", str(tmp_path))
+  batch = next(input_pipeline.plain_tf_data(source, preset, image_size=32, batch_size=4))
+  assert batch["image"].shape == (4, 32, 32, 3) and str(batch["image"].dtype) == "uint8"
+
+
+def test_bounded_pixel_error_and_device_resize_cost_are_measured(folder, tmp_path):
+  error = input_pipeline.bounded_pixel_error(f"image_folder:{folder}", str(tmp_path), 40,
+                                             image_size=32, num_windows=1)
+  assert 0 < error["mean_abs"] < 40 and error["psnr_db"] > 15
+  assert input_pipeline.device_resize_cost(image_size=16, batch_size=2, repeats=1) > 0
