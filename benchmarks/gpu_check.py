@@ -47,7 +47,8 @@ import numpy as np
 
 from benchmarks import _common
 
-ROWS = ("train_step", "compile_counts", "checkpoint", "host_to_device", "loop_b256", "loop_b32")
+ROWS = ("train_step", "compile_counts", "checkpoint", "host_to_device", "device_input", "loop_b256",
+        "loop_b32")
 GPU_MISSING_EXIT = 2
 IMPORT_MISSING_EXIT = 3
 GIB = 1024**3
@@ -373,6 +374,34 @@ def row_host_to_device(p: dict[str, Any]) -> dict[str, Any]:
   return result
 
 
+def row_device_input(p: dict[str, Any]) -> dict[str, Any]:
+  """The step's share of the Inception input (DeviceInput.train with resize="device"):
+  crop resize + flip, photometric distortions, normalisation, on uint8 canvases."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from cnnjax.train.device_input import DeviceInput, Photometric  # pylint: disable=import-outside-toplevel
+  size, batch = p["image_size"], p["transfer_batch"]
+  rng = np.random.default_rng(0)
+  finish = DeviceInput(mean=np.full(3, 120.0, np.float32), std=np.full(3, 60.0, np.float32),
+                       photometric=Photometric(32.0, 0.5, 0.5, 0.2), resize=size)
+  images = jnp.asarray(rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8))
+  sides = rng.integers(size // 2, size + 1, (batch, 2))
+  crops = jnp.asarray(np.concatenate([sides, rng.integers(0, 2, (batch, 1))], 1), jnp.int32)
+  work = jax.jit(lambda x, c, step: finish.train(x, jax.random.key(0), step, None, c).sum())
+  work(images, crops, 0).block_until_ready()
+  seconds = []
+  for step in range(p["transfer_repeats"]):
+    started = time.perf_counter()
+    work(images, crops, step + 1).block_until_ready()
+    seconds.append(time.perf_counter() - started)
+  median = statistics.median(seconds)
+  return {"status": "ok", "reason": None, "batch": batch, "median_s": median,
+          "images_per_s": batch / median,
+          "summary": (f"{batch}x{size}x{size} uint8 canvases -> resize, flip, distortions, "
+                      f"normalisation: {batch / median:.0f} img/s ({1e3 * median / batch:.4f} ms "
+                      "per image)")}
+
+
 def _synthetic_dataset() -> str:
   """The dataset name of the loop's device-resident synthetic batches."""
   try:
@@ -430,6 +459,8 @@ def run_row(name: str, smoke: bool) -> dict[str, Any]:
     result = row_checkpoint(p)
   elif name == "host_to_device":
     result = row_host_to_device(p)
+  elif name == "device_input":
+    result = row_device_input(p)
   elif name in p["loop_batches"]:
     result = row_loop(p, name)
   else:

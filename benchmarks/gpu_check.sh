@@ -53,6 +53,7 @@ rows=(
   "compile_counts 45"
   "checkpoint 30"
   "host_to_device 20"
+  "device_input 30"
   "loop_b256 90"
   "loop_b32 70"
 )
@@ -71,7 +72,7 @@ for row in "${rows[@]}"; do
 done
 
 if ((${#names[@]} == 0)); then
-  echo "gpu_check: ROWS=$selected selects no row; rows: train_step,compile_counts,checkpoint,host_to_device,loop_b256,loop_b32" >&2
+  echo "gpu_check: ROWS=$selected selects no row; rows: train_step,compile_counts,checkpoint,host_to_device,device_input,loop_b256,loop_b32" >&2
   exit 1
 fi
 names_csv="$(IFS=,; echo "${names[*]}")"

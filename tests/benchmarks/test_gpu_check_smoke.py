@@ -24,7 +24,8 @@ from benchmarks import gpu_check
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "benchmarks" / "gpu_check.sh"
-SMOKE_ROWS = ("train_step", "compile_counts", "checkpoint", "host_to_device", "loop_b32")
+SMOKE_ROWS = ("train_step", "compile_counts", "checkpoint", "host_to_device", "device_input",
+              "loop_b32")
 
 
 def _env(**extra):
@@ -91,6 +92,12 @@ def test_checkpoint_row_restores_what_it_saved(smoke_run):
   assert _finite_positive(row["state_bytes"])
   assert 0 < row["save_returned_s"] <= row["save_on_disk_s"] and row["restore_s"] > 0
   assert not row["tensorflow_imported"]
+
+
+def test_device_input_row_times_the_steps_share_of_the_input(smoke_run):
+  row = smoke_run[2]["device_input"]
+  assert row["status"] == "ok" and _finite_positive(row["images_per_s"]), row
+  assert row["tensorflow_imported"] is False  # the GPU hosts have no TensorFlow
 
 
 def test_host_to_device_row_moves_a_quarter_of_the_bytes_in_uint8(smoke_run):
