@@ -85,3 +85,19 @@ def test_bad_max_resolution_is_refused_with_the_range(mixed_folder, tmp_path, ba
   with pytest.raises(DataError, match=r"max_resolution must be 0 .* >= 32"):
     get_source(f"image_folder:{mixed_folder}", str(tmp_path), max_resolution=bad)
 
+
+
+def test_bad_images_keep_their_named_errors_with_a_bound(tmp_path):
+  """A corrupt file stops preparation with the file's name before any copy is written;
+  on_bad_image="skip" leaves it out of the copy too."""
+  root = tmp_path / "folder"
+  rng = np.random.default_rng(0)
+  for i in range(4):
+    write_image(str(root / "train" / f"c{i % 2}" / f"{i}.jpg"), smooth_image(rng, 120, 160))
+  (root / "train" / "c0" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+  name = f"image_folder:{root}"
+  with pytest.raises(DataError, match="broken.jpg"):
+    get_source(name, str(tmp_path / "data"), max_resolution=BOUND)
+  assert not os.path.exists(tmp_path / "data" / "cnnjax_bounded")
+  bounded = get_source(name, str(tmp_path / "data"), on_bad_image="skip", max_resolution=BOUND)
+  assert bounded.num_examples("train") == 4 and bounded.skipped_images == 1
