@@ -1,4 +1,4 @@
-"""DALI training input throughput: images/s of `cnnjax.dali_input.train_iterator`.
+"""DALI training input throughput: images/s of `cnnjax.dali.train_iterator`.
 
 Writes a prepared-dataset folder of ImageNet-sized JPEGs (random smooth
 content, default 256 images of 500x375, 10 classes) in the layout tfds
@@ -87,7 +87,7 @@ def write_prepared_jpegs(directory: str, num_images: int, width: int, height: in
 
 def measure(dataset: str, data_dir: str | None, args) -> dict:
   import jax
-  from cnnjax import dali_input
+  from cnnjax import dali
   device = args.device
   if device == "auto":
     device = "gpu" if jax.default_backend() == "gpu" else "cpu"
@@ -95,7 +95,7 @@ def measure(dataset: str, data_dir: str | None, args) -> dict:
   if device == "gpu":
     mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-  iterator = dali_input.train_iterator(
+  iterator = dali.train_iterator(
       dataset, data_dir=data_dir, global_batch_size=args.batch * jax.process_count(),
       augment=args.augment, image_size=args.image_size, sharding=sharding, device=device,
       num_threads=args.threads, py_workers=args.py_workers, seed=0)

@@ -78,7 +78,7 @@ def default_values() -> dict[str, Any]:
     "max_resolution": 0,
     # Who decodes the training images: "tf" (tf.data on the host's cores) or
     # "dali" (NVIDIA DALI: on the GPU where there is one; `pip install -e
-    # ".[dali]"`; cnnjax.dali_input). Evaluation stays on tf.data.
+    # ".[dali]"`; cnnjax.dali). Evaluation stays on tf.data.
     "input_pipeline": "tf",
     "eval_view": "center",  # view of the periodic validation (full protocols: cnnjax evaluation)
     "eval_view_kwargs": {},

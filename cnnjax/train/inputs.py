@@ -128,8 +128,8 @@ def _tfds_inputs(c: Mapping[str, Any]) -> RunInputs:
 
   def train_batches(start_step: int) -> Iterator[Mapping[str, Any]]:
     if c.get("input_pipeline", "tf") == "dali":  # decoded on the GPU; colour in the step
-      from cnnjax import dali_input  # pylint: disable=import-outside-toplevel
-      return dali_input.train_iterator(
+      from cnnjax import dali  # pylint: disable=import-outside-toplevel
+      return dali.train_iterator(
           c["dataset"], data_dir=data_dir, split=train_split, global_batch_size=c["batch_size"],
           augment=c["augment"], augment_kwargs=augment_kwargs, image_size=image_size or 224,
           seed=c["seed"], start_step=start_step)

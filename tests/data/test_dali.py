@@ -1,4 +1,4 @@
-"""The DALI training input (cnnjax.dali_input), in DALI's CPU mode, against TensorFlow's reading of the same data."""
+"""The DALI training input (cnnjax.dali), in DALI's CPU mode, against TensorFlow's reading of the same data."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed (pip ins
 
 import tensorflow as tf  # noqa: E402
 
-from cnnjax import dali_input  # noqa: E402
+from cnnjax import dali  # noqa: E402
 from cnnjax.errors import ConfigError, DataError  # noqa: E402
 from data_helpers import smooth_image  # noqa: E402
 
@@ -38,7 +38,7 @@ def _iterator(prepared, **kwargs):
   options = dict(global_batch_size=4, image_size=SIZE, process_index=0, process_count=1,
                  device="cpu", num_threads=1)
   options.update(kwargs)
-  return dali_input.train_iterator(name, data_dir=data_dir, **options)
+  return dali.train_iterator(name, data_dir=data_dir, **options)
 
 
 def _take(iterator, count):
@@ -67,7 +67,7 @@ def test_parse_example_equals_tensorflows_serialization():
       "name": tf.train.Feature(bytes_list=tf.train.BytesList(value=["naïve".encode()])),
   }
   serialized = tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
-  parsed = dali_input.parse_example(serialized)
+  parsed = dali.parse_example(serialized)
   assert set(parsed) == set(features)
   assert [bytes(v) for v in parsed["image"]] == [b"\xff\xd8\x00binary", b""]
   assert parsed["label"] == [7]
@@ -78,11 +78,11 @@ def test_parse_example_equals_tensorflows_serialization():
 
 
 def test_index_matches_the_records_tensorflow_reads(prepared, tmp_path):
-  split = dali_input.prepared_split(*prepared, split="train")
+  split = dali.prepared_split(*prepared, split="train")
   path = split.files[0]
   copy = str(tmp_path / os.path.basename(path))
   shutil.copy(path, copy)
-  index = dali_input.record_index(copy, expected=15)
+  index = dali.record_index(copy, expected=15)
   records = [r.numpy() for r in tf.data.TFRecordDataset(copy)]
   assert len(index) == len(records) == 15
   with open(copy, "rb") as f:
@@ -96,12 +96,12 @@ def test_index_matches_the_records_tensorflow_reads(prepared, tmp_path):
   # ...rebuilt when stale, and written to index_dir when asked.
   with open(copy + ".idx", "w") as f:
     f.write("0 10\n")
-  np.testing.assert_array_equal(dali_input.record_index(copy, expected=15), index)
-  elsewhere = dali_input.record_index(copy, expected=15, index_dir=str(tmp_path / "cache"))
+  np.testing.assert_array_equal(dali.record_index(copy, expected=15), index)
+  elsewhere = dali.record_index(copy, expected=15, index_dir=str(tmp_path / "cache"))
   np.testing.assert_array_equal(elsewhere, index)
   assert len(os.listdir(tmp_path / "cache")) == 1
   # The prepared record parses as TensorFlow parses it.
-  parsed = dali_input.parse_example(records[0])
+  parsed = dali.parse_example(records[0])
   example = tf.train.Example.FromString(records[0])
   assert bytes(parsed["image"][0]) == example.features.feature["image"].bytes_list.value[0]
   assert parsed["label"] == list(example.features.feature["label"].int64_list.value)
@@ -115,9 +115,9 @@ def test_image_header_sizes_equal_pillows():
                                  (21, 40, {"format": "JPEG", "exif": b"Exif\x00\x00" + b"\x00" * 64})]:
     buffer = io.BytesIO()
     Image.fromarray(smooth_image(rng, height, width)).save(buffer, **options)
-    assert dali_input.image_hw(buffer.getvalue()) == (height, width)
-  assert dali_input.image_hw(b"GIF89a....") is None
-  assert dali_input.image_hw(b"\xff\xd8\xff\xd9") is None
+    assert dali.image_hw(buffer.getvalue()) == (height, width)
+  assert dali.image_hw(b"GIF89a....") is None
+  assert dali.image_hw(b"\xff\xd8\xff\xd9") is None
 
 
 # ----------------------------------------------------------------------------
@@ -153,13 +153,13 @@ def test_inception_windows_match_tf_decode_and_crop():
   examples, geometries = [], []
   for k in range(24):
     encoded = _jpeg(rng, int(rng.integers(80, 200)), int(rng.integers(80, 200)))
-    height, width = dali_input.image_hw(encoded)
-    top, left, h, w = dali_input.inception_window(np.random.default_rng(k), height, width)
+    height, width = dali.image_hw(encoded)
+    top, left, h, w = dali.inception_window(np.random.default_rng(k), height, width)
     flip = bool(k % 2)
-    examples.append((encoded, dali_input.CropPlan((top, left), (h, w), (0.0, 0.0), (float(h), float(w)),
+    examples.append((encoded, dali.CropPlan((top, left), (h, w), (0.0, 0.0), (float(h), float(w)),
                                                   flip, "bilinear", (SIZE, 0, 0, 0))))
     geometries.append((top, left, h, w, flip))
-  ours = dali_input.render_plans(examples, image_size=SIZE * 2, antialias=False).astype(np.int32)
+  ours = dali.render_plans(examples, image_size=SIZE * 2, antialias=False).astype(np.int32)
   pipeline = np.stack([_tf_resized_crop(e, g) for (e, _), g in zip(examples, geometries)])
   accurate = np.stack([_tf_resized_crop(e, g, "INTEGER_ACCURATE")
                        for (e, _), g in zip(examples, geometries)])
@@ -178,17 +178,17 @@ def test_resize_then_crop_presets_match_tf(preset):
   random crop, flip. Measured: mean |diff| 0.0001, max 1 (rounding), both presets.
   """
   rng = np.random.default_rng(1)
-  settings = dali_input.make_preset(preset, SIZE)
+  settings = dali.make_preset(preset, SIZE)
   examples, references = [], []
   for k in range(16):
     encoded = _jpeg(rng, int(rng.integers(40, 160)), int(rng.integers(40, 160)))
-    height, width = dali_input.image_hw(encoded)
+    height, width = dali.image_hw(encoded)
     plan = settings.plan(np.random.default_rng(k), height, width)
     examples.append((encoded, plan))
     draws = np.random.default_rng(k)  # the same draws, in the order Preset.plan makes them
     target = (int(draws.integers(settings.scale_min, settings.scale_max + 1))
               if preset == "scale_jitter" else settings.resize_size)
-    new_h, new_w = dali_input.shorter_side_size(height, width, target)
+    new_h, new_w = dali.shorter_side_size(height, width, target)
     image = tf.image.resize(tf.cast(tf.image.decode_jpeg(encoded, channels=3,
                                                          dct_method="INTEGER_ACCURATE"), tf.float32),
                             [new_h, new_w], "bilinear", antialias=True)
@@ -202,7 +202,7 @@ def test_resize_then_crop_presets_match_tf(preset):
       assert plan.window == (settings.resize_size, top, left, int(flip))
     image = image[top:top + SIZE, left:left + SIZE]
     references.append(_round(image[:, ::-1] if flip else image))
-  ours = dali_input.render_plans(examples, image_size=SIZE, antialias=True).astype(np.int32)
+  ours = dali.render_plans(examples, image_size=SIZE, antialias=True).astype(np.int32)
   error = np.abs(ours - np.stack(references))
   assert error.mean() < 0.01 and error.max() <= 1
 
@@ -222,7 +222,7 @@ def test_inception_window_statistics_match_tf():
     return tf.map_fn(one, seeds, fn_output_signature=tf.int32)
 
   theirs = tf_windows(tf.stack([tf.range(count), tf.range(count) * 7 + 1], 1)).numpy().astype(float)
-  ours = np.array([dali_input.inception_window(np.random.default_rng(k), height, width)[2:]
+  ours = np.array([dali.inception_window(np.random.default_rng(k), height, width)[2:]
                    for k in range(count)], float)
   for name, sizes in (("tf", theirs), ("ours", ours)):
     area = sizes[:, 0] * sizes[:, 1] / (height * width)
@@ -273,12 +273,12 @@ def test_parallel_python_workers_yield_the_same_batches(prepared):
 
 
 def test_process_shares_are_disjoint_and_cover_the_split(prepared):
-  split = dali_input.prepared_split(*prepared, split="train")
-  preset = dali_input.make_preset("inception", SIZE)
-  indices = [dali_input.record_index(f, n) for f, n in zip(split.files, split.shard_lengths)]
+  split = dali.prepared_split(*prepared, split="train")
+  preset = dali.make_preset("inception", SIZE)
+  indices = [dali.record_index(f, n) for f, n in zip(split.files, split.shard_lengths)]
   shares = []
   for process in range(4):
-    source = dali_input.ExampleSource(split, indices, preset, seed=0, process_index=process,
+    source = dali.ExampleSource(split, indices, preset, seed=0, process_index=process,
                                       process_count=4, local_batch=2, start_step=0)
     shares.append([source.example_at(t) for t in range(source.share_size)])
     assert sorted(shares[-1]) == list(range(source.share_start,
@@ -315,7 +315,7 @@ def test_sharded_batches_are_global_arrays(prepared):
 
 
 def _copy_prepared(prepared, tmp_path) -> str:
-  directory = dali_input.dataset_directory(*prepared)
+  directory = dali.dataset_directory(*prepared)
   copy = str(tmp_path / "prepared")
   shutil.copytree(directory, copy, ignore=shutil.ignore_patterns("*.idx"))
   return copy
@@ -332,7 +332,7 @@ def test_a_corrupt_jpeg_is_named(prepared, tmp_path):
   with tf.io.TFRecordWriter(path) as writer:
     for record in records:
       writer.write(record)
-  iterator = dali_input.train_iterator(copy, global_batch_size=15, image_size=SIZE, process_index=0,
+  iterator = dali.train_iterator(copy, global_batch_size=15, image_size=SIZE, process_index=0,
                                        process_count=1, device="cpu", num_threads=1)
   with pytest.raises(DataError, match=r"cannot decode example 6 of .*record 6 of .*prepare the dataset again"):
     next(iterator)
@@ -343,10 +343,10 @@ def test_unprepared_datasets_say_how_to_prepare_them(tmp_path):
   empty_folder.mkdir()
   for name in ("imagenet2012", "image_folder:" + str(empty_folder)):
     with pytest.raises(DataError, match=r"is not prepared in data_dir .*prepare it once"):
-      dali_input.train_iterator(name, data_dir=str(tmp_path / "data"), global_batch_size=2,
+      dali.train_iterator(name, data_dir=str(tmp_path / "data"), global_batch_size=2,
                                 process_index=0, process_count=1, device="cpu")
   with pytest.raises(DataError, match="does not exist"):
-    dali_input.prepared_split("image_folder:" + str(tmp_path / "nowhere"), str(tmp_path))
+    dali.prepared_split("image_folder:" + str(tmp_path / "nowhere"), str(tmp_path))
 
 
 def test_empty_split_and_bad_options_are_named(prepared, tmp_path):
@@ -360,30 +360,30 @@ def test_empty_split_and_bad_options_are_named(prepared, tmp_path):
     json.dump(info, f)
   options = dict(global_batch_size=2, process_index=0, process_count=1, device="cpu")
   with pytest.raises(DataError, match="split 'val' has no examples"):
-    dali_input.train_iterator(copy, split="val", **options)
+    dali.train_iterator(copy, split="val", **options)
   with pytest.raises(DataError, match="no split 'tets'.*'test'|no split 'tets'"):
-    dali_input.train_iterator(copy, split="tets", **options)
+    dali.train_iterator(copy, split="tets", **options)
   with pytest.raises(ConfigError, match="no augmentation preset 'inceptoin'.*'inception'"):
-    dali_input.train_iterator(copy, augment="inceptoin", **options)
+    dali.train_iterator(copy, augment="inceptoin", **options)
   with pytest.raises(ConfigError, match="takes no option 'pad'"):
-    dali_input.train_iterator(copy, augment="alexnet", augment_kwargs={"pad": 4}, **options)
+    dali.train_iterator(copy, augment="alexnet", augment_kwargs={"pad": 4}, **options)
 
 
 def test_missing_dali_is_named(monkeypatch):
   monkeypatch.setitem(sys.modules, "nvidia.dali", None)
   with pytest.raises(ConfigError, match=r'pip install -e "\.\[dali\]"'):
-    dali_input.build_pipeline(lambda info: None, batch_size=1, image_size=8, antialias=False)
+    dali.build_pipeline(lambda info: None, batch_size=1, image_size=8, antialias=False)
 
 
 def test_runs_without_tensorflow(prepared):
   """On accelerator hosts there is no TensorFlow: import and iterate with it made unimportable."""
   name, data_dir = prepared
-  dali_input.prepared_split(name, data_dir)  # the index files exist (no need for a writable dir)
+  dali.prepared_split(name, data_dir)  # the index files exist (no need for a writable dir)
   code = (
       "import sys\n"
       "sys.modules['tensorflow'] = None; sys.modules['tensorflow_datasets'] = None\n"
-      "from cnnjax import dali_input\n"
-      f"it = dali_input.train_iterator({name!r}, data_dir={data_dir!r}, global_batch_size=3,\n"
+      "from cnnjax import dali\n"
+      f"it = dali.train_iterator({name!r}, data_dir={data_dir!r}, global_batch_size=3,\n"
       f"    image_size={SIZE}, process_index=0, process_count=1, device='cpu', num_threads=1)\n"
       "batch = next(it)\n"
       "assert batch['image'].shape == (3, 32, 32, 3), batch['image'].shape\n"
