@@ -16,6 +16,7 @@ depths share the same initialisers and layers; a compile per network is
 what costs, so the list is kept short). Width does not move the first loss
 much: every initialiser scales with fan-in, BN normalises each channel, and
 the logits' per-class offset does not grow with the classifier's fan-in.
+The options that choose a residual branch's first scale are checked too.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ from __future__ import annotations
 import math
 
 import jax
+import jax.numpy as jnp
 import optax
 import pytest
 
 import cnnjax.models
+from cnnjax.errors import ModelError
 
 BATCH = 8
 TOLERANCE = 0.5
@@ -85,3 +88,29 @@ def test_the_other_initialisation_starts_far_from_chance(fast_compile, name, ove
   papers' / torchvision's other choice, kept as an option, starts well above chance."""
   loss, chance = initial_loss(fast_compile, name, overrides)
   assert loss > chance + 0.5, (name, loss, chance)
+
+
+@pytest.mark.parametrize("name, overrides, expected", [
+    ("cifar_resnet20", {}, 1 / math.sqrt(4)),  # the default: 1/sqrt(total blocks)
+    ("cifar_resnet20", {"zero_init_residual": True}, 0.0),
+    ("cifar_resnet20", {"zero_init_residual": False}, 1.0),
+    ("cifar_resnet20", {"residual_scale_init": 0.5}, 0.5),
+    ("resnet18", {}, 0.0),  # the ImageNet default
+    ("resnet18", {"zero_init_residual": False}, 1.0),
+    ("cifar_plain20", {}, 1.0),
+])
+def test_residual_branch_scales_start_where_the_options_say(name, overrides, expected):
+  model = cnnjax.models.create(name, stage_sizes=(2, 2), width_multiplier=0.125, **overrides)
+  size = 32 if name.startswith("cifar") else 64
+  variables = model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)))
+  for stage in ("stage1", "stage2"):
+    for block in ("block1", "block2"):
+      convs = variables["params"][stage][block]
+      assert (convs["conv1"]["bn"]["scale"] == 1.0).all()
+      assert abs(convs["conv2"]["bn"]["scale"] - expected).max() < 1e-6, (stage, block)
+
+
+def test_a_residual_scale_init_that_is_not_a_scale_is_refused():
+  model = cnnjax.models.create("cifar_resnet20", residual_scale_init="small")
+  with pytest.raises(ModelError, match="residual_scale_init='small'"):
+    model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
