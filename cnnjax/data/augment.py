@@ -29,10 +29,11 @@ import tensorflow as tf
 from cnnjax.data import _tf_setup  # noqa: F401
 from cnnjax.data.colour import (PHOTOMETRIC_DEFAULTS, color_distortion, identity, normalize,
                                 pca_lighting, to_float, to_uint8)
-from cnnjax.data.geometry import (INTERPOLATION_METHODS, center_crop, decode, inception_crop, mark_window,
-                                  pad, random_crop, random_flip_left_right,
-                                  random_interpolation_resize, random_resize_shorter_side,
-                                  fit_to_canvas, record_flip, resize, resize_shorter_side)
+from cnnjax.data.geometry import (INTERPOLATION_METHODS, center_crop, decode, fit_to_canvas,
+                                  inception_crop, mark_window, pad, random_crop,
+                                  random_flip_left_right, random_interpolation_resize,
+                                  random_resize_shorter_side, record_flip, resize,
+                                  resize_shorter_side)
 from cnnjax.data.image_ops import (DATA_ERROR_MARKER, Example, Op, check_crop_fits, check_named_options,
                                    decode_image)
 from cnnjax.errors import DataError

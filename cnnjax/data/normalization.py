@@ -82,8 +82,7 @@ def device_input(dataset: str, *, augment: str = "none", augment_kwargs: dict[st
       raise DataError("inception: resize='device' needs the network input side (image_size)")
     resize = int(image_size)
   return DeviceInput(
-      resize=resize,
-      mean=mean, std=std,
+      mean=mean, std=std, resize=resize,
       photometric=None if strengths is None else Photometric(**strengths),
       pca=None if pca is None else PcaLighting(
           tuple(float(v) for v in np.reshape(pca[0], 3)),
