@@ -16,6 +16,11 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # torch then reports "no triton" and carries on.
 sys.modules.setdefault("triton", None)
 
+# Generated-image helpers (tests/data/data_helpers.py) serve every area's tests.
+_DATA_HELPERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+if _DATA_HELPERS not in sys.path:
+  sys.path.insert(0, _DATA_HELPERS)
+
 
 @pytest.fixture(scope="session")
 def digits_dir(tmp_path_factory) -> str:

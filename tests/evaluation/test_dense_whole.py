@@ -15,16 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow as tf
+from data_helpers import write_image
 
 from cnnjax.data import augment, views
 
 IDENTITY = augment.to_float()
-
-
-def _write(path, array):
-  from PIL import Image
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  Image.fromarray(array).save(path)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +31,7 @@ def landscape_folder(tmp_path_factory):
     for label in ("a", "b"):
       for i in range(2):
         shape = (450, 300, 3) if (split, label, i) == ("val", "b", 1) else (300, 450, 3)
-        _write(os.path.join(root, split, label, f"{i}.png"),
+        write_image(os.path.join(root, split, label, f"{i}.png"),
                rng.integers(0, 256, shape, dtype=np.uint8))
   return root
 

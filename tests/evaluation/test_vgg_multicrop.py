@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow as tf
+from data_helpers import write_image
 
 from cnnjax.data import augment, views
 
@@ -34,19 +35,13 @@ def test_150_crops_are_a_5x5_grid_with_mirrors_at_each_scale():
       np.testing.assert_array_equal(crops[v + 1], crops[v][:, ::-1])
 
 
-def _write(path, array):
-  from PIL import Image
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  Image.fromarray(array).save(path)
-
-
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
   root = str(tmp_path_factory.mktemp("multicrop"))
   rng = np.random.default_rng(0)
   for split in ("train", "val"):
     for label in ("a", "b"):
-      _write(os.path.join(root, split, label, "0.png"),
+      write_image(os.path.join(root, split, label, "0.png"),
              rng.integers(0, 256, (60, 90, 3), dtype=np.uint8))
   return root
 

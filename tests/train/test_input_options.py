@@ -33,15 +33,12 @@ def test_bad_input_options_are_refused_before_anything_runs(overrides, message):
 
 @pytest.fixture(scope="module")
 def photo_folder(tmp_path_factory) -> str:
-  from PIL import Image
+  from data_helpers import smooth_image, write_image
   root = str(tmp_path_factory.mktemp("photos"))
   rng = np.random.default_rng(0)
   for i in range(12):
-    folder = os.path.join(root, "train", f"c{i % 3}")
-    os.makedirs(folder, exist_ok=True)
-    coarse = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8))
-    coarse.resize((160, 120), Image.Resampling.BICUBIC).save(os.path.join(folder, f"{i}.jpg"),
-                                                             quality=90)
+    write_image(os.path.join(root, "train", f"c{i % 3}", f"{i}.jpg"), smooth_image(rng, 120, 160),
+                quality=90)
   return root
 
 
