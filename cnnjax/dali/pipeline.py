@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from cnnjax._processes import local_batch_size, resolve_process
 from cnnjax.dali.plans import CropPlan, ExampleSource, make_preset, plan_arrays, share_bounds
 from cnnjax.dali.records import prepared_split, record_index
 from cnnjax.errors import ConfigError, DataError
@@ -82,16 +83,6 @@ def render_plans(examples: Sequence[tuple[bytes | np.ndarray, CropPlan]], *, ima
                             prefetch=1)
   images = pipeline.run()[0]
   return np.stack([np.array(images.as_cpu()[i]) for i in range(len(arrays))])
-
-
-def _process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
-  if process_index is None or process_count is None:
-    import jax  # pylint: disable=import-outside-toplevel
-    process_index = jax.process_index() if process_index is None else process_index
-    process_count = jax.process_count() if process_count is None else process_count
-  if process_count < 1 or not 0 <= process_index < process_count:
-    raise ConfigError(f"process_index must be in [0, process_count); got {process_index} of {process_count}")
-  return int(process_index), int(process_count)
 
 
 def _device_rows(sharding, global_batch: int, local_batch: int) -> list[tuple[Any, int, int]]:
@@ -184,16 +175,13 @@ def train_iterator(dataset: str, *, global_batch_size: int, data_dir: str | os.P
     index_dir: where index files go (default beside the data, else ~/.cache).
   """
   preset = make_preset(augment, image_size, augment_kwargs)
-  process_index, process_count = _process(process_index, process_count)
-  if global_batch_size < 1 or global_batch_size % process_count:
-    raise ConfigError(f"global_batch_size {global_batch_size} must be a positive multiple of the "
-                      f"process count {process_count}")
+  process_index, process_count = resolve_process(process_index, process_count, ConfigError)
+  local_batch = local_batch_size(global_batch_size, process_count, ConfigError)
   if start_step < 0:
     raise ConfigError(f"start_step must be >= 0, got {start_step}")
   if device not in ("auto", "gpu", "cpu"):
     raise ConfigError(f"device must be 'auto', 'gpu' or 'cpu', got {device!r}")
   _import_dali()
-  local_batch = global_batch_size // process_count
   prepared = prepared_split(dataset, data_dir, split)
   start, stop = share_bounds(prepared.num_examples, process_index, process_count)
   if stop <= start:

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from cnnjax._processes import local_batch_size, resolve_process
 from cnnjax.data import _tf_setup  # noqa: F401
 from cnnjax.data.augment import DATA_ERROR_MARKER, compose, train_ops
 from cnnjax.data.image_ops import round_to_uint8
@@ -79,8 +80,8 @@ def train_iterator(dataset: str, *, data_dir: str | os.PathLike | None = None,
   original = get_source(dataset, data_dir, on_bad_image=on_bad_image)
   source = get_source(dataset, data_dir, on_bad_image=on_bad_image, max_resolution=max_resolution)
   split = split or source.default_train_split()
-  process_index, process_count = _process(process_index, process_count)
-  local_batch = _local_batch(global_batch_size, process_count)
+  process_index, process_count = resolve_process(process_index, process_count)
+  local_batch = local_batch_size(global_batch_size, process_count)
   if start_step < 0:
     raise DataError(f"start_step must be >= 0, got {start_step}")
   share = source.share(split, process_index, process_count)
@@ -157,8 +158,8 @@ def eval_iterator(dataset: str, *, data_dir: str | os.PathLike | None = None,
   """
   source = get_source(dataset, data_dir, on_bad_image=on_bad_image)
   split = split or source.default_eval_split()
-  process_index, process_count = _process(process_index, process_count)
-  local_batch = _local_batch(global_batch_size, process_count)
+  process_index, process_count = resolve_process(process_index, process_count)
+  local_batch = local_batch_size(global_batch_size, process_count)
   shares = [source.share(split, p, process_count) for p in range(process_count)]
   share_sizes = [source.num_examples(s) for s in shares]
   if max(share_sizes) == 0:
@@ -199,24 +200,6 @@ def eval_iterator(dataset: str, *, data_dir: str | os.PathLike | None = None,
 
 # ----------------------------------------------------------------------------
 # Helpers.
-
-
-def _process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
-  """Defaults from JAX (imported lazily: this module must not need an accelerator)."""
-  if process_index is None or process_count is None:
-    import jax  # pylint: disable=import-outside-toplevel
-    process_index = jax.process_index() if process_index is None else process_index
-    process_count = jax.process_count() if process_count is None else process_count
-  if process_count < 1 or not 0 <= process_index < process_count:
-    raise DataError(f"process_index must be in [0, process_count); got {process_index} of {process_count}")
-  return int(process_index), int(process_count)
-
-
-def _local_batch(global_batch_size: int, process_count: int) -> int:
-  if global_batch_size < 1 or global_batch_size % process_count:
-    raise DataError(f"global_batch_size {global_batch_size} must be a positive multiple of the "
-                    f"process count {process_count}")
-  return global_batch_size // process_count
 
 
 def _image_size(source: Source, image_size: int | None) -> tuple[int, int | None]:

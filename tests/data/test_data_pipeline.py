@@ -12,7 +12,6 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 import cnnjax.data
-from cnnjax.data import pipeline
 from cnnjax.errors import DataError
 
 
@@ -187,7 +186,8 @@ def test_argument_errors(digits_dir):
 
 
 def test_process_defaults_come_from_jax():
-  assert pipeline._process(None, None) == (0, 1)
+  from cnnjax._processes import resolve_process
+  assert resolve_process(None, None) == (0, 1)
 
 
 def test_sharded_dataset_reshuffles_file_order_per_epoch_and_resumes_exactly(folder_with_splits,
