@@ -33,6 +33,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from cnnjax.data import _tf_setup  # noqa: F401
+from cnnjax.data.image_ops import round_to_uint8
 from cnnjax.errors import DataError
 
 JPEG_QUALITY = 90
@@ -49,21 +50,31 @@ def check_max_resolution(max_resolution) -> int:
 
 
 def bound_image(encoded: tf.Tensor, max_resolution: int) -> tf.Tensor:
-  """Encoded image -> the bytes the bounded copy stores (see the module docstring)."""
-  shape = tf.cond(tf.io.is_jpeg(encoded), lambda: tf.image.extract_jpeg_shape(encoded),
-                  lambda: tf.shape(tf.io.decode_image(encoded, channels=3,
-                                                      expand_animations=False)))
-  longer = tf.maximum(shape[0], shape[1])
+  """Encoded image -> the bytes the bounded copy stores (see the module docstring).
 
-  def scaled():
+  A JPEG's size comes from its header, so one within the bound is never
+  decoded; other formats are decoded once.
+  """
+  def bounded(decode, shape):
+    larger = tf.maximum(shape[0], shape[1]) > max_resolution
+    return tf.cond(larger, lambda: _scaled_jpeg(decode(), shape, max_resolution), lambda: encoded)
+
+  def from_jpeg():
+    return bounded(lambda: tf.io.decode_jpeg(encoded, channels=3),
+                   tf.image.extract_jpeg_shape(encoded))
+
+  def from_other():
     image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-    scale = max_resolution / tf.cast(longer, tf.float32)
-    size = tf.maximum(1, tf.cast(tf.round(tf.cast(shape[:2], tf.float32) * scale), tf.int32))
-    resized = tf.image.resize(image, size, method="area")
-    pixels = tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
-    return tf.io.encode_jpeg(pixels, quality=JPEG_QUALITY, chroma_downsampling=True)
+    return bounded(lambda: image, tf.shape(image))
+  return tf.cond(tf.io.is_jpeg(encoded), from_jpeg, from_other)
 
-  return tf.cond(longer > max_resolution, scaled, lambda: encoded)
+
+def _scaled_jpeg(image: tf.Tensor, shape: tf.Tensor, max_resolution: int) -> tf.Tensor:
+  """`image` with its longer side scaled to max_resolution (area filter), as a JPEG."""
+  scale = max_resolution / tf.cast(tf.maximum(shape[0], shape[1]), tf.float32)
+  size = tf.maximum(1, tf.cast(tf.round(tf.cast(shape[:2], tf.float32) * scale), tf.int32))
+  pixels = round_to_uint8(tf.image.resize(image, size, method="area"))
+  return tf.io.encode_jpeg(pixels, quality=JPEG_QUALITY, chroma_downsampling=True)
 
 
 class CnnjaxBounded(tfds.core.GeneratorBasedBuilder, skip_registration=True):

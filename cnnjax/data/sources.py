@@ -25,6 +25,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from cnnjax.data import _tf_setup  # noqa: F401
+from cnnjax.data.bounded import bounded_builder, check_max_resolution
 from cnnjax.errors import DataError, close_matches
 
 DIGITS = "digits"
@@ -247,7 +248,6 @@ def get_source(dataset: str, data_dir: str | os.PathLike | None = None, *,
   """
   if not isinstance(dataset, str) or not dataset:
     raise DataError(f"dataset must be a non-empty name, got {dataset!r}")
-  from cnnjax.data.bounded import bounded_builder, check_max_resolution
   max_resolution = check_max_resolution(max_resolution)
   root = resolve_data_dir(data_dir)
   key = (dataset, root, on_bad_image, max_resolution)

@@ -19,12 +19,12 @@ BOUND = 96
 
 @pytest.fixture(scope="module")
 def mixed_folder(tmp_path_factory) -> str:
-  """JPEGs larger and smaller than BOUND (both orientations) and a PNG, 2 classes."""
+  """JPEGs larger and smaller than BOUND (both orientations) and PNGs at and above it, 2 classes."""
   root = str(tmp_path_factory.mktemp("bounded_folder"))
   rng = np.random.default_rng(3)
-  sizes = [(180, 240), (240, 144), (80, 60), (96, 96), (60, 200), (90, 40)]
+  sizes = [(180, 240), (240, 144), (80, 60), (96, 96), (60, 200), (90, 40), (130, 110)]
   for i, (height, width) in enumerate(sizes):
-    extension = "png" if i == 3 else "jpg"
+    extension = "png" if i in (3, 6) else "jpg"
     write_image(os.path.join(root, "train", f"c{i % 2}", f"{i}.{extension}"),
                 smooth_image(rng, height, width), **({"quality": 95} if extension == "jpg" else {}))
   write_image(os.path.join(root, "val", "c0", "v.jpg"), smooth_image(rng, 160, 120), quality=95)
