@@ -150,11 +150,16 @@ def full_pipeline_rate(folder: str, data_dir: str, seconds: float, photometric=T
   train step (the host yields uint8 crops).
   """
   import cnnjax.data
-  stream = cnnjax.data.train_iterator(f"image_folder:{folder}", data_dir=data_dir,
-                                      global_batch_size=64, augment="inception",
-                                      augment_kwargs={"photometric": photometric},
-                                      normalize="imagenet", process_index=0, process_count=1)
-  for _ in range(3):
+  return stream_rate(lambda: cnnjax.data.train_iterator(
+      f"image_folder:{folder}", data_dir=data_dir, global_batch_size=64, augment="inception",
+      augment_kwargs={"photometric": photometric}, normalize="imagenet", process_index=0,
+      process_count=1), seconds)
+
+
+def stream_rate(make_stream, seconds: float) -> float:
+  """Examples/s of a fresh batch stream over `seconds`, after three warm-up batches."""
+  stream = make_stream()
+  for _ in range(3):  # warm-up: tracing, thread pools, autotuning
     next(stream)
   count, start = 0, time.perf_counter()
   while time.perf_counter() - start < seconds:
@@ -367,16 +372,6 @@ def plain_tf_data(source, preset: str, image_size: int, batch_size: int, seed: i
   return ({k: v.numpy() for k, v in batch.items()} for batch in ds)
 
 
-def _stream_rate(make_stream, seconds: float) -> float:
-  stream = make_stream()
-  for _ in range(3):  # warm-up: tracing, thread pools, autotuning
-    next(stream)
-  count, start = 0, time.perf_counter()
-  while time.perf_counter() - start < seconds:
-    count += len(next(stream)["label"])
-  return count / (time.perf_counter() - start)
-
-
 def preset_rates(dataset: str, data_dir: str, preset: str, seconds: float, rounds: int,
                  image_size: int = 224, batch_size: int = 64) -> dict[str, float]:
   """images/s (all cores, medians of alternating rounds) of each pipeline of one preset."""
@@ -401,7 +396,7 @@ def preset_rates(dataset: str, data_dir: str, preset: str, seconds: float, round
   rates: dict[str, list[float]] = {name: [] for name in makers}
   for _ in range(rounds):
     for name, make in makers.items():
-      rates[name].append(_stream_rate(make, seconds / rounds))
+      rates[name].append(stream_rate(make, seconds / rounds))
   return {name: float(np.median(values)) for name, values in rates.items()}
 
 
