@@ -56,6 +56,9 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "bn_group_size": (lambda v: v is None or _at_least_one(v),
                       "None (the whole batch) or an integer >= 1 (examples per "
                       "BatchNorm group)"),
+    "residual_scale_init": (lambda v: v == "inverse_sqrt_blocks" or (_is_real(v) and v >= 0),
+                            "a number >= 0 (1.0 is the paper's initialisation, 0 is "
+                            "zero_init_residual) or 'inverse_sqrt_blocks'"),
     "stage_sizes": (lambda v: isinstance(v, Sequence) and len(v) >= 1
                     and all(_at_least_one(n) for n in v),
                     "a non-empty sequence of block counts, each an integer >= 1"),

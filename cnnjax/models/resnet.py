@@ -114,8 +114,6 @@ CIFAR_RESNET_INIT: dict[str, Any] = {"residual_scale_init": "inverse_sqrt_blocks
 # torchvision's default initialisation.
 IMAGENET_RESNET_INIT: dict[str, Any] = {"residual_scale_init": 0.0}
 
-RESIDUAL_SCALE_RULES = ("inverse_sqrt_blocks",)
-
 
 def cifar_stage_sizes(depth: int) -> tuple[int, int, int]:
   """Blocks per stage of the 6n+2-layer CIFAR network."""
@@ -267,12 +265,8 @@ class ResNet(layers.ConvNet):
     value = self.residual_scale_init
     if self.zero_init_residual is not None:  # torchvision's switch, when given, decides
       value = 0.0 if self.zero_init_residual else 1.0
-    elif value == "inverse_sqrt_blocks":
+    elif value == "inverse_sqrt_blocks":  # the other values: options.RANGES
       value = 1 / math.sqrt(sum(self.stage_sizes))
-    elif isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-      raise ModelError(
-          f"residual_scale_init={value!r}: give a number >= 0 (1.0 is the paper's "
-          f"initialisation, 0 is zero_init_residual) or one of {RESIDUAL_SCALE_RULES}.")
     value = float(value)
     if value != 1.0 and norm is not None:
       norm_class = module_class(norm)

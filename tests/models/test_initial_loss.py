@@ -110,7 +110,8 @@ def test_residual_branch_scales_start_where_the_options_say(name, overrides, exp
       assert abs(convs["conv2"]["bn"]["scale"] - expected).max() < 1e-6, (stage, block)
 
 
-def test_a_residual_scale_init_that_is_not_a_scale_is_refused():
-  model = cnnjax.models.create("cifar_resnet20", residual_scale_init="small")
-  with pytest.raises(ModelError, match="residual_scale_init='small'"):
-    model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+@pytest.mark.parametrize("bad", ["small", -0.5, float("nan")])
+def test_a_residual_scale_init_that_is_not_a_scale_is_refused(bad):
+  # create checks it with every other numeric option (cnnjax.models.options.RANGES).
+  with pytest.raises(ModelError, match=f"residual_scale_init={bad!r}"):
+    cnnjax.models.create("cifar_resnet20", residual_scale_init=bad)
