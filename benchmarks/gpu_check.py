@@ -245,7 +245,7 @@ def row_compile_counts(p: dict[str, Any]) -> dict[str, Any]:
   twice, and the plateau update after each: every step function must compile once."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from cnnjax.train import metrics as metrics_lib  # pylint: disable=import-outside-toplevel
+  from cnnjax.scoring import metrics as metrics_lib  # pylint: disable=import-outside-toplevel
   with CompileCounter() as compiles:
     t = Training(p)
     state = t.new_state()

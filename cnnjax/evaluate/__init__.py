@@ -34,7 +34,7 @@ top-1 and top-5 error (and the cross-entropy of the averaged posteriors) for
 the ensemble and for each member.
 
 The loop's periodic validation scores its batches with the same code
-(`cnnjax.evaluate.scoring`: views -> class scores -> (sum, count) pairs ->
+(`cnnjax.scoring`: views -> class scores -> (sum, count) pairs ->
 `sum_over_batches`). The same logic for notebooks:
 
     from cnnjax import evaluate as ev

@@ -35,8 +35,8 @@ import jax
 import numpy as np
 
 from cnnjax.errors import ConfigError, DataError, ModelError, close_matches
-from cnnjax.evaluate import scoring
-from cnnjax.train.metrics import averages_from_sums
+from cnnjax import scoring
+from cnnjax.scoring.metrics import averages_from_sums
 
 VIEWS = ("center", "10crop", "dense_multiscale", "144crop", "150crop", "dense+150crop")
 # Names of the same views in cnnjax.data.eval_iterator ("dense+150crop" reads

@@ -46,12 +46,12 @@ import numpy as np
 
 from cnnjax import sharding
 from cnnjax.errors import CnnjaxError, ConfigError, NonFiniteError
-from cnnjax.evaluate import scoring
+from cnnjax import scoring
 from cnnjax.train import checkpoint as ckpt_lib
 from cnnjax.train import config as config_lib
 from cnnjax.train import inputs as inputs_lib
 from cnnjax.train import memory
-from cnnjax.train import metrics as metrics_lib
+from cnnjax.scoring import metrics as metrics_lib
 from cnnjax.train import optim, setup, steps
 from cnnjax.train import workdir as workdir_lib
 from cnnjax.train.compilation_cache import enable_compilation_cache

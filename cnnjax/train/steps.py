@@ -30,8 +30,9 @@ import jax.numpy as jnp
 import optax
 
 from cnnjax import sharding
-from cnnjax.evaluate import scoring
-from cnnjax.train import losses, metrics as metrics_lib, optim
+from cnnjax import scoring
+from cnnjax.scoring import losses, metrics as metrics_lib
+from cnnjax.train import optim
 from cnnjax.train.state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -124,7 +125,7 @@ def train_step_fn(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str
 def eval_step_fn(state: TrainState, batch: Batch, use_ema: bool = False) -> dict[str, jax.Array]:
   """Summed loss / top-1 / top-5 mistakes / count over a padded, masked batch (not jitted).
 
-  Any view `cnnjax.evaluate.scoring.view_scores` takes: one image, several
+  Any view `cnnjax.scoring.view_scores` takes: one image, several
   (scored by the softmax averaged over them) or dense multi-scale keys;
   the same scoring as `python -m cnnjax.evaluate`.
   """

@@ -70,7 +70,7 @@ def train(devices, bn_group_size: int):
 
 
 def flat(state) -> dict[str, np.ndarray]:
-  from cnnjax.train.metrics import to_host  # pylint: disable=g-import-not-at-top
+  from cnnjax.scoring.metrics import to_host  # pylint: disable=g-import-not-at-top
   tree = to_host({"params": state.params, "batch_stats": state.batch_stats,
                   "ema_params": state.ema_params})
   return {steps.path_name(p): np.asarray(v)

@@ -17,7 +17,7 @@ import pytest
 from cnnjax import models, sharding
 from cnnjax.errors import ConfigError
 from cnnjax.train import loop, run
-from cnnjax.train import metrics as metrics_lib
+from cnnjax.scoring import metrics as metrics_lib
 
 
 def test_metrics_reach_the_host_only_at_boundaries(tiny_config, tmp_path, monkeypatch):

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from train_helpers import optimizer_config
 
-from cnnjax.train import losses, metrics, optim
+from cnnjax.scoring import losses, metrics
+from cnnjax.train import optim
 
 
 def _lr(schedule, step):

@@ -23,8 +23,8 @@ import jax.numpy as jnp
 
 from cnnjax import sharding
 from cnnjax.errors import DataError
-from cnnjax.train import losses
-from cnnjax.train import metrics as metrics_lib
+from cnnjax.scoring import losses
+from cnnjax.scoring import metrics as metrics_lib
 
 DENSE_KEY_PREFIX = "image_q"
 

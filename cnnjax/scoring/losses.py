@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import optax
 
 LOSSES = ("categorical_cross_entropy", "binary_cross_entropy", "mean_squared_error")
 
@@ -19,7 +18,7 @@ def one_hot_targets(labels: jax.Array, num_classes: int, label_smoothing: float 
   """One-hot float32 targets, optionally smoothed: (1 - e) y + e / K."""
   targets = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
   if label_smoothing:
-    targets = optax.smooth_labels(targets, label_smoothing)
+    targets = (1.0 - label_smoothing) * targets + label_smoothing / num_classes
   return targets
 
 
@@ -31,12 +30,14 @@ def mean_squared_error(predictions: jax.Array, targets: jax.Array) -> jax.Array:
 
 def binary_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
   """Per-example sum over classes of -[y log s(z) + (1 - y) log(1 - s(z))], s = sigmoid."""
-  return jnp.sum(optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32), targets), axis=-1)
+  logits = logits.astype(jnp.float32)
+  per_class = -(targets * jax.nn.log_sigmoid(logits) + (1.0 - targets) * jax.nn.log_sigmoid(-logits))
+  return jnp.sum(per_class, axis=-1)
 
 
 def categorical_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
   """Per-example -sum_k y_k log softmax(z)_k."""
-  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+  return -jnp.sum(targets * jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1), axis=-1)
 
 
 def classification_loss(logits: jax.Array, labels: jax.Array, *, loss: str = "categorical_cross_entropy",
