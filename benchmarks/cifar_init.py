@@ -19,13 +19,13 @@ losses. Chance is ln 10 = 2.30: a run whose last-50 mean is still near it has
 not started learning. Initialisations compared:
 
 * `lecun`: the paper's initialisation (LeCun-normal classifier, BN scales 1;
-  `zero_init_residual=False`): the residual stream's variance grows with
+  `residual_scale_init=1.0`): the residual stream's variance grows with
   every block, the first logits are large (initial loss ~4.5 for ResNet-56)
   and the first update is too big.
 * `zero_fc`: the classifier's kernel starts at zero (initial loss exactly ln 10).
 * `gaussian_fc`: the classifier's kernel ~ N(0, 0.01) (Goyal et al. 2017), BN scales 1.
 * `zero_residual`: the last BN scale of each residual branch starts at zero,
-  so every block starts as the identity (`zero_init_residual=True`).
+  so every block starts as the identity (`residual_scale_init=0.0`).
 * `scaled_residual`: the last BN scale of each residual branch starts at
   1/sqrt(total blocks), so all branches together add ~1 to the stream's
   variance at any depth (the CIFAR ResNets' default).

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cnnjax.errors import ModelError, close_matches
-from cnnjax.models.injection import ModuleDef, module_class, with_defaults
+from cnnjax.models.injection import ModuleDef, with_defaults
 from cnnjax.models.normalization import (BatchNorm, Initializer, LocalResponseNorm, apply_norm,
                                          norm_factory)
 from cnnjax.models import options, pooling
@@ -167,12 +167,7 @@ class ConvNormAct(nn.Module):
                   name="conv")(x)
     if self.norm is not None:
       norm_kwargs = {}
-      if self.norm_scale_init is not None:
-        norm_class = module_class(self.norm)
-        if not hasattr(norm_class, "scale_init"):
-          raise ModelError(
-              f"{norm_class.__name__} has no scale_init, which zero_init_residual sets; "
-              f"use a norm with a learnt scale or zero_init_residual=False.")
+      if self.norm_scale_init is not None:  # the model checked that the norm takes it
         norm_kwargs["scale_init"] = self.norm_scale_init
       x = apply_norm(self.norm(name="bn", **norm_kwargs), x, train)
     if self.act is not None:
@@ -259,9 +254,13 @@ class ConvNet(nn.Module):
   dtype: Any = keyword_field(jnp.float32)
   param_dtype: Any = keyword_field(jnp.float32)
 
-  def checked_activation(self, x: Array, *, model: str, min_size: int) -> Callable:
-    """Checks every option and the images (at trace time); the activation function."""
+  def __post_init__(self) -> None:
+    # Every option is checked once, when the module is built (by `create` or directly).
     options.check_module(self)
+    super().__post_init__()
+
+  def checked_activation(self, x: Array, *, model: str, min_size: int) -> Callable:
+    """Checks the images (at trace time); the activation function."""
     check_images(x, model=model, in_channels=getattr(self, "in_channels", 3),
                  min_size=min_size)
     return activation(self.activation)

@@ -1,8 +1,8 @@
 """The values a model option may take.
 
-`create` checks the options it is given against these rules before it
-builds anything, and every model checks its own fields when it is called
-(a module built directly, not through `create`, gets the same errors).
+Every model checks its own fields once, as it is built (`layers.ConvNet`'s
+`__post_init__`), so `create` and a module built directly give the same
+errors before anything is traced.
 Enumerated options are a model's `CHOICES`; `activation` takes one of its
 names or any callable; `conv`, `norm` and `max_pool` take callables (a
 module class or partial; `norm` also None); numeric options must lie in
@@ -58,7 +58,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
                       "BatchNorm group)"),
     "residual_scale_init": (lambda v: v == "inverse_sqrt_blocks" or (_is_real(v) and v >= 0),
                             "a number >= 0 (1.0 is the paper's initialisation, 0 is "
-                            "zero_init_residual) or 'inverse_sqrt_blocks'"),
+                            "torchvision's zero_init_residual) or 'inverse_sqrt_blocks'"),
     "stage_sizes": (lambda v: isinstance(v, Sequence) and len(v) >= 1
                     and all(_at_least_one(n) for n in v),
                     "a non-empty sequence of block counts, each an integer >= 1"),

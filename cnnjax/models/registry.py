@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cnnjax.errors import ModelError, close_matches
-from cnnjax.models import options
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +91,14 @@ def allowed_overrides(module: type[nn.Module]) -> list[str]:
                 if field.init and field.name not in _RESERVED)
 
 
+# Other libraries' names for an option cnnjax spells once.
+RENAMED = {
+    "zero_init_residual": ("the initial residual-branch scale is residual_scale_init "
+                           "(torchvision's zero_init_residual=True is residual_scale_init=0.0, "
+                           "False is residual_scale_init=1.0)"),
+}
+
+
 def create(name: str, *, num_classes: int | None = None, dtype: Any = jnp.float32,
            param_dtype: Any = jnp.float32, **overrides: Any) -> nn.Module:
   """Builds the registered network `name` as a flax.linen Module.
@@ -113,12 +121,13 @@ def create(name: str, *, num_classes: int | None = None, dtype: Any = jnp.float3
   spec = get_spec(name)
   allowed = allowed_overrides(spec.module)
   for key in overrides:
+    if key in RENAMED:
+      raise ModelError(f"{name} has no option {key!r}: {RENAMED[key]}.")
     if key not in allowed:
       raise ModelError(
           f"{name} has no option {key!r}; {close_matches(key, allowed)} "
           f"(options: {', '.join(allowed)})")
   kwargs = {**spec.kwargs, **overrides}
   num_classes = spec.num_classes if num_classes is None else num_classes
-  options.check(name, {**kwargs, "num_classes": num_classes},
-                getattr(spec.module, "CHOICES", {}))
+  # the module checks its option values as it is built (options.check_module)
   return spec.module(num_classes=num_classes, dtype=dtype, param_dtype=param_dtype, **kwargs)

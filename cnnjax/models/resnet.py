@@ -12,9 +12,8 @@ tables `IMAGENET_DEPTHS` and `cifar_stage_sizes`. Options:
 * `residual_scale_init`: the initial value of the last BN scale of each
   residual branch: a number (1.0: the paper's and torchvision's default) or
   "inverse_sqrt_blocks" (1/sqrt(total blocks), the CIFAR ResNets' default);
-  0 starts every block as the identity (the ImageNet ResNets' default).
-  `zero_init_residual` (torchvision's switch), when given, decides instead:
-  True is 0, False is 1. Plain nets keep 1. Why each default:
+  0 starts every block as the identity (the ImageNet ResNets' default;
+  torchvision's `zero_init_residual=True`). Plain nets keep 1. Why each default:
   `CIFAR_RESNET_INIT`, `IMAGENET_RESNET_INIT`.
 * `dense_init`: the classifier's initialiser ("lecun"; "zeros" starts at ln C).
 * `activation`, `conv`, `norm`, `max_pool`: the parts every block is built
@@ -95,7 +94,7 @@ CIFAR_PLAIN_DEPTHS: tuple[int, ...] = (20, 32, 44, 56, 110)
 #   (the branches' convolutions get no gradient until their scales grow:
 #   training sat at chance for ~75 of the 150 steps); N(0, 0.01) classifier
 #   99.33, 99.33, 98.67%.
-# So zero scales (`zero_init_residual=True`, Goyal et al. 2017) start at
+# So zero scales (`residual_scale_init=0`, Goyal et al. 2017) start at
 # chance but learn late on a short schedule, and scales 1 start far above
 # chance; 1/sqrt(blocks) does well on both. Both stay options. Plain nets
 # have no residual branch (a zero or small last-BN scale would shrink the
@@ -110,7 +109,7 @@ CIFAR_RESNET_INIT: dict[str, Any] = {"residual_scale_init": "inverse_sqrt_blocks
 # ln 1000 = 6.91; with zero scales at 7.09 / 6.99. Their schedules are long
 # (90 epochs, with warm-up in large-batch runs), so the late start that hurt
 # the 150-step quickstart is a small part of them (not measured here).
-# `zero_init_residual=False` (or `residual_scale_init=1.0`) gives
+# `residual_scale_init=1.0` gives
 # torchvision's default initialisation.
 IMAGENET_RESNET_INIT: dict[str, Any] = {"residual_scale_init": 0.0}
 
@@ -237,7 +236,6 @@ class ResNet(layers.ConvNet):
   in_channels: int = 3
   version: str = "1.5"
   shortcut: str = "B"
-  zero_init_residual: bool | None = None  # True: scales 0; False: scales 1; None: as above
   residual_scale_init: float | str = 1.0
   kernel_init: str = "he"
   dense_init: str = "lecun"
@@ -263,20 +261,16 @@ class ResNet(layers.ConvNet):
   def residual_branch_scale(self, norm: layers.ModuleDef | None) -> float:
     """The initial last-BN scale of every residual branch (see CIFAR_RESNET_INIT)."""
     value = self.residual_scale_init
-    if self.zero_init_residual is not None:  # torchvision's switch, when given, decides
-      value = 0.0 if self.zero_init_residual else 1.0
-    elif value == "inverse_sqrt_blocks":  # the other values: options.RANGES
+    if value == "inverse_sqrt_blocks":  # the other values: options.RANGES
       value = 1 / math.sqrt(sum(self.stage_sizes))
     value = float(value)
     if value != 1.0 and norm is not None:
       norm_class = module_class(norm)
       if not hasattr(norm_class, "scale_init"):
-        setting = ("zero_init_residual=True" if self.zero_init_residual
-                   else f"residual_scale_init={self.residual_scale_init!r}")
         raise ModelError(
-            f"{norm_class.__name__} has no scale_init, which {setting} sets (the last "
-            f"norm of each residual branch starts at {value:.3g}); use a norm with a "
-            f"learnt scale, or zero_init_residual=False (scales 1).")
+            f"{norm_class.__name__} has no scale_init, which residual_scale_init="
+            f"{self.residual_scale_init!r} sets (the last norm of each residual branch starts "
+            f"at {value:.3g}); use a norm with a learnt scale, or residual_scale_init=1.0.")
     return value
 
   @nn.compact

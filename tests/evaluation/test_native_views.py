@@ -25,11 +25,11 @@ def test_multi_crop_views_of_native_size_digits_do_not_hurt(digits_dir, tmp_path
   config = make_tiny_config(
       digits_dir, image_size=32, num_steps=200, batch_size=32, learning_rate=0.1,
       schedule="warmup_cosine", warmup_steps=20, nesterov=True, augment="cifar",
-      # BN scales 1 (zero_init_residual=False): the initialisation this run was sized
+      # BN scales 1 (residual_scale_init=1.0): the initialisation this run was sized
       # with (centre error 13%); the CIFAR default, 1/sqrt(blocks), gave 18% in these
       # 200 steps, where a 3-digit difference between views decides the test.
       model_kwargs={"stage_sizes": (1, 1, 1), "width_multiplier": 0.5,
-                    "zero_init_residual": False})
+                    "residual_scale_init": 1.0})
   run(config, str(tmp_path))
   member = evaluate.load_member(str(tmp_path))
   errors = {view: evaluate.evaluate([member], "digits", view=view, progress=False)

@@ -80,7 +80,7 @@ def test_initial_loss_is_near_chance(fast_compile, name):
 
 
 @pytest.mark.parametrize("name, overrides", [
-    ("cifar_resnet56", {"scan_blocks": True, "zero_init_residual": False}),
+    ("cifar_resnet56", {"scan_blocks": True, "residual_scale_init": 1.0}),
     ("vgg16_bn", {**NARROW, "dense_init": "glorot"}),
 ])
 def test_the_other_initialisation_starts_far_from_chance(fast_compile, name, overrides):
@@ -92,11 +92,11 @@ def test_the_other_initialisation_starts_far_from_chance(fast_compile, name, ove
 
 @pytest.mark.parametrize("name, overrides, expected", [
     ("cifar_resnet20", {}, 1 / math.sqrt(4)),  # the default: 1/sqrt(total blocks)
-    ("cifar_resnet20", {"zero_init_residual": True}, 0.0),
-    ("cifar_resnet20", {"zero_init_residual": False}, 1.0),
+    ("cifar_resnet20", {"residual_scale_init": 0.0}, 0.0),
+    ("cifar_resnet20", {"residual_scale_init": 1.0}, 1.0),
     ("cifar_resnet20", {"residual_scale_init": 0.5}, 0.5),
     ("resnet18", {}, 0.0),  # the ImageNet default
-    ("resnet18", {"zero_init_residual": False}, 1.0),
+    ("resnet18", {"residual_scale_init": 1.0}, 1.0),
     ("cifar_plain20", {}, 1.0),
 ])
 def test_residual_branch_scales_start_where_the_options_say(name, overrides, expected):

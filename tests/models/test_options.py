@@ -47,7 +47,22 @@ def test_edge_values_inside_the_ranges_are_accepted():
   models.create("vgg16", dropout_rate=0.0)
 
 
-def test_a_module_built_directly_is_checked_when_called():
-  model = models.resnet.ResNet(stage_sizes=(1, 1), bn_momentum=1.5)
+def test_a_module_built_directly_is_checked_as_it_is_built():
   with pytest.raises(ModelError, match="bn_momentum=1.5 is out of range"):
-    jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+    models.resnet.ResNet(stage_sizes=(1, 1), bn_momentum=1.5)
+
+
+def test_options_are_checked_once_per_build_not_at_every_call(monkeypatch):
+  calls = []
+  check_module = models.options.check_module
+  monkeypatch.setattr(models.options, "check_module",
+                      lambda module: calls.append(type(module).__name__) or check_module(module))
+  model = models.create("cifar_resnet20", width_multiplier=0.125)
+  assert calls == ["ResNet"]
+  jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3))))
+  assert calls.count("ResNet") <= 2  # flax may clone the top module once to bind it
+
+
+def test_torchvisions_zero_init_residual_points_to_the_one_option():
+  with pytest.raises(ModelError, match=r"residual_scale_init=0.0"):
+    models.create("resnet18", zero_init_residual=True)

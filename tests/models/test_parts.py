@@ -124,14 +124,14 @@ def test_norm_none_drops_normalisation_and_gives_convs_biases():
   assert set(variables["params"]["stem"]["conv"]) == {"kernel", "bias"}
 
 
-def test_zero_init_residual_needs_a_norm_with_a_scale():
-  model = models.create("cifar_resnet20", zero_init_residual=True,
+def test_a_residual_scale_needs_a_norm_with_a_scale():
+  model = models.create("cifar_resnet20", residual_scale_init=0.0,
                         norm=functools.partial(nn.LayerNorm, use_scale=False))
   model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))  # the field exists: fine
   no_scale = type("NoScaleNorm", (nn.Module,), {"__call__": lambda self, x: x,
                                                "__annotations__": {}})
-  model = models.create("cifar_resnet20", zero_init_residual=True, norm=no_scale)
-  with pytest.raises(ModelError, match="zero_init_residual"):
+  model = models.create("cifar_resnet20", residual_scale_init=0.0, norm=no_scale)
+  with pytest.raises(ModelError, match="residual_scale_init=0.0"):
     model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
 
 

@@ -131,9 +131,8 @@ def test_bad_option_values_name_the_allowed_ones(name, option, value, allowed):
 
 
 def test_bad_option_value_on_a_module_built_directly():
-  model = models.resnet.ResNet(stage_sizes=(1, 1), shortcut="X")
   with pytest.raises(ModelError, match="shortcut"):
-    jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+    models.resnet.ResNet(stage_sizes=(1, 1), shortcut="X")
 
 
 def test_importing_models_does_not_import_tensorflow():

@@ -50,8 +50,8 @@ def test_option_a_pads_channels_and_subsamples():
   np.testing.assert_array_equal(y[..., 3:], 0)
 
 
-def test_zero_init_residual_zeroes_the_last_bn_scale(fast_compile):
-  model = models.create("cifar_resnet20", zero_init_residual=True, width_multiplier=0.25,
+def test_residual_scale_init_zero_zeroes_the_last_bn_scale(fast_compile):
+  model = models.create("cifar_resnet20", residual_scale_init=0.0, width_multiplier=0.25,
                         stage_sizes=(2, 1))
   x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 8, 8, 3)), jnp.float32)
 
