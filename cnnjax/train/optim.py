@@ -11,7 +11,10 @@ schedule is a pure function of the step (constant, multistep, exponential,
 warm-up + cosine); `lr_control` holds the two decisions that depend on what
 training has seen, as arrays in the train state so they checkpoint:
   * "plateau": optax.contrib.reduce_on_plateau's state, fed the validation
-    error after each evaluation (AlexNet, VGG: /10 when it stops improving);
+    error after each evaluation (AlexNet, VGG: /10 when it stops improving).
+    Its scale multiplies the injected rate rather than sitting in the chain,
+    because a chained transform is fed a value at every update while the
+    papers decide once per validation pass;
   * "warmup_done": ResNet-110's switch from 0.1x to 1x once a training
     batch's error drops below a threshold.
 
