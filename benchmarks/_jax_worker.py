@@ -66,10 +66,10 @@ def _real_train_step(model, batch_size: int, image_shape, device_photometric: bo
   if device_photometric:
     photometric = DeviceInput(mean=_IMAGENET_MEAN_RGB, std=_IMAGENET_STD_RGB,
                               photometric=Photometric(**_PHOTOMETRIC_STRENGTHS))
-  recipe = state_lib.StepRecipe(learning_rate_fn=optax.constant_schedule(LEARNING_RATE),
+  rules = state_lib.StepRules(learning_rate_fn=optax.constant_schedule(LEARNING_RATE),
                                 device_input=photometric)
   sample = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
-  init = jax.jit(lambda rng: state_lib.init_train_state(model, tx, recipe, rng, sample))
+  init = jax.jit(lambda rng: state_lib.init_train_state(model, tx, rules, rng, sample))
   state = init(jax.random.PRNGKey(0))
   return steps.train_step, state
 

@@ -158,9 +158,9 @@ class Training:
     config = run_config(p, self.batch_size, schedule)
     self.model = setup.create_model(config, num_devices=self.num_devices)
     tx = optim.create_optimizer(config)
-    recipe = setup.step_recipe(config, steps_per_epoch=100, total_steps=10_000)
+    rules = setup.step_rules(config, steps_per_epoch=100, total_steps=10_000)
     self.image_shape = (p["image_size"], p["image_size"], 3)
-    self.init = setup.state_initializer(self.model, tx, recipe, self.image_shape)
+    self.init = setup.state_initializer(self.model, tx, rules, self.image_shape)
     self.train, self.evaluate, self.after_validation = steps.jit_for_mesh(self.mesh)
 
   def new_state(self, seed: int = 0):

@@ -59,8 +59,8 @@ def bare_images_per_s(config: dict[str, Any], steps: int) -> float:
   mesh = sharding.make_mesh()
   model = setup.create_model(c, num_devices=jax.device_count())
   tx = optim.create_optimizer(c)
-  recipe = setup.step_recipe(c, steps_per_epoch=100, total_steps=steps)
-  init = setup.state_initializer(model, tx, recipe, (c["image_size"], c["image_size"], 3))
+  rules = setup.step_rules(c, steps_per_epoch=100, total_steps=steps)
+  init = setup.state_initializer(model, tx, rules, (c["image_size"], c["image_size"], 3))
   state = setup.create_state(init, mesh, c["seed"])
   batch = next(inputs.open_inputs(c, mesh).train_batches(0))
   train = steps_lib.jit_for_mesh(mesh)[0]

@@ -3,7 +3,7 @@
 `run(config, workdir)` validates the config, takes the workdir's lock and
 calls `train_and_evaluate`, which reads as the run goes:
 
-1. `prepare`: the dataset's facts, the model, optimiser and step recipe,
+1. `prepare`: the dataset's facts, the model, optimiser and step rules,
    the checkpoint store and the step to resume from (or a fresh start,
    optionally warm-started from a VGG-A workdir);
 2. the loop proper: jitted train steps on batches prefetched to the
@@ -108,7 +108,7 @@ class Prepared:
   workdir: str
   inputs: inputs_lib.RunInputs
   mesh: Any
-  recipe: Any
+  rules: Any
   store: ckpt_lib.CheckpointStore
   start_step: int
   best_error: float
@@ -150,7 +150,7 @@ def prepare(config: config_lib.RunConfig, workdir: str) -> Prepared:
   total_steps = to_steps(c, "num", steps_per_epoch)
   model = setup.create_model(c, num_devices=jax.device_count())
   tx = optim.create_optimizer(c)
-  recipe = dataclasses.replace(setup.step_recipe(c, steps_per_epoch, total_steps),
+  rules = dataclasses.replace(setup.step_rules(c, steps_per_epoch, total_steps),
                                device_input=inputs.device_input)
   store = ckpt_lib.CheckpointStore(workdir, c.keep_checkpoints)
   latest = store.newest_restorable_step()
@@ -160,7 +160,7 @@ def prepare(config: config_lib.RunConfig, workdir: str) -> Prepared:
   train_batches = inputs.train_batches(start_step)
   first_batch = next(train_batches)
   image_shape = first_batch["image"].shape[1:]
-  init_fn = setup.state_initializer(model, tx, recipe, image_shape)
+  init_fn = setup.state_initializer(model, tx, rules, image_shape)
   try:
     abstract = sharding.abstract_replicated(init_fn, mesh, jax.random.PRNGKey(c.seed))
   except CnnjaxError:
@@ -173,7 +173,7 @@ def prepare(config: config_lib.RunConfig, workdir: str) -> Prepared:
     workdir_lib.write_whole(os.path.join(workdir, ckpt_lib.CONFIG_FILE),
                             c.to_json(indent=2, sort_keys=True) + "\n")
   return Prepared(
-      config=c, workdir=workdir, inputs=inputs, mesh=mesh, recipe=recipe, store=store,
+      config=c, workdir=workdir, inputs=inputs, mesh=mesh, rules=rules, store=store,
       start_step=start_step, best_error=float(meta.get("best_eval_error", float("inf"))),
       steps_per_epoch=steps_per_epoch, total_steps=total_steps,
       eval_every=to_steps(c, "eval_every", steps_per_epoch),

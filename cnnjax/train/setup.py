@@ -1,4 +1,4 @@
-"""From a config to the objects of a run: model, optimiser, step recipe, initial state.
+"""From a config to the objects of a run: model, optimiser, step rules, initial state.
 
 Kept apart from the loop so evaluation code can rebuild a trained model from
 a workdir's config.json with the same rules (`create_model`). Needs jax,
@@ -20,7 +20,7 @@ import optax
 from cnnjax.errors import ConfigError, ModelError
 from cnnjax import sharding
 from cnnjax.train import optim
-from cnnjax.train.state import StepRecipe, TrainState, init_train_state, no_nonfinite
+from cnnjax.train.state import StepRules, TrainState, init_train_state, no_nonfinite
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -79,9 +79,9 @@ def create_model(config: Mapping[str, Any], *, num_devices: int) -> nn.Module:
         f"{type(e).__name__}: {e}") from e
 
 
-def step_recipe(config: Mapping[str, Any], steps_per_epoch: int, total_steps: int) -> StepRecipe:
+def step_rules(config: Mapping[str, Any], steps_per_epoch: int, total_steps: int) -> StepRules:
   """The static half of the train step: loss settings and the learning-rate rules."""
-  return StepRecipe(
+  return StepRules(
       learning_rate_fn=optim.learning_rate_schedule(config, steps_per_epoch, total_steps),
       lr_control=optim.LearningRateControl.from_config(config),
       loss=config["loss"],
@@ -90,11 +90,11 @@ def step_recipe(config: Mapping[str, Any], steps_per_epoch: int, total_steps: in
       ema_decay=float(config["ema_decay"]))
 
 
-def state_initializer(model: nn.Module, tx: optax.GradientTransformation, recipe: StepRecipe,
+def state_initializer(model: nn.Module, tx: optax.GradientTransformation, rules: StepRules,
                       image_shape: tuple[int, ...]):
   """A pure function rng -> TrainState, for jit with out_shardings or eval_shape."""
   def init(rng):
-    return init_train_state(model, tx, recipe, rng, jnp.zeros((1,) + tuple(image_shape),
+    return init_train_state(model, tx, rules, rng, jnp.zeros((1,) + tuple(image_shape),
                                                               jnp.float32))
   return init
 

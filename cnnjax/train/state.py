@@ -18,7 +18,7 @@ Run-time field (on the device, not checkpointed):
                 and still stop with the exact step and the last finite state.
 
 Static fields (part of the compiled program, never saved): the model's
-`apply`, the optax transformation and the `StepRecipe`.
+`apply`, the optax transformation and the `StepRules`.
 
 Needs only jax, flax and optax.
 """
@@ -43,7 +43,7 @@ ARRAY_FIELDS = ("step", "params", "batch_stats", "opt_state", "ema_params", "rng
 
 
 @dataclasses.dataclass(frozen=True)
-class StepRecipe:
+class StepRules:
   """What the train step needs besides arrays: the loss and the rate rules."""
 
   learning_rate_fn: Callable[[jax.Array], jax.Array]
@@ -68,7 +68,7 @@ class TrainState(flax.struct.PyTreeNode):
   first_nonfinite: jax.Array
   apply_fn: Callable = flax.struct.field(pytree_node=False)
   tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
-  recipe: StepRecipe = flax.struct.field(pytree_node=False)
+  rules: StepRules = flax.struct.field(pytree_node=False)
 
   def variables(self, use_ema: bool = False) -> dict[str, Any]:
     """The model variables for `apply` (EMA params when asked and present)."""
@@ -88,7 +88,7 @@ def no_nonfinite() -> jax.Array:
   return jnp.zeros((3,), jnp.int32)
 
 
-def init_train_state(model: nn.Module, tx: optax.GradientTransformation, recipe: StepRecipe,
+def init_train_state(model: nn.Module, tx: optax.GradientTransformation, rules: StepRules,
                      rng: jax.Array, sample_image: jax.Array) -> TrainState:
   """A fresh state. Pure: call under jit with out_shardings to create it in place.
 
@@ -102,7 +102,7 @@ def init_train_state(model: nn.Module, tx: optax.GradientTransformation, recipe:
   variables = model.init({"params": params_rng, "dropout": dropout_rng}, sample_image, train=False)
   params = variables["params"]
   batch_stats = variables.get("batch_stats", {})
-  ema_params = jax.tree_util.tree_map(jnp.copy, params) if recipe.ema_decay > 0 else None
+  ema_params = jax.tree_util.tree_map(jnp.copy, params) if rules.ema_decay > 0 else None
   return TrainState(
       step=jnp.zeros((), jnp.int32),
       params=params,
@@ -110,8 +110,8 @@ def init_train_state(model: nn.Module, tx: optax.GradientTransformation, recipe:
       opt_state=tx.init(params),
       ema_params=ema_params,
       rng=train_rng,
-      lr_control=recipe.lr_control.init(),
+      lr_control=rules.lr_control.init(),
       first_nonfinite=no_nonfinite(),
       apply_fn=model.apply,
       tx=tx,
-      recipe=recipe)
+      rules=rules)

@@ -57,11 +57,11 @@ def _model_variables(state: TrainState, params) -> dict[str, Any]:
 
 def train_step_fn(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
   """One SGD step on a global batch {"image": [B,H,W,C], "label": [B]} (not jitted)."""
-  recipe = state.recipe
+  rules = state.rules
   dropout_rng = jax.random.fold_in(state.rng, state.step)
   images = batch["image"]
-  if recipe.device_input is not None:  # uint8 batches: augment colour and normalise here
-    images = recipe.device_input.train(images, state.rng, state.step, batch.get("window"),
+  if rules.device_input is not None:  # uint8 batches: augment colour and normalise here
+    images = rules.device_input.train(images, state.rng, state.step, batch.get("window"),
                                        batch.get("crop"))
 
   def loss_fn(params):
@@ -69,8 +69,8 @@ def train_step_fn(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str
         _model_variables(state, params), images, train=True, features=True,
         rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
     total, main = losses.total_training_loss(
-        logits, batch["label"], feats, loss=recipe.loss,
-        label_smoothing=recipe.label_smoothing, aux_loss_weight=recipe.aux_loss_weight)
+        logits, batch["label"], feats, loss=rules.loss,
+        label_smoothing=rules.label_smoothing, aux_loss_weight=rules.aux_loss_weight)
     return total, (main, logits, model_state)
 
   (total, (main, logits, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -78,18 +78,18 @@ def train_step_fn(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str
   top1 = jnp.mean(metrics_lib.topk_wrong(logits, batch["label"], 1))
   top5 = jnp.mean(metrics_lib.topk_wrong(logits, batch["label"], 5))
 
-  learning_rate = (recipe.learning_rate_fn(state.step)
-                   * recipe.lr_control.multiplier(state.lr_control))
+  learning_rate = (rules.learning_rate_fn(state.step)
+                   * rules.lr_control.multiplier(state.lr_control))
   opt_state = optim.set_learning_rate(state.opt_state, learning_rate)
   updates, opt_state = state.tx.update(grads, opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   batch_stats = model_state.get("batch_stats", state.batch_stats) if state.batch_stats else {}
   ema_params = state.ema_params
   if ema_params is not None:
-    ema_params = optax.incremental_update(params, ema_params, step_size=1.0 - recipe.ema_decay)
+    ema_params = optax.incremental_update(params, ema_params, step_size=1.0 - rules.ema_decay)
   new_state = state.replace(
       step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
-      ema_params=ema_params, lr_control=recipe.lr_control.after_train_batch(state.lr_control, top1))
+      ema_params=ema_params, lr_control=rules.lr_control.after_train_batch(state.lr_control, top1))
 
   loss_bad = jnp.logical_not(jnp.isfinite(total))
   grad_bad, grad_leaf = _first_nonfinite_leaf(grads)
@@ -130,14 +130,14 @@ def eval_step_fn(state: TrainState, batch: Batch, use_ema: bool = False) -> dict
   the same scoring as `python -m cnnjax.evaluate`.
   """
   scores = scoring.view_scores(state.apply_fn, state.variables(use_ema), batch,
-                               device_input=state.recipe.device_input)  # uint8: normalised here
-  return scoring.error_sums(scores, batch["label"], batch.get("mask"), loss=state.recipe.loss)
+                               device_input=state.rules.device_input)  # uint8: normalised here
+  return scoring.error_sums(scores, batch["label"], batch.get("mask"), loss=state.rules.loss)
 
 
 def after_validation_fn(state: TrainState, validation_error: jax.Array) -> TrainState:
   """Feeds a validation error to the learning-rate control (plateau schedule)."""
   return state.replace(
-      lr_control=state.recipe.lr_control.after_validation(state.lr_control, validation_error))
+      lr_control=state.rules.lr_control.after_validation(state.lr_control, validation_error))
 
 
 # Jitted, state donated (train) / kept (eval). The loop re-jits the same

@@ -65,8 +65,8 @@ def probe():
             "loss": "categorical_cross_entropy", "label_smoothing": 0.0, "aux_loss_weight": 0.3,
             "ema_decay": 0.0}
   tx = optim.create_optimizer(config)
-  recipe = setup.step_recipe(config, steps_per_epoch=10, total_steps=100)
-  init = setup.state_initializer(Probe(), tx, recipe, (8, 8, 3))
+  rules = setup.step_rules(config, steps_per_epoch=10, total_steps=100)
+  init = setup.state_initializer(Probe(), tx, rules, (8, 8, 3))
   return setup.create_state(init, sharding.make_mesh(), 0), jax.jit(steps.train_step_fn)
 
 

@@ -160,10 +160,10 @@ def test_eval_batch_finishes_every_image_key_and_drops_the_windows():
   assert out["image_q8"].dtype == jnp.float32 and float(out["image_q8"].max()) == 20.0
 
 
-def test_the_train_and_eval_steps_apply_the_recipes_device_input():
+def test_the_train_and_eval_steps_apply_the_rules_device_input():
   mean, std = (100.0, 110.0, 120.0), (50.0, 60.0, 70.0)
   state, mesh = tiny_state()
-  on_device = state.replace(recipe=dataclasses.replace(state.recipe,
+  on_device = state.replace(rules=dataclasses.replace(state.rules,
                                                        device_input=di.DeviceInput(mean=mean, std=std)))
   images = RNG.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)
   labels = RNG.integers(0, 10, 16).astype(np.int32)

@@ -97,6 +97,6 @@ def test_device_preprocessing_on_ships_uint8_through_the_loop(tiny_config, tmp_p
   config = tiny_config(device_preprocessing="on", augment="cifar", num_steps=4)
   prepared = loop.prepare(loop.config_lib.RunConfig(config), str(tmp_path / "uint8"))
   assert prepared.first_batch["image"].dtype == np.uint8  # a quarter of float32's bytes
-  assert prepared.recipe.device_input is not None
+  assert prepared.rules.device_input is not None
   summary = run(config, str(tmp_path / "uint8_run"))
   assert summary["step"] == 4 and np.isfinite(summary["eval"]["loss"])

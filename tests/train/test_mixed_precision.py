@@ -66,8 +66,8 @@ def _step_program(dtype: str):
   config = run_config(dtype)
   model = setup.create_model(config, num_devices=1)
   tx = optim.create_optimizer(config)
-  recipe = setup.step_recipe(config, steps_per_epoch=10, total_steps=100)
-  init = setup.state_initializer(model, tx, recipe, IMAGE_SHAPE)
+  rules = setup.step_rules(config, steps_per_epoch=10, total_steps=100)
+  init = setup.state_initializer(model, tx, rules, IMAGE_SHAPE)
   state = jax.eval_shape(init, jax.random.PRNGKey(0))
   batch = {"image": jax.ShapeDtypeStruct((8,) + IMAGE_SHAPE, jnp.float32),
            "label": jax.ShapeDtypeStruct((8,), jnp.int32)}
@@ -147,8 +147,8 @@ config = run_config("bfloat16", batch_size=16)
 mesh = sharding.make_mesh()
 model = setup.create_model(config, num_devices=8)
 tx = optim.create_optimizer(config)
-recipe = setup.step_recipe(config, steps_per_epoch=10, total_steps=100)
-init = setup.state_initializer(model, tx, recipe, IMAGE_SHAPE)
+rules = setup.step_rules(config, steps_per_epoch=10, total_steps=100)
+init = setup.state_initializer(model, tx, rules, IMAGE_SHAPE)
 state = sharding.abstract_replicated(init, mesh, jax.random.PRNGKey(0))
 rows = sharding.batch_sharded(mesh)
 batch = {"image": jax.ShapeDtypeStruct((16,) + IMAGE_SHAPE, jnp.float32, sharding=rows),

@@ -95,7 +95,7 @@ def test_plateau_update_through_the_state():
   state, _ = tiny_state(schedule="plateau", plateau_patience=1)
   state = steps.after_validation(state, jnp.float32(0.5))
   state = steps.after_validation(state, jnp.float32(0.6))
-  assert float(state.recipe.lr_control.multiplier(state.lr_control)) == np.float32(0.1)
+  assert float(state.rules.lr_control.multiplier(state.lr_control)) == np.float32(0.1)
 
 
 def test_batch_of_one_example():

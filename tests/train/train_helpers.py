@@ -73,15 +73,15 @@ def _components(model, image_shape, overrides):
   from cnnjax.train import optim, setup
   config = optimizer_config(**dict(overrides))
   tx = optim.create_optimizer(config)
-  recipe = setup.step_recipe(config, steps_per_epoch=10, total_steps=100)
-  return setup.state_initializer(model, tx, recipe, image_shape), sharding.make_mesh()
+  rules = setup.step_rules(config, steps_per_epoch=10, total_steps=100)
+  return setup.state_initializer(model, tx, rules, image_shape), sharding.make_mesh()
 
 
 def tiny_state(model=None, *, image_shape=(8, 8, 3), seed=0, **config_overrides):
   """(state, mesh) of TinyNet with an optimiser built from `optimizer_config`.
 
   States of the same setting share their static parts (model, optimiser,
-  recipe), so the jitted steps compile once per setting.
+  rules), so the jitted steps compile once per setting.
   """
   from cnnjax.train import setup
   init, mesh = _components(model or TinyNet(), tuple(image_shape),
