@@ -204,6 +204,9 @@ def validate(config: Any, *, num_devices: int | None = None,
   _require(c["eval_num_batches"] >= 0, "eval_num_batches", c["eval_num_batches"], ">= 0")
   _require(c["bn_group_size"] >= -1, "bn_group_size", c["bn_group_size"],
            "0 (per-device batch), -1 (synchronised over the global batch) or n > 0")
+  _require("bn_group_size" not in c["model_kwargs"], "model_kwargs.bn_group_size",
+           c["model_kwargs"].get("bn_group_size"),
+           "unset: the run's BatchNorm groups are config.bn_group_size (0, -1 or n > 0)")
   if c["bn_group_size"] > 0:
     per_device = c["batch_size"] // (num_devices or 1)
     _require(per_device % c["bn_group_size"] == 0, "bn_group_size", c["bn_group_size"],

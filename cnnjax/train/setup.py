@@ -20,13 +20,10 @@ import optax
 from cnnjax.errors import ConfigError, ModelError
 from cnnjax import sharding
 from cnnjax.train import optim
+from cnnjax.train.config import as_plain_dict
 from cnnjax.train.state import StepRules, TrainState, init_train_state, no_nonfinite
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-
-
-def _plain(mapping) -> dict[str, Any]:
-  return mapping.to_dict() if hasattr(mapping, "to_dict") else dict(mapping or {})
 
 
 def bn_group_size(config: Mapping[str, Any], num_devices: int) -> int | None:
@@ -51,23 +48,17 @@ def create_model(config: Mapping[str, Any], *, num_devices: int) -> nn.Module:
   registry or the module refuses them.
   """
   from cnnjax import models  # pylint: disable=g-import-not-at-top
-  kwargs = _plain(config["model_kwargs"])
+  kwargs = as_plain_dict(config["model_kwargs"] or {})
   # Older workdirs' config.json has no cpu_kernels: they get the default.
   policy = config.get("cpu_kernels", "auto")
   cpu_parts = (models.cpu.parts() if models.cpu.wanted(policy, jax.default_backend())
                else {})
   if config["num_classes"] <= 0:
     raise ConfigError("config.num_classes must be resolved (> 0) before the model is built")
-  per_device = max(int(config["batch_size"]) // num_devices, 1)
-  group = kwargs.get("bn_group_size")
-  if isinstance(group, int) and not isinstance(group, bool) and (group <= 0 or per_device % group):
-    raise ConfigError(
-        f"config.model_kwargs bn_group_size={group} must divide the per-device batch "
-        f"{per_device} (or use config.bn_group_size)")
   try:
     spec = models.get_spec(config["model"])
     fields = models.allowed_overrides(spec.module)
-    if "bn_group_size" in fields and "bn_group_size" not in kwargs:
+    if "bn_group_size" in fields:  # validate refuses it in model_kwargs: one setting
       kwargs["bn_group_size"] = bn_group_size(config, num_devices)
     parts = {k: v for k, v in cpu_parts.items() if k in fields and k not in kwargs}
     return models.create(config["model"], num_classes=int(config["num_classes"]),

@@ -113,6 +113,13 @@ def test_unknown_key_missing_key_and_wrong_type():
     config_lib.validate(dict(config, nesterov=1), num_devices=1)
 
 
+def test_bn_group_size_has_one_home():
+  config = get_recipe("quickstart").to_dict()
+  config["model_kwargs"] = dict(config["model_kwargs"], bn_group_size=8)
+  with pytest.raises(ConfigError, match="model_kwargs.bn_group_size=8.*config.bn_group_size"):
+    config_lib.validate(config, num_devices=1, model_names=_model_names())
+
+
 def test_batch_must_divide_over_devices():
   config = get_recipe("quickstart").to_dict()
   config_lib.validate(dict(config, batch_size=64), num_devices=8)
