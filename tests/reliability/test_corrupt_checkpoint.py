@@ -221,17 +221,23 @@ def _as_written_before_manifests(step_dir: str) -> None:
       json.dump(meta, f)
 
 
-def test_emptied_newest_checkpoint_is_moved_aside_and_the_run_resumes(copy_of_reference,
-                                                                      tiny_config, caplog):
-  """Every file of the newest step emptied: orbax would parse its empty metrics file while
-  its manager is built (JSONDecodeError) unless the step is moved aside first."""
+def test_an_emptied_checkpoint_with_metrics_is_moved_aside_and_the_run_resumes(
+    copy_of_reference, tiny_config, caplog):
+  """Every file of the step kept as the best emptied (orbax parses its metrics file while
+  its manager is built: JSONDecodeError) unless the step is moved aside first."""
   workdir = copy_of_reference("emptied")
-  _empty_every_file(os.path.join(workdir, checkpoint.LATEST_DIR, str(NEWEST)))
+  directory = os.path.join(workdir, checkpoint.LATEST_DIR)
+  with_metrics = [s for s in committed_steps(directory)
+                  if os.path.isdir(os.path.join(directory, str(s), integrity.METRICS_ITEM))]
+  assert with_metrics, "the reference run kept no checkpoint with metrics"
+  emptied = with_metrics[-1]
+  _empty_every_file(os.path.join(directory, str(emptied)))
   with caplog.at_level(logging.WARNING):
     summary = run(tiny_config(**KILL_RUN), workdir, stop_after_steps=0)
-  assert summary["step"] == PREVIOUS
-  assert any(f"step {NEWEST}" in r.getMessage() and "corrupt_checkpoints" in r.getMessage()
+  assert summary["step"] == (PREVIOUS if emptied == NEWEST else NEWEST)
+  assert any(f"step {emptied}" in r.getMessage() and "corrupt_checkpoints" in r.getMessage()
              for r in caplog.records), [r.getMessage() for r in caplog.records]
+  assert emptied not in committed_steps(directory)
 
 
 def test_damaged_checkpoint_without_its_manifest_is_not_restored(copy_of_reference, tiny_config):
