@@ -92,8 +92,8 @@ def run(config: Any, workdir: str, *, stop_after_steps: int | None = None) -> di
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
     raise ConfigError(f"--workdir {workdir!r} cannot be created: {e}") from e
-  with acquire_for_run(workdir):  # every process hears a refusal at once
-    return train_and_evaluate(config, workdir, stop_after_steps=stop_after_steps)
+  with acquire_for_run(workdir) as lock:  # every process hears a refusal at once
+    return train_and_evaluate(config, workdir, stop_after_steps=stop_after_steps, lock=lock)
 
 
 # ---------------------------------------------------------------------------
@@ -210,8 +210,12 @@ def initial_state(r: Prepared):
 
 
 def train_and_evaluate(config: config_lib.RunConfig, workdir: str, *,
-                       stop_after_steps: int | None = None) -> dict[str, Any]:
-  """Trains to the config's end (or `stop_after_steps` more steps) and evaluates."""
+                       stop_after_steps: int | None = None, lock=None) -> dict[str, Any]:
+  """Trains to the config's end (or `stop_after_steps` more steps) and evaluates.
+
+  lock: the run's WorkdirLock; a lease taken over by another run stops this one
+  at the next step, before it writes anything (WorkdirLeaseLostError).
+  """
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
   r = prepare(config, workdir)
   c = r.config
@@ -246,6 +250,8 @@ def train_and_evaluate(config: config_lib.RunConfig, workdir: str, *,
           profiling = True
         state, step_metrics = train_step(state, next(batches))
         step += 1
+        if lock is not None:
+          lock.check()  # still this run's workdir (a lease can be taken over)
         window.append(step_metrics)
         if profiling and step == profile[1]:
           jax.block_until_ready(state)
