@@ -276,6 +276,7 @@ def train_and_evaluate(config: config_lib.RunConfig, workdir: str, *,
           if best:
             r.best_error = results["eval"]["top1_error"]
         if do_ckpt or best:  # one save per step, tagged when it is the best so far
+          writer.flush()  # the step's rows are stored before its checkpoint
           save(r, state, step, best=best)
           saved_step = step
         if not window:  # a boundary: validation and saving stay out of the next window's rate
@@ -297,6 +298,7 @@ def train_and_evaluate(config: config_lib.RunConfig, workdir: str, *,
             f"{100 * (1 - results['eval']['top1_error']):.2f}%, top-5 "
             f"{100 * (1 - results['eval']['top5_error']):.2f}%")
       if step > r.start_step and saved_step != step:
+        writer.flush()
         save(r, state, step)
   finally:
     if profiling:
