@@ -88,12 +88,22 @@ def run(config: Any, workdir: str, *, stop_after_steps: int | None = None) -> di
     raise ConfigError(f"stop_after_steps must be >= 0, got {stop_after_steps}")
   if config.compilation_cache_dir:  # train.py turns the default cache on; here only when named
     enable_compilation_cache(config.compilation_cache_dir)
+  found = workdir_lib.entries(workdir)
   try:
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
     raise ConfigError(f"--workdir {workdir!r} cannot be created: {e}") from e
-  with acquire_for_run(workdir) as lock:  # every process hears a refusal at once
-    return train_and_evaluate(config, workdir, stop_after_steps=stop_after_steps, lock=lock)
+  try:
+    with acquire_for_run(workdir) as lock:  # every process hears a refusal at once
+      try:
+        return train_and_evaluate(config, workdir, stop_after_steps=stop_after_steps, lock=lock)
+      except BaseException:
+        if jax.process_index() == 0:  # a failed start leaves the workdir as it found it
+          workdir_lib.remove_unused(workdir, found)
+        raise
+  finally:
+    if jax.process_index() == 0:
+      workdir_lib.remove_if_created_and_empty(workdir, found)
 
 
 # ---------------------------------------------------------------------------
