@@ -30,10 +30,14 @@ as the best must be its first (see `CheckpointStore.save`).
 Integrity: just before orbax commits a save (its atomic rename on a local or
 shared filesystem, its commit file on an object store: orbax chooses), the
 step directory gets `cnnjax_manifest.json` with the size and SHA-256 of every
-item file (`checkpoint_integrity`). A resuming run verifies the newest
-checkpoint and falls back to the previous intact one, moving damaged ones to
-<workdir>/corrupt_checkpoints/; in a multi-process run process 0 decides and
-every process resumes from the step it announces. Evaluation restores refuse
+item file, and the step's meta records that it has one (`checkpoint_integrity`).
+Opening a `CheckpointStore` verifies the steps before orbax lists them (its
+manager parses every step's metrics while it is built): the newest ones
+thoroughly down to the first intact one, the older ones by size and small
+files; damaged ones go to <workdir>/corrupt_checkpoints/ and the run resumes
+from the newest intact one. In a multi-process run process 0 decides and
+every process takes its decision before building the manager. Evaluation
+reads through managers that list only the steps they read, and refuses
 damaged ones.
 
 `restore_for_eval(workdir)` is the entry point for evaluation code: it needs
