@@ -97,9 +97,9 @@ def run(config: Any, workdir: str, *, stop_after_steps: int | None = None) -> di
     with acquire_for_run(workdir) as lock:  # every process hears a refusal at once
       try:
         return train_and_evaluate(config, workdir, stop_after_steps=stop_after_steps, lock=lock)
-      except BaseException:
+      except BaseException as error:
         if jax.process_index() == 0:  # a failed start leaves the workdir as it found it
-          workdir_lib.remove_unused(workdir, found)
+          workdir_lib.remove_unused(workdir, found, error)
         raise
   finally:
     if jax.process_index() == 0:

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from cnnjax._atomic import write_atomic
-from cnnjax.errors import CheckpointError, ConfigError
+from cnnjax.errors import CheckpointError, ConfigError, WorkdirLockedError
 from cnnjax.train import checkpoint as ckpt_lib
 from cnnjax.train import config as config_lib
 
@@ -98,8 +98,7 @@ def entries(workdir: str) -> frozenset[str] | None:
 def _worth_keeping(path: str, name: str) -> bool:
   """Whether an entry a run created holds anything of value (a checkpoint, a row, ...)."""
   from cnnjax.train import workdir_lock, writer  # pylint: disable=import-outside-toplevel
-  if name in (workdir_lock.LOCK_FILE, ckpt_lib.CONFIG_FILE) or name.startswith(
-      workdir_lock.OWNER_FILE):
+  if name in (workdir_lock.LOCK_FILE, ckpt_lib.CONFIG_FILE):
     return False  # written by every start; rewritten by the next one
   if name == ckpt_lib.LATEST_DIR:
     return any(n.isdigit() or ".orbax-checkpoint-tmp" in n for n in os.listdir(path))
@@ -109,14 +108,22 @@ def _worth_keeping(path: str, name: str) -> bool:
   return True
 
 
-def remove_unused(workdir: str, found: frozenset[str] | None) -> bool:
-  """After a run failed: removes what it created in `workdir` if none of it is worth keeping.
+def remove_unused(workdir: str, found: frozenset[str] | None, error: BaseException) -> bool:
+  """After a run failed with `error`: removes what it created in `workdir` if none of it is
+  worth keeping.
 
   `found`: `entries(workdir)` before the run. Call it while still holding the
-  workdir's lock, from process 0. Returns whether anything was removed; the
-  workdir itself goes in `remove_if_created_and_empty`, after the lock.
+  workdir's lock, from process 0. Nothing is removed when the lock itself
+  failed (a lease taken over: the workdir is another run's now), nor the lock
+  records, which the lock removes itself. Returns whether anything was
+  removed; the workdir itself goes in `remove_if_created_and_empty`, after
+  the lock.
   """
-  created = sorted((entries(workdir) or frozenset()) - (found or frozenset()))
+  from cnnjax.train import workdir_lock  # pylint: disable=import-outside-toplevel
+  if isinstance(error, WorkdirLockedError):
+    return False
+  created = sorted(name for name in (entries(workdir) or frozenset()) - (found or frozenset())
+                   if not name.startswith(workdir_lock.OWNER_FILE))
   paths = [(name, os.path.join(workdir, name)) for name in created]
   if any(_worth_keeping(path, name) for name, path in paths):
     return False
