@@ -8,6 +8,10 @@ The next process must resume from the newest committed checkpoint, and the
 chain must end with exactly the parameters and metrics of an uninterrupted
 run. Along the way: a second train.py on the busy workdir is refused and told
 who holds it, and the LOCK file a killed run leaves behind blocks nobody.
+
+The same chain runs again with every core kept busy by busy-looping
+processes, kills landing in saves whose background write is held back while
+the next steps donate the saved state: still bitwise the uninterrupted run.
 """
 
 from __future__ import annotations
