@@ -253,7 +253,7 @@ class WorkdirLock:
       lock.acquire()
     except filelock.Timeout:
       raise WorkdirLockedError(self._in_use_message(self._wait_for_owner())) from None
-    except NotImplementedError:  # filelock < 4 on a filesystem without flock
+    except NotImplementedError:  # filelock < 3.30 on a filesystem without flock
       self._acquire_without_kernel_lock()
       return
     except OSError as error:
@@ -286,6 +286,7 @@ class WorkdirLock:
           self._remove_own_record()
     finally:
       self._owner = None
+      self._record_text, self._lost, self._lost_to = None, False, None
       if self._file_lock is not None:
         lock, self._file_lock = self._file_lock, None
         lock.release()
