@@ -30,10 +30,14 @@ as the best must be its first (see `CheckpointStore.save`).
 Integrity: just before orbax commits a save (its atomic rename on a local or
 shared filesystem, its commit file on an object store: orbax chooses), the
 step directory gets `cnnjax_manifest.json` with the size and SHA-256 of every
-item file (`checkpoint_integrity`). A resuming run verifies the newest
-checkpoint and falls back to the previous intact one, moving damaged ones to
-<workdir>/corrupt_checkpoints/; in a multi-process run process 0 decides and
-every process resumes from the step it announces. Evaluation restores refuse
+item file, and the step's meta records that it has one (`checkpoint_integrity`).
+Opening a `CheckpointStore` verifies the steps before orbax lists them (its
+manager parses every step's metrics while it is built): the newest ones
+thoroughly down to the first intact one, the older ones by size and small
+files; damaged ones go to <workdir>/corrupt_checkpoints/ and the run resumes
+from the newest intact one. In a multi-process run process 0 decides and
+every process takes its decision before building the manager. Evaluation
+reads through managers that list only the steps they read, and refuses
 damaged ones.
 
 `restore_for_eval(workdir)` is the entry point for evaluation code: it needs
@@ -72,9 +76,18 @@ REQUIRED_ITEMS = ("params", META_ITEM)
 log = logging.getLogger(__name__)
 
 
-def checkpoint_problem(step_dir: epath.PathLike) -> str | None:
-  """What is wrong with a committed checkpoint directory; None when intact."""
-  return integrity.find_problem(step_dir, required_items=REQUIRED_ITEMS)
+def checkpoint_problem(step_dir: epath.PathLike, *, thorough: bool = True) -> str | None:
+  """What is wrong with a committed checkpoint directory; None when intact.
+
+  A checkpoint written before manifests existed cannot be verified: it is
+  accepted with a warning naming it. thorough=False: sizes and small files
+  only (see checkpoint_integrity.verify), for steps that will not be read.
+  """
+  verdict = integrity.verify(step_dir, required_items=REQUIRED_ITEMS, thorough=thorough)
+  if verdict.unverified:
+    log.warning("checkpoint %s has no manifest (written before cnnjax recorded one): its files "
+                "cannot be verified before they are read", step_dir)
+  return verdict.problem
 
 
 def path_name(path) -> str:
@@ -132,12 +145,33 @@ def _preservation_policy(keep: int):
   ])
 
 
+class _OnlySteps:
+  """orbax's standard step naming, listing only `steps`.
+
+  A read-only manager built with it never opens the other steps (orbax parses
+  the metrics of every step it lists), so a damaged one that is not read
+  cannot stop the reading of a sound one.
+  """
+
+  def __init__(self, steps):
+    self._format = ocp.step.standard_name_format()
+    self._steps = frozenset(int(s) for s in steps)
+
+  def find_all(self, base_path):
+    return [m for m in self._format.find_all(base_path) if m.step in self._steps]
+
+  def __getattr__(self, name):
+    return getattr(self._format, name)
+
+
 def _manager(directory: epath.PathLike, keep: int, *, read_only: bool = False,
-             async_save: bool = True) -> ocp.CheckpointManager:
+             async_save: bool = True, only_steps=None) -> ocp.CheckpointManager:
   directory = epath.Path(directory)
   if not directory.is_absolute():
     directory = epath.Path(os.path.abspath(os.fspath(directory)))
   extra = {}
+  if only_steps is not None:
+    extra["step_name_format"] = _OnlySteps(only_steps)
   if not read_only:
     extra["temporary_path_class"] = integrity.manifested_temporary_path_class(directory)
     extra["preservation_policy"] = _preservation_policy(keep)
@@ -205,6 +239,9 @@ class CheckpointStore:
   def __init__(self, workdir: epath.PathLike, keep: int = 3, *, async_save: bool = True):
     self.workdir = epath.Path(workdir)
     self.directory = self.workdir / LATEST_DIR
+    # Before orbax lists any step (its manager reads every step's metrics while it is
+    # built), in every process: damaged steps are moved aside first.
+    self._resume_step = self._verify_steps()
     self.manager = _manager(self.directory, keep, async_save=async_save)
 
   def latest_step(self) -> int | None:
@@ -215,17 +252,24 @@ class CheckpointStore:
     return self.manager.best_step()
 
   def newest_restorable_step(self) -> int | None:
-    """The newest intact checkpoint (None when there is none at all).
+    """The newest intact checkpoint, as found when the store was opened (None: none at all)."""
+    return self._resume_step
 
-    Damaged newer checkpoints (missing, truncated or altered files, see
-    checkpoint_integrity) are moved to <workdir>/corrupt_checkpoints with a
-    warning naming both steps. When every checkpoint is damaged nothing is
-    moved and CheckpointError says what is wrong: starting over is the
-    user's decision.
+  def _verify_steps(self) -> int | None:
+    """Verifies the saved steps before orbax reads any of them; returns the newest intact one.
 
-    Every process must call this. Process 0 alone verifies, moves and
-    decides; the others take its answer, so a process that lists the
-    directory after the move cannot disagree about the step (or hang).
+    The newest steps are verified thoroughly (every file re-hashed) down to the
+    first intact one, which a resume reads; older ones quickly (sizes, and the
+    small files orbax parses when it lists them). Damaged ones (missing,
+    truncated, emptied or altered files, see checkpoint_integrity) are moved
+    to <workdir>/corrupt_checkpoints with a warning naming both steps. When
+    every checkpoint is damaged nothing is moved and CheckpointError says
+    what is wrong: starting over is the user's decision.
+
+    Every process calls this (from the constructor). Process 0 alone
+    verifies, moves and decides; the others take its answer, so a process
+    that lists the directory after the move cannot disagree about the step
+    (or hang).
     """
     directory = self.directory
     details = ""
@@ -233,11 +277,13 @@ class CheckpointStore:
       damaged = []
       decision = _NO_CHECKPOINT
       for step in sorted(_steps_in(directory), reverse=True):
-        problem = checkpoint_problem(directory / str(step))
+        problem = checkpoint_problem(directory / str(step),
+                                     thorough=decision == _NO_CHECKPOINT)
         if problem is None:
-          decision = step
-          break
-        damaged.append((step, problem))
+          if decision == _NO_CHECKPOINT:
+            decision = step
+        else:
+          damaged.append((step, problem))
       if decision == _NO_CHECKPOINT and damaged:
         decision = _NOTHING_INTACT
         details = "; ".join(f"step {step}: {problem}" for step, problem in damaged)
@@ -255,10 +301,7 @@ class CheckpointStore:
       raise CheckpointError(
           f"no intact checkpoint in {directory}{where}. Restore the files, or move "
           f"{directory} away to start from scratch")
-    if decision == _NO_CHECKPOINT:
-      return None
-    self.manager.reload()  # forget the steps process 0 moved away (no collective inside)
-    return decision
+    return None if decision == _NO_CHECKPOINT else decision
 
   def save(self, arrays: Mapping[str, Any], meta: Mapping[str, Any], *, best: bool = False) -> None:
     """Saves a state (arrays as from TrainState.arrays()) at meta['step'].
@@ -287,7 +330,8 @@ class CheckpointStore:
                   "its validation error", step)
       self.manager.delete(step)
     items = state_items(arrays)
-    meta = dict(meta, items=sorted(items), structure={k: structure(v) for k, v in items.items()})
+    meta = dict(meta, items=sorted(items), structure={k: structure(v) for k, v in items.items()},
+                **integrity.declaration())
     args = ocp.args.Composite(**{k: ocp.args.StandardSave(v) for k, v in items.items()},
                               **{META_ITEM: ocp.args.JsonSave(meta)})
     with _quiet_about_missing_metrics():
@@ -414,7 +458,12 @@ def _eval_source(workdir: epath.Path, which: str, step: int | None) -> tuple[epa
   steps = _steps_in(directory)
   if which == "best" and step is None:
     legacy = workdir / LEGACY_BEST_DIR
-    manager = _manager(directory, 1, read_only=True) if steps else None
+    listable = [s for s in steps if integrity.listing_problem(directory / str(s)) is None]
+    if len(listable) < len(steps):
+      log.warning("checkpoint step(s) %s in %s have unreadable metrics or step metadata; the best "
+                  "checkpoint is chosen among the others", sorted(set(steps) - set(listable)),
+                  directory)
+    manager = _manager(directory, 1, read_only=True, only_steps=listable) if listable else None
     try:
       best = manager.best_step() if manager is not None else None
     finally:
@@ -451,7 +500,7 @@ def restore_variables(workdir: epath.PathLike, *, which: str = "latest", use_ema
   if which not in ("latest", "best"):
     raise CheckpointError(f"which={which!r}: choose 'latest' or 'best'")
   directory, step = _eval_source(epath.Path(workdir), which, step)
-  manager = _manager(directory, 1, read_only=True)
+  manager = _manager(directory, 1, read_only=True, only_steps=[step])
   try:
     with _read_errors_named(directory, step):
       meta = dict(manager.restore(step, args=ocp.args.Composite(

@@ -88,12 +88,22 @@ def run(config: Any, workdir: str, *, stop_after_steps: int | None = None) -> di
     raise ConfigError(f"stop_after_steps must be >= 0, got {stop_after_steps}")
   if config.compilation_cache_dir:  # train.py turns the default cache on; here only when named
     enable_compilation_cache(config.compilation_cache_dir)
+  found = workdir_lib.entries(workdir)
   try:
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
     raise ConfigError(f"--workdir {workdir!r} cannot be created: {e}") from e
-  with acquire_for_run(workdir):  # every process hears a refusal at once
-    return train_and_evaluate(config, workdir, stop_after_steps=stop_after_steps)
+  try:
+    with acquire_for_run(workdir) as lock:  # every process hears a refusal at once
+      try:
+        return train_and_evaluate(config, workdir, stop_after_steps=stop_after_steps, lock=lock)
+      except BaseException as error:
+        if jax.process_index() == 0:  # a failed start leaves the workdir as it found it
+          workdir_lib.remove_unused(workdir, found, error)
+        raise
+  finally:
+    if jax.process_index() == 0:
+      workdir_lib.remove_if_created_and_empty(workdir, found)
 
 
 # ---------------------------------------------------------------------------
@@ -210,8 +220,12 @@ def initial_state(r: Prepared):
 
 
 def train_and_evaluate(config: config_lib.RunConfig, workdir: str, *,
-                       stop_after_steps: int | None = None) -> dict[str, Any]:
-  """Trains to the config's end (or `stop_after_steps` more steps) and evaluates."""
+                       stop_after_steps: int | None = None, lock=None) -> dict[str, Any]:
+  """Trains to the config's end (or `stop_after_steps` more steps) and evaluates.
+
+  lock: the run's WorkdirLock; a lease taken over by another run stops this one
+  at the next step, before it writes anything (WorkdirLeaseLostError).
+  """
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
   r = prepare(config, workdir)
   c = r.config
@@ -246,6 +260,8 @@ def train_and_evaluate(config: config_lib.RunConfig, workdir: str, *,
           profiling = True
         state, step_metrics = train_step(state, next(batches))
         step += 1
+        if lock is not None:
+          lock.check()  # still this run's workdir (a lease can be taken over)
         window.append(step_metrics)
         if profiling and step == profile[1]:
           jax.block_until_ready(state)
@@ -270,6 +286,7 @@ def train_and_evaluate(config: config_lib.RunConfig, workdir: str, *,
           if best:
             r.best_error = results["eval"]["top1_error"]
         if do_ckpt or best:  # one save per step, tagged when it is the best so far
+          writer.flush()  # the step's rows are stored before its checkpoint
           save(r, state, step, best=best)
           saved_step = step
         if not window:  # a boundary: validation and saving stay out of the next window's rate
@@ -291,6 +308,7 @@ def train_and_evaluate(config: config_lib.RunConfig, workdir: str, *,
             f"{100 * (1 - results['eval']['top1_error']):.2f}%, top-5 "
             f"{100 * (1 - results['eval']['top5_error']):.2f}%")
       if step > r.start_step and saved_step != step:
+        writer.flush()
         save(r, state, step)
   finally:
     if profiling:

@@ -2,17 +2,22 @@
 
 A workdir holds one model's checkpoints (config.json says which); a warm
 start reads another workdir. Both are checked here, before any compilation,
-so a wrong --workdir or init_from fails in seconds with the fix named.
+so a wrong --workdir or init_from fails in seconds with the fix named. A run
+that fails before it wrote anything of value leaves the workdir as it found
+it (`remove_unused`, `remove_if_created_and_empty`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
 from collections.abc import Mapping
 from typing import Any
 
-from cnnjax.errors import CheckpointError, ConfigError
+from cnnjax._atomic import write_atomic
+from cnnjax.errors import CheckpointError, ConfigError, WorkdirLockedError
 from cnnjax.train import checkpoint as ckpt_lib
 from cnnjax.train import config as config_lib
 
@@ -79,9 +84,60 @@ def check_init_from(config: Mapping[str, Any], workdir: str) -> None:
 
 def write_whole(path: str, text: str) -> None:
   """Replaces `path` in one rename: a run killed mid-write leaves the old file, not half."""
-  partial = path + ".partial"
-  with open(partial, "w") as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(partial, path)
+  write_atomic(path, text)
+
+
+def entries(workdir: str) -> frozenset[str] | None:
+  """The names in `workdir` (None when it does not exist): what a run found there."""
+  try:
+    return frozenset(os.listdir(workdir))
+  except FileNotFoundError:
+    return None
+
+
+def _worth_keeping(path: str, name: str) -> bool:
+  """Whether an entry a run created holds anything of value (a checkpoint, a row, ...)."""
+  from cnnjax.train import workdir_lock, writer  # pylint: disable=import-outside-toplevel
+  if name in (workdir_lock.LOCK_FILE, ckpt_lib.CONFIG_FILE):
+    return False  # written by every start; rewritten by the next one
+  if name == ckpt_lib.LATEST_DIR:
+    return any(n.isdigit() or ".orbax-checkpoint-tmp" in n for n in os.listdir(path))
+  if name in (writer.METRICS_FILE, writer.TENSORBOARD_DIR):
+    return any(files for _, _, files in os.walk(path)) if os.path.isdir(path) else bool(
+        os.path.getsize(path))
+  return True
+
+
+def remove_unused(workdir: str, found: frozenset[str] | None, error: BaseException) -> bool:
+  """After a run failed with `error`: removes what it created in `workdir` if none of it is
+  worth keeping.
+
+  `found`: `entries(workdir)` before the run. Call it while still holding the
+  workdir's lock, from process 0. Nothing is removed when the lock itself
+  failed (a lease taken over: the workdir is another run's now), nor the lock
+  records, which the lock removes itself. Returns whether anything was
+  removed; the workdir itself goes in `remove_if_created_and_empty`, after
+  the lock.
+  """
+  from cnnjax.train import workdir_lock  # pylint: disable=import-outside-toplevel
+  if isinstance(error, WorkdirLockedError):
+    return False
+  created = sorted(name for name in (entries(workdir) or frozenset()) - (found or frozenset())
+                   if not name.startswith(workdir_lock.OWNER_FILE))
+  paths = [(name, os.path.join(workdir, name)) for name in created]
+  if any(_worth_keeping(path, name) for name, path in paths):
+    return False
+  for _, path in paths:
+    if os.path.isdir(path) and not os.path.islink(path):
+      shutil.rmtree(path, ignore_errors=True)
+    else:
+      with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+  return bool(paths)
+
+
+def remove_if_created_and_empty(workdir: str, found: frozenset[str] | None) -> None:
+  """Removes `workdir` when the run created it (`found` is None) and it is empty again."""
+  if found is None:
+    with contextlib.suppress(OSError):  # not empty: something of value is there
+      os.rmdir(workdir)

@@ -19,9 +19,28 @@ as gs://) the owner record is a lease instead: the holder rewrites its
 heartbeat every LEASE_REFRESH_S seconds and a record is stale once its
 heartbeat is older than LEASE_S (or, on the same host, once its pid is gone),
 so a holder on another host that died does not block the workdir forever.
-Such a lease is advisory, not atomic: a warning says so at start-up, and
-making sure that one job at a time writes a workdir is then the launcher's
-job (one Kubernetes Job / SLURM job per workdir).
+filelock is told not to fall back to its own marker-file lock where flock is
+missing (filelock >= 3.30 would otherwise, and report nothing), so such a
+filesystem always gets this lease, and says so.
+
+One owner, always: on a filesystem the record changes hands only by
+compare-and-swap. A new record is published with a hard link (which fails
+if a record exists); taking over an expired record first renames it away to
+a name only this process uses, so of two processes doing it at once exactly
+one gets it, and compares what it got with what it judged expired (a record
+that is not goes back where it was). The holder never rewrites the record:
+it reads it before every refresh and writes its heartbeat to a file named
+after its lease. A holder thus finds out, at its next refresh, that it was
+stalled (SIGSTOP, a frozen VM) past LEASE_S and taken over, and cannot
+overwrite the new holder's record. The run calls
+`WorkdirLock.check()` at every step: it raises WorkdirLeaseLostError once the
+lease is lost, and re-reads the record itself whenever the last
+confirmation is older than CONFIRM_EVERY_S, so a holder that wakes up from
+a stall stops at its next step boundary, before it writes anything. On an
+object store (no rename, no link) the same protocol is best effort: the
+record is re-read after it is written; a warning says so at start-up, and
+making sure that one job at a time writes such a workdir is then the
+launcher's job (one Kubernetes Job / SLURM job per workdir).
 
 Needs the standard library, filelock and etils; jax only in acquire_for_run.
 """
@@ -31,8 +50,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import inspect
 import logging
 import os
+import secrets
 import socket
 import threading
 import time
@@ -41,6 +62,8 @@ from collections.abc import Iterator
 import filelock
 from etils import epath
 
+from cnnjax._atomic import is_local as _is_local
+from cnnjax._atomic import sync_directory, write_atomic
 from cnnjax.errors import WorkdirLockedError
 
 LOCK_FILE = "LOCK"
@@ -49,6 +72,14 @@ OWNER_FILE = "LOCK.owner"
 # whose heartbeat is older than LEASE_S belongs to a holder that is gone.
 LEASE_REFRESH_S = 30.0
 LEASE_S = 300.0
+# `check()` re-reads the record itself when the holder last confirmed it longer
+# ago than this (a stall: the refresh thread did not run either). Below
+# LEASE_S, so no one can have taken over in between (clocks agreeing to
+# within LEASE_S - CONFIRM_EVERY_S).
+CONFIRM_EVERY_S = 150.0
+# A record briefly absent (another process's compare-and-swap under way) is
+# looked for again this long before a holder concludes it was taken.
+_ABSENT_GRACE_S = 1.0
 # flock failures that mean "this filesystem has no locks", not "someone holds it".
 _NO_LOCK_SUPPORT = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 # The winner of a race writes its record right after locking; a loser waits this
@@ -58,6 +89,11 @@ _OWNER_WAIT_S = 1.0
 _MESSAGE_BYTES = 4096
 
 log = logging.getLogger(__name__)
+
+
+class WorkdirLeaseLostError(WorkdirLockedError):
+  """This process held a workdir's lease and another process has taken it over."""
+
 # Workdirs whose lease this process holds: a record naming this host and pid is this
 # process's own only if listed here (else a dead run's, whose pid this one reuses).
 _LEASES_HELD_HERE: set[str] = set()
@@ -70,6 +106,7 @@ class LockOwner:
   pid: int
   started: float = 0.0  # time.time() when the lock was taken
   heartbeat: float = 0.0  # last refresh of a lease (no kernel lock); 0 otherwise
+  token: str = ""  # a lease's own name (no kernel lock): tells two holdings apart
 
   def __str__(self) -> str:
     text = f"process {self.pid} on host {self.host}"
@@ -85,7 +122,8 @@ class LockOwner:
     return cls(socket.gethostname(), os.getpid(), time.time() if started is None else started)
 
   def record(self) -> str:
-    return f"{self.host} {self.pid} {self.started:.3f} {self.heartbeat:.3f}\n"
+    token = f" {self.token}" if self.token else ""
+    return f"{self.host} {self.pid} {self.started:.3f} {self.heartbeat:.3f}{token}\n"
 
 
 def parse_owner(text: str) -> LockOwner | None:
@@ -96,15 +134,40 @@ def parse_owner(text: str) -> LockOwner | None:
     numbers = [float(p) for p in parts[2:4]]
   except ValueError:
     return None
-  return LockOwner(parts[0], int(parts[1]), *numbers)
+  token = parts[4] if len(parts) > 4 and parts[4].isalnum() else ""
+  return LockOwner(parts[0], int(parts[1]), *numbers, token=token)
+
+
+def _heartbeat_path(workdir: epath.Path, token: str) -> epath.Path:
+  """Where the holder of the lease `token` writes its heartbeat (it alone writes it)."""
+  return workdir / f"{OWNER_FILE}.{token}.heartbeat"
+
+
+def _with_heartbeat(workdir: epath.Path, owner: LockOwner | None) -> LockOwner | None:
+  """`owner` with the newer of its recorded heartbeat and its heartbeat file's."""
+  if owner is None or not owner.token:
+    return owner
+  text = _read_record(_heartbeat_path(workdir, owner.token))
+  try:
+    beat = float(text) if text else 0.0
+  except ValueError:
+    beat = 0.0
+  return dataclasses.replace(owner, heartbeat=max(owner.heartbeat, beat))
+
+
+def _read_record(path: epath.Path) -> str | None:
+  """The text of an owner record; None when there is none (or it cannot be read)."""
+  try:
+    return path.read_text()[:300]
+  except (OSError, UnicodeDecodeError):
+    return None
 
 
 def read_owner(workdir: epath.PathLike) -> LockOwner | None:
   """The owner recorded in a workdir's LOCK.owner, or None if missing, empty or garbled."""
-  try:
-    return parse_owner((epath.Path(workdir) / OWNER_FILE).read_text()[:300])
-  except (OSError, UnicodeDecodeError):
-    return None
+  workdir = epath.Path(workdir)
+  text = _read_record(workdir / OWNER_FILE)
+  return _with_heartbeat(workdir, parse_owner(text) if text is not None else None)
 
 
 def pid_alive(pid: int) -> bool:
@@ -130,8 +193,17 @@ def lease_is_live(owner: LockOwner, *, now: float | None = None) -> bool:
   return True
 
 
-def _is_local(path: epath.Path) -> bool:
-  return "://" not in os.fspath(path)
+def _file_lock(path: str) -> filelock.BaseFileLock:
+  """filelock's FileLock, told not to replace a missing flock by its own marker file."""
+  if "fallback_to_soft" in inspect.signature(filelock.FileLock.__init__).parameters:
+    return filelock.FileLock(path, timeout=0, fallback_to_soft=False)
+  return filelock.FileLock(path, timeout=0)  # filelock < 3.30 raises NotImplementedError
+
+
+def _soft_fallback(lock: filelock.BaseFileLock) -> bool:
+  """Whether filelock holds `lock` with its marker-file fallback instead of flock."""
+  context = getattr(lock, "_context", None)
+  return bool(getattr(context, "soft_fallback", False))
 
 
 class WorkdirLock:
@@ -153,6 +225,13 @@ class WorkdirLock:
     self._lease_stop: threading.Event | None = None
     self._owner: LockOwner | None = None
     self.kernel_lock = False  # after acquire: whether the filesystem gave a real lock
+    # The lease (no kernel lock): the record this process last wrote, when it last
+    # confirmed it was still its own, and who took it over (once lost).
+    self._record_text: str | None = None
+    self._confirmed = 0.0
+    self._lost_to: LockOwner | None = None
+    self._lost = False
+    self._lease_mutex = threading.Lock()
 
   @property
   def held(self) -> bool:
@@ -169,17 +248,21 @@ class WorkdirLock:
                   self.owner_path)
       self._acquire_lease()
       return
-    lock = filelock.FileLock(os.fspath(self.path), timeout=0)
+    lock = _file_lock(os.fspath(self.path))
     try:
       lock.acquire()
     except filelock.Timeout:
       raise WorkdirLockedError(self._in_use_message(self._wait_for_owner())) from None
-    except NotImplementedError:  # filelock < 4 on a filesystem without flock
+    except NotImplementedError:  # filelock < 3.30 on a filesystem without flock
       self._acquire_without_kernel_lock()
       return
     except OSError as error:
       if error.errno not in _NO_LOCK_SUPPORT:
         raise
+      self._acquire_without_kernel_lock()
+      return
+    if _soft_fallback(lock):  # a filelock that fell back anyway: not a kernel lock
+      lock.release()
       self._acquire_without_kernel_lock()
       return
     self._file_lock = lock
@@ -196,11 +279,14 @@ class WorkdirLock:
       self._lease_stop = None
       _LEASES_HELD_HERE.discard(os.fspath(self.workdir))
     try:
-      recorded = read_owner(self.workdir)
-      if self._file_lock is not None or (recorded and recorded.same_process(self._owner)):
+      if self._file_lock is not None:
         self.owner_path.unlink(missing_ok=True)  # while still locked
+      elif not self._lost:
+        with self._lease_mutex:
+          self._remove_own_record()
     finally:
       self._owner = None
+      self._record_text, self._lost, self._lost_to = None, False, None
       if self._file_lock is not None:
         lock, self._file_lock = self._file_lock, None
         lock.release()
@@ -212,18 +298,28 @@ class WorkdirLock:
   def __exit__(self, *exc_info) -> None:
     self.release()
 
+  def check(self) -> None:
+    """WorkdirLeaseLostError if this lease was taken over; cheap unless long unconfirmed.
+
+    The run calls it at every step, before anything of the step is written. A
+    kernel lock cannot be lost: nothing to check.
+    """
+    if self._file_lock is not None or not self.held:
+      return
+    if not self._lost and time.time() - self._confirmed > CONFIRM_EVERY_S:
+      self._refresh()  # stalled: the refresh thread did not confirm it either
+    if self._lost:
+      holder = str(self._lost_to) if self._lost_to else "another process"
+      raise WorkdirLeaseLostError(
+          f"the lease on workdir {self.workdir} was taken over by {holder} while this process "
+          f"({self._owner}) did not refresh it for more than {LEASE_S:.0f} s (stopped or frozen?)"
+          f"; this run stops without writing anything more. The other run now owns "
+          f"{self.workdir}: let it finish, or stop it and resume here")
+
   # -- helpers ---------------------------------------------------------------
   def _write_owner(self, owner: LockOwner) -> None:
     """Replaces the owner record whole (a rename where the filesystem has one)."""
-    if _is_local(self.owner_path):
-      partial = f"{os.fspath(self.owner_path)}.{os.getpid()}.partial"
-      with open(partial, "w") as f:
-        f.write(owner.record())
-        f.flush()
-        os.fsync(f.fileno())
-      os.replace(partial, os.fspath(self.owner_path))
-    else:
-      self.owner_path.write_text(owner.record())
+    write_atomic(self.owner_path, owner.record())
 
   def _wait_for_owner(self) -> LockOwner | None:
     deadline = time.monotonic() + _OWNER_WAIT_S
@@ -245,14 +341,83 @@ class WorkdirLock:
 
   def _acquire_without_kernel_lock(self) -> None:
     log.warning("the filesystem of %s offers no file locks (flock): cnnjax falls back to a lease "
-                "in %s, which cannot exclude two runs starting at the same instant; start one job "
-                "per workdir", self.workdir, self.owner_path)
+                "in %s (taken and renewed by compare-and-swap); start one job per workdir",
+                self.workdir, self.owner_path)
     self._acquire_lease()
+
+  # The lease's compare-and-swap on a filesystem (see the module docstring).
+  def _private_name(self, kind: str) -> str:
+    return (f"{os.fspath(self.owner_path)}.{kind}.{socket.gethostname()}.{os.getpid()}."
+            f"{secrets.token_hex(4)}")
+
+  def _publish(self, text: str) -> bool:
+    """Creates the record with `text` unless one exists (then False); whole, never half."""
+    target = os.fspath(self.owner_path)
+    staged = self._private_name("new")
+    with open(staged, "w") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    try:
+      os.link(staged, target)  # fails if a record exists, atomically
+    except FileExistsError:
+      return False
+    except OSError as error:  # no hard links here (some FUSE mounts): exclusive creation
+      if error.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK,
+                             errno.EXDEV, errno.ENOSYS):
+        raise
+      try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+      except FileExistsError:
+        return False
+      with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    finally:
+      os.unlink(staged)
+    sync_directory(os.fspath(self.workdir))
+    return True
+
+  def _claim(self, expected: str) -> tuple[bool, str | None]:
+    """Moves the record away if it reads `expected`: (claimed, the text found instead)."""
+    target = os.fspath(self.owner_path)
+    claimed = self._private_name("claim")
+    try:
+      os.rename(target, claimed)  # of two processes renaming it, one gets it
+    except FileNotFoundError:
+      return False, None
+    with open(claimed) as f:
+      found = f.read()
+    if found == expected:
+      os.unlink(claimed)
+      return True, found
+    try:  # not the record we judged: put it back where it was
+      os.link(claimed, target)
+    except OSError:
+      pass  # a third process published meanwhile; the one we moved has lost it anyway
+    os.unlink(claimed)
+    return False, found
+
+  def _remove_own_record(self) -> None:
+    if self._record_text is None:
+      return
+    if _is_local(self.owner_path):
+      self._claim(self._record_text)
+    elif _read_record(self.owner_path) == self._record_text:
+      self.owner_path.unlink(missing_ok=True)
+    _heartbeat_path(self.workdir, self._owner.token).unlink(missing_ok=True)
 
   def _acquire_lease(self) -> None:
     """Fallback without kernel locks: a heartbeat record (see the module docstring)."""
     me = LockOwner.this_process()
-    owner = read_owner(self.workdir)
+    me = dataclasses.replace(me, heartbeat=me.started, token=secrets.token_hex(8))
+    text = me.record()
+    current = _read_record(self.owner_path)
+    if current is not None and not current.strip():
+      self._wait_for_owner()  # being written (exclusive creation without hard links)
+      current = _read_record(self.owner_path)
+    owner = _with_heartbeat(self.workdir, parse_owner(current) if current is not None else None)
     if owner is not None:
       if owner.same_process(me):  # this process, or a dead one whose pid it reuses
         live = os.fspath(self.workdir) in _LEASES_HELD_HERE
@@ -262,28 +427,65 @@ class WorkdirLock:
         raise WorkdirLockedError(self._in_use_message(owner, lease=True))
       log.warning("taking over %s: its record names %s, whose lease has expired", self.workdir,
                   owner)
-      self.owner_path.unlink(missing_ok=True)
-    me = dataclasses.replace(me, heartbeat=me.started)
     if _is_local(self.owner_path):
-      try:  # exclusive creation: of two runs starting together, one fails here
-        fd = os.open(os.fspath(self.owner_path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-      except FileExistsError:
-        raise WorkdirLockedError(self._in_use_message(self._wait_for_owner(), lease=True)) from None
-      os.close(fd)
-    self._write_owner(me)
+      if current is not None:
+        claimed, found = self._claim(current)
+        if not claimed:
+          taker = parse_owner(found) if found else self._wait_for_owner()
+          raise WorkdirLockedError(self._in_use_message(taker, lease=True))
+      if not self._publish(text):
+        raise WorkdirLockedError(self._in_use_message(self._wait_for_owner(), lease=True))
+    else:  # an object store: last writer wins; read back to find out who did
+      self.owner_path.write_text(text)
+      time.sleep(_OWNER_WAIT_S)
+      if _read_record(self.owner_path) != text:
+        raise WorkdirLockedError(self._in_use_message(read_owner(self.workdir), lease=True))
+    if owner is not None and owner.token:
+      _heartbeat_path(self.workdir, owner.token).unlink(missing_ok=True)
+    self._record_text = text
+    self._confirmed = me.heartbeat
     self._owner = me
     self.kernel_lock = False
     _LEASES_HELD_HERE.add(os.fspath(self.workdir))
     self._lease_stop = threading.Event()
-    threading.Thread(target=self._refresh_lease, args=(self._lease_stop, me), daemon=True,
+    threading.Thread(target=self._refresh_lease, args=(self._lease_stop,), daemon=True,
                      name="cnnjax-workdir-lease").start()
 
-  def _refresh_lease(self, stop: threading.Event, owner: LockOwner) -> None:
+  def _refresh(self) -> None:
+    """Renews the heartbeat if the record is still this lease's; else marks the lease lost.
+
+    The record itself is never rewritten, so a holder that was stalled
+    between reading it and writing cannot overwrite a new holder's; its
+    heartbeat goes to a file of its own. `_confirmed` is the heartbeat
+    written after the record was last seen to be this lease's: until
+    LEASE_S after it no one can take the workdir over.
+    """
+    with self._lease_mutex:
+      if self._lost or self._record_text is None:
+        return
+      found = _read_record(self.owner_path)
+      deadline = time.monotonic() + _ABSENT_GRACE_S
+      while found is None and time.monotonic() < deadline:  # a takeover under way?
+        time.sleep(0.05)
+        found = _read_record(self.owner_path)
+      if found == self._record_text:
+        beat = time.time()
+        write_atomic(_heartbeat_path(self.workdir, self._owner.token), f"{beat:.3f}\n")
+        self._confirmed = beat
+        return
+      self._lost = True
+      self._lost_to = parse_owner(found) if found else None
+      log.error("the lease on %s was taken over by %s; this run stops at its next step",
+                self.workdir, self._lost_to or "another process")
+
+  def _refresh_lease(self, stop: threading.Event) -> None:
     while not stop.wait(LEASE_REFRESH_S):
       try:
-        self._write_owner(dataclasses.replace(owner, heartbeat=time.time()))
+        self._refresh()
       except OSError as error:  # a transient storage error must not kill the run
         log.warning("could not refresh the workdir lease %s: %s", self.owner_path, error)
+      if self._lost:
+        return
 
 
 def _share_from_first_process(message: str) -> str:

@@ -15,6 +15,13 @@ before that marker and keeps, for each (split, step), the row written last.
 So the rows read back are one per (split, step), those of the run that
 continued; the file keeps every row ever written, for inspection. Its
 TensorBoard writer purges the events after S (purge_step).
+
+An object store (a gs:// workdir) has no append: there the rows go to
+numbered part files, metrics.parts/00000001.jsonl, ..., each written whole
+(at most PART_ROWS rows, rewritten as it grows, at most UPLOAD_EVERY_S
+seconds after a row and always at `flush()`, which the loop calls before
+every checkpoint). A run starts a new part; `read_metrics` reads
+metrics.jsonl and then the parts in order, as one file.
 """
 
 from __future__ import annotations
@@ -29,9 +36,14 @@ from typing import Any
 
 from etils import epath
 
+from cnnjax._atomic import is_local, write_atomic
 from cnnjax._imports import import_without
 
 METRICS_FILE = "metrics.jsonl"
+# On an object store: whole-object part files, read back in the order of their numbers.
+PARTS_DIR = "metrics.parts"
+PART_ROWS = 500
+UPLOAD_EVERY_S = 5.0
 TENSORBOARD_DIR = "tensorboard"
 # The key of the marker row a resumed run appends before its first row.
 RESUME_KEY = "resume_from_step"
@@ -56,9 +68,8 @@ def read_metrics(workdir: epath.PathLike, split: str | None = None) -> list[dict
   rows written twice for one (split, step), the later one is kept, in the
   place it was written.
   """
-  path = epath.Path(workdir) / METRICS_FILE
   rows: dict[tuple[Any, int], dict[str, Any]] = {}
-  if path.exists():
+  for path in metric_files(workdir):
     for number, line in enumerate(path.read_text().splitlines(), start=1):
       line = line.strip()
       if not line:
@@ -80,8 +91,77 @@ def read_metrics(workdir: epath.PathLike, split: str | None = None) -> list[dict
   return [r for r in rows.values() if split is None or r.get("split") == split]
 
 
+def _part_number(path: epath.Path) -> int | None:
+  stem = path.name[:-len(".jsonl")] if path.name.endswith(".jsonl") else ""
+  return int(stem) if stem.isdigit() else None
+
+
+def metric_files(workdir: epath.PathLike) -> list[epath.Path]:
+  """The files holding a workdir's rows, in the order they were written."""
+  workdir = epath.Path(workdir)
+  files = [workdir / METRICS_FILE] if (workdir / METRICS_FILE).exists() else []
+  parts = workdir / PARTS_DIR
+  if parts.is_dir():
+    numbered = [(_part_number(p), p) for p in parts.iterdir()]
+    files += [p for number, p in sorted((n, p) for n, p in numbered if n is not None)]
+  return files
+
+
+class _AppendedFile:
+  """metrics.jsonl on a filesystem: every row appended and flushed at once."""
+
+  def __init__(self, path: epath.Path):
+    torn = False
+    if path.exists():
+      with path.open("rb") as f:
+        content = f.read()
+      torn = bool(content) and not content.endswith(b"\n")
+    self._file = path.open("a")
+    if torn:  # a row cut short by a kill: start the next one on its own line
+      self._file.write("\n")
+
+  def write(self, line: str) -> None:
+    self._file.write(line)
+    self._file.flush()
+
+  def flush(self) -> None:
+    self._file.flush()
+
+  def close(self) -> None:
+    self._file.close()
+
+
+class _PartFiles:
+  """Rows on an object store: whole-object part files (see the module docstring)."""
+
+  def __init__(self, directory: epath.Path):
+    self._directory = directory
+    directory.mkdir(parents=True, exist_ok=True)
+    numbers = [_part_number(p) for p in directory.iterdir()]
+    self._number = max([n for n in numbers if n is not None], default=0) + 1
+    self._rows: list[str] = []
+    self._uploaded = 0  # rows of the current part already in the store
+    self._last_upload = time.monotonic()
+
+  def write(self, line: str) -> None:
+    self._rows.append(line)
+    if len(self._rows) >= PART_ROWS or time.monotonic() - self._last_upload >= UPLOAD_EVERY_S:
+      self.flush()
+
+  def flush(self) -> None:
+    if len(self._rows) > self._uploaded:
+      write_atomic(self._directory / f"{self._number:08d}.jsonl", "".join(self._rows))
+      self._uploaded = len(self._rows)
+    self._last_upload = time.monotonic()
+    if len(self._rows) >= PART_ROWS:
+      self._number, self._rows, self._uploaded = self._number + 1, [], 0
+
+  def close(self) -> None:
+    self.flush()
+
+
 class MetricWriter:
-  """Appends rows to metrics.jsonl and TensorBoard; a no-op when disabled.
+  """Appends rows to metrics.jsonl (or part files) and TensorBoard; a no-op when disabled.
 
   resume_step: the step the run starts from, the restored checkpoint's or 0
   (see the module docstring); None appends to the file as it is.
@@ -96,19 +176,13 @@ class MetricWriter:
       return
     workdir = epath.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    path = workdir / METRICS_FILE
-    torn = False
-    existed = path.exists()
-    if existed:
-      with path.open("rb") as f:
-        content = f.read()
-      torn = bool(content) and not content.endswith(b"\n")
-    self._jsonl = path.open("a")
-    if torn:  # a row cut short by a kill: start the next one on its own line
-      self._jsonl.write("\n")
+    existed = bool(metric_files(workdir))
+    if is_local(workdir):
+      self._jsonl = _AppendedFile(workdir / METRICS_FILE)
+    else:
+      self._jsonl = _PartFiles(workdir / PARTS_DIR)
     if resume_step is not None and existed:
       self._jsonl.write(json.dumps({RESUME_KEY: int(resume_step), "time": time.time()}) + "\n")
-      self._jsonl.flush()
     if tensorboard:
       try:
         SummaryWriter = _tensorboardx_summary_writer()
@@ -127,7 +201,6 @@ class MetricWriter:
         row[key] = value
     if self.enabled:
       self._jsonl.write(json.dumps(row) + "\n")
-      self._jsonl.flush()
       if self._tb is not None:
         for key, value in values.items():
           if isinstance(value, (int, float)) and not isinstance(value, bool):

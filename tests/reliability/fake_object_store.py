@@ -3,7 +3,8 @@
 etils offers `epath.testing.mock_epath`, but its default backend still talks to the
 network; this fixture helper instead maps every gs://<bucket>/<path> to <root>/<bucket>/<path>
 through epath's own local backend, so code that goes through `epath.Path` (not
-TensorStore, not `open`) runs against a path that says "object store".
+TensorStore, not `open`) runs against a path that says "object store". Like
+GCS, it refuses to append to an object or update one in place.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ class _RedirectedBackend(backend._OsPathBackend):  # pylint: disable=protected-a
     return PREFIX + os.path.relpath(path, self._root) if path.startswith(self._root) else path
 
   def open(self, path, mode):
+    if "a" in mode or "+" in mode:  # objects are written whole: GCS has no append
+      raise NotImplementedError(f"{path}: an object store cannot append to or update an object "
+                                f"in place (mode {mode!r})")
     return super().open(self._local(path), mode)
 
   def exists(self, path):

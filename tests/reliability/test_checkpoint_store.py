@@ -100,6 +100,53 @@ def test_restore_places_arrays_on_the_target_shardings(tmp_path):
   assert meta["structure"]["params"] == {"conv/kernel": [3, 3, 1, 2], "dense/0": [4]}
 
 
+def test_an_emptied_newest_step_is_moved_aside_before_orbax_reads_it(tmp_path, caplog):
+  """Every file of the newest step emptied (a half-finished copy): orbax parses each step's
+  metrics while its manager is built, so the step must be moved aside before that."""
+  workdir = str(tmp_path)
+  store = checkpoint.CheckpointStore(workdir, keep=2)
+  try:
+    _save_all(store, [(20, 0.5), (40, 0.4)])
+  finally:
+    store.close()
+  newest = os.path.join(workdir, checkpoint.LATEST_DIR, "40")
+  assert os.path.isdir(os.path.join(newest, "metrics"))
+  for root, _, files in os.walk(newest):
+    for name in files:
+      open(os.path.join(root, name), "w").close()
+  with caplog.at_level(logging.WARNING):
+    store = checkpoint.CheckpointStore(workdir, keep=2)
+  try:
+    assert store.newest_restorable_step() == 20
+    assert store.best_step() == 20
+  finally:
+    store.close()
+  assert _committed(workdir) == [20]
+  assert "step 40" in caplog.text and checkpoint.QUARANTINE_DIR in caplog.text
+  assert os.listdir(os.path.join(workdir, checkpoint.QUARANTINE_DIR))
+
+
+def test_a_checkpoint_that_lost_its_manifest_is_damaged(tmp_path):
+  """This version records the manifest in the checkpoint's own metadata: without the file
+  the checkpoint cannot prove itself, whatever TensorStore would make of its data."""
+  workdir = str(tmp_path)
+  store = checkpoint.CheckpointStore(workdir, keep=2)
+  try:
+    _save_all(store, [(1, None), (2, None)])
+  finally:
+    store.close()
+  step_dir = os.path.join(workdir, checkpoint.LATEST_DIR, "2")
+  os.remove(os.path.join(step_dir, integrity.MANIFEST_FILE))
+  assert "manifest" in checkpoint.checkpoint_problem(step_dir)
+  with pytest.raises(CheckpointError, match="manifest"):
+    checkpoint.restore_variables(workdir, step=2)
+  store = checkpoint.CheckpointStore(workdir, keep=2)
+  try:
+    assert store.newest_restorable_step() == 1
+  finally:
+    store.close()
+
+
 def test_best_before_any_validation_is_a_checkpoint_error(tmp_path):
   workdir = str(tmp_path)
   store = checkpoint.CheckpointStore(workdir, keep=1)

@@ -1,10 +1,13 @@
-"""Promise 2: a damaged checkpoint is detected, never half-restored.
+"""Promise 2: a damaged checkpoint is detected before anything reads it, never half-restored.
 
 Each case copies the reference run's workdir (checkpoints at steps 39 and
 40), damages the newest checkpoint the way disks, copies and clean-up
-scripts do, and resumes. The run must fall back to step 27 with a warning
-naming both steps and move the damaged one aside; with nothing intact left
-it must stop with CheckpointError instead of silently starting from scratch.
+scripts do, and resumes. The run must fall back to step 39 with a warning
+naming both steps and move the damaged one aside, before orbax lists the
+steps (it parses every step's metrics while its manager is built); with
+nothing intact left it must stop with CheckpointError instead of silently
+starting from scratch. A checkpoint that lost its manifest is damaged too;
+only one written before manifests existed is read unverified, with a warning.
 """
 
 from __future__ import annotations
@@ -47,6 +50,24 @@ def _flip_byte(path: str) -> None:
     f.write(bytes([byte[0] ^ 0xFF]))
 
 
+def _empty_every_file(step_dir: str) -> None:
+  """A half-finished copy, or a filesystem that lost the data of a whole directory."""
+  for root, _, files in os.walk(step_dir):
+    for name in files:
+      open(os.path.join(root, name), "w").close()
+
+
+def _item_data_files(step_dir: str, item: str) -> list[str]:
+  """The array data of an item: orbax's OCDBT data files (d/<hash>)."""
+  return sorted(p for p in glob.glob(os.path.join(step_dir, item, "**", "d", "*"), recursive=True)
+                if os.path.isfile(p))
+
+
+def _flip_without_manifest(step_dir: str) -> None:
+  _flip_byte(_item_data_files(step_dir, "params")[0])
+  os.remove(os.path.join(step_dir, integrity.MANIFEST_FILE))
+
+
 def _zero_fill(path: str) -> None:
   """What a crash before the page cache reached the disk often leaves: the size, no data."""
   size = os.path.getsize(path)
@@ -62,6 +83,9 @@ DAMAGE = {
     "truncated metadata": lambda d: _truncate(_largest_file(d, "meta")),
     "deleted item folder": lambda d: shutil.rmtree(os.path.join(d, "progress")),
     "emptied manifest": lambda d: open(os.path.join(d, integrity.MANIFEST_FILE), "w").close(),
+    "every file emptied": _empty_every_file,
+    "flipped params byte, manifest deleted": _flip_without_manifest,
+    "manifest deleted": lambda d: os.remove(os.path.join(d, integrity.MANIFEST_FILE)),
 }
 
 
@@ -98,10 +122,10 @@ def test_damaged_newest_checkpoint_is_detected_and_moved_aside(damage, copy_of_r
   problem = integrity.find_problem(newest_dir, required_items=checkpoint.STATE_ITEMS[:1])
   assert problem, f"{damage} went unnoticed"
 
-  store = checkpoint.CheckpointStore(workdir)
+  with caplog.at_level(logging.WARNING):
+    store = checkpoint.CheckpointStore(workdir)  # verifies before orbax lists the steps
   try:
-    with caplog.at_level(logging.WARNING):
-      step = store.newest_restorable_step()
+    step = store.newest_restorable_step()
   finally:
     store.close()
   assert step == PREVIOUS
@@ -183,13 +207,99 @@ def test_leftover_of_a_killed_save_is_ignored_and_cleaned_up(copy_of_reference):
   assert not os.path.exists(leftover)
 
 
-def test_damaged_checkpoint_without_manifest_is_a_checkpoint_error(copy_of_reference,
-                                                                  tiny_config):
-  """Without its manifest (deleted, or written by an older version) the damage shows
-  only while reading: the run must still say which checkpoint, not crash in TensorStore."""
+def _as_written_before_manifests(step_dir: str) -> None:
+  """What an older cnnjax wrote: no manifests at all, and metadata that does not mention one."""
+  for path in glob.glob(os.path.join(step_dir, "**", integrity.MANIFEST_FILE), recursive=True):
+    os.remove(path)
+  for path in glob.glob(os.path.join(step_dir, "meta", "*")):
+    if os.path.basename(path) in integrity.UNCOVERED_FILES:
+      continue
+    with open(path) as f:
+      meta = json.load(f)
+    meta.pop(integrity.DECLARATION_KEY)
+    with open(path, "w") as f:
+      json.dump(meta, f)
+
+
+def test_an_emptied_checkpoint_with_metrics_is_moved_aside_and_the_run_resumes(
+    copy_of_reference, tiny_config, caplog):
+  """Every file of the step kept as the best emptied (orbax parses its metrics file while
+  its manager is built: JSONDecodeError) unless the step is moved aside first."""
+  workdir = copy_of_reference("emptied")
+  directory = os.path.join(workdir, checkpoint.LATEST_DIR)
+  with_metrics = [s for s in committed_steps(directory)
+                  if os.path.isdir(os.path.join(directory, str(s), integrity.METRICS_ITEM))]
+  assert with_metrics, "the reference run kept no checkpoint with metrics"
+  emptied = with_metrics[-1]
+  _empty_every_file(os.path.join(directory, str(emptied)))
+  with caplog.at_level(logging.WARNING):
+    summary = run(tiny_config(**KILL_RUN), workdir, stop_after_steps=0)
+  assert summary["step"] == (PREVIOUS if emptied == NEWEST else NEWEST)
+  assert any(f"step {emptied}" in r.getMessage() and "corrupt_checkpoints" in r.getMessage()
+             for r in caplog.records), [r.getMessage() for r in caplog.records]
+  assert emptied not in committed_steps(directory)
+
+
+def test_damaged_checkpoint_without_its_manifest_is_not_restored(copy_of_reference, tiny_config):
+  """A flipped data byte goes unnoticed by TensorStore: a checkpoint that lost its manifest
+  (but says it was written with one) must not be restored as if it were sound."""
   workdir = copy_of_reference("no_manifest")
   newest_dir = os.path.join(workdir, checkpoint.LATEST_DIR, str(NEWEST))
-  os.remove(os.path.join(newest_dir, integrity.MANIFEST_FILE))
+  _flip_without_manifest(newest_dir)
+  problem = checkpoint.checkpoint_problem(newest_dir)
+  assert problem and "missing" in problem, problem
+  if os.path.exists(os.path.join(newest_dir, "params", integrity.MANIFEST_FILE)):
+    assert "params/" in problem, problem  # the item manifest names the flipped file
+  with pytest.raises(CheckpointError, match=rf"{NEWEST}.*damaged.*manifest"):
+    checkpoint.restore_variables(workdir, step=NEWEST)
+  summary = run(tiny_config(**KILL_RUN), workdir, stop_after_steps=0)
+  assert summary["step"] == PREVIOUS
+
+
+@pytest.mark.parametrize("item", ["params", "batch_stats", "opt_state", "progress"])
+def test_a_flipped_byte_in_any_data_file_is_found(reference_run, tmp_path, item):
+  """Every data file of every array item, with the step manifest and, where orbax wrote
+  item manifests, without it: the file is named before anything reads it."""
+  step_dir = os.path.join(reference_run[0], checkpoint.LATEST_DIR, str(NEWEST))
+  files = _item_data_files(step_dir, item)
+  assert files, item
+  for index, original in enumerate(files):
+    copy = str(tmp_path / f"{item}_{index}")
+    shutil.copytree(step_dir, copy)
+    target = os.path.join(copy, os.path.relpath(original, step_dir))
+    _flip_byte(target)
+    relative = os.path.relpath(target, copy)
+    assert relative in (checkpoint.checkpoint_problem(copy) or ""), relative
+    os.remove(os.path.join(copy, integrity.MANIFEST_FILE))
+    problem = checkpoint.checkpoint_problem(copy)
+    assert problem and "manifest" in problem, problem
+    item_manifest = os.path.join(copy, item, integrity.MANIFEST_FILE)
+    if os.path.exists(item_manifest):
+      with open(item_manifest) as f:
+        covered = json.load(f)["files"]
+      if os.path.relpath(target, os.path.join(copy, item)) in covered:
+        assert relative in problem, problem
+
+
+def test_checkpoint_written_before_manifests_is_read_with_a_warning(copy_of_reference,
+                                                                    tiny_config, caplog):
+  workdir = copy_of_reference("legacy")
+  newest_dir = os.path.join(workdir, checkpoint.LATEST_DIR, str(NEWEST))
+  _as_written_before_manifests(newest_dir)
+  with caplog.at_level(logging.WARNING):
+    summary = run(tiny_config(**KILL_RUN), workdir, stop_after_steps=0)
+  assert summary["step"] == NEWEST
+  assert any(newest_dir in r.getMessage() and "no manifest" in r.getMessage()
+             for r in caplog.records), [r.getMessage() for r in caplog.records]
+
+
+def test_damaged_checkpoint_written_before_manifests_is_a_checkpoint_error(copy_of_reference,
+                                                                          tiny_config):
+  """Without any manifest the damage shows only while reading: the run must still say
+  which checkpoint, not crash in TensorStore."""
+  workdir = copy_of_reference("legacy_damaged")
+  newest_dir = os.path.join(workdir, checkpoint.LATEST_DIR, str(NEWEST))
+  _as_written_before_manifests(newest_dir)
   _truncate(_largest_file(newest_dir, "params"))
   with pytest.raises(CheckpointError, match=rf"{NEWEST}.*(move|older)"):
     run(tiny_config(**KILL_RUN), workdir, stop_after_steps=0)
@@ -204,19 +314,22 @@ def test_other_processes_take_the_first_process_decision(copy_of_reference, monk
   workdir = copy_of_reference("second_process")
   _truncate(_largest_file(os.path.join(workdir, checkpoint.LATEST_DIR, str(NEWEST)), "params"))
   announced = []
+  real_manager = checkpoint._manager  # pylint: disable=protected-access
 
   def broadcast_from_process_0(value):
     announced.append(int(value))
     return PREVIOUS  # what process 0 found
-  store = checkpoint.CheckpointStore(workdir)
+  with monkeypatch.context() as patched:  # (orbax itself must not see two processes)
+    patched.setattr(checkpoint.jax, "process_index", lambda: 1)
+    patched.setattr(checkpoint, "checkpoint_problem", lambda *a, **k: pytest.fail(
+        "a process other than 0 verified checkpoints itself"))
+    patched.setattr(checkpoint, "_agree_with_first_process", broadcast_from_process_0)
+    patched.setattr(checkpoint, "_manager", lambda *a, **k: pytest.fail(
+        "orbax's manager was built before process 0's decision arrived")
+        if not announced else real_manager(*a, **k))
+    store = checkpoint.CheckpointStore(workdir)
   try:
-    with monkeypatch.context() as patched:  # (orbax itself must not see two processes)
-      patched.setattr(checkpoint.jax, "process_index", lambda: 1)
-      patched.setattr(checkpoint.jax, "process_count", lambda: 2)
-      patched.setattr(checkpoint, "checkpoint_problem", lambda step_dir: pytest.fail(
-          "a process other than 0 verified checkpoints itself"))
-      patched.setattr(checkpoint, "_agree_with_first_process", broadcast_from_process_0)
-      assert store.newest_restorable_step() == PREVIOUS
+    assert store.newest_restorable_step() == PREVIOUS
   finally:
     store.close()
   assert len(announced) == 1  # one collective, whatever this process saw
@@ -256,42 +369,29 @@ def test_torn_config_json_does_not_block_the_resume(copy_of_reference, tiny_conf
 
 
 def test_config_json_is_replaced_whole(reference_run, tiny_config, tmp_path, monkeypatch):
-  """A run killed while writing config.json leaves the previous file, never half of one."""
-  import builtins
+  """A run killed while writing config.json leaves the previous file, never half of one:
+  the new text is written elsewhere and renamed over it; killed just before that rename,
+  the old file is untouched."""
   workdir = str(tmp_path / "config_write")
   shutil.copytree(reference_run[0], workdir)
   path = os.path.join(workdir, checkpoint.CONFIG_FILE)
   with open(path) as f:
     before = f.read()
-  real_open = builtins.open
+  real_replace = os.replace
+  renamed = []
 
-  class KilledMidWrite:
-    def __init__(self, f):
-      self.f = f
-
-    def write(self, text):
-      self.f.write(text[: len(text) // 2])
-      self.f.flush()
+  def killed_before_the_rename(src, dst, *args, **kwargs):
+    if os.path.basename(os.fspath(dst)) == checkpoint.CONFIG_FILE:
+      with open(src) as f:
+        renamed.append(f.read())
       raise SystemExit("killed while writing")
+    return real_replace(src, dst, *args, **kwargs)
 
-    def __enter__(self):
-      return self
-
-    def __exit__(self, *args):
-      self.f.close()
-
-    def __getattr__(self, name):
-      return getattr(self.f, name)
-
-  def open_that_dies(file, mode="r", *args, **kwargs):
-    f = real_open(file, mode, *args, **kwargs)
-    if "w" in mode and os.path.basename(os.fspath(file)).startswith(checkpoint.CONFIG_FILE):
-      return KilledMidWrite(f)
-    return f
-
-  monkeypatch.setattr(builtins, "open", open_that_dies)
+  monkeypatch.setattr(os, "replace", killed_before_the_rename)
   with pytest.raises(SystemExit):
     run(tiny_config(**KILL_RUN), workdir, stop_after_steps=0)
-  monkeypatch.setattr(builtins, "open", real_open)
+  monkeypatch.setattr(os, "replace", real_replace)
+  assert renamed and json.loads(renamed[0])["model"] == "cifar_resnet20"  # written in full
   with open(path) as f:
     assert f.read() == before
+  assert not [n for n in os.listdir(workdir) if n.endswith(".partial")]

@@ -8,13 +8,20 @@ The next process must resume from the newest committed checkpoint, and the
 chain must end with exactly the parameters and metrics of an uninterrupted
 run. Along the way: a second train.py on the busy workdir is refused and told
 who holds it, and the LOCK file a killed run leaves behind blocks nobody.
+
+The same chain runs again with every core kept busy by busy-looping
+processes, kills landing in saves whose background write is held back while
+the next steps donate the saved state: still bitwise the uninterrupted run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import socket
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -55,27 +62,23 @@ def _check_busy_workdir_is_refused(workdir: str, values: dict, holder: TrainProc
   assert holder.proc.poll() is None  # the holder was not disturbed
 
 
-@pytest.mark.slow
-def test_sigkill_at_random_points_resumes_from_newest_complete_checkpoint(
-    tmp_path, digits_dir, cache_dir, reference_run):
-  workdir = str(tmp_path / "killed")
+def _kill_chain(workdir: str, values: dict, plans, *, check_lock: bool) -> list:
+  """One train.py per plan (phase, steps first, delay), each SIGKILLed in its phase."""
   checkpoints = os.path.join(workdir, checkpoint.LATEST_DIR)
-  values = overrides(digits_dir, cache_dir, **KILL_RUN)
   expected_start = 0
   log = []
-  for seed in SEEDS:
-    phase, steps_first, delay = kill_plan(seed)
-    check_lock = seed == 0
+  for number, (phase, steps_first, delay) in enumerate(plans):
+    lock_check = check_lock and number == 0
     process = TrainProcess(workdir, values, phases=(phase,),
-                           pause=LOCK_CHECK_PAUSE_S if check_lock else PAUSE_S)
+                           pause=LOCK_CHECK_PAUSE_S if lock_check else PAUSE_S)
     started = start_step(process.wait_for(START_LINE, START_TIMEOUT_S))
     assert started == expected_start, (
-        f"seed {seed}: resumed from step {started}, but the newest complete checkpoint "
+        f"kill {number}: resumed from step {started}, but the newest complete checkpoint "
         f"was {expected_start}\n{process.tail()}")
     for _ in range(steps_first):
       process.wait_for(r"^PHASE step ", PHASE_TIMEOUT_S)
     marker = process.wait_for(rf"^PHASE {phase}\b(.*)", PHASE_TIMEOUT_S)
-    if check_lock:
+    if lock_check:
       _check_busy_workdir_is_refused(workdir, values, process)
     else:
       time.sleep(delay)
@@ -87,14 +90,14 @@ def test_sigkill_at_random_points_resumes_from_newest_complete_checkpoint(
       # half deleted: orbax removes the oldest in place once a newer one is committed)
       problem = integrity.find_problem(os.path.join(checkpoints, str(max(committed))),
                                        required_items=("params", "meta"))
-      assert problem is None, f"seed {seed}: committed step {max(committed)} is damaged: {problem}"
+      assert problem is None, f"kill {number}: committed step {max(committed)} is damaged: {problem}"
     if phase == "save" and marker.group(1).split()[1] == "latest":
       saving = int(marker.group(1).split()[0])
       # Killed between writing and the atomic rename: the step must not look complete.
-      assert saving not in committed, (seed, marker.group(0), committed)
-    if check_lock:
+      assert saving not in committed, (number, marker.group(0), committed)
+    if lock_check:
       assert os.path.exists(os.path.join(workdir, "LOCK"))  # left behind, stale
-    log.append((seed, phase, marker.group(0), started, committed, temporary))
+    log.append((number, phase, marker.group(0), started, committed, temporary))
     expected_start = max(committed, default=0)
 
   assert sum(started > 0 for _, _, _, started, _, _ in log) >= 2, (
@@ -108,9 +111,11 @@ def test_sigkill_at_random_points_resumes_from_newest_complete_checkpoint(
   # At least one kill caught orbax with a save written to its temporary directory.
   assert any(temporary for _, phase, _, _, _, temporary in log if phase == "save"), log
   assert temporary_dirs(checkpoints) == [], "unfinished saves were not cleaned up"
+  return log
 
-  # Nothing lost: the same parameters and validation results as without kills.
-  reference_dir, _ = reference_run
+
+def _assert_same_as_uninterrupted(workdir: str, reference_dir: str) -> None:
+  """Nothing lost: the same parameters and validation results as without kills."""
   ours, meta = checkpoint.restore_variables(workdir)
   theirs, reference_meta = checkpoint.restore_variables(reference_dir)
   assert meta["step"] == reference_meta["step"] == KILL_RUN["num_steps"]
@@ -121,4 +126,46 @@ def test_sigkill_at_random_points_resumes_from_newest_complete_checkpoint(
   def rows(directory):
     return [(r["split"], r["step"], r["loss"]) for r in read_metrics(directory)]
   assert rows(workdir) == rows(reference_dir)
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_resumes_from_newest_complete_checkpoint(
+    tmp_path, digits_dir, cache_dir, reference_run):
+  workdir = str(tmp_path / "killed")
+  values = overrides(digits_dir, cache_dir, **KILL_RUN)
+  log = _kill_chain(workdir, values, [kill_plan(seed) for seed in SEEDS], check_lock=True)
+  _assert_same_as_uninterrupted(workdir, reference_run[0])
   print("kill points survived:", log)
+
+
+@contextlib.contextmanager
+def cpu_load(workers: int):
+  """`workers` busy-looping processes (each wants a whole core) for the duration."""
+  hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(workers)]
+  try:
+    yield
+  finally:
+    for hog in hogs:
+      hog.kill()
+    for hog in hogs:
+      hog.wait(timeout=30)
+
+
+# Kills inside saves (the background write held just before orbax's commit while the
+# main thread trains on, donating the state just saved) and one right after a step; each
+# process first lets a checkpoint (every 3 steps) commit, so the next one resumes.
+STRESS_PLANS = (("save", 5, 0.1), ("save", 5, 0.4), ("step", 4, 0.2))
+
+
+@pytest.mark.slow
+def test_kill_and_resume_is_bit_exact_under_cpu_load(tmp_path, digits_dir, cache_dir,
+                                                     reference_run):
+  """The same chain with every core already busy (two busy loops per core): slow saves,
+  starved threads, steps that overtake the background write. Still bitwise equal."""
+  workdir = str(tmp_path / "loaded")
+  values = overrides(digits_dir, cache_dir, **KILL_RUN)
+  reference_dir, _ = reference_run  # computed before the load starts
+  with cpu_load(2 * (os.cpu_count() or 1)):
+    log = _kill_chain(workdir, values, STRESS_PLANS, check_lock=False)
+  _assert_same_as_uninterrupted(workdir, reference_dir)
+  print("kill points survived under load:", log)

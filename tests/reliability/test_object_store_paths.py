@@ -19,6 +19,7 @@ from cnnjax.errors import WorkdirLockedError
 from cnnjax.train import checkpoint
 from cnnjax.train import checkpoint_integrity as integrity
 from cnnjax.train.workdir_lock import LockOwner, WorkdirLock, read_owner
+from cnnjax.train import writer as writer_lib
 from cnnjax.train.writer import MetricWriter, read_metrics
 
 RUN = "gs://bucket/run"
@@ -66,6 +67,38 @@ def test_metrics_append_and_read_back_on_an_object_store_path(bucket):
   resumed.write(2, "train", {"loss": 0.5})
   resumed.close()
   assert [(r["step"], r["loss"]) for r in read_metrics(RUN)] == [(1, 2.0), (2, 0.5)]
+
+
+def test_a_resume_on_an_object_store_keeps_every_row_of_both_runs(bucket, monkeypatch):
+  """No append on the store: each run writes whole part files (small parts here, so that
+  they roll over); every row either run wrote is in them, in order, and read back as one."""
+  monkeypatch.setattr(writer_lib, "PART_ROWS", 4)
+  first = MetricWriter(RUN, tensorboard=False)
+  for step in range(1, 11):
+    first.write(step, "train", {"loss": 10.0 - step})
+    if step % 5 == 0:
+      first.write(step, "val", {"loss": 20.0 - step})
+  first.close()  # "killed" after its checkpoint of step 6, say: rows 7..10 are recomputed
+  second = MetricWriter(RUN, tensorboard=False, resume_step=6)
+  for step in range(7, 13):
+    second.write(step, "train", {"loss": 100.0 - step})
+    if step == 10:
+      second.flush()  # what the loop does before a checkpoint: all rows so far are stored
+      stored = [json.loads(line) for path in writer_lib.metric_files(RUN)
+                for line in path.read_text().splitlines()]
+      assert stored[-1]["step"] == 10 and stored[-1]["loss"] == 90.0
+  second.close()
+  parts = writer_lib.metric_files(RUN)
+  assert len(parts) >= 4 and not os.path.exists(os.path.join(bucket, writer_lib.METRICS_FILE))
+  written = [json.loads(line) for path in parts for line in path.read_text().splitlines()]
+  first_rows = [(r["split"], r["step"]) for r in written[:12]]
+  assert first_rows == [(s, n) for n in range(1, 11) for s in (("train", "val") if n % 5 == 0
+                                                               else ("train",))]
+  assert written[12] == {"resume_from_step": 6, "time": written[12]["time"]}
+  assert [r["step"] for r in written[13:]] == list(range(7, 13))
+  rows = [(r["split"], r["step"], r["loss"]) for r in read_metrics(RUN)]
+  assert rows == ([("train", n, 10.0 - n) for n in range(1, 6)] + [("val", 5, 15.0)]
+                  + [("train", 6, 4.0)] + [("train", n, 100.0 - n) for n in range(7, 13)])
 
 
 def test_config_json_is_read_through_epath(bucket):

@@ -15,6 +15,7 @@ import sys
 import threading
 
 import errno
+import fcntl
 import time
 
 import filelock
@@ -142,12 +143,33 @@ def test_release_then_reacquire_leaves_no_owner_record(tmp_path):
 # -- filesystems without kernel locks --------------------------------------------------------
 
 
-@pytest.fixture()
-def no_flock(monkeypatch):
-  """A filesystem whose flock fails with ENOLCK (NFS without lockd, some FUSE mounts)."""
-  def refuse(self, *args, **kwargs):
-    raise OSError(errno.ENOLCK, "No locks available")
-  monkeypatch.setattr(filelock.FileLock, "acquire", refuse)
+@pytest.fixture(params=[errno.ENOSYS, errno.ENOLCK], ids=["ENOSYS", "ENOLCK"])
+def no_flock(request, monkeypatch):
+  """A filesystem without flock: the system call itself fails, under filelock's own code.
+
+  ENOSYS: FUSE mounts without lock support (filelock >= 3.30 would quietly use its own
+  marker file instead); ENOLCK: NFS without lockd.
+  """
+  code = request.param
+
+  def refuse(fd, operation):
+    if operation & fcntl.LOCK_UN:
+      return None
+    raise OSError(code, os.strerror(code))
+  monkeypatch.setattr(fcntl, "flock", refuse)
+  return code
+
+
+def test_a_filesystem_without_flock_gets_a_lease_not_a_silent_marker_file(tmp_path, no_flock,
+                                                                         caplog):
+  """filelock must not fall back to its own lock file while cnnjax reports a kernel lock."""
+  workdir = str(tmp_path / "no_flock")
+  with WorkdirLock(workdir) as lock:
+    assert lock.held and not lock.kernel_lock
+    assert read_owner(workdir).same_process(LockOwner.this_process())
+    with pytest.raises(WorkdirLockedError, match="heartbeat"):
+      WorkdirLock(workdir).acquire()
+  assert "no file locks" in caplog.text
 
 
 def _record(workdir, owner: LockOwner) -> None:
@@ -245,3 +267,157 @@ def test_without_flock_a_dead_run_that_had_this_very_pid_blocks_nobody(tmp_path,
     assert lock.held
     with pytest.raises(WorkdirLockedError):  # while this process holds it, it is held
       WorkdirLock(workdir).acquire()
+
+
+# -- one owner, always: compare-and-swap takeover, a stalled holder stops ----------------------
+
+
+def test_two_takers_of_an_expired_lease_at_once_exactly_one_wins(tmp_path, no_flock,
+                                                                monkeypatch):
+  """Every taker has judged the expired record before any acts on it, and then they act one
+  after another (forced): only the first may take it over, and the record must name it."""
+  long_ago = time.time() - workdir_lock.LEASE_S - 60
+  real_lease_is_live = workdir_lock.lease_is_live
+  workdir = str(tmp_path / "expired")
+  _record(workdir, LockOwner("other-host", 4242, long_ago, long_ago))
+  takers = [WorkdirLock(workdir) for _ in range(4)]
+  judged = threading.Barrier(len(takers))
+  done = [threading.Event() for _ in takers]
+  turn = threading.local()
+
+  def judged_together_then_in_turn(owner, **kwargs):
+    live = real_lease_is_live(owner, **kwargs)
+    judged.wait(timeout=30)
+    if turn.index:
+      done[turn.index - 1].wait(timeout=30)
+    return live
+  monkeypatch.setattr(workdir_lock, "lease_is_live", judged_together_then_in_turn)
+  won = []
+
+  def take(index, lock):
+    turn.index = index
+    try:
+      lock.acquire()
+      won.append(lock)
+    except WorkdirLockedError:
+      pass
+    finally:
+      done[index].set()
+
+  threads = [threading.Thread(target=take, args=(i, lock)) for i, lock in enumerate(takers)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join(timeout=60)
+  try:
+    assert won == takers[:1], f"{len(won)} takers won"
+    assert read_owner(workdir).same_process(LockOwner.this_process())
+    assert read_owner(workdir).token == takers[0]._owner.token  # pylint: disable=protected-access
+  finally:
+    for lock in takers:
+      lock.release()
+
+
+_LEASED_WORKER = """
+import errno, fcntl, os, sys, time
+def no_flock(fd, operation):
+  if operation & fcntl.LOCK_UN:
+    return None
+  raise OSError(errno.ENOSYS, "Function not implemented")
+fcntl.flock = no_flock
+from cnnjax.train import workdir_lock
+workdir_lock.LEASE_S = float(sys.argv[2])
+workdir_lock.LEASE_REFRESH_S = 0.1
+workdir_lock.CONFIRM_EVERY_S = workdir_lock.LEASE_S / 2
+lock = workdir_lock.WorkdirLock(sys.argv[1])
+lock.acquire()
+print("locked", flush=True)
+step = 0
+try:
+  while True:  # a run: check the lease, then write this step's output
+    lock.check()
+    step += 1
+    with open(sys.argv[3], "a") as f:
+      f.write(f"{step}\\n")
+    time.sleep(0.02)
+except workdir_lock.WorkdirLeaseLostError as error:
+  print("LOST", error, flush=True)
+  sys.exit(3)
+"""
+
+
+def test_a_holder_stopped_past_its_lease_stops_when_it_resumes_and_writes_nothing(
+    tmp_path, no_flock, monkeypatch):
+  """A holder frozen (SIGSTOP) past LEASE_S is taken over; once it runs again it must find
+  out before its next write, stop with a named error, and leave the new record alone."""
+  lease_s = 2.0
+  monkeypatch.setattr(workdir_lock, "LEASE_S", lease_s)
+  workdir = str(tmp_path / "stalled")
+  written = str(tmp_path / "steps_written")
+  holder = subprocess.Popen([sys.executable, "-c", _LEASED_WORKER, workdir, str(lease_s), written],
+                            cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+  try:
+    seen = []
+    while not seen or seen[-1] != "locked":
+      line = holder.stdout.readline()
+      assert line, "".join(seen)
+      seen.append(line.strip())
+    deadline = time.monotonic() + 30
+    while not os.path.exists(written) and time.monotonic() < deadline:
+      time.sleep(0.05)
+    os.kill(holder.pid, signal.SIGSTOP)
+    time.sleep(lease_s + 0.5)  # alive (stopped), but its heartbeat is now too old
+    with open(written) as f:
+      steps_before = f.read()
+    taker = WorkdirLock(workdir)
+    taker.acquire()
+    try:
+      mine = read_owner(workdir)
+      assert mine.same_process(LockOwner.this_process())
+      os.kill(holder.pid, signal.SIGCONT)
+      output, _ = holder.communicate(timeout=60)
+      assert holder.returncode == 3, output
+      assert "LOST" in output and f"process {os.getpid()}" in output, output
+      with open(written) as f:
+        assert f.read() == steps_before, "the stopped holder wrote after it was taken over"
+      time.sleep(0.3)  # its refresh thread had every chance to overwrite the record
+      assert read_owner(workdir).token == mine.token
+      taker.check()  # the new holder still holds it
+    finally:
+      taker.release()
+  finally:
+    if holder.poll() is None:
+      os.kill(holder.pid, signal.SIGCONT)
+      holder.kill()
+    holder.wait(timeout=30)
+
+
+def test_a_run_whose_lease_is_taken_over_stops_at_the_next_step_writing_nothing_more(
+    tmp_path, no_flock, tiny_config, monkeypatch):
+  """Through the training loop: the record changes hands after step 3 (another run took it
+  over); step 4 must raise the named error before its metrics row or checkpoint."""
+  from cnnjax.train import checkpoint
+  from cnnjax.train.writer import read_metrics
+  monkeypatch.setattr(workdir_lock, "CONFIRM_EVERY_S", 0.0)  # re-read the record every step
+  workdir = str(tmp_path / "taken")
+  real_write_train_row = loop.write_train_row
+  thief = LockOwner("other-host", 4242, time.time(), time.time(), token="f00d")
+
+  def write_then_lose_the_lease(r, writer, bar, state, window, step, window_start):
+    real_write_train_row(r, writer, bar, state, window, step, window_start)
+    if step == 3:
+      os.replace(_stage(workdir, thief), os.path.join(workdir, OWNER_FILE))
+  monkeypatch.setattr(loop, "write_train_row", write_then_lose_the_lease)
+  with pytest.raises(workdir_lock.WorkdirLeaseLostError, match="process 4242 on host other-host"):
+    run(tiny_config(num_steps=6, checkpoint_every_steps=1), workdir)
+  assert max(row["step"] for row in read_metrics(workdir)) == 3
+  assert max(checkpoint._steps_in(os.path.join(workdir, checkpoint.LATEST_DIR))) == 3  # pylint: disable=protected-access
+  assert read_owner(workdir).token == thief.token  # left alone
+
+
+def _stage(workdir: str, owner: LockOwner) -> str:
+  staged = os.path.join(workdir, "staged-record")
+  with open(staged, "w") as f:
+    f.write(owner.record())
+  return staged
