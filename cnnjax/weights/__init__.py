@@ -197,12 +197,12 @@ def load(source: str, *, path: str | os.PathLike | None = None, dtype: Any = jnp
       `fully_convolutional=True`, `scan_blocks=True`).
   """
   spec = get_source(source)
-  class_names: tuple[str, ...] | None = None
+  names: tuple[str, ...] | None = None
   if spec.origin == "torchvision":
     from cnnjax.interop import torchvision as tv  # pylint: disable=import-outside-toplevel
     if path is None:
       state, enum = tv.fetch_state_dict(spec.architecture, spec.variant or "DEFAULT")
-      class_names = tuple(enum.meta.get("categories") or ()) or None
+      names = tuple(enum.meta.get("categories") or ()) or None
     else:
       state = path
     model, variables = tv.load(spec.architecture, state, dtype=dtype, param_dtype=param_dtype,
@@ -211,17 +211,19 @@ def load(source: str, *, path: str | os.PathLike | None = None, dtype: Any = jnp
     from cnnjax.interop import keras as keras_import  # pylint: disable=import-outside-toplevel
     model, variables = keras_import.load(spec.architecture, path, dtype=dtype,
                                          param_dtype=param_dtype, **overrides)
-  if class_names is None:
-    class_names = _class_names(spec, model.num_classes)
-  return Weights(spec, model, variables, class_names)
+  if names is None:
+    names = class_names(spec, model.num_classes)
+  return Weights(spec, model, variables, names)
 
 
-def _class_names(spec: Source, num_classes: int) -> tuple[str, ...]:
+def class_names(spec: Source, num_classes: int) -> tuple[str, ...]:
+  """The source's class names for a classifier of `num_classes` outputs
+  ("class <i>" where the source's names do not fit)."""
   from cnnjax.weights.imagenet_classes import NAMES  # pylint: disable=import-outside-toplevel
   if spec.classes == "imagenet" and num_classes == len(NAMES):
     return NAMES
   return tuple(f"class {i}" for i in range(num_classes))
 
 
-__all__ = ["Convention", "Source", "Weights", "get_source", "image_view", "list_weights", "load",
-           "sources"]
+__all__ = ["Convention", "Source", "Weights", "class_names", "get_source", "image_view",
+           "list_weights", "load", "sources"]
