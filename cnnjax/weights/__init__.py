@@ -131,10 +131,46 @@ class Weights:
                        "use view 'center' or a multi-crop view.")
     return spec.dense(self.model)
 
+  def to_nnx(self, rngs: Any = None):
+    """The network with these weights as a flax.nnx module (`to_nnx`)."""
+    return to_nnx(self.model, self.variables, rngs=rngs)
+
   def top_k(self, probabilities: Any, k: int = 5) -> list[list[tuple[str, float]]]:
     """[(class name, probability), ...] of the k most probable classes, per row."""
     from cnnjax import classify  # pylint: disable=import-outside-toplevel
     return classify.top_k(probabilities, self.class_names, k)
+
+
+def to_nnx(model: nn.Module, variables: Any, *, rngs: Any = None):
+  """A linen model and its variables as a flax.nnx module, through `flax.nnx.bridge.ToNNX`.
+
+      module = cnnjax.weights.to_nnx(w.model, w.variables)   # or w.to_nnx()
+      logits = module(images, train=False)                   # = w.model.apply(w.variables, ...)
+
+  The module is built lazily on a small image (as ToNNX needs a sample input)
+  and then takes the given variables: params as nnx.Param, batch statistics
+  as nnx.BatchStat, so an NNX project trains, splits and checkpoints it as
+  any of its own modules. `rngs`: an nnx.Rngs for dropout (default seed 0).
+  """
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  side = max(32, int(getattr(model, "min_image_size", 32)))
+  sample = jnp.zeros((1, side, side, int(getattr(model, "in_channels", 3))), jnp.float32)
+  module = nnx.bridge.ToNNX(model, rngs=rngs if rngs is not None else nnx.Rngs(0))
+  module.lazy_init(sample, train=False)
+  flat = []
+  for path, variable in nnx.to_flat_state(nnx.state(module)):
+    if not isinstance(variable, (nnx.Param, nnx.BatchStat)):  # the bridge's own rng state
+      continue
+    collection = "batch_stats" if isinstance(variable, nnx.BatchStat) else "params"
+    value = variables[collection]
+    for key in path:
+      value = value[key]
+    if tuple(value.shape) != tuple(variable.shape):
+      raise ModelError(f"variable {collection}/{'/'.join(map(str, path))} has shape "
+                       f"{tuple(value.shape)}; the model needs {tuple(variable.shape)}")
+    flat.append((path, variable.replace(jnp.asarray(value))))
+  nnx.update(module, nnx.from_flat_state(flat))
+  return module
 
 
 def image_view(image: Any, view: str = "center", *, image_size: int = 224, **view_kwargs: Any):
@@ -226,4 +262,4 @@ def class_names(spec: Source, num_classes: int) -> tuple[str, ...]:
 
 
 __all__ = ["Convention", "Source", "Weights", "class_names", "get_source", "image_view",
-           "list_weights", "load", "sources"]
+           "list_weights", "load", "sources", "to_nnx"]
