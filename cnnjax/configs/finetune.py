@@ -17,8 +17,7 @@ they need, e.g. Keras's v1 ResNets) starts from them (config.init_from):
 every layer whose shape matches is copied, the classifier is new when the
 dataset has another number of classes, and the run's log names both. Inputs
 are normalised as the weights were trained: torchvision's mean/std
-("imagenet"), or the ImageNet mean for Keras's Caffe weights ("imagenet_mean",
-within 0.5 of Caffe's 0..255 mean in every channel). Training: SGD momentum
+("imagenet"), or Caffe's ImageNet mean for Keras's Caffe weights ("caffe_mean"). Training: SGD momentum
 0.9, Nesterov, lr 0.01 with 1 epoch of warm-up then cosine, weight decay 1e-4
 on kernels, batch 64, 10 epochs, Inception-style random crops at 224 and flips;
 validation on the centre crop.
@@ -33,7 +32,6 @@ every layer but the classifier starts from the weights.
 from cnnjax.configs import base
 
 DEFAULT_WEIGHTS = "torchvision/resnet50.IMAGENET1K_V2"
-NORMALIZE = {"torchvision": "imagenet", "keras": "imagenet_mean"}
 
 
 def get_config(arg=None):
@@ -51,7 +49,7 @@ def get_config(arg=None):
   c.model_kwargs = dict(source.model_kwargs)
   c.init_from = source.name + (f":{pairs['path']}" if pairs.get("path") else "")
   c.dataset = pairs.get("dataset", "digits")
-  c.normalize = NORMALIZE[source.origin]
+  c.normalize = source.convention.pipeline_normalize
   c.image_size = source.image_size
   c.augment = "inception"
   c.eval_view = "center"

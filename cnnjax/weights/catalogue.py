@@ -49,16 +49,17 @@ class Convention:
   std: tuple[float, float, float] | None = None
   source_order: str = "RGB"
   description: str = ""
+  pipeline_normalize: str = "none"  # the same normalisation by its cnnjax.data name
 
 
 TORCHVISION_CONVENTION = Convention(
     TORCHVISION_MEAN, TORCHVISION_STD, "RGB",
     "torchvision: RGB / 255, minus mean (0.485, 0.456, 0.406), divided by std "
-    "(0.229, 0.224, 0.225)")
+    "(0.229, 0.224, 0.225)", "imagenet")
 CAFFE_CONVENTION = Convention(
     CAFFE_MEAN_RGB, None, "BGR",
     "Keras 'caffe' mode: BGR 0..255 minus (103.939, 116.779, 123.68); imported as RGB "
-    "minus (123.68, 116.779, 103.939)")
+    "minus (123.68, 116.779, 103.939)", "caffe_mean")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +77,16 @@ class Source:
   resize_size: int = 256  # the centre view: shorter side -> resize_size, centre crop
   classes: str = "imagenet"
   published: str = ""
+  # How the weights were trained, as far as evaluation needs it (dense scales
+  # follow the training scales): config keys of cnnjax/configs/base.py.
+  training: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+  def eval_config(self, dataset: str) -> dict[str, Any]:
+    """A training-config stand-in for `cnnjax.evaluate`: the data settings and
+    training scales these weights imply."""
+    return {"model": self.model, "model_kwargs": dict(self.model_kwargs), "dataset": dataset,
+            "normalize": self.convention.pipeline_normalize, "image_size": self.image_size,
+            "augment": "none", "augment_kwargs": {}, **dict(self.training)}
 
   @property
   def crop_fraction(self) -> float:
@@ -88,8 +99,13 @@ def _make(name: str, model: str) -> Source:
   if origin == "keras":
     kwargs = ({"version": "1", "bn_epsilon": 1.001e-5} if architecture.startswith("resnet")
               else {})
+    # The released VGG D/E were trained with scale jittering S in [256, 512]
+    # (their multi-scale dense test: Q = 256, 384, 512).
+    training = ({"augment": "scale_jitter",
+                 "augment_kwargs": {"scale_min": 256, "scale_max": 512}}
+                if architecture.startswith("vgg") else {})
     return Source(name, origin, architecture, None, model, CAFFE_CONVENTION, kwargs,
-                  published=PUBLISHED_ROWS.get(name, ""))
+                  published=PUBLISHED_ROWS.get(name, ""), training=training)
   return Source(name, origin, architecture, variant, model, TORCHVISION_CONVENTION,
                 resize_size=TORCHVISION_RESIZE.get(rest, 256),
                 published=f"torchvision's {architecture} {variant} (its own training recipe)")

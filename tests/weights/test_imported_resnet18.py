@@ -1,10 +1,11 @@
-"""Fine-tuning from published weights: config.init_from names them, the classifier is new.
+"""torchvision's ResNet-18 (random weights, saved as safetensors by a separate
+process) fine-tuned and scored on a generated two-class image folder.
 
-torchvision's ResNet-18 with random weights (a separate process saves it as
-safetensors) fine-tunes on a generated two-class image folder through the
-fine-tuning recipe: every layer but the classifier starts equal to the
-imported weights, the classifier is freshly initialised with 2 outputs, the
-run's log says so, and the training loss falls.
+Fine-tuning through the recipe: every layer but the classifier starts equal
+to the imported weights, the classifier is freshly initialised with 2
+outputs, the run's log says so, and the training loss falls. Scoring:
+`python -m cnnjax.evaluate --weights` gives the errors that the single-image
+path (`Weights.predict`, the same views) gives image by image.
 """
 
 from __future__ import annotations
@@ -116,3 +117,28 @@ def test_init_from_names_the_fix(imported, two_classes, tmp_path):
   with pytest.raises(ConfigError, match="does not exist"):
     config_lib.validate(dict(config.to_dict(), init_from=SOURCE + ":/no/such.safetensors"),
                         num_devices=1)
+
+
+def test_evaluate_scores_published_weights_like_predict(imported, two_classes, tmp_path):
+  import json
+
+  from cnnjax.evaluate.__main__ import main
+  images, data_dir = two_classes
+  output = tmp_path / "report.json"
+  assert main(["--weights", f"{SOURCE}:{imported}", "--dataset", f"image_folder:{images}",
+               "--data_dir", data_dir, "--views", "10crop", "--batch_size", "4",
+               "--no_progress", "--output", str(output)]) == 0
+  report = json.loads(output.read_text())
+  assert report["num_examples"] == 8 and report["weights"] == [f"{SOURCE}:{imported}"]
+  loaded = weights.load(SOURCE, path=imported)
+  paths, labels = [], []
+  for label, name in enumerate(("blue", "red")):  # the folder's classes, sorted
+    folder = os.path.join(images, "val", name)
+    paths += [os.path.join(folder, f) for f in sorted(os.listdir(folder))]
+    labels += [label] * len(os.listdir(folder))
+  probabilities = loaded.predict(paths, view="10crop")
+  labels = np.array(labels)
+  top1_error = float(np.mean(probabilities.argmax(axis=1) != labels))
+  loss = float(-np.mean(np.log(probabilities[np.arange(len(labels)), labels])))
+  assert report["top1_error"] == pytest.approx(top1_error)
+  assert report["loss"] == pytest.approx(loss, rel=1e-3)
