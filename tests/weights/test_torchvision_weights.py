@@ -114,3 +114,10 @@ assert 'torch' not in sys.modules
     assert name.strip() in NAMES
     probabilities.append(float(percent))
   assert probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 100.01
+
+
+def test_safetensors_needs_only_the_weights_extra(tmp_path, monkeypatch):
+  (tmp_path / "x.safetensors").write_bytes(b"")
+  monkeypatch.setitem(__import__("sys").modules, "safetensors.numpy", None)
+  with pytest.raises(CheckpointError, match=r"safetensors package \(not PyTorch\).*cnnjax\[weights\]"):
+    weights.load(SOURCE, path=str(tmp_path / "x.safetensors"))
