@@ -45,7 +45,7 @@ def predict(model: nn.Module, variables: Any, inputs: Any, *, view: str | None =
   from cnnjax.evaluate import predict_views  # pylint: disable=import-outside-toplevel
   if batch_size < 1:
     raise ModelError(f"batch_size must be >= 1, got {batch_size}")
-  step = jax.jit(lambda v, batch: predict_views(model, v, batch))
+  step = jax.jit(lambda v, batch: predict_views(model, v, batch, view))
   if isinstance(inputs, Sequence) and inputs and isinstance(inputs[0], Mapping):
     rows = [step(variables, {key: np.asarray(value)[None] for key, value in item.items()})
             for item in inputs]
@@ -55,9 +55,6 @@ def predict(model: nn.Module, variables: Any, inputs: Any, *, view: str | None =
   if inputs.ndim not in (4, 5):
     raise ModelError(f"predict takes [N, H, W, 3] or [N, V, H, W, 3] network inputs; got "
                      f"shape {tuple(inputs.shape)}")
-  if view is not None:
-    from cnnjax.evaluate.ensemble import _check_layout  # pylint: disable=import-outside-toplevel
-    _check_layout({"image": inputs}, view)
   rows = []
   for start in range(0, inputs.shape[0], batch_size):
     chunk = inputs[start:start + batch_size]

@@ -69,7 +69,8 @@ WEIGHT_NAMES = {CONV: ("kernel", "bias"), DENSE: ("kernel", "bias"),
 # Keras 3 names a weights file's layers by class, snake case, numbered in order.
 KERAS3_KEYS = {CONV: "conv2d", BN: "batch_normalization", DENSE: "dense"}
 
-KerasWeights = dict[str, list[np.ndarray]]
+# {layer name: {weight name ("kernel", "gamma", ...): array}}
+KerasWeights = dict[str, dict[str, np.ndarray]]
 
 
 def keras_layer_order(name: str) -> list[tuple[str, str]]:
@@ -100,7 +101,7 @@ def keras_layer_order(name: str) -> list[tuple[str, str]]:
 
 
 def read_keras_weights(path: str | os.PathLike, name: str) -> KerasWeights:
-  """{layer name: [arrays in Keras's order]} from a Keras weights or model file."""
+  """{layer name: {weight name: array}} from a Keras weights or model file."""
   path = os.fspath(path)
   if not os.path.exists(path):
     raise CheckpointError(f"weights file {path!r} does not exist.")
@@ -145,7 +146,8 @@ def _read_h5(f, name: str, path: str) -> KerasWeights:
             f"{path!r} has no layer {key!r} (Keras {name}'s {layer}); is it a weights file of "
             f"keras.applications.{APPLICATIONS[name]}?")
       variables = f["layers"][key].get("vars", {})
-      out[layer] = [np.asarray(variables[str(i)]) for i in range(len(variables))]
+      out[layer] = {weight: np.asarray(variables[str(i)])
+                    for i, weight in enumerate(WEIGHT_NAMES[cls]) if str(i) in variables}
     return out
   group = f["model_weights"] if "model_weights" in f else f  # model.save("x.h5") nests them
   if "layer_names" not in group.attrs:
@@ -154,9 +156,9 @@ def _read_h5(f, name: str, path: str) -> KerasWeights:
   out = {}
   for layer in (_decode(n) for n in group.attrs["layer_names"]):
     weight_names = [_decode(n) for n in group[layer].attrs.get("weight_names", [])]
-    if weight_names:
-      out[layer] = [np.asarray(group[layer][weight]) for weight in weight_names]
-      out[layer + "/names"] = [w.split("/")[-1].split(":")[0] for w in weight_names]  # type: ignore[list-item]
+    if weight_names:  # "conv1_bn/gamma:0" (Keras 2) or "gamma" (Keras 3)
+      out[layer] = {weight.split("/")[-1].split(":")[0]: np.asarray(group[layer][weight])
+                    for weight in weight_names}
   return out
 
 
@@ -179,13 +181,9 @@ def fetch_keras_weights(name: str) -> KerasWeights:
         f"keras.applications.{APPLICATIONS[name]}(weights='imagenet') failed "
         f"({type(error).__name__}: {error}); download the weights file once where there is a "
         f"network and pass it (path=...).") from error
-  out: KerasWeights = {}
-  for layer in network.layers:
-    if layer.weights:
-      out[layer.name] = [np.asarray(w) for w in layer.get_weights()]
-      out[layer.name + "/names"] = [w.path.split("/")[-1] if hasattr(w, "path") else w.name
-                                    for w in layer.weights]
-  return out
+  return {layer.name: {weight.path.split("/")[-1]: np.asarray(weight.numpy())
+                       for weight in layer.weights}
+          for layer in network.layers if layer.weights}
 
 
 # ---------------------------------------------------------------- mapping
@@ -195,9 +193,7 @@ def _named(weights: KerasWeights, layer: str, cls: str, name: str) -> dict[str, 
   if layer not in weights:
     raise CheckpointError(f"Keras {name}: missing layer {layer!r}. Is this the right "
                           "architecture name, or a truncated file?")
-  arrays = weights[layer]
-  names = weights.get(layer + "/names") or list(WEIGHT_NAMES[cls][:len(arrays)])
-  found = dict(zip(names, arrays))
+  found = weights[layer]
   missing = [w for w in WEIGHT_NAMES[cls] if w not in found]
   if missing:
     raise CheckpointError(f"Keras {name}: layer {layer!r} lacks {missing} (it has "
@@ -255,14 +251,14 @@ def _flax_leaves(weights: KerasWeights, name: str) -> dict[tuple[str, ...], tupl
   return leaves
 
 
-def load(name: str, source: str | os.PathLike | Mapping[str, list[np.ndarray]] | None = None, *,
+def load(name: str, source: str | os.PathLike | Mapping[str, Mapping[str, np.ndarray]] | None = None, *,
          dtype: Any = jnp.float32, param_dtype: Any = jnp.float32, **overrides: Any):
   """A cnnjax model built as keras.applications builds `name`, and its variables.
 
   Args:
     name: "vgg16", "vgg19", "resnet50", "resnet101" or "resnet152".
     source: a Keras weights/model file (.h5, .weights.h5, .keras), a mapping
-      {layer name: [arrays]} as `read_keras_weights` returns, or None to fetch
+      {layer name: {weight name: array}} as `read_keras_weights` returns, or None to fetch
       the published weights through keras.applications (needs keras).
     dtype, param_dtype: as `cnnjax.models.create`; batch statistics stay float32.
     **overrides: further `cnnjax.models.create` options (e.g.

@@ -122,14 +122,8 @@ class Weights:
 
   def model_for_view(self, view: str) -> nn.Module:
     """The network as `view` runs it (dense views: fully convolutional, same variables)."""
-    if not view.startswith("dense"):
-      return self.model
-    from cnnjax import models  # pylint: disable=import-outside-toplevel
-    spec = models.registry.spec_of(self.model)
-    if spec is None or spec.dense is None:
-      raise ModelError(f"{self.name}: {type(self.model).__name__} has no dense evaluation; "
-                       "use view 'center' or a multi-crop view.")
-    return spec.dense(self.model)
+    from cnnjax.evaluate import model_for_view  # pylint: disable=import-outside-toplevel
+    return model_for_view(self.model, view, {"model": self.source.model})
 
   def to_nnx(self, rngs: Any = None):
     """The network with these weights as a flax.nnx module (`to_nnx`)."""
