@@ -119,6 +119,7 @@ def test_init_from_names_the_fix(imported, two_classes, tmp_path):
                         num_devices=1)
 
 
+@pytest.mark.slow
 def test_evaluate_scores_published_weights_like_predict(imported, two_classes, tmp_path):
   import json
 

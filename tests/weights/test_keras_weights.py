@@ -12,7 +12,7 @@ builds them with input_shape); VGG's fully connected layers need 224.
 
 from __future__ import annotations
 
-import sys
+import os
 
 import jax
 import numpy as np
@@ -20,7 +20,7 @@ import pytest
 
 from cnnjax import models, weights
 from cnnjax.errors import CheckpointError, ModelError
-from weights_helpers import relative_error, run_script
+from weights_helpers import HERE, relative_error, run_script
 
 pytest.importorskip("h5py")
 TOLERANCE = 1e-4
@@ -39,14 +39,14 @@ def references(tmp_path_factory):
   """{source: reference.npz contents}, all four built by one Keras process."""
   pytest.importorskip("keras")
   out = {}
-  program = ["import runpy, sys", f"sys.path.insert(0, {repr(sys.path[0])})"]
+  program = ["import runpy, sys"]
   for source, (application, size, file_format) in CASES.items():
     directory = tmp_path_factory.mktemp(application)
     out[source] = directory
     program.append(f"sys.argv = ['keras_reference.py', {application!r}, '{size}', "
                    f"{file_format!r}, {str(directory)!r}]")
-    program.append("runpy.run_path(__import__('os').path.join(%r, 'keras_reference.py'), "
-                   "run_name='__main__')" % __import__("weights_helpers").HERE)
+    program.append(f"runpy.run_path({os.path.join(HERE, 'keras_reference.py')!r}, "
+                   "run_name='__main__')")
   run_script("\n".join(program))
   return {source: dict(np.load(directory / "reference.npz")) for source, directory in out.items()}
 
@@ -70,6 +70,7 @@ def test_logits_match_keras(source, references):
   assert len(loaded.class_names) == 1000 and loaded.class_names[0] == "tench"
 
 
+@pytest.mark.slow
 def test_wrong_architecture_is_named(references):
   with pytest.raises(CheckpointError, match=r"conv4_block7|conv3_block5|layer"):
     weights.load("keras/resnet101", path=str(references["keras/resnet50"]["path"]))
