@@ -48,15 +48,19 @@ def _make_embed_step(model: nn.Module, feature: str, mesh, device_input=None):
   return jax.jit(step, out_shardings=sharding.replicated(mesh))
 
 
-def embed(model: nn.Module, variables: Any, batches: Iterable[Mapping[str, np.ndarray]], *,
+def embed(model: nn.Module, variables: Any,
+          batches: Iterable[Mapping[str, np.ndarray]] | np.ndarray | jax.Array, *,
           feature: str = DEFAULT_FEATURE, mesh=None, progress: bool = False,
-          total: int | None = None, device_input=None) -> tuple[np.ndarray, np.ndarray]:
-  """Features of every real example of `batches`: (embeddings [N, D], labels [N]).
+          total: int | None = None, device_input=None, batch_size: int = 64
+          ) -> tuple[np.ndarray, np.ndarray | None]:
+  """Features of every real example: (embeddings [N, D], labels [N] or None).
 
   Args:
-    batches: eval batches with "image" [b, H, W, 3], "label" and "mask" (as
-      cnnjax.data.eval_iterator yields them, view "center"); rows whose mask
-      is False are padding and are dropped.
+    batches: network input images [N, H, W, 3] (an array: cut into batches
+      of `batch_size`), or batches with "image" [b, H, W, 3] and optionally
+      "label" and "mask" (as cnnjax.data.eval_iterator yields them, view
+      "center"); rows whose mask is False are padding and are dropped.
+      Labels come back when every batch has them, else None.
     feature: which entry of the model's feature dict ("pre_logits" is the
       embedding that feeds the classifier; others, e.g. a stage's map, are
       flattened).
@@ -66,10 +70,12 @@ def embed(model: nn.Module, variables: Any, batches: Iterable[Mapping[str, np.nd
       batches (eval_iterator's with device_preprocessing) in the jitted step.
 
   Rows come out in the order of the global batches (for one process, the
-  order of the split).
+  order of the split or of the array).
   """
   from cnnjax import sharding  # pylint: disable=import-outside-toplevel
   mesh = mesh or sharding.make_mesh()
+  if isinstance(batches, (np.ndarray, jax.Array)):
+    batches = array_batches(batches, batch_size, mesh.devices.size)
   step = _make_embed_step(model, feature, mesh, device_input)
   variables = jax.device_put(variables, sharding.replicated(mesh))
   iterator = batches
@@ -79,23 +85,49 @@ def embed(model: nn.Module, variables: Any, batches: Iterable[Mapping[str, np.nd
                     disable=jax.process_index() != 0)
   pieces, labels = [], []
   for local_batch in iterator:
-    if "mask" not in local_batch or "image" not in local_batch:
-      raise DataError("embedding batches need 'image', 'label' and 'mask' (read them with "
-                      "cnnjax.data.eval_iterator(view='center')).")
-    images = local_batch["image"]
+    if not isinstance(local_batch, Mapping) or "image" not in local_batch:
+      raise DataError("embedding takes an array of images [N, H, W, 3] or batches with "
+                      "'image' (and optionally 'label' and 'mask', as "
+                      "cnnjax.data.eval_iterator(view='center') yields them).")
+    images = np.asarray(local_batch["image"]) if not isinstance(
+        local_batch["image"], jax.Array) else local_batch["image"]
     if images.ndim != 4:
       raise DataError(f"embedding takes single images [b, H, W, 3]; got {images.shape}. "
                       "Use view='center'.")
+    local_batch = dict(local_batch)
+    local_batch.setdefault("mask", np.ones(images.shape[0], bool))
+    labels.append(local_batch.get("label"))
+    local_batch.setdefault("label", np.zeros(images.shape[0], np.int32))
     global_batch = sharding.global_batch(
         {key: local_batch[key] for key in ("image", "label", "mask", "window") if key in local_batch},
         mesh)
     values, batch_labels, mask = jax.device_get(step(variables, global_batch))
     keep = np.asarray(mask).astype(bool)
     pieces.append(np.asarray(values)[keep])
-    labels.append(np.asarray(batch_labels)[keep])
+    if labels[-1] is not None:
+      labels[-1] = np.asarray(batch_labels)[keep]
   if not pieces:
     raise DataError("the data yielded no batches to embed.")
+  if any(label is None for label in labels):
+    return np.concatenate(pieces), None
   return np.concatenate(pieces), np.concatenate(labels).astype(np.int64)
+
+
+def array_batches(images: Any, batch_size: int, multiple: int = 1
+                  ) -> Iterable[dict[str, np.ndarray]]:
+  """[N, H, W, 3] -> batches of `batch_size` (a multiple of `multiple`), the last padded
+  and masked, so one compiled step serves them all."""
+  if batch_size < 1:
+    raise DataError(f"batch_size must be >= 1, got {batch_size}")
+  if images.ndim != 4:
+    raise DataError(f"embedding takes images [N, H, W, 3]; got shape {tuple(images.shape)}")
+  size = -(-min(batch_size, max(images.shape[0], 1)) // multiple) * multiple
+  for start in range(0, images.shape[0], size):
+    chunk = np.asarray(images[start:start + size])
+    count = chunk.shape[0]
+    if count < size:
+      chunk = np.concatenate([chunk, np.zeros((size - count,) + chunk.shape[1:], chunk.dtype)])
+    yield {"image": chunk, "mask": np.arange(size) < count}
 
 
 def embed_dataset(model: nn.Module, variables: Any, dataset: str, *, split: str | None = None,

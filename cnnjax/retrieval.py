@@ -191,7 +191,11 @@ def plot_neighbours(
 
   Returns the matplotlib Figure (nothing is shown or saved here).
   """
-  import matplotlib.pyplot as plt  # Plotting is optional: imported on use.
+  try:
+    import matplotlib.pyplot as plt  # Plotting is optional: imported on use.
+  except ImportError as error:
+    raise ImportError("plot_neighbours draws with matplotlib, which is not installed: "
+                      "pip install 'cnnjax[notebooks]' (or matplotlib).") from error
 
   indices = np.asarray(indices)
   num_rows = min(max_queries, indices.shape[0])

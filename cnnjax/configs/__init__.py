@@ -13,6 +13,7 @@ the hardware it assumes and the published result it aims at.
 | `googlenet_imagenet.py` | GoogLeNet / Inception v1 |
 | `resnet_imagenet.py` | ResNet-18..152 and plain nets (arg: `50`, `34,plain`, `50,v1`) |
 | `resnet_cifar10.py` | CIFAR-10 ResNets 20..1202 and plain nets (arg: `110`, `56,plain`) |
+| `finetune.py` | published ImageNet weights fine-tuned on any dataset (arg: `weights=keras/vgg16,path=...,dataset=image_folder:...`) |
 
 Importing this package imports only `ml_collections`.
 """
@@ -26,6 +27,7 @@ RECIPES = (
     "googlenet_imagenet",
     "resnet_imagenet",
     "resnet_cifar10",
+    "finetune",
 )
 
 

@@ -50,7 +50,7 @@ def default_values() -> dict[str, Any]:
     # papers' per-GPU statistics, no cross-device traffic); -1: synchronised
     # over the whole global batch; n > 0: groups of n examples.
     "bn_group_size": 0,
-    "init_from": "",  # workdir of a trained VGG-A: warm start of a deeper VGG
+    "init_from": "",  # a trained run's workdir or published weights ("keras/vgg16:<file>"): fine-tuning
     # The CPU-tuned model parts (cnnjax.models.cpu: same variables and values,
     # a faster train step on XLA:CPU, benchmarks/RESULTS.md): "auto" uses them
     # when the process runs on the CPU backend, "on" always, "off" never.

@@ -28,7 +28,11 @@ from cnnjax.data.stats import (DEFAULT_MAX_EXAMPLES, IMAGENET_MEAN_RGB, IMAGENET
                                load_or_compute_stats, stats_path, stats_resolution)
 from cnnjax.errors import DataError, close_matches
 
-NORMALIZATIONS = ("per_channel", "per_channel_std", "per_pixel", "imagenet", "imagenet_mean", "none")
+NORMALIZATIONS = ("per_channel", "per_channel_std", "per_pixel", "imagenet", "imagenet_mean",
+                  "caffe_mean", "none")
+# The VGG and ResNet authors' Caffe ImageNet mean (RGB order, 0..255), which
+# their published weights (keras.applications' "caffe" mode) expect subtracted.
+CAFFE_MEAN_RGB = (123.68, 116.779, 103.939)
 # "auto" on a CPU-only JAX (see RESULTS.md, "uint8 to the device").
 CPU_DEVICE_PREPROCESSING = False
 
@@ -124,6 +128,8 @@ def normalization_arrays(normalize: str, stats: ImageStats | None
     return np.asarray(IMAGENET_MEAN_RGB, np.float32), np.asarray(IMAGENET_STD_RGB, np.float32)
   if normalize == "imagenet_mean":
     return np.asarray(IMAGENET_MEAN_RGB, np.float32), None
+  if normalize == "caffe_mean":
+    return np.asarray(CAFFE_MEAN_RGB, np.float32), None
   assert stats is not None
   if normalize == "per_channel":
     return np.asarray(stats.mean_rgb, np.float32), None

@@ -67,14 +67,20 @@ def _read_file(path: str) -> Mapping[str, Any]:
       from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
     except ImportError as error:
       raise CheckpointError(
-          f"reading {path!r} needs the safetensors package: pip install 'cnnjax[torch]'.") from error
+          f"reading {path!r} needs the safetensors package (not PyTorch): "
+          f"pip install 'cnnjax[weights]'.") from error
     try:
       return load_file(path)
     except Exception as error:  # safetensors raises its own error types
       if "bfloat16" not in str(error):
         raise CheckpointError(f"cannot read safetensors file {path!r}: {error}") from error
     # numpy has no bfloat16: let torch read it and widen it.
-    from safetensors.torch import load_file as load_torch  # pylint: disable=import-outside-toplevel
+    try:
+      from safetensors.torch import load_file as load_torch  # pylint: disable=import-outside-toplevel
+    except ImportError as error:
+      raise CheckpointError(
+          f"{path!r} holds bfloat16 tensors, which numpy cannot represent; reading them needs "
+          f"PyTorch: pip install 'cnnjax[torch]'.") from error
     return load_torch(path)
   try:
     import torch  # pylint: disable=import-outside-toplevel
@@ -251,6 +257,32 @@ def convert(state: StateDict, layers: Iterable[Layer], expected: Mapping[str, An
         f"{model_name}: missing state dict key(s) {_listing(names)} (needed for "
         f"{'/'.join(missing[0])}). Is this the right architecture name, or a truncated file?")
   return unflatten_tree(filled)
+
+
+def abstract_variables(model) -> dict[str, Any]:
+  """The variables tree `model.init` would make, as shapes only (no compute).
+
+  ResNets are traced in their scanned layout (one block per stage instead of
+  up to 36, so ResNet-152 traces in a fraction of the time) and unscanned by
+  the models' own layout conversion, applied to zero-stride stand-ins.
+  """
+  from cnnjax import models  # pylint: disable=import-outside-toplevel
+  images = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
+  keys = {"params": jax.random.key(0), "dropout": jax.random.key(0)}
+  scannable = getattr(model, "scan_blocks", None) is False
+  traced = model.clone(scan_blocks=True) if scannable else model
+  shapes = jax.eval_shape(lambda x: traced.init(keys, x, train=False), images)
+  if not scannable:
+    return shapes
+  stand_ins = jax.tree.map(lambda leaf: np.broadcast_to(np.zeros((), leaf.dtype), leaf.shape),
+                           shapes)
+  unscanned = models.to_unscanned_variables(stand_ins)
+  return jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype), unscanned)
+
+
+def convert_leaf(converter, tensor: np.ndarray, dtype) -> jax.Array:
+  """`converter(tensor)` as a `dtype` array (large tensors change layout through XLA)."""
+  return _convert_leaf(converter, tensor, dtype)
 
 
 def _convert_leaf(converter, tensor: np.ndarray, dtype) -> jax.Array:

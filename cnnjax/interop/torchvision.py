@@ -51,7 +51,8 @@ import numpy as np
 
 from cnnjax import models
 from cnnjax.errors import CheckpointError, ModelError, close_matches
-from cnnjax.interop.state_dict import Layer, StateDict, convert, read_state_dict
+from cnnjax.interop.state_dict import (Layer, StateDict, abstract_variables, convert,
+                                       read_state_dict)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -236,7 +237,7 @@ def load(name: str, state_dict: Mapping[str, Any] | str | os.PathLike, *,
   model = models.create(cnnjax_name, num_classes=num_classes, dtype=dtype,
                         param_dtype=param_dtype, **architecture_kwargs, **overrides)
   init_model = model.clone(scan_blocks=False) if scan_blocks else model
-  expected = _abstract_variables(init_model)
+  expected = abstract_variables(init_model)
   variables = convert(state, layers, expected, model_name=f"torchvision {name}")
   if scan_blocks:
     model = model.clone(scan_blocks=True)
@@ -244,25 +245,55 @@ def load(name: str, state_dict: Mapping[str, Any] | str | os.PathLike, *,
   return model, jax.tree.map(jnp.asarray, variables)
 
 
-def _abstract_variables(model) -> dict[str, Any]:
-  """The variables tree `model.init` would make, as shapes only (no compute).
+def published_weights(name: str, variant: str):
+  """torchvision's weights enum member `variant` of model `name` (e.g. "resnet50",
+  "IMAGENET1K_V2"), imported the way this package imports torchvision."""
+  if name not in _FAMILIES:
+    raise ModelError(f"no torchvision import for {name!r}; {close_matches(name, SUPPORTED)}")
+  models_module = _torchvision_models()
+  members = models_module.get_model_weights(name)
+  if variant == "DEFAULT":
+    return members.DEFAULT
+  if variant not in members.__members__:
+    raise ModelError(f"torchvision has no weights {variant!r} for {name}; "
+                     f"{close_matches(variant, members.__members__)}")
+  return members[variant]
 
-  ResNets are traced in their scanned layout (one block per stage instead of
-  up to 36, so ResNet-152 traces in a fraction of the time) and unscanned by
-  the models' own layout conversion, applied to zero-stride stand-ins.
+
+def fetch_state_dict(name: str, variant: str) -> tuple[StateDict, Any]:
+  """(state dict, weights enum member) through torchvision's own download and cache.
+
+  The file lands in torch.hub's checkpoint directory ($TORCH_HOME/hub/checkpoints,
+  by default ~/.cache/torch/hub/checkpoints) and is read from there afterwards.
   """
-  images = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
-  keys = {"params": jax.random.key(0), "dropout": jax.random.key(0)}
-  scannable = getattr(model, "scan_blocks", None) is False
-  traced = model.clone(scan_blocks=True) if scannable else model
-  shapes = jax.eval_shape(lambda x: traced.init(keys, x, train=False), images)
-  if not scannable:
-    return shapes
-  stand_ins = jax.tree.map(lambda leaf: np.broadcast_to(np.zeros((), leaf.dtype), leaf.shape),
-                           shapes)
-  unscanned = models.to_unscanned_variables(stand_ins)
-  return jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype), unscanned)
+  weights = published_weights(name, variant)
+  try:
+    state = weights.get_state_dict(progress=False)
+  except Exception as error:  # URLError, HTTPError, OSError, RuntimeError from torch.hub
+    import torch.hub  # pylint: disable=import-outside-toplevel
+    file_name = os.path.basename(weights.url)
+    raise CheckpointError(
+        f"cannot fetch torchvision's {name} {variant} weights ({type(error).__name__}: "
+        f"{error}). torchvision downloads {weights.url} into "
+        f"{os.path.join(torch.hub.get_dir(), 'checkpoints', file_name)}; put the file there, "
+        f"or pass its path (cnnjax.weights.load(..., path=...)).") from error
+  return read_state_dict(state), weights
+
+
+def _torchvision_models():
+  """torchvision.models, or CheckpointError naming the extra that installs it."""
+  from cnnjax._imports import import_without  # pylint: disable=import-outside-toplevel
+  try:
+    # CUDA builds of torch import triton (an optional compiler) with torchvision;
+    # triton's bundled LLVM crashes a process that has loaded TensorFlow, and
+    # loading weights never needs it.
+    return import_without("torchvision.models", blocked="triton")
+  except ImportError as error:
+    raise CheckpointError(
+        "fetching torchvision's weights by name needs torch and torchvision: "
+        "pip install 'cnnjax[torch]' (or pass a .safetensors file, which reads without "
+        "them).") from error
 
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_MEAN_255", "IMAGENET_STD", "IMAGENET_STD_255",
-           "SUPPORTED", "load", "read_state_dict"]
+           "SUPPORTED", "fetch_state_dict", "load", "published_weights", "read_state_dict"]

@@ -65,9 +65,62 @@ def _natural_key(name: str) -> tuple[Any, ...]:
                for part in re.split(r"(\d+)", name))
 
 
-def list_models() -> list[str]:
-  """Every registered name (aliases included), in natural order."""
-  return sorted(_REGISTRY, key=_natural_key)
+# Published weights each network loads through `cnnjax.weights.load(source)`,
+# named "origin/architecture[.variant]" (torchvision: the weights enum's member;
+# Keras: the keras.applications network). Their pixel conventions, views and
+# class names live with the loaders in `cnnjax.weights`. Keras's ResNets are
+# the paper's v1 (stride on the first 1x1): they load into these networks
+# built with version="1".
+PUBLISHED_WEIGHTS: dict[str, tuple[str, ...]] = {
+    "alexnet_v2": ("torchvision/alexnet.IMAGENET1K_V1",),
+    "vgg11": ("torchvision/vgg11.IMAGENET1K_V1",),
+    "vgg13": ("torchvision/vgg13.IMAGENET1K_V1",),
+    "vgg16": ("torchvision/vgg16.IMAGENET1K_V1", "keras/vgg16"),
+    "vgg19": ("torchvision/vgg19.IMAGENET1K_V1", "keras/vgg19"),
+    **{f"vgg{depth}_bn": (f"torchvision/vgg{depth}_bn.IMAGENET1K_V1",)
+       for depth in (11, 13, 16, 19)},
+    "googlenet_torchvision": ("torchvision/googlenet.IMAGENET1K_V1",),
+    "resnet18": ("torchvision/resnet18.IMAGENET1K_V1",),
+    "resnet34": ("torchvision/resnet34.IMAGENET1K_V1",),
+    **{f"resnet{depth}": (f"torchvision/resnet{depth}.IMAGENET1K_V1",
+                          f"torchvision/resnet{depth}.IMAGENET1K_V2", f"keras/resnet{depth}")
+       for depth in (50, 101, 152)},
+}
+
+
+def weights_of(name: str) -> tuple[str, ...]:
+  """The published weights sources of model `name` (aliases share them: vgg_d = vgg16)."""
+  spec = get_spec(name)
+  return tuple(source for model, sources in PUBLISHED_WEIGHTS.items()
+               if _REGISTRY.get(model) == spec for source in sources)
+
+
+def list_models(family: str | None = None, pattern: str | None = None,
+                has_weights: bool | None = None) -> list[str]:
+  """Registered names (aliases included), in natural order, optionally filtered.
+
+  Args:
+    family: keep one family ("vgg", "resnet", "cifar_resnet", "googlenet", "alexnet").
+    pattern: a shell-style pattern matched against the name, e.g. "resnet*" or "*_bn".
+    has_weights: True keeps the networks with published weights
+      (`weights_of`, loaded by `cnnjax.weights.load`), False those without.
+  """
+  import fnmatch  # pylint: disable=import-outside-toplevel
+  if family is not None and family not in families():
+    raise ModelError(f"unknown model family {family!r}; {close_matches(family, families())}")
+  names = sorted(_REGISTRY, key=_natural_key)
+  if family is not None:
+    names = [name for name in names if _REGISTRY[name].family == family]
+  if pattern is not None:
+    names = [name for name in names if fnmatch.fnmatchcase(name, pattern)]
+  if has_weights is not None:
+    names = [name for name in names if bool(weights_of(name)) == has_weights]
+  return names
+
+
+def families() -> list[str]:
+  """Every family name, sorted."""
+  return sorted({spec.family for spec in _REGISTRY.values()})
 
 
 def get_spec(name: str) -> ModelSpec:
@@ -99,6 +152,14 @@ RENAMED = {
 }
 
 
+def _option_hint(key: str, allowed: list[str]) -> str:
+  """"did you mean ...? (options: ...)" with the options listed once."""
+  import difflib  # pylint: disable=import-outside-toplevel
+  matches = difflib.get_close_matches(key, allowed, n=3, cutoff=0.5)
+  guess = ("did you mean " + " or ".join(repr(m) for m in matches) + "? ") if matches else ""
+  return f"{guess}options: {', '.join(allowed)}"
+
+
 def create(name: str, *, num_classes: int | None = None, dtype: Any = jnp.float32,
            param_dtype: Any = jnp.float32, **overrides: Any) -> nn.Module:
   """Builds the registered network `name` as a flax.linen Module.
@@ -120,13 +181,20 @@ def create(name: str, *, num_classes: int | None = None, dtype: Any = jnp.float3
   """
   spec = get_spec(name)
   allowed = allowed_overrides(spec.module)
+  if "pretrained" in overrides or "weights" in overrides:
+    sources = weights_of(name)
+    where = (f"published weights for {name}: " + ", ".join(repr(s) for s in sources)
+             if sources else f"{name} has no published weights (models that have some: "
+             "cnnjax.models.list_models(has_weights=True))")
+    raise ModelError(
+        f"create builds a freshly initialised network; weights come from "
+        f"cnnjax.weights.load(source), which returns the model, its variables and its "
+        f"preprocessing ({where}).")
   for key in overrides:
     if key in RENAMED:
       raise ModelError(f"{name} has no option {key!r}: {RENAMED[key]}.")
     if key not in allowed:
-      raise ModelError(
-          f"{name} has no option {key!r}; {close_matches(key, allowed)} "
-          f"(options: {', '.join(allowed)})")
+      raise ModelError(f"{name} has no option {key!r}; {_option_hint(key, allowed)}")
   kwargs = {**spec.kwargs, **overrides}
   num_classes = spec.num_classes if num_classes is None else num_classes
   # the module checks its option values as it is built (options.check_module)

@@ -121,3 +121,73 @@ def warm_start_vgg(target: Mapping[str, Any], source: Mapping[str, Any]) -> tupl
             tree[dst], source[collection][src])
     out[collection] = tree
   return out, mapping
+
+
+# ------------------------------------------------------------ fine-tuning
+
+
+def _layers_of(variables: Mapping[str, Any]) -> dict[tuple[str, ...], dict[tuple[str, str], tuple]]:
+  """{module path: {(collection, leaf name): shape}} over every collection."""
+  layers: dict[tuple[str, ...], dict[tuple[str, str], tuple]] = {}
+  for collection, tree in variables.items():
+    for path, leaf in jax.tree_util.tree_flatten_with_path(dict(tree))[0]:
+      keys = tuple(str(getattr(key, "key", key)) for key in path)
+      layers.setdefault(keys[:-1], {})[(collection, keys[-1])] = tuple(np.shape(leaf))
+  return layers
+
+
+def _same_layout(source: Mapping[str, Any], target: Mapping[str, Any]) -> Mapping[str, Any]:
+  """The source in the target's ResNet layout (scanned stages or one block per name)."""
+  from cnnjax.models.resnet import (SCANNED_KEY,  # pylint: disable=import-outside-toplevel
+                                    to_scanned_variables, to_unscanned_variables)
+  scanned = lambda tree: any(SCANNED_KEY in path for path in _layers_of(tree))  # noqa: E731
+  if scanned(target) and not scanned(source):
+    return to_scanned_variables(source)
+  if scanned(source) and not scanned(target):
+    return to_unscanned_variables(source)
+  return source
+
+
+def copy_matching_layers(target: Mapping[str, Any], source: Mapping[str, Any]
+                         ) -> tuple[dict, dict[str, list[str]]]:
+  """Target variables with every layer the source has at the same path and shapes copied.
+
+  A layer is a module (conv, norm, dense) with its variables in every
+  collection (params and batch statistics travel together). Layers whose
+  shapes differ (a classifier for another number of classes) or that the
+  source lacks keep their fresh values. Returns (variables, {"copied": [...],
+  "new": [...], "unused": [...]}) with layer paths like "stage1/block1/conv1/conv".
+  """
+  source = _same_layout(source, target)
+  target_layers, source_layers = _layers_of(target), _layers_of(source)
+  copied = [path for path, leaves in target_layers.items() if source_layers.get(path) == leaves]
+  take = set(copied)
+  out = {}
+  for collection, tree in target.items():
+    def pick(path, new, collection=collection):
+      keys = tuple(str(getattr(key, "key", key)) for key in path)
+      if keys[:-1] not in take:
+        return new
+      old = source[collection]
+      for key in keys:
+        old = old[key]
+      return np.asarray(old, dtype=np.asarray(new).dtype)
+    out[collection] = jax.tree_util.tree_map_with_path(pick, dict(tree))
+  name = "/".join
+  report = {"copied": [name(p) for p in copied],
+            "new": [name(p) for p in target_layers if p not in take],
+            "unused": [name(p) for p in source_layers if p not in take]}
+  return out, report
+
+
+def warm_start(target: Mapping[str, Any], source: Mapping[str, Any], *,
+               paper_vgg_chain: bool = False) -> tuple[dict, dict[str, list[str]]]:
+  """Fine-tuning's start: `copy_matching_layers`, or VGG's net-A scheme when asked
+  (`paper_vgg_chain`: a VGG target and a shallower trained VGG source)."""
+  if paper_vgg_chain:
+    variables, mapping = warm_start_vgg(target, source)
+    report = {"copied": [f"{dst}<-{src}" for dst, src in mapping.items()],
+              "new": [name for name in target["params"] if name not in mapping],
+              "unused": []}
+    return variables, report
+  return copy_matching_layers(target, source)

@@ -229,9 +229,6 @@ def validate(config: Any, *, num_devices: int | None = None,
                                                      for s in profile)
                            and 0 <= profile[0] <= profile[1]),
            "profile_steps", profile, "() or (first_step, last_step)")
-  if c["init_from"]:
-    from cnnjax import models  # pylint: disable=import-outside-toplevel
-    if c["model"] in models.list_models() and models.get_spec(c["model"]).warm_start is None:
-      raise ConfigError(
-          f"config.init_from is a warm start from a trained shallower net of the same family "
-          f"(VGG's net A); model {c['model']!r} has none (ModelSpec.warm_start)")
+  if c["init_from"]:  # another run's workdir or published weights (cnnjax.train.workdir)
+    from cnnjax.train.workdir import check_init_from_source  # pylint: disable=import-outside-toplevel
+    check_init_from_source(c)

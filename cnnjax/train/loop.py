@@ -193,7 +193,6 @@ def prepare(config: config_lib.RunConfig, workdir: str) -> Prepared:
 
 def initial_state(r: Prepared):
   """(state, how it was made): restored, warm-started or fresh, placed on the mesh."""
-  from cnnjax import models  # pylint: disable=import-outside-toplevel
   c = r.config
   if r.start_step > 0:
     arrays, _ = r.store.restore(r.abstract.arrays(), r.start_step)
@@ -201,18 +200,15 @@ def initial_state(r: Prepared):
   state = setup.create_state(r.init_fn, r.mesh, c.seed)
   if not c.init_from:
     return state, "fresh start"
-  source, _ = ckpt_lib.restore_variables(c.init_from)
   target = {"params": state.params}
   if state.batch_stats:
     target["batch_stats"] = state.batch_stats
-  warm_start = models.get_spec(c.model).warm_start  # checked by workdir.check_init_from
-  merged, mapping = warm_start(jax.tree_util.tree_map(np.asarray, target), source)
+  merged, how = workdir_lib.warm_start(c, jax.tree_util.tree_map(np.asarray, target))
   put = lambda tree: jax.device_put(tree, sharding.replicated(r.mesh))  # noqa: E731
   params = put(merged["params"])
   state = state.replace(params=params, batch_stats=put(merged.get("batch_stats", {})),
                         ema_params=params if state.ema_params is not None else None)
-  copied = ", ".join(f"{dst}<-{src}" for dst, src in mapping.items())
-  return state, f"warm start from {c.init_from}: {copied}"
+  return state, how
 
 
 # ---------------------------------------------------------------------------

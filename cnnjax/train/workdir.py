@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from cnnjax._atomic import write_atomic
-from cnnjax.errors import CheckpointError, ConfigError, WorkdirLockedError
+from cnnjax.errors import CheckpointError, CnnjaxError, ConfigError, WorkdirLockedError
 from cnnjax.train import checkpoint as ckpt_lib
 from cnnjax.train import config as config_lib
 
@@ -57,29 +57,116 @@ def check_workdir_compatible(workdir: str, config: Mapping[str, Any]) -> None:
         "or the config the checkpoints were trained with")
 
 
+def init_from_weights(source: str) -> tuple[str, str | None] | None:
+  """(weights source, file or None) when config.init_from names published weights
+  ("torchvision/resnet50.IMAGENET1K_V2", "keras/vgg16:/path/vgg16.h5"), else None."""
+  from cnnjax.weights import catalogue  # pylint: disable=import-outside-toplevel
+  name, _, path = source.partition(":")
+  if name.split("/", 1)[0] not in catalogue.ORIGINS or os.path.isdir(source):
+    return None
+  catalogue.get_source(name)  # ModelError with close matches for a misspelt name
+  return name, path or None
+
+
+def check_init_from_source(config: Mapping[str, Any]) -> None:
+  """ConfigError unless config.init_from is empty, a directory or a weights source name."""
+  source = config["init_from"]
+  if not source or os.path.isdir(source):
+    return
+  try:
+    weights = init_from_weights(source)
+  except CnnjaxError as error:
+    raise ConfigError(f"config.init_from={source!r}: {error}") from error
+  if weights is None:
+    raise ConfigError(
+        f"config.init_from={source!r} does not exist: pass the --workdir of a trained run, or "
+        f"published weights such as 'torchvision/resnet50.IMAGENET1K_V2' or "
+        f"'keras/vgg16:/path/to/vgg16.h5' (cnnjax.weights.list_weights())")
+  if weights[1] is not None and not os.path.exists(weights[1]):
+    raise ConfigError(f"config.init_from={source!r}: the weights file {weights[1]!r} does not exist")
+
+
 def check_init_from(config: Mapping[str, Any], workdir: str) -> None:
-  """The warm-start source (config.init_from) exists, holds a checkpoint of the same
-  family (whose `ModelSpec.warm_start` copies its layers), and is another workdir."""
+  """The warm-start source (config.init_from) is usable, before anything compiles.
+
+  A workdir must hold a checkpoint and be another than --workdir; any model's
+  checkpoint will do (layers are copied where path and shapes match). Published
+  weights must be of this run's network: the same registered architecture, built
+  with the options those weights need (e.g. Keras's ResNets: version "1").
+  """
   source = config["init_from"]
   if not source:
     return
-  if not os.path.isdir(source):
-    raise ConfigError(
-        f"config.init_from={source!r} does not exist: pass the --workdir of a trained VGG-A run")
+  check_init_from_source(config)
+  weights = init_from_weights(source)
+  from cnnjax import models  # pylint: disable=import-outside-toplevel
+  if weights is not None:
+    from cnnjax.weights import catalogue  # pylint: disable=import-outside-toplevel
+    spec = catalogue.get_source(weights[0])
+    if models.get_spec(config["model"]) != models.get_spec(spec.model):
+      raise ConfigError(
+          f"config.init_from={source!r} holds a {spec.model}; this run trains "
+          f"{config['model']!r}. Set config.model={spec.model!r}.")
+    kwargs = dict(config["model_kwargs"] or {})
+    wrong = {key: value for key, value in spec.model_kwargs.items() if kwargs.get(key) != value}
+    if wrong:
+      raise ConfigError(
+          f"config.init_from={source!r} needs the network built as those weights were: "
+          f"config.model_kwargs must include {wrong} (it has {kwargs}).")
+    return
   if not ckpt_lib.has_checkpoint(source):
     raise CheckpointError(
         f"config.init_from={source!r} holds no checkpoint (expected {source}/checkpoints/<step>): "
-        "train net A there first")
-  from cnnjax import models  # pylint: disable=import-outside-toplevel
+        "train there first (VGG: net A)")
   stored = ckpt_lib.read_workdir_config(source)
-  family = models.get_spec(config["model"]).family
-  stored_name = str(stored.get("model", ""))
-  if stored_name not in models.list_models() or models.get_spec(stored_name).family != family:
+  if str(stored.get("model", "")) not in models.list_models():
     raise CheckpointError(
-        f"config.init_from={source!r} was trained with model {stored.get('model')!r}; the warm "
-        f"start of {config['model']} copies layers of a trained {family} (VGG: net A)")
+        f"config.init_from={source!r} was trained with model {stored.get('model')!r}, which "
+        "this version of cnnjax does not know")
   if os.path.abspath(source) == os.path.abspath(workdir):
     raise ConfigError("config.init_from must be another workdir than --workdir")
+
+
+def warm_start(config: Mapping[str, Any], target: Mapping[str, Any]) -> tuple[dict, str]:
+  """(target variables with the source's layers copied in, a description for the log).
+
+  The source is config.init_from: another run's workdir or published weights
+  (`cnnjax.weights`). Layers are copied where the source has the same layer
+  path and shapes, batch statistics with their layer; the rest (a classifier
+  for another number of classes) keeps its fresh initialisation. A VGG whose
+  source is a trained shallower VGG gets the paper's net-A scheme instead
+  (`cnnjax.models.warm_start`).
+  """
+  from cnnjax import models  # pylint: disable=import-outside-toplevel
+  from cnnjax.models import warm_start as warm_start_lib  # pylint: disable=import-outside-toplevel
+  source_name = config["init_from"]
+  weights = init_from_weights(source_name)
+  paper_chain = False
+  if weights is not None:
+    from cnnjax import weights as weights_lib  # pylint: disable=import-outside-toplevel
+    source = weights_lib.load(weights[0], path=weights[1]).variables
+  else:
+    source, _ = ckpt_lib.restore_variables(source_name)
+    stored_model = str(ckpt_lib.read_workdir_config(source_name).get("model", ""))
+    target_spec = models.get_spec(config["model"])
+    paper_chain = (target_spec.warm_start is not None
+                   and models.get_spec(stored_model).family == target_spec.family
+                   and not warm_start_lib.same_architecture(source["params"], target["params"])
+                   and _conv_layers(source["params"]) < _conv_layers(target["params"]))
+  source = {key: value for key, value in source.items() if key in target}
+  variables, report = warm_start_lib.warm_start(target, source, paper_vgg_chain=paper_chain)
+  message = (f"warm start from {source_name}: copied {len(report['copied'])} layers "
+             f"({', '.join(report['copied'])}); new (freshly initialised): "
+             f"{', '.join(report['new']) or 'none'}")
+  if report["unused"]:
+    message += f"; not used from the source: {', '.join(report['unused'])}"
+  logging.getLogger(__name__).info("%s", message)
+  return variables, message
+
+
+def _conv_layers(params: Mapping[str, Any]) -> int:
+  from cnnjax.models.warm_start import _layers  # pylint: disable=import-outside-toplevel
+  return len(_layers(params)[0])
 
 
 def write_whole(path: str, text: str) -> None:

@@ -36,11 +36,33 @@ def test_unknown_feature_and_bad_batches_are_named():
   model, variables = mean_colour_member(0)
   with pytest.raises(ModelError, match="'stage9'.*pre_logits"):
     embed.embed(model, variables, padded_batches(), feature="stage9")
-  with pytest.raises(DataError, match="mask"):
-    embed.embed(model, variables, [{"image": np.zeros((4, 5, 5, 3)), "label": np.zeros(4)}])
+  with pytest.raises(DataError, match=r"\[N, H, W, 3\]"):
+    embed.embed(model, variables, [{"label": np.zeros(4)}])
   with pytest.raises(DataError, match="view='center'"):
     embed.embed(model, variables, [{"image": np.zeros((4, 2, 5, 5, 3)), "label": np.zeros(4),
                                     "mask": np.ones(4, bool)}])
+
+
+def test_plain_arrays_and_unlabelled_batches_embed():
+  model, variables = mean_colour_member(0)
+  images = np.random.default_rng(1).normal(size=(7, 5, 5, 3)).astype(np.float32)
+  want = images.mean(axis=(1, 2))
+  embeddings, labels = embed.embed(model, variables, images, batch_size=3)  # 3 + 3 + 1 padded
+  assert labels is None and embeddings.shape == (7, 3)
+  np.testing.assert_allclose(embeddings, want, rtol=1e-5, atol=1e-6)
+  embeddings, labels = embed.embed(model, variables, [{"image": images[:4]}, {"image": images[4:]}])
+  assert labels is None
+  np.testing.assert_allclose(embeddings, want, rtol=1e-5, atol=1e-6)
+  _, labels = embed.embed(model, variables, [{"image": images, "label": np.arange(7)}])
+  np.testing.assert_array_equal(labels, np.arange(7))
+
+
+def test_plotting_without_matplotlib_names_the_extra(monkeypatch):
+  import sys
+  monkeypatch.setitem(sys.modules, "matplotlib", None)
+  monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+  with pytest.raises(ImportError, match=r"cnnjax\[notebooks\]"):
+    retrieval.plot_neighbours(np.zeros((1, 4, 4, 3)), np.zeros((2, 4, 4, 3)), np.array([[0, 1]]))
 
 
 def test_workdir_embeddings_cover_the_split_and_feed_retrieval(trained_workdir, digits_dir,
