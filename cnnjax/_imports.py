@@ -24,3 +24,39 @@ def import_without(module: str, blocked: str) -> ModuleType:
   finally:
     if sys.modules.get(blocked, 0) is None:
       del sys.modules[blocked]
+
+
+# The import names each extra of pyproject.toml provides (only top-level
+# packages, so checking one imports nothing: `importlib.util.find_spec`).
+EXTRAS = {
+    "train": ("optax", "orbax", "etils", "filelock", "ml_collections", "absl", "tqdm",
+              "tensorboardX", "tensorflow", "tensorflow_datasets", "sklearn", "PIL", "psutil",
+              "google_crc32c"),
+    "weights": ("safetensors", "h5py"),
+    "torch": ("torch", "torchvision", "safetensors"),
+    "notebooks": ("matplotlib",),
+    "dali": ("nvidia",),
+}
+
+
+class MissingExtraError(ImportError):
+  """A part of cnnjax was imported without the extra that installs its dependencies."""
+
+
+def missing(extra: str, modules: tuple[str, ...] | None = None) -> list[str]:
+  """The import names of `extra` (or `modules` of it) that are not installed."""
+  from importlib.util import find_spec  # pylint: disable=g-import-not-at-top
+  return [name for name in (modules or EXTRAS[extra]) if find_spec(name) is None]
+
+
+def require(extra: str, user: str, modules: tuple[str, ...] | None = None) -> None:
+  """Raises MissingExtraError naming `extra` and the pip command if any of its modules is absent.
+
+  `user` names what needs them (e.g. "cnnjax.train"); `modules` narrows the
+  check to those of the extra's packages `user` imports.
+  """
+  absent = missing(extra, modules)
+  if absent:
+    raise MissingExtraError(
+        f"{user} needs the [{extra}] extra, which is not installed here (missing: "
+        f"{', '.join(absent)}); install it with: pip install \"cnnjax[{extra}]\"")
