@@ -1,4 +1,4 @@
-r"""`python -m cnnjax.evaluate`: a trained workdir (or several, an ensemble) under a view.
+r"""`cnnjax-evaluate` (`python -m cnnjax.evaluate`): a trained workdir (or several, an ensemble) under a view.
 
     python -m cnnjax.evaluate --workdir workdirs/quickstart --views 10crop
     python -m cnnjax.evaluate --workdir workdirs/vgg_d --workdir workdirs/vgg_e \
@@ -7,7 +7,6 @@ r"""`python -m cnnjax.evaluate`: a trained workdir (or several, an ensemble) und
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -15,37 +14,46 @@ from collections.abc import Sequence
 
 import jax
 
+from cnnjax import _cli
 from cnnjax.errors import CnnjaxError, ConfigError
 from cnnjax.evaluate.ensemble import VIEWS, evaluate, load_member
 from cnnjax.evaluate.report import format_table
 
 
-def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
-      prog="python -m cnnjax.evaluate", description=__doc__.split("\n\n")[0],
-      formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--workdir", action="append", required=True,
-                      help="a trained workdir; repeat for an ensemble")
-  parser.add_argument("--views", "--view", dest="view", default="center", choices=VIEWS)
-  parser.add_argument("--split", default=None, help="default: the training config's eval split")
-  parser.add_argument("--batch_size", type=int, default=None,
-                      help="examples per global batch (default: ~64 images per device)")
-  parser.add_argument("--data_dir", default=None, help="default: the training config's")
-  parser.add_argument("--scales", default=None,
-                      help="dense_multiscale scales Q, comma-separated (default: the paper's)")
-  parser.add_argument("--which", default="latest", choices=("latest", "best"),
-                      help="which checkpoint of each workdir")
-  parser.add_argument("--ema", default="auto", choices=("auto", "yes", "no"),
-                      help="evaluate the EMA parameters (auto: when the run kept them)")
-  parser.add_argument("--output", default=None, help="write the JSON report here")
-  parser.add_argument("--no_progress", action="store_true")
-  parser.add_argument("--verbose", action="store_true",
-                      help="show the libraries' own log lines (by default only their errors)")
-  return parser.parse_args(argv)
+def _define_flags(flag_values) -> None:
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  fv = {"flag_values": flag_values}
+  flags.DEFINE_multi_string("workdir", None, "a trained workdir; repeat for an ensemble", **fv)
+  flags.mark_flag_as_required("workdir", **fv)
+  flags.DEFINE_enum("views", "center", VIEWS, "the test-time view", **fv)
+  flags.DEFINE_alias("view", "views", **fv)
+  flags.DEFINE_string("split", None, "default: the training config's eval split", **fv)
+  flags.DEFINE_integer("batch_size", None,
+                       "examples per global batch (default: ~64 images per device)", **fv)
+  flags.DEFINE_string("data_dir", None, "default: the training config's", **fv)
+  flags.DEFINE_string("scales", None,
+                      "dense_multiscale scales Q, comma-separated (default: the paper's)", **fv)
+  flags.DEFINE_enum("which", "latest", ("latest", "best"), "which checkpoint of each workdir",
+                    **fv)
+  flags.DEFINE_enum("ema", "auto", ("auto", "yes", "no"),
+                    "evaluate the EMA parameters (auto: when the run kept them)", **fv)
+  flags.DEFINE_string("output", None, "write the JSON report here", **fv)
+  flags.DEFINE_bool("no_progress", False, "no progress bar", **fv)
+  _cli.define_verbose(flag_values)
+
+
+def _parse_args(argv: Sequence[str]):
+  """The parsed flags (absl, as every cnnjax command); a flag error exits with status 2."""
+  flag_values, _ = _cli.parse(["cnnjax-evaluate", *argv], _define_flags, prog="cnnjax-evaluate",
+                              doc=__doc__)
+  return flag_values
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = _parse_args(sys.argv[1:] if argv is None else argv)
+  if argv is None:  # the command (a process setting; a caller's main(argv) keeps its logging)
+    from cnnjax import logs  # pylint: disable=g-import-not-at-top
+    logs.set_up(verbose=args.verbose)
   try:
     scales = None
     if args.scales:
@@ -60,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       batch_size=args.batch_size, split=args.split, data_dir=args.data_dir,
                       scales=scales, progress=not args.no_progress)
   except CnnjaxError as error:
-    print(f"error: {error}", file=sys.stderr)
+    _cli.print_user_error(error)
     return 2
   report["workdirs"] = list(args.workdir)
   report["which"] = args.which
@@ -75,6 +83,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  from cnnjax import logs  # pylint: disable=g-import-not-at-top
-  logs.set_up(verbose="--verbose" in sys.argv[1:])  # a process setting: here, not at import
   sys.exit(main())

@@ -220,7 +220,11 @@ def train_and_evaluate(config: config_lib.RunConfig, workdir: str, *,
       f"{jax.device_count()} device(s), global batch {c.batch_size}, "
       f"{r.total_steps} steps ({r.steps_per_epoch} per epoch); {how}")
   train_step, eval_step, after_validation = steps.jit_for_mesh(r.mesh)
+  log("compiling the train step (XLA; a rerun of the same config reads it from the "
+      "compilation cache) ...")
+  compile_started = time.perf_counter()
   train_step = memory.compile_checked(train_step, r.abstract, r.first_batch, r.mesh, c)
+  log(f"compiled in {time.perf_counter() - compile_started:.1f} s; training")
   writer = MetricWriter(workdir, enabled=r.is_main, resume_step=r.start_step)
   end_step = r.total_steps
   if stop_after_steps is not None:
@@ -286,10 +290,10 @@ def train_and_evaluate(config: config_lib.RunConfig, workdir: str, *,
         results = last_eval[1] if last_eval and last_eval[0] == step else validate(
             r, writer, state, eval_step, step)
         summary.update(results)
-        log(f"final held-out accuracy ({r.inputs.eval_split}, "
+        log(f"final held-out error ({r.inputs.eval_split}, "
             f"{results['eval']['num_examples']} examples, step {step}): top-1 "
-            f"{100 * (1 - results['eval']['top1_error']):.2f}%, top-5 "
-            f"{100 * (1 - results['eval']['top5_error']):.2f}%")
+            f"{100 * results['eval']['top1_error']:.2f}%, top-5 "
+            f"{100 * results['eval']['top5_error']:.2f}%")
       if step > r.start_step and saved_step != step:
         save(r, state, step)
   finally:
@@ -297,6 +301,7 @@ def train_and_evaluate(config: config_lib.RunConfig, workdir: str, *,
       jax.profiler.stop_trace()
     bar.close()
     r.store.wait()
+    summary["checkpoints"] = {"latest": r.store.latest_step(), "best": r.store.best_step()}
     r.store.close()
     writer.close()
   summary["step"] = step
@@ -379,7 +384,7 @@ def validate(r: Prepared, writer: MetricWriter, state, eval_step, step: int) -> 
     writer.write(step, "val" if key == "eval" else "val_ema", dict(
         values, learning_rate=learning_rate, images_per_sec=values["num_examples"] / seconds,
         epoch=step / r.steps_per_epoch, split_name=r.inputs.eval_split))
-  ema_text = (f", EMA top-1 {100 * (1 - results['eval_ema']['top1_error']):.2f}%"
+  ema_text = (f", EMA top-1 error {100 * results['eval_ema']['top1_error']:.2f}%"
               if "eval_ema" in results else "")
   log(f"step {step}: {r.inputs.eval_split} loss {results['eval']['loss']:.4f}, top-1 error "
       f"{100 * results['eval']['top1_error']:.2f}%, top-5 error "

@@ -60,8 +60,9 @@ def test_config_mistakes_fail_before_any_compute(flag, message, tmp_path):
 ])
 def test_absl_reports_its_own_flag_errors(args, message, tmp_path):
   result = _train(f"--workdir={tmp_path / 'w'}", *args)
-  assert result.returncode == 1, result.stderr[-2000:]
+  assert result.returncode == 2, result.stderr[-2000:]
   assert message in result.stderr, result.stderr[-2000:]
+  assert "Traceback" not in result.stderr, result.stderr[-2000:]
   assert not os.path.exists(tmp_path / "w")
 
 
