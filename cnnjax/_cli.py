@@ -31,7 +31,7 @@ def parse(argv: Sequence[str], define: Callable[[flags.FlagValues], None], *, pr
   flag_values = flags.FlagValues()
   define(flag_values)
   if any(arg in HELP_FLAGS for arg in argv[1:]):
-    print(f"usage: {prog} [flags]\n\n{doc.strip()}\n\nflags:\n{flag_values.get_help()}")
+    print(f"usage: {prog} [flags]\n\n{doc.strip()}\n\nflags:\n{flag_values.get_help(include_special_flags=False)}")
     sys.exit(0)
   try:
     positional = flag_values(list(argv))
