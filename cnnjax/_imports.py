@@ -9,18 +9,33 @@ as usual. Used where measured (benchmarks/RESULTS.md, "Start-up").
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
 from types import ModuleType
 
+_no_change = contextlib.nullcontext
+
+
+# Modules whose shared libraries print notices to stderr while loading (TensorFlow: absl's
+# "All log messages before absl::InitializeLog()", the oneDNN and CPU-feature notices).
+NOISY_WHEN_LOADING = frozenset({"tensorflow"})
+
 
 def import_without(module: str, blocked: str) -> ModuleType:
-  """`importlib.import_module(module)`, with `blocked` unimportable while it runs."""
+  """`importlib.import_module(module)`, with `blocked` unimportable while it runs.
+
+  The first import of a module of NOISY_WHEN_LOADING runs with its native
+  notices kept off stderr (`cnnjax.logs.native_notices_silenced`).
+  """
   if module in sys.modules or blocked in sys.modules:
     return importlib.import_module(module)
+  from cnnjax import logs  # pylint: disable=g-import-not-at-top
+  quiet = logs.native_notices_silenced() if module in NOISY_WHEN_LOADING else _no_change()
   sys.modules[blocked] = None  # type: ignore[assignment]
   try:
-    return importlib.import_module(module)
+    with quiet:
+      return importlib.import_module(module)
   finally:
     if sys.modules.get(blocked, 0) is None:
       del sys.modules[blocked]

@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from cnnjax import logs
 from cnnjax.errors import CnnjaxError, DataError, ModelError
 
 DEFAULT_FEATURE = "pre_logits"
@@ -75,7 +76,7 @@ def embed(model: nn.Module, variables: Any, batches: Iterable[Mapping[str, np.nd
   if progress:
     from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
     iterator = tqdm(batches, total=total, desc=f"embed {feature}", unit="batch",
-                    disable=jax.process_index() != 0)
+                    disable=jax.process_index() != 0 or not logs.progress_bars_shown())
   pieces, labels = [], []
   for local_batch in iterator:
     if "mask" not in local_batch or "image" not in local_batch:

@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cnnjax import sharding
+from cnnjax import logs, sharding
 from cnnjax.errors import CnnjaxError, ConfigError, NonFiniteError
 from cnnjax.evaluate import scoring
 from cnnjax.train import checkpoint as ckpt_lib
@@ -61,6 +61,7 @@ from cnnjax.train.workdir_lock import LOCK_FILE, acquire_for_run  # noqa: F401  
 from cnnjax.train.writer import MetricWriter
 
 
+@logs.quiet_libraries()
 def run(config: Any, workdir: str, *, stop_after_steps: int | None = None) -> dict[str, Any]:
   """Trains `config` in `workdir` (resuming if it holds a checkpoint); returns a summary.
 
@@ -229,7 +230,8 @@ def train_and_evaluate(config: config_lib.RunConfig, workdir: str, *,
   end_step = r.total_steps
   if stop_after_steps is not None:
     end_step = min(end_step, r.start_step + stop_after_steps)
-  bar = tqdm(total=r.total_steps, initial=r.start_step, disable=not (c.progress_bar and r.is_main),
+  bar = tqdm(total=r.total_steps, initial=r.start_step,
+             disable=not (c.progress_bar and r.is_main and logs.progress_bars_shown(sys.stdout)),
              dynamic_ncols=True, mininterval=1.0, unit="step", file=sys.stdout)
   batches = sharding.prefetch_to_device(itertools.chain([r.first_batch], r.train_batches),
                                         r.mesh, depth=c.prefetch_batches)

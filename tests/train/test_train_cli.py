@@ -140,7 +140,7 @@ def test_sigterm_saves_and_the_same_command_resumes(tmp_path, digits_dir):
                           env=_env(), capture_output=True, text=True, timeout=240)
   assert result.returncode == 0, result.stderr[-3000:]
   assert f"resumed from step {saved}" in result.stdout
-  assert "final held-out accuracy" in result.stdout
+  assert "final held-out error" in result.stdout
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f]
   assert rows[-1]["split"] == "val" and rows[-1]["step"] == saved + 2
