@@ -382,10 +382,11 @@ def validate(r: Prepared, writer: MetricWriter, state, eval_step, step: int) -> 
     results["eval_ema"] = evaluate_split(r, state, eval_step, use_ema=True)
   seconds = time.perf_counter() - started
   learning_rate = float(metrics_lib.to_host(optim.current_learning_rate(state.opt_state)))
-  for key, values in results.items():
-    writer.write(step, "val" if key == "eval" else "val_ema", dict(
+  for key, values in results.items():  # rows named by the split evaluated ("test", "test_ema")
+    split = r.inputs.eval_split if key == "eval" else f"{r.inputs.eval_split}_ema"
+    writer.write(step, split, dict(
         values, learning_rate=learning_rate, images_per_sec=values["num_examples"] / seconds,
-        epoch=step / r.steps_per_epoch, split_name=r.inputs.eval_split))
+        epoch=step / r.steps_per_epoch))
   ema_text = (f", EMA top-1 error {100 * results['eval_ema']['top1_error']:.2f}%"
               if "eval_ema" in results else "")
   log(f"step {step}: {r.inputs.eval_split} loss {results['eval']['loss']:.4f}, top-1 error "

@@ -143,7 +143,7 @@ def test_sigterm_saves_and_the_same_command_resumes(tmp_path, digits_dir):
   assert "final held-out error" in result.stdout
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f]
-  assert rows[-1]["split"] == "val" and rows[-1]["step"] == saved + 2
+  assert rows[-1]["split"] == "test" and rows[-1]["step"] == saved + 2
 
 
 def test_the_train_step_needs_neither_tensorflow_nor_ml_collections():
