@@ -50,7 +50,7 @@ def model_table(names: list[str] | None = None) -> str:
     if spec.profile_kwargs:
       mark = f" [{len(notes) + 1}]"
       options = ", ".join(f"{key}={value!r}" for key, value in spec.profile_kwargs.items())
-      notes.append(f"[{len(notes) + 1}] `{name}` counted with {options}; as `create` builds it "
+      notes.append(f"- [{len(notes) + 1}] `{name}` counted with {options}; as `create` builds it "
                    f"by default, `init` makes {profile(name).params:,} parameters.")
     lines.append(f"| `{name}` | {spec.family} | {result.params:,}{mark} | "
                  f"{result.macs / 1e9:.2f} | {result.image_size} | {spec.description} |")
