@@ -6,6 +6,8 @@ says which extra it needs instead of failing on a bare import.
 """
 
 import importlib.util
+import os
+import subprocess
 import sys
 
 import jax
@@ -33,4 +35,10 @@ except ImportError as error:
     sys.exit(f"light install: `import cnnjax.train` failed without naming the extra: {error}")
 else:
   sys.exit("light install: `import cnnjax.train` succeeded without the [train] extra")
-print("light install: cnnjax.models works with jax and flax alone; cnnjax.train names its extra")
+command = os.path.join(os.path.dirname(sys.executable), "cnnjax-train")
+done = subprocess.run([command, "--help"], capture_output=True, text=True, check=False)
+if done.returncode != 2 or "cnnjax[train]" not in done.stderr or "Traceback" in done.stderr:
+  sys.exit(f"light install: cnnjax-train without the [train] extra should name it in one line "
+           f"(exit status {done.returncode}): {done.stderr[-2000:]}")
+print("light install: cnnjax.models works with jax and flax alone; cnnjax.train and "
+      "cnnjax-train name the extra they need")

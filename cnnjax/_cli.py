@@ -69,3 +69,33 @@ def print_user_error(error: BaseException) -> None:
 def define_verbose(flag_values: flags.FlagValues) -> None:
   flags.DEFINE_bool("verbose", False, "show the libraries' own log lines (TensorFlow, tfds, "
                     "absl, orbax); by default only their errors print", flag_values=flag_values)
+
+
+def _launch(target: str) -> int:
+  """Runs the command `module:function`; a missing extra is one line, not a traceback."""
+  import importlib  # pylint: disable=g-import-not-at-top
+
+  from cnnjax._imports import MissingExtraError  # pylint: disable=g-import-not-at-top
+  module_name, _, function = target.partition(":")
+  try:
+    return getattr(importlib.import_module(module_name), function)()
+  except MissingExtraError as error:
+    print_user_error(error)
+    return USAGE_ERROR
+
+
+# The console scripts of pyproject.toml.
+def train() -> int:
+  return _launch("cnnjax.train.__main__:main")
+
+
+def evaluate() -> int:
+  return _launch("cnnjax.evaluate.__main__:main")
+
+
+def embed() -> int:
+  return _launch("cnnjax.embed:main")
+
+
+def models() -> int:
+  return _launch("cnnjax.models.__main__:main")

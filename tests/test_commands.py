@@ -83,3 +83,25 @@ def test_allowed_overrides_takes_a_registered_name():
   assert "bn_momentum" in by_name and "num_classes" not in by_name
   with pytest.raises(models.ModelError, match="resnet18"):
     models.allowed_overrides("resnet_18")
+
+
+def test_a_command_without_its_extra_names_it_in_one_line(tmp_path, monkeypatch, capsys):
+  """What `cnnjax-train` does on `pip install cnnjax` alone: the extra, not a traceback."""
+  from cnnjax import _cli
+  (tmp_path / "needs_an_extra.py").write_text(
+      "from cnnjax import _imports\n"
+      "_imports.require('train', 'this command', ('no_such_module_for_this_test',))\n"
+      "def main():\n  return 0\n")
+  monkeypatch.syspath_prepend(str(tmp_path))
+  assert _cli._launch("needs_an_extra:main") == 2
+  err = capsys.readouterr().err
+  assert err.startswith("MissingExtraError: this command needs the [train] extra"), err
+  assert 'pip install "cnnjax[train]"' in err and "no_such_module_for_this_test" in err
+
+
+def test_console_scripts_run_the_commands():
+  from cnnjax import _cli
+  for script, target in _scripts().items():
+    module_name, _, function = target.partition(":")
+    if module_name == "cnnjax._cli":
+      assert callable(getattr(_cli, function)), script
