@@ -17,10 +17,10 @@ For a command-line process, `set_up` makes the same choice process-wide.
 It is called by the entry points (`cnnjax-train`, `cnnjax-evaluate`,
 `cnnjax-embed`), never at import. `set_up(verbose=False)` must run before TensorFlow
 and jaxlib are loaded, because their C++ logging reads the environment once,
-when their shared libraries load; train.py calls it first thing in `main()`,
-and TensorFlow is imported later, when the data is opened.
+when their shared libraries load; `cnnjax-train` calls it right after parsing
+its flags, and TensorFlow is imported later, when the data is opened.
 
-What a first `python train.py` printed, and the setting that silences it:
+What a first training run printed, and the setting that silences it:
 
 * TensorFlow's oneDNN notice ("port.cc ... oneDNN custom operations are on"),
   twice, each preceded by absl's "All log messages before
@@ -38,8 +38,8 @@ What a first `python train.py` printed, and the setting that silences it:
   logger): those loggers at ERROR.
 
 Environment variables the user has set are kept. cnnjax's own loggers
-("cnnjax.*", and train.py's) keep the level absl's --verbosity gives the
-root logger (WARNING by default); errors and tracebacks always print.
+("cnnjax.*") keep the root logger's level (WARNING by default); errors and
+tracebacks always print.
 """
 
 from __future__ import annotations
