@@ -155,7 +155,10 @@ def _load_config(flag_values):
 
 
 def closing_summary(summary: dict, workdir: str, seconds: float) -> str:
-  """The run's last lines: where everything is, the final error, the time, TensorBoard."""
+  """The run's last lines: workdir, checkpoints, wall time, the TensorBoard command.
+
+  They follow the loop's own last line, the final held-out error.
+  """
   lines = [f"workdir: {workdir}"]
   steps = summary.get("checkpoints", {})
   if steps.get("latest") is not None:
@@ -163,11 +166,6 @@ def closing_summary(summary: dict, workdir: str, seconds: float) -> str:
     lines.append(f"checkpoints: last step {steps['latest']}"
                  + (f", best step {best}" if best is not None else "")
                  + f" in {os.path.join(workdir, 'checkpoints')}")
-  result = summary.get("eval")
-  if result:
-    lines.append(f"final held-out error: top-1 {100 * result['top1_error']:.2f}%, top-5 "
-                 f"{100 * result['top5_error']:.2f}% ({result['num_examples']} examples, step "
-                 f"{summary['step']})")
   lines.append(f"wall time: {seconds:.0f} s")
   lines.append(f"TensorBoard: tensorboard --logdir {os.path.join(workdir, 'tensorboard')}")
   return "\n".join(lines)
