@@ -30,6 +30,9 @@ def parse(argv: Sequence[str], define: Callable[[flags.FlagValues], None], *, pr
   """
   flag_values = flags.FlagValues()
   define(flag_values)
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top,unused-import
+  for flag in flags.FLAGS.get_flags_for_module("absl.logging"):  # --verbosity, --logtostderr...
+    flag_values[flag.name] = flag
   if any(arg in HELP_FLAGS for arg in argv[1:]):
     print(f"usage: {prog} [flags]\n\n{doc.strip()}\n\nflags:\n{flag_values.get_help(include_special_flags=False)}")
     sys.exit(0)
@@ -40,7 +43,8 @@ def parse(argv: Sequence[str], define: Callable[[flags.FlagValues], None], *, pr
     if cause is not None:  # e.g. a recipe refusing its argument: the library's words alone
       print_user_error(cause)
       sys.exit(USAGE_ERROR)
-    print(f"{prog}: Flags parsing error: {error}\nTry '{prog} --help'.", file=sys.stderr)
+    # absl's own words and prefix (absl.app prints the same for a program it runs)
+    print(f"FATAL Flags parsing error: {error}\nTry '{prog} --help'.", file=sys.stderr)
     sys.exit(USAGE_ERROR)
   return flag_values, positional[1:]
 
