@@ -15,7 +15,6 @@ sharded over the devices, padding dropped.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -25,6 +24,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from cnnjax import logs
 from cnnjax.errors import CnnjaxError, DataError, ModelError
 
 DEFAULT_FEATURE = "pre_logits"
@@ -82,7 +82,7 @@ def embed(model: nn.Module, variables: Any,
   if progress:
     from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
     iterator = tqdm(batches, total=total, desc=f"embed {feature}", unit="batch",
-                    disable=jax.process_index() != 0)
+                    disable=jax.process_index() != 0 or not logs.progress_bars_shown())
   pieces, labels = [], []
   for local_batch in iterator:
     if not isinstance(local_batch, Mapping) or "image" not in local_batch:
@@ -177,26 +177,36 @@ def embed_workdir(workdir: str, *, split: str | None = None, batch_size: int = 2
                        stats_split=settings.stats_split, feature=feature, progress=progress)
 
 
+def _define_flags(flag_values) -> None:
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  from cnnjax import _cli  # pylint: disable=g-import-not-at-top
+  fv = {"flag_values": flag_values}
+  flags.DEFINE_string("workdir", None, "a trained workdir", **fv)
+  flags.DEFINE_string("split", None, "default: the training config's eval split", **fv)
+  flags.DEFINE_integer("batch_size", 256, "examples per batch", **fv)
+  flags.DEFINE_string("feature", DEFAULT_FEATURE, "the feature to save", **fv)
+  flags.DEFINE_enum("which", "latest", ("latest", "best"), "which checkpoint", **fv)
+  flags.DEFINE_string("data_dir", None, "default: the training config's", **fv)
+  flags.DEFINE_string("output", None, "the .npz file to write", **fv)
+  flags.mark_flags_as_required(["workdir", "output"], **fv)
+  _cli.define_verbose(flag_values)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m cnnjax.embed",
-                                   description="Embeddings of a split, saved as .npz "
-                                               "(embeddings [N, D], labels [N]).")
-  parser.add_argument("--workdir", required=True)
-  parser.add_argument("--split", default=None, help="default: the training config's eval split")
-  parser.add_argument("--batch_size", type=int, default=256)
-  parser.add_argument("--feature", default=DEFAULT_FEATURE)
-  parser.add_argument("--which", default="latest", choices=("latest", "best"))
-  parser.add_argument("--data_dir", default=None)
-  parser.add_argument("--output", required=True, help="the .npz file to write")
-  parser.add_argument("--verbose", action="store_true",
-                      help="show the libraries' own log lines (by default only their errors)")
-  args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+  """`cnnjax-embed`: embeddings of a split, saved as .npz (embeddings [N, D], labels [N])."""
+  from cnnjax import _cli  # pylint: disable=g-import-not-at-top
+  args, _ = _cli.parse(["cnnjax-embed", *(sys.argv[1:] if argv is None else argv)],
+                       _define_flags, prog="cnnjax-embed", doc=main.__doc__)
+  if argv is None:  # the command (a process setting; a caller's main(argv) keeps its logging)
+    from cnnjax import logs  # pylint: disable=g-import-not-at-top
+    logs.set_up(verbose=args.verbose)
   try:
     embeddings, labels = embed_workdir(args.workdir, split=args.split,
                                        batch_size=args.batch_size, which=args.which,
                                        data_dir=args.data_dir, feature=args.feature)
   except CnnjaxError as error:
-    print(f"error: {error}", file=sys.stderr)
+    _cli.print_user_error(error)
     return 2
   if jax.process_index() == 0:
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
@@ -207,6 +217,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  from cnnjax import logs  # pylint: disable=g-import-not-at-top
-  logs.set_up(verbose="--verbose" in sys.argv[1:])  # a process setting: here, not at import
   sys.exit(main())

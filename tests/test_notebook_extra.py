@@ -4,7 +4,7 @@
 stop at a bare "No module named 'matplotlib'". A fresh interpreter in which
 matplotlib cannot be imported runs each notebook's first code cell, which
 must raise an ImportError naming the install line, before anything else
-runs; the README's install paragraphs name the same line.
+runs; the README's install table names the extra and the notebooks' page the same line.
 """
 
 from __future__ import annotations
@@ -56,6 +56,8 @@ def test_readme_and_extra_name_what_the_notebooks_import():
   assert any(requirement.startswith("matplotlib") for requirement in extra)
   with open(os.path.join(REPOSITORY_ROOT, "README.md"), encoding="utf-8") as f:
     readme = f.read()
-  notebooks_section = readme[readme.index("## Notebooks"):]
-  assert INSTALL_LINE in readme[:readme.index("## Models")]  # the install paragraph at the top
-  assert INSTALL_LINE in notebooks_section
+  install_section = readme[readme.index("## Install"):readme.index("## Documentation")]
+  assert "| `[notebooks]` |" in install_section
+  with open(os.path.join(REPOSITORY_ROOT, "docs", "index.md"), encoding="utf-8") as f:
+    index = f.read()
+  assert INSTALL_LINE in index[index.index("## Notebooks"):]

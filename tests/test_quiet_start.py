@@ -1,16 +1,21 @@
-"""A first `python train.py` prints cnnjax's lines, not the libraries' log chatter.
+"""cnnjax prints its own lines, not the libraries' log chatter: as a command and as a library.
 
-train.py runs as a user starts it (a subprocess, without the suite's
-TF_CPP_MIN_LOG_LEVEL) on a tiny config and a fresh data_dir, so the digits
-dataset is prepared too. Without --verbose none of the libraries' notices
-may appear; with it some must (so the markers below are the real lines),
-and cnnjax's errors and a bug's traceback print either way.
+`cnnjax-train` runs as a user starts it (a subprocess, without the suite's
+TF_CPP_MIN_LOG_LEVEL, from a directory outside the checkout) on the
+quickstart recipe shrunk and a fresh data_dir, so the digits dataset is
+prepared too. Without --verbose none of the libraries' notices may appear;
+with it some must (so the markers below are the real lines), and cnnjax's
+errors and a bug's traceback print either way. A notebook-style script
+(import, create, an image-folder iterator, evaluate a checkpoint) in a fresh
+process writes no line of TensorFlow, tfds, absl or orbax either, without
+any setting of its own.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -34,7 +39,7 @@ THIRD_PARTY_MARKERS = (
 TINY = ("--config.num_steps=2",
         "--config.model_kwargs={'stage_sizes': (1, 1, 1), 'width_multiplier': 0.25}",
         "--config.image_size=16", "--config.batch_size=16", "--config.eval_num_batches=1",
-        "--config.progress_bar=False", "--config.compilation_cache_dir=none")
+        "--config.compilation_cache_dir=none")  # the progress bar on: a pipe must not get it
 
 
 def _user_environment() -> dict[str, str]:
@@ -55,16 +60,79 @@ def _train(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("verbose", [False, True], ids=["quiet", "verbose"])
 def test_first_run_prints_no_library_notices_unless_verbose(tmp_path, verbose):
   flags = ["--verbose"] if verbose else []
-  result = _train(*flags, f"--workdir={tmp_path / 'work'}", f"--config.data_dir={tmp_path / 'data'}",
-                  *TINY)
+  environ = _user_environment()
+  environ["PYTHONPATH"] = REPOSITORY_ROOT + os.pathsep + environ.get("PYTHONPATH", "")
+  result = subprocess.run(
+      [sys.executable, "-m", "cnnjax.train", "--config", "quickstart", *flags,
+       f"--config.data_dir={tmp_path / 'data'}", *TINY], env=environ, capture_output=True,
+      text=True, timeout=240, cwd=tmp_path)  # not the checkout: recipes are found by name
   output = result.stdout + result.stderr
   assert result.returncode == 0, output
-  assert "cnnjax: " in output and "final held-out accuracy" in output, output
+  assert "cnnjax: " in output and "final held-out error" in output, output
   shown = [marker for marker in THIRD_PARTY_MARKERS if marker in output]
   if verbose:
     assert len(shown) >= 3, output  # the same run, the libraries' lines back
-  else:
-    assert not shown, output
+    return
+  assert not shown, output
+  # The closing summary: where the run is, its checkpoints, the time, how to look at it.
+  workdir = os.path.join("workdirs", "quickstart")
+  assert (tmp_path / workdir / "checkpoints").is_dir()
+  assert f"workdir: {workdir}" in result.stdout, result.stdout
+  assert "checkpoints: last step 2, best step 2" in result.stdout, result.stdout
+  assert re.search(r"wall time: \d+ s", result.stdout), result.stdout
+  assert f"tensorboard --logdir {os.path.join(workdir, 'tensorboard')}" in result.stdout
+  assert "compiling the train step" in result.stdout, result.stdout
+  assert "\r" not in output  # no progress bar redraws outside a terminal
+  _notebook_sees_no_library_lines(tmp_path, str(tmp_path / workdir), str(tmp_path / "data"))
+
+
+# A line a library wrote: C++ logging (glog/absl format), Python logging's default format
+# for their loggers, tfds' preparation lines and progress bars.
+LIBRARY_LINE = re.compile(
+    r"^([IWEF]\d{4} |WARNING: All log messages|(INFO|WARNING|ERROR):(absl|tensorflow|orbax)"
+    r"|.*(oneDNN|Downloading and preparing|Generating splits|Shuffling|dataset_info.json"
+    r"|AutoGraph|Given directory is read only|\x1b\[A))")
+
+NOTEBOOK = """
+import jax, jax.numpy as jnp
+import cnnjax.data as data
+import cnnjax.models as models
+from cnnjax import evaluate as ev
+from cnnjax.train import restore_for_eval
+
+model = models.create("cifar_resnet20", width_multiplier=0.25)
+model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False)
+info = data.dataset_info("image_folder:{folder}", data_dir="{data_dir}")
+batches = list(data.eval_iterator("image_folder:{folder}", global_batch_size=4,
+                                  data_dir="{data_dir}", image_size=32))
+config, model, variables = restore_for_eval("{workdir}")
+report = ev.evaluate([ev.load_member("{workdir}")], "digits", data_dir="{digits_dir}",
+                     progress=False, split="test[:32]")
+print("DONE", info.num_classes, len(batches), config["model"], report["num_examples"])
+"""
+
+
+def _notebook_sees_no_library_lines(tmp_path, workdir: str, digits_dir: str) -> None:
+  """The notebook-style script in a fresh process, on the run's workdir and a new image folder."""
+  from data_helpers import smooth_image, write_image  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  folder = tmp_path / "photos"
+  for split in ("train", "val"):
+    for label in ("cat", "dog"):
+      for i in range(3):
+        write_image(str(folder / split / label / f"{i}.jpg"), smooth_image(rng, 40, 48))
+  script = NOTEBOOK.format(folder=folder, data_dir=tmp_path / "folder_data", workdir=workdir,
+                           digits_dir=digits_dir)
+  environ = _user_environment()
+  environ["PYTHONPATH"] = REPOSITORY_ROOT + os.pathsep + environ.get("PYTHONPATH", "")
+  result = subprocess.run([sys.executable, "-c", script], env=environ, capture_output=True,
+                          text=True, timeout=240, cwd=tmp_path)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "DONE 2 " in result.stdout, result.stdout
+  library_lines = [line for line in result.stderr.splitlines() if LIBRARY_LINE.match(line)]
+  assert not library_lines, result.stderr[-3000:]
+  assert "Downloading" not in result.stdout, result.stdout  # a local folder is not downloaded
 
 
 def test_cnnjax_error_still_prints(tmp_path):

@@ -7,7 +7,7 @@ the hardware it assumes and the published result it aims at.
 
 | file | recipe |
 | --- | --- |
-| `quickstart.py` | offline `digits` dataset + CIFAR ResNet-20, a few minutes on a laptop CPU |
+| `quickstart.py` | offline `digits` dataset + CIFAR ResNet-20 on a CPU (`cnnjax-train`'s default) |
 | `alexnet_imagenet.py` | AlexNet (2012) on ILSVRC-2012 |
 | `vgg_imagenet.py` | VGG A..E (arg: `D`, `D,jitter`, `E,jitter,init_from=...`) |
 | `googlenet_imagenet.py` | GoogLeNet / Inception v1 |
@@ -32,7 +32,7 @@ RECIPES = (
 
 
 def recipe_path(name: str) -> str:
-  """The file path of a recipe, for `--config` or `config_flags`."""
+  """The file path of a recipe, for `config_flags` (`cnnjax-train --config <name>` resolves it)."""
   return os.path.join(os.path.dirname(os.path.abspath(__file__)), name + ".py")
 
 

@@ -1,8 +1,8 @@
 r"""Quickstart: CIFAR ResNet-20 on the embedded `digits` dataset, offline, on a CPU.
 
-Run (no arguments needed; this is `python train.py`'s default):
-  python train.py
-  python train.py --config cnnjax/configs/quickstart.py --workdir workdirs/quickstart
+Run (no arguments needed; this is `cnnjax-train`'s default):
+  cnnjax-train
+  cnnjax-train --config quickstart --workdir workdirs/quickstart
 
 Hardware assumed: any laptop CPU (measured on a 2-core x86_64 VM).
 Dataset: scikit-learn's 1,797 handwritten digits (8x8, upscaled to 32x32x3),
@@ -13,16 +13,12 @@ kernels, 150 steps (~6.5 epochs of the 1,497 training digits): linear warm-up
 over 30 steps then cosine decay of lr 0.1; no augmentation (flips would change
 digits), per-channel mean subtraction.
 
-Result (measured 2026-11-27, `python train.py` on the 2-core AMD EPYC VM,
-empty compilation cache): held-out top-1 accuracy 99.00% (297 of the 300
-test digits), top-5 100%, test loss 0.028; 2m10s of CPU time, 5m48s wall
-while other jobs kept the machine's load average at 7-10 (see
-benchmarks/RESULTS.md, section "quickstart"). The run is deterministic: the
-same machine gives the same numbers every time. With the CIFAR ResNets'
-residual-branch scales at 1/sqrt(blocks) (since 2026-12-04; resnet.py
-CIFAR_RESNET_INIT): 99.00% top-1, top-5 100%, test loss 0.045 (seed 0);
-seeds 0-2 give 98.3-99.3%, against 99.3-99.7% with BN scales 1
+Result (2026-12-04, the 2-core AMD EPYC VM, seed 0): held-out top-1 error
+1.00% (3 of the 300 test digits), top-5 error 0%, test loss 0.045
 (benchmarks/RESULTS.md, "Deep CIFAR ResNets at the paper's learning rate").
+Time, empty compilation cache, idle machine: 1m30s of CPU time, 55-88 s
+wall (2026-11-27; benchmarks/RESULTS.md, "Quickstart"). The run is
+deterministic: the same machine gives the same numbers every time.
 """
 
 from cnnjax.configs import base

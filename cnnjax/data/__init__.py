@@ -13,7 +13,11 @@ Public API:
   channel_normalization(dataset, *, normalize, ...)   -> per-channel (mean, std)
 """
 
-from cnnjax.data import _tf_setup  # noqa: F401  (must run before anything builds a TF op)
+from cnnjax import _imports
+
+_imports.require("train", "cnnjax.data", ("tensorflow", "tensorflow_datasets"))
+
+from cnnjax.data import _tf_setup  # noqa: E402,F401  (must run before anything builds a TF op)
 from cnnjax.data.augment import PRESETS as AUGMENT_PRESETS
 from cnnjax.data.normalization import (NORMALIZATIONS, channel_normalization, device_input,
                                        resolve_device_preprocessing)

@@ -24,6 +24,7 @@ from typing import Any
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from cnnjax import logs
 from cnnjax.data import _tf_setup  # noqa: F401
 from cnnjax.data.bounded import bounded_builder, check_max_resolution
 from cnnjax.errors import DataError, close_matches
@@ -237,6 +238,7 @@ def dataset_info(dataset: str, data_dir: str | os.PathLike | None = None, *,
 _SOURCES: dict[tuple[str, str, str], Source] = {}
 
 
+@logs.quiet_libraries()
 def get_source(dataset: str, data_dir: str | os.PathLike | None = None, *,
                on_bad_image: str = "raise", max_resolution: int = 0) -> Source:
   """Resolves a dataset name to a prepared `Source` (raises DataError naming the fix).
@@ -323,8 +325,10 @@ def _prepare(name: str, builder, root: str) -> None:
                       + (f" Missing: {', '.join(missing)}." if missing else ""))
   _check_download_hosts(name, builder, root)
   created = _missing_directories(builder, root)
+  print(f"preparing dataset {name!r} in {root} (once) ...", flush=True)
   try:
-    builder.download_and_prepare()
+    with logs.quiet_libraries(drop_prints=True):  # a local folder is not "downloaded"
+      builder.download_and_prepare()
   except DataError:
     _remove_empty(created)
     raise

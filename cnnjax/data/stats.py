@@ -22,11 +22,13 @@ import dataclasses
 import hashlib
 import json
 import os
+import sys
 import tempfile
 
 import numpy as np
 import tensorflow as tf
 
+from cnnjax import logs
 from cnnjax.data import _tf_setup  # noqa: F401
 from cnnjax.data.image_ops import center_crop_image, decode_image, resize_shorter_side_image
 from cnnjax.errors import DataError
@@ -72,9 +74,11 @@ def stats_resolution(image_shape) -> int:
   return VARIABLE_SIZE_RESOLUTION
 
 
+@logs.quiet_libraries()
 def compute_stats(dataset: tf.data.Dataset, resolution: int, max_examples: int | None,
                   batch_size: int = 64) -> ImageStats:
-  """One pass over a dataset of {"image": encoded-or-array} examples."""
+  """One pass over a dataset of {"image": encoded-or-array} examples (a bar on a terminal)."""
+  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
   def prepare(example):
     image = decode_image(example["image"])
     if image.shape[0] != resolution or image.shape[1] != resolution:
@@ -88,12 +92,19 @@ def compute_stats(dataset: tf.data.Dataset, resolution: int, max_examples: int |
   pixel_sum = np.zeros((resolution, resolution, 3), np.float64)
   outer = np.zeros((3, 3), np.float64)
   count = 0
+  total = int(dataset.cardinality())
+  print(f"computing the training set's statistics ({total if total >= 0 else 'all'} images at "
+        f"{resolution}x{resolution}, once; cached for later runs) ...", flush=True)
+  bar = tqdm(total=total if total >= 0 else None, unit="image", desc="statistics",
+             disable=not logs.progress_bars_shown(sys.stdout), file=sys.stdout, leave=False)
   for batch in images.as_numpy_iterator():
+    bar.update(len(batch))
     batch = batch.astype(np.float64)
     pixel_sum += batch.sum(axis=0)
     flat = batch.reshape(-1, 3)
     outer += flat.T @ flat
     count += len(batch)
+  bar.close()
   if count == 0:
     raise DataError("cannot compute training-set statistics of an empty split")
   mean_image = pixel_sum / count

@@ -1,4 +1,4 @@
-r"""`python -m cnnjax.evaluate`: workdirs or published weights (several: an ensemble) under a view.
+r"""`cnnjax-evaluate` (`python -m cnnjax.evaluate`): workdirs or published weights (several: an ensemble) under a view.
 
     python -m cnnjax.evaluate --workdir workdirs/quickstart --views 10crop
     python -m cnnjax.evaluate --workdir workdirs/vgg_d --workdir workdirs/vgg_e \
@@ -13,7 +13,6 @@ with their own pixel convention and the training scales their authors used
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -21,39 +20,43 @@ from collections.abc import Sequence
 
 import jax
 
+from cnnjax import _cli
 from cnnjax.errors import CnnjaxError, ConfigError
 from cnnjax.evaluate.ensemble import VIEWS, Member, evaluate, load_member
 from cnnjax.evaluate.report import format_table
 
 
-def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
-      prog="python -m cnnjax.evaluate", description=__doc__.split("\n\n")[0],
-      formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--workdir", action="append", default=[],
-                      help="a trained workdir; repeat for an ensemble")
-  parser.add_argument("--weights", action="append", default=[],
-                      help="published weights SOURCE[:FILE] (e.g. keras/vgg16:vgg16.h5, "
-                           "torchvision/resnet50.IMAGENET1K_V2) in place of a workdir; repeatable")
-  parser.add_argument("--dataset", default=None,
-                      help="the data to score (default: the first workdir's training dataset; "
-                           "needed with --weights alone)")
-  parser.add_argument("--views", "--view", dest="view", default="center", choices=VIEWS)
-  parser.add_argument("--split", default=None, help="default: the training config's eval split")
-  parser.add_argument("--batch_size", type=int, default=None,
-                      help="examples per global batch (default: ~64 images per device)")
-  parser.add_argument("--data_dir", default=None, help="default: the training config's")
-  parser.add_argument("--scales", default=None,
-                      help="dense_multiscale scales Q, comma-separated (default: the paper's)")
-  parser.add_argument("--which", default="latest", choices=("latest", "best"),
-                      help="which checkpoint of each workdir")
-  parser.add_argument("--ema", default="auto", choices=("auto", "yes", "no"),
-                      help="evaluate the EMA parameters (auto: when the run kept them)")
-  parser.add_argument("--output", default=None, help="write the JSON report here")
-  parser.add_argument("--no_progress", action="store_true")
-  parser.add_argument("--verbose", action="store_true",
-                      help="show the libraries' own log lines (by default only their errors)")
-  return parser.parse_args(argv)
+def _define_flags(flag_values) -> None:
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  fv = {"flag_values": flag_values}
+  flags.DEFINE_multi_string("workdir", [], "a trained workdir; repeat for an ensemble", **fv)
+  flags.DEFINE_multi_string(
+      "weights", [], "published weights SOURCE[:FILE] (e.g. keras/vgg16:vgg16.h5, "
+      "torchvision/resnet50.IMAGENET1K_V2) in place of a workdir; repeatable", **fv)
+  flags.DEFINE_string("dataset", None, "the data to score (default: the first workdir's "
+                      "training dataset; needed with --weights alone)", **fv)
+  flags.DEFINE_enum("views", "center", VIEWS, "the test-time view", **fv)
+  flags.DEFINE_alias("view", "views", **fv)
+  flags.DEFINE_string("split", None, "default: the training config's eval split", **fv)
+  flags.DEFINE_integer("batch_size", None,
+                       "examples per global batch (default: ~64 images per device)", **fv)
+  flags.DEFINE_string("data_dir", None, "default: the training config's", **fv)
+  flags.DEFINE_string("scales", None,
+                      "dense_multiscale scales Q, comma-separated (default: the paper's)", **fv)
+  flags.DEFINE_enum("which", "latest", ("latest", "best"), "which checkpoint of each workdir",
+                    **fv)
+  flags.DEFINE_enum("ema", "auto", ("auto", "yes", "no"),
+                    "evaluate the EMA parameters (auto: when the run kept them)", **fv)
+  flags.DEFINE_string("output", None, "write the JSON report here", **fv)
+  flags.DEFINE_bool("no_progress", False, "no progress bar", **fv)
+  _cli.define_verbose(flag_values)
+
+
+def _parse_args(argv: Sequence[str]):
+  """The parsed flags (absl, as every cnnjax command); a flag error exits with status 2."""
+  flag_values, _ = _cli.parse(["cnnjax-evaluate", *argv], _define_flags, prog="cnnjax-evaluate",
+                              doc=__doc__)
+  return flag_values
 
 
 def weights_member(source: str, dataset: str) -> Member:
@@ -67,6 +70,9 @@ def weights_member(source: str, dataset: str) -> Member:
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = _parse_args(sys.argv[1:] if argv is None else argv)
+  if argv is None:  # the command (a process setting; a caller's main(argv) keeps its logging)
+    from cnnjax import logs  # pylint: disable=g-import-not-at-top
+    logs.set_up(verbose=args.verbose)
   try:
     scales = None
     if args.scales:
@@ -79,18 +85,18 @@ def main(argv: Sequence[str] | None = None) -> int:
       raise ConfigError("name what to evaluate: --workdir DIR or --weights SOURCE[:FILE] "
                         "(each repeatable for an ensemble)")
     members = [load_member(workdir, which=args.which, use_ema=use_ema)
-               for workdir in args.workdir]
+               for workdir in args.workdir or []]
     dataset = args.dataset or (members[0].config["dataset"] if members else None)
     if dataset is None:
       raise ConfigError("--weights needs --dataset (a tfds name or image_folder:<path>)")
-    members += [weights_member(source, dataset) for source in args.weights]
+    members += [weights_member(source, dataset) for source in args.weights or []]
     report = evaluate(members, dataset, view=args.view,
                       batch_size=args.batch_size, split=args.split, data_dir=args.data_dir,
                       scales=scales, progress=not args.no_progress)
   except CnnjaxError as error:
-    print(f"error: {error}", file=sys.stderr)
+    _cli.print_user_error(error)
     return 2
-  report["workdirs"] = list(args.workdir)
+  report["workdirs"] = list(args.workdir or [])
   if args.weights:
     report["weights"] = list(args.weights)
   report["which"] = args.which
@@ -105,6 +111,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  from cnnjax import logs  # pylint: disable=g-import-not-at-top
-  logs.set_up(verbose="--verbose" in sys.argv[1:])  # a process setting: here, not at import
   sys.exit(main())

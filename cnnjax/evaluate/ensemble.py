@@ -34,6 +34,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from cnnjax import logs
 from cnnjax.errors import ConfigError, DataError, ModelError, close_matches
 from cnnjax import scoring
 from cnnjax.scoring.metrics import averages_from_sums
@@ -362,7 +363,7 @@ def evaluate(members: Sequence[Member | tuple[nn.Module, Any]],
   if progress:
     from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
     batches = tqdm(batches, total=total, desc=f"evaluate {view}", unit="batch",
-                   disable=jax.process_index() != 0)
+                   disable=jax.process_index() != 0 or not logs.progress_bars_shown())
   checked = (_check_layout(batch, view) or batch for batch in batches)
   totals = scoring.sum_over_batches(lambda batch: step(variables, batch), checked, mesh)
 

@@ -138,8 +138,9 @@ def spec_of(model: nn.Module) -> ModelSpec | None:
   return None
 
 
-def allowed_overrides(module: type[nn.Module]) -> list[str]:
-  """The keyword arguments `create` accepts for a module class."""
+def allowed_overrides(model: str | type[nn.Module]) -> list[str]:
+  """The option keywords `create` accepts for a registered name or a module class."""
+  module = get_spec(model).module if isinstance(model, str) else model
   return sorted(field.name for field in dataclasses.fields(module)
                 if field.init and field.name not in _RESERVED)
 

@@ -12,6 +12,10 @@ ml_collections, and imports TensorFlow only where data is read:
 `run` and `restore_for_eval` are imported lazily, on first use.
 """
 
+from cnnjax import _imports
+
+_imports.require("train", "cnnjax.train", ("optax", "orbax", "etils", "filelock"))
+
 __all__ = ["restore_for_eval", "run"]
 
 

@@ -58,6 +58,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from cnnjax import logs
 from cnnjax.errors import CheckpointError, CnnjaxError
 from cnnjax.train import checkpoint_integrity as integrity
 
@@ -485,6 +486,7 @@ def _eval_source(workdir: epath.Path, which: str, step: int | None) -> tuple[epa
   return directory, _newest_intact(directory, steps)
 
 
+@logs.quiet_libraries()
 def restore_variables(workdir: epath.PathLike, *, which: str = "latest", use_ema: bool = False,
                       step: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
   """({"params", "batch_stats"?}, meta) of a workdir's checkpoint, on one local device.
@@ -523,6 +525,7 @@ def restore_variables(workdir: epath.PathLike, *, which: str = "latest", use_ema
   return variables, meta
 
 
+@logs.quiet_libraries()
 def restore_for_eval(workdir: epath.PathLike, *, which: str = "latest", use_ema: bool = False):
   """(config, model, variables) of a trained workdir, ready for `model.apply`.
 

@@ -123,6 +123,13 @@ def validate(config: Any, *, num_devices: int | None = None,
     _check_type(key, value, reference[key])
     _check_range(key, value, reference[key])
 
+  if given["dtype"] == "float16":
+    # float16 gradients underflow without loss scaling, which the train step does
+    # not do; bfloat16 has float32's exponent range and needs none.
+    raise ConfigError(
+        "config.dtype='float16' is not supported: float16 training needs loss scaling, which "
+        "cnnjax does not do. Use config.dtype='bfloat16' (same speed on current GPUs and TPUs, "
+        "float32's range, no loss scaling) or 'float32'")
   for key, allowed in base.CHOICES.items():
     if given[key] not in allowed:
       raise ConfigError(
@@ -134,13 +141,6 @@ def validate(config: Any, *, num_devices: int | None = None,
         f"{close_matches(given['model'], model_names)}")
 
   c = given
-  if c["dtype"] == "float16":
-    # float16 gradients underflow without loss scaling, which the train step does
-    # not do; bfloat16 has float32's exponent range and needs none.
-    raise ConfigError(
-        "config.dtype='float16' is not supported: float16 training needs loss scaling, which "
-        "cnnjax does not do. Use config.dtype='bfloat16' (same speed on current GPUs and TPUs, "
-        "float32's range, no loss scaling) or 'float32'")
   _require(c["batch_size"] >= 1, "batch_size", c["batch_size"], "a positive integer")
   if num_devices is not None and c["batch_size"] % num_devices:
     raise ConfigError(

@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cnnjax import sharding
+from cnnjax import logs, sharding
 from cnnjax.errors import CnnjaxError, ConfigError, NonFiniteError
 from cnnjax import scoring
 from cnnjax.train import checkpoint as ckpt_lib
@@ -61,6 +61,7 @@ from cnnjax.train.workdir_lock import LOCK_FILE, acquire_for_run  # noqa: F401  
 from cnnjax.train.writer import MetricWriter
 
 
+@logs.quiet_libraries()
 def run(config: Any, workdir: str, *, stop_after_steps: int | None = None) -> dict[str, Any]:
   """Trains `config` in `workdir` (resuming if it holds a checkpoint); returns a summary.
 
@@ -230,12 +231,17 @@ def train_and_evaluate(config: config_lib.RunConfig, workdir: str, *,
       f"{jax.device_count()} device(s), global batch {c.batch_size}, "
       f"{r.total_steps} steps ({r.steps_per_epoch} per epoch); {how}")
   train_step, eval_step, after_validation = steps.jit_for_mesh(r.mesh)
+  log("compiling the train step (XLA; a rerun of the same config reads it from the "
+      "compilation cache) ...")
+  compile_started = time.perf_counter()
   train_step = memory.compile_checked(train_step, r.abstract, r.first_batch, r.mesh, c)
+  log(f"compiled in {time.perf_counter() - compile_started:.1f} s; training")
   writer = MetricWriter(workdir, enabled=r.is_main, resume_step=r.start_step)
   end_step = r.total_steps
   if stop_after_steps is not None:
     end_step = min(end_step, r.start_step + stop_after_steps)
-  bar = tqdm(total=r.total_steps, initial=r.start_step, disable=not (c.progress_bar and r.is_main),
+  bar = tqdm(total=r.total_steps, initial=r.start_step,
+             disable=not (c.progress_bar and r.is_main and logs.progress_bars_shown(sys.stdout)),
              dynamic_ncols=True, mininterval=1.0, unit="step", file=sys.stdout)
   batches = sharding.prefetch_to_device(itertools.chain([r.first_batch], r.train_batches),
                                         r.mesh, depth=c.prefetch_batches)
@@ -299,10 +305,10 @@ def train_and_evaluate(config: config_lib.RunConfig, workdir: str, *,
         results = last_eval[1] if last_eval and last_eval[0] == step else validate(
             r, writer, state, eval_step, step)
         summary.update(results)
-        log(f"final held-out accuracy ({r.inputs.eval_split}, "
+        log(f"final held-out error ({r.inputs.eval_split}, "
             f"{results['eval']['num_examples']} examples, step {step}): top-1 "
-            f"{100 * (1 - results['eval']['top1_error']):.2f}%, top-5 "
-            f"{100 * (1 - results['eval']['top5_error']):.2f}%")
+            f"{100 * results['eval']['top1_error']:.2f}%, top-5 "
+            f"{100 * results['eval']['top5_error']:.2f}%")
       if step > r.start_step and saved_step != step:
         writer.flush()
         save(r, state, step)
@@ -311,6 +317,7 @@ def train_and_evaluate(config: config_lib.RunConfig, workdir: str, *,
       jax.profiler.stop_trace()
     bar.close()
     r.store.wait()
+    summary["checkpoints"] = {"latest": r.store.latest_step(), "best": r.store.best_step()}
     r.store.close()
     writer.close()
   summary["step"] = step
@@ -389,11 +396,12 @@ def validate(r: Prepared, writer: MetricWriter, state, eval_step, step: int) -> 
     results["eval_ema"] = evaluate_split(r, state, eval_step, use_ema=True)
   seconds = time.perf_counter() - started
   learning_rate = float(metrics_lib.to_host(optim.current_learning_rate(state.opt_state)))
-  for key, values in results.items():
-    writer.write(step, "val" if key == "eval" else "val_ema", dict(
+  for key, values in results.items():  # rows named by the split evaluated ("test", "test_ema")
+    split = r.inputs.eval_split if key == "eval" else f"{r.inputs.eval_split}_ema"
+    writer.write(step, split, dict(
         values, learning_rate=learning_rate, images_per_sec=values["num_examples"] / seconds,
-        epoch=step / r.steps_per_epoch, split_name=r.inputs.eval_split))
-  ema_text = (f", EMA top-1 {100 * (1 - results['eval_ema']['top1_error']):.2f}%"
+        epoch=step / r.steps_per_epoch))
+  ema_text = (f", EMA top-1 error {100 * results['eval_ema']['top1_error']:.2f}%"
               if "eval_ema" in results else "")
   log(f"step {step}: {r.inputs.eval_split} loss {results['eval']['loss']:.4f}, top-1 error "
       f"{100 * results['eval']['top1_error']:.2f}%, top-5 error "

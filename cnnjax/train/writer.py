@@ -2,8 +2,9 @@
 
 One JSON object per line, per logged training window and per evaluation:
 {"step", "split", "loss", "top1_error", "top5_error", "learning_rate",
-"images_per_sec", "epoch", "time", ...}. `split` is "train", or the
-validation split's name ("val", "val_ema" for the averaged parameters).
+"images_per_sec", "epoch", "time", ...}. `split` is "train", or the name
+of the split evaluated (e.g. "test", "validation", "train[45000:]"), with
+"_ema" appended for the averaged parameters.
 The same scalars go to TensorBoard under "<split>/<name>" (events in
 <workdir>/tensorboard). Only process 0 writes.
 

@@ -137,7 +137,7 @@ def first_run(tmp_path_factory, digits_dir):
 
 def test_two_processes_train_validate_and_commit_the_last_step_as_newest_and_best(first_run):
   workdir, _, _, results = first_run
-  assert "final held-out accuracy" in results[0][1]
+  assert "final held-out error" in results[0][1]
   directory = os.path.join(workdir, checkpoint.LATEST_DIR)
   steps = checkpoint._steps_in(directory)  # pylint: disable=protected-access
   assert steps == [2, FIRST_STEPS]
@@ -221,7 +221,7 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_resumes_on_one_proces
                    _env(4), LAUNCH_TIMEOUT_S)
   _ok(single)
   assert f"resumed from step {stopped}" in single[0][1], single[0][1][-3000:]
-  assert "final held-out accuracy" in single[0][1]
+  assert "final held-out error" in single[0][1]
   assert [row["step"] for row in read_metrics(workdir, "train")] == list(range(1, stopped + 3))
   validation = {row["step"]: row["top1_error"] for row in read_metrics(workdir, "val")}
   assert FIRST_STEPS in validation and stopped + 2 in validation

@@ -1,7 +1,7 @@
 """CheckpointStore on its own: one orbax manager keeping the latest N plus the best.
 
 No training: tiny pytrees, so these run in seconds and double as the check of
-the oldest orbax-checkpoint release pyproject.toml admits (README, "Checkpoints").
+the oldest orbax-checkpoint release pyproject.toml admits (docs/training.md, "Checkpoints and orbax versions").
 """
 
 from __future__ import annotations

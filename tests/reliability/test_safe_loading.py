@@ -122,9 +122,11 @@ def test_command_line_overrides_are_never_evaluated(template, tmp_path):
       config_lib.validate(parsed, model_names=["cifar_resnet20"])
 
 
-def test_readme_says_config_files_are_code():
-  with open(os.path.join(REPO, "README.md")) as f:
-    readme = f.read()
-  section = readme.split("<!-- section:reliability -->")[1].split("<!-- /section:reliability -->")[0]
-  assert re.search(r"config files are Python", section, re.I), section
-  assert "literal" in section
+def test_the_docs_say_config_files_are_code():
+  docs = os.path.join(REPO, "docs")
+  pages = {name: open(os.path.join(docs, name), encoding="utf-8").read()
+           for name in sorted(os.listdir(docs)) if name.endswith(".md")}
+  saying = [name for name, text in pages.items()
+            if re.search(r"(config|recipe) files are Python", text, re.I)]
+  assert saying, "a docs page must say that config files are Python code"
+  assert "literal" in pages[saying[0]]

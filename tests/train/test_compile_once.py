@@ -61,7 +61,7 @@ def test_the_runs_validate_checkpoint_and_resume(two_runs):
   _, first_summary, _, second_summary, rows, _ = two_runs
   assert first_summary["interrupted"] and first_summary["step"] == 5
   assert not second_summary["interrupted"] and second_summary["step"] == 8
-  validations = sorted({row["step"] for row in rows if row.get("split") == "val"})
+  validations = sorted({row["step"] for row in rows if row.get("split") == "test"})
   assert validations == [2, 4, 6, 8]
   assert first_summary["checkpoints"][-2:] == [4, 5]  # every 2 steps, and where it stopped
   assert second_summary["checkpoints"][-2:] == [6, 8]

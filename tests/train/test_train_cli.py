@@ -60,8 +60,9 @@ def test_config_mistakes_fail_before_any_compute(flag, message, tmp_path):
 ])
 def test_absl_reports_its_own_flag_errors(args, message, tmp_path):
   result = _train(f"--workdir={tmp_path / 'w'}", *args)
-  assert result.returncode == 1, result.stderr[-2000:]
+  assert result.returncode == 2, result.stderr[-2000:]
   assert message in result.stderr, result.stderr[-2000:]
+  assert "Traceback" not in result.stderr, result.stderr[-2000:]
   assert not os.path.exists(tmp_path / "w")
 
 
@@ -139,10 +140,10 @@ def test_sigterm_saves_and_the_same_command_resumes(tmp_path, digits_dir):
                           env=_env(), capture_output=True, text=True, timeout=240)
   assert result.returncode == 0, result.stderr[-3000:]
   assert f"resumed from step {saved}" in result.stdout
-  assert "final held-out accuracy" in result.stdout
+  assert "final held-out error" in result.stdout
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f]
-  assert rows[-1]["split"] == "val" and rows[-1]["step"] == saved + 2
+  assert rows[-1]["split"] == "test" and rows[-1]["step"] == saved + 2
 
 
 def test_the_train_step_needs_neither_tensorflow_nor_ml_collections():
@@ -159,3 +160,37 @@ print('IMPORTED')
   result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(), capture_output=True,
                           text=True, timeout=120)
   assert "IMPORTED" in result.stdout, result.stderr[-2000:]
+
+
+def _module_train(*args, cwd, timeout=120):
+  """`python -m cnnjax.train` started in `cwd`, with this checkout importable."""
+  env = _env()
+  env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+  return subprocess.run([sys.executable, "-m", "cnnjax.train", *args], cwd=cwd, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def test_recipes_are_found_by_name_from_any_directory(tmp_path):
+  """`--config resnet_cifar10:110` outside the checkout reaches the run (which refuses -3 steps)."""
+  result = _module_train("--config", "resnet_cifar10:110", "--config.num_steps=-3", cwd=tmp_path)
+  assert result.returncode == 1, result.stderr[-2000:]
+  assert "ConfigError: " in result.stderr and "num_steps" in result.stderr, result.stderr[-2000:]
+  assert "Traceback" not in result.stderr
+
+
+def test_an_unknown_recipe_name_suggests_the_close_ones(tmp_path):
+  result = _module_train("--config=resnet_cifar:110", cwd=tmp_path)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert "no recipe named 'resnet_cifar'" in result.stderr and "resnet_cifar10" in result.stderr
+  assert "Traceback" not in result.stderr
+
+
+def test_recipe_names_and_paths_resolve():
+  from cnnjax.configs import recipe_path
+  from cnnjax.train.__main__ import resolve_recipe_names
+  argv = ["cnnjax-train", "--config", "quickstart", "--config.num_steps=3"]
+  assert resolve_recipe_names(argv)[2] == recipe_path("quickstart")
+  assert resolve_recipe_names(["p", "--config=vgg_imagenet:D,jitter"])[1] == (
+      "--config=" + recipe_path("vgg_imagenet") + ":D,jitter")
+  kept = ["p", "--config=./mine.py:3", "--config", "cnnjax/configs/quickstart.py"]
+  assert resolve_recipe_names(kept) == kept  # paths stay paths

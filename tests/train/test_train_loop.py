@@ -50,10 +50,10 @@ def test_run_writes_metrics_checkpoints_and_learns(straight_run):
                 "grad_norm", "param_norm", "update_norm", "epoch"):
       assert np.isfinite(row[key]), key
   assert train_rows[-1]["loss"] < train_rows[0]["loss"]
-  val_rows = read_metrics(workdir, "val")
+  val_rows = read_metrics(workdir, "test")
   assert [r["step"] for r in val_rows] == [4, 8]
   assert val_rows[0]["num_examples"] == 128  # eval_num_batches=2 of 64
-  assert [r["step"] for r in read_metrics(workdir, "val_ema")] == [4, 8]
+  assert [r["step"] for r in read_metrics(workdir, "test_ema")] == [4, 8]
   assert sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))
                 if s.isdigit()) == [4, 8]
 
@@ -74,8 +74,8 @@ def test_interrupted_and_resumed_run_is_bitwise_identical(straight_run, tmp_path
     assert meta_a["step"] == meta_b["step"] == 8
     for x, y in zip(_leaves(a), _leaves(b)):
       np.testing.assert_array_equal(x, y)
-  rows_a = read_metrics(straight_dir, "val")
-  rows_b = read_metrics(workdir, "val")
+  rows_a = read_metrics(straight_dir, "test")
+  rows_b = read_metrics(workdir, "test")
   assert rows_a[-1]["loss"] == rows_b[-1]["loss"]
 
 
