@@ -110,9 +110,10 @@ def dataset_stats(source: Source, stats_split: str | None = None,
   dataset_id = source.builder.info.full_name + ("-mocked" if source.is_mocked else "")
   if source.name.startswith("image_folder:") or source.name == "digits":
     dataset_id = os.path.relpath(os.fspath(source.builder.data_dir), source.data_dir)
-  path = stats_path(source.data_dir, dataset_id, split, resolution, max_examples)
+  path = stats_path(source.data_dir, dataset_id, split, resolution, max_examples,
+                    source.fingerprint)
   return load_or_compute_stats(
-      path, lambda: compute_stats(source.read(split), resolution, max_examples))
+      path, lambda: compute_stats(source.read(split), resolution, max_examples), source.identity)
 
 
 def normalization_arrays(normalize: str, stats: ImageStats | None

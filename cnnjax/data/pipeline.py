@@ -36,7 +36,7 @@ from cnnjax.data.augment import DATA_ERROR_MARKER, compose, train_ops
 from cnnjax.data.image_ops import round_to_uint8
 from cnnjax.data.normalization import (NORMALIZATIONS, normalize_op, pca_for,  # noqa: F401
                                        resolve_device_preprocessing, stats_if_needed)
-from cnnjax.data.sources import Source, get_source
+from cnnjax.data.sources import Source, check_training_classes, get_source
 from cnnjax.data.views import eval_op
 from cnnjax.errors import DataError
 
@@ -78,6 +78,7 @@ def train_iterator(dataset: str, *, data_dir: str | os.PathLike | None = None,
   (`DeviceInput.train`).
   """
   original = get_source(dataset, data_dir, on_bad_image=on_bad_image)
+  check_training_classes(dataset, original.num_classes)
   source = get_source(dataset, data_dir, on_bad_image=on_bad_image, max_resolution=max_resolution)
   split = split or source.default_train_split()
   process_index, process_count = resolve_process(process_index, process_count)

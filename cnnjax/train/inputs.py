@@ -119,6 +119,7 @@ def _tfds_inputs(c: Mapping[str, Any]) -> RunInputs:
   from cnnjax import data  # pylint: disable=import-outside-toplevel  (TensorFlow: only here)
   data_dir = c["data_dir"] or None
   info = data.dataset_info(c["dataset"], data_dir, on_bad_image=c["on_bad_image"])
+  data.sources.check_training_classes(c["dataset"], info.num_classes)
   train_split = c["train_split"] or info.train_split
   eval_split = c["eval_split"] or info.eval_split
   num_train = _split_size(data, c, train_split, fallback=info.num_train_examples)
