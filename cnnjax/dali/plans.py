@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from cnnjax.dali.records import RECORD_FOOTER, RECORD_HEADER, PreparedSplit, image_hw, parse_example
+from cnnjax.dali.records import PreparedSplit, image_hw, parse_example, record_payload
 from cnnjax.errors import ConfigError, DataError, close_matches
 
 PRESETS = ("inception", "scale_jitter", "alexnet")
@@ -298,11 +298,14 @@ class ExampleSource:
     try:
       if len(record) != size:
         raise DataError("the record is shorter than its index says")
-      features = parse_example(memoryview(record)[RECORD_HEADER:int(size) - RECORD_FOOTER])
+      features = parse_example(record_payload(record))
       image = features.get(self.split.image_key)
       label = features.get(self.split.label_key)
       if not image or not label:
         raise DataError(f"it has no {self.split.image_key!r} image or {self.split.label_key!r} label")
+      if not isinstance(label[0], int) or isinstance(image[0], (int, float)):
+        raise DataError(f"its {self.split.image_key!r} is not bytes or its "
+                        f"{self.split.label_key!r} not an integer")
     except DataError as error:
       raise DataError(f"cannot read {self.describe(example)}: {error}; prepare the dataset again") from None
     label = int(label[0])
