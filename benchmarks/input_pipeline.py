@@ -462,7 +462,7 @@ def device_resize_cost(image_size: int = 224, batch_size: int = 64, repeats: int
   JAX's default backend, for crops of 50-100% of the input side."""
   import jax
   import jax.numpy as jnp
-  from cnnjax.train.device_input import resize_crops
+  from cnnjax.preprocessing.device import resize_crops
   rng = np.random.default_rng(0)
   canvases = jnp.asarray(rng.integers(0, 256, (batch_size, image_size, image_size, 3), np.uint8))
   sides = rng.integers(image_size // 2, image_size + 1, (batch_size, 2))

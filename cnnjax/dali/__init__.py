@@ -10,7 +10,7 @@ TensorFlow (optional extra: `pip install -e ".[dali]"`). It reads what tfds
 and yields what `train_iterator(..., device_preprocessing=True)` yields:
 {"image": uint8 [b, S, S, 3], "label": int32 [b], "window": int32 [b, 4]};
 colour distortions and normalisation stay in the jitted step
-(`cnnjax.train.device_input.DeviceInput`, same window semantics).
+(`cnnjax.preprocessing.device.DeviceInput`, same window semantics).
 
 Where the work happens:
 

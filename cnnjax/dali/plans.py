@@ -37,7 +37,7 @@ class CropPlan:
   Decode rows/columns [anchor, anchor + shape) of the image, resize the
   region [roi_start, roi_end) of that slice (float pixels, relative to the
   slice) to the output size with `interpolation`, mirror when `flip`.
-  `window` is the batch's "window" row (see `cnnjax.train.device_input`).
+  `window` is the batch's "window" row (see `cnnjax.preprocessing.device`).
   """
   anchor: tuple[int, int]
   shape: tuple[int, int]

@@ -16,7 +16,7 @@ Pixel values stay on the 0..255 scale until `normalize`. With
 `device=True` the presets stop before the colour: the same op list with
 the colour ops held by placeholders (so every geometric draw is the one of
 the host path), the window marked where the host would normalise, and the
-result rounded to uint8 (`cnnjax.train.device_input` does the rest).
+result rounded to uint8 (`cnnjax.preprocessing.device` does the rest).
 """
 
 from __future__ import annotations

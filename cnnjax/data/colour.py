@@ -1,7 +1,7 @@
 """Colour augmentations and normalisation on the host (dict -> dict ops).
 
 With `device_preprocessing` these run in the jitted step instead
-(`cnnjax.train.device_input`, tested against these ops); the host versions
+(`cnnjax.preprocessing.device`, tested against these ops); the host versions
 serve CPU-only training when they are the faster choice there.
 """
 

@@ -7,7 +7,7 @@ put `mark_window()` where the host would normalise; it records
 example["window"] = (frame, top, left, flipped) for an image of frame x
 frame pixels, and the ops that can follow it, `pad`, `random_crop` and
 `random_flip_left_right` (last), keep the record pointing at where the
-output's pixels were in that frame (`cnnjax.train.device_input`). Without a
+output's pixels were in that frame (`cnnjax.preprocessing.device`). Without a
 "window" key they do nothing of the sort.
 """
 
@@ -133,7 +133,7 @@ def fit_to_canvas(size: int) -> Op:
   A crop no larger than size x size (most crops of a bounded copy) is left
   as it is; the pipeline's batching zero-pads it to the canvas (its
   top-left corner), and the train step resizes it
-  (`cnnjax.train.device_input.resize_crop`): the host does no resampling.
+  (`cnnjax.preprocessing.device.resize_crop`): the host does no resampling.
   A larger crop is resized here (bilinear, the step's arithmetic) and fills
   the canvas, which the step then takes as it is. Records
   example["crop"] = (height, width, flipped=0) of the canvas's valid region.

@@ -1,7 +1,7 @@
 """Where the training-set statistics meet the images: normalisation and the device's share.
 
 `normalize` names (NORMALIZATIONS) -> the mean/std the host ops subtract, or
-the `DeviceInput` (cnnjax.train.device_input) that does the same, plus the
+the `DeviceInput` (cnnjax.preprocessing.device) that does the same, plus the
 colour augmentations, in the jitted step on uint8 batches. Both come from
 the same statistics (`dataset_stats`, cached beside the data).
 
@@ -66,7 +66,7 @@ def device_input(dataset: str, *, augment: str = "none", augment_kwargs: dict[st
   image_size: the network input side; needed by the Inception preset's
   resize="device", whose crops the step resizes.
   """
-  from cnnjax.train.device_input import (DeviceInput, PcaLighting,  # pylint: disable=import-outside-toplevel
+  from cnnjax.preprocessing.device import (DeviceInput, PcaLighting,  # pylint: disable=import-outside-toplevel
                                          Photometric)
   augment_kwargs = dict(augment_kwargs or {})
   ops_lib.check_preset(augment, augment_kwargs)

@@ -36,11 +36,10 @@ from cnnjax.data.augment import DATA_ERROR_MARKER, compose, train_ops
 from cnnjax.data.image_ops import round_to_uint8
 from cnnjax.data.normalization import (NORMALIZATIONS, normalize_op, pca_for,  # noqa: F401
                                        resolve_device_preprocessing, stats_if_needed)
-from cnnjax.data.sources import Source, check_training_classes, get_source
+from cnnjax.data.sources import Source, check_training_classes, get_source, input_size
 from cnnjax.data.views import eval_op
 from cnnjax.errors import DataError
 
-DEFAULT_VARIABLE_IMAGE_SIZE = 224
 # Shuffle buffer: the whole share when it fits in about this many bytes of
 # encoded images (CIFAR, digits: a full permutation per epoch), else at least
 # MIN_SHUFFLE_BUFFER examples.
@@ -90,7 +89,7 @@ def train_iterator(dataset: str, *, data_dir: str | os.PathLike | None = None,
   if num_local == 0:
     raise DataError(f"dataset {dataset!r} split {split!r} has no examples for process "
                     f"{process_index} of {process_count}")
-  image_size, native = _image_size(original, image_size)
+  image_size, native = input_size(original, image_size)
   augment_kwargs = dict(augment_kwargs or {})
   device = resolve_device_preprocessing(device_preprocessing, augment_kwargs)
   stats = stats_if_needed(original, stats_split, normalize, augment_kwargs)
@@ -167,7 +166,7 @@ def eval_iterator(dataset: str, *, data_dir: str | os.PathLike | None = None,
     raise DataError(f"dataset {dataset!r} split {split!r} has no examples")
   num_batches = math.ceil(max(share_sizes) / local_batch)
   num_local = share_sizes[process_index]
-  image_size, native = _image_size(source, image_size)
+  image_size, native = input_size(source, image_size)
   device = resolve_device_preprocessing(device_preprocessing)
   stats = stats_if_needed(source, stats_split, normalize, {})
   view_fn = eval_op(view, image_size=image_size, native_size=native,
@@ -201,17 +200,6 @@ def eval_iterator(dataset: str, *, data_dir: str | os.PathLike | None = None,
 
 # ----------------------------------------------------------------------------
 # Helpers.
-
-
-def _image_size(source: Source, image_size: int | None) -> tuple[int, int | None]:
-  """(network input side, the dataset's fixed square side or None)."""
-  height, width, _ = source.image_shape
-  native = height if (height is not None and height == width) else None
-  if image_size is None:
-    image_size = native or DEFAULT_VARIABLE_IMAGE_SIZE
-  if image_size < 1:
-    raise DataError(f"image_size must be positive, got {image_size}")
-  return int(image_size), native
 
 
 def _default_shuffle_buffer(source: Source, split: str, num_local: int) -> int:

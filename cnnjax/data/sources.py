@@ -257,6 +257,21 @@ class Source:
     )
 
 
+# The network input side for datasets whose images vary in size, when none is asked for.
+DEFAULT_VARIABLE_IMAGE_SIZE = 224
+
+
+def input_size(source: Source, image_size: int | None) -> tuple[int, int | None]:
+  """(network input side, the dataset's fixed square side or None)."""
+  height, width, _ = source.image_shape
+  native = height if (height is not None and height == width) else None
+  if image_size is None:
+    image_size = native or DEFAULT_VARIABLE_IMAGE_SIZE
+  if image_size < 1:
+    raise DataError(f"image_size must be positive, got {image_size}")
+  return int(image_size), native
+
+
 def check_training_classes(dataset: str, num_classes: int) -> None:
   """DataError for a training set of fewer than two classes: there is nothing to learn, and
   every prediction would be scored correct."""

@@ -51,7 +51,7 @@ subtracted at the resize_size square stage for "center" and "10crop", at
 the Q x Q square for "multiscale"). With `device=True` the images stay
 unnormalised and each image key gets its windows ("window" [4] or [V, 4],
 "window_q{Q}" [2, 4]): where its pixels lie in the square the host would
-have normalised (see `cnnjax.train.device_input`; the padded crops of
+have normalised (see `cnnjax.preprocessing.device`; the padded crops of
 native-size images carry negative offsets, and the device zeroes the
 padding as the host does).
 """
@@ -66,6 +66,8 @@ from cnnjax.data import _tf_setup  # noqa: F401
 from cnnjax.data.image_ops import (Example, Op, center_crop_image, check_crop_fits, check_fits,
                                    check_named_options, decode_image,
                                    image_hw, resize_image, resize_shorter_side_image, square_image)
+from cnnjax.data.normalization import normalize_op, stats_if_needed
+from cnnjax.data.sources import get_source, input_size
 from cnnjax.errors import DataError
 
 VIEWS = ("center", "10crop", "multiscale", "144crop", "150crop")
@@ -329,15 +331,13 @@ def whole_image_batches(dataset: str, *, scales: Sequence[int], rows: int = 1,
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
 
-  from cnnjax.data import pipeline  # pylint: disable=import-outside-toplevel
   if jax.process_count() > 1:
     raise DataError("dense evaluation of whole images runs in one process (its batches have a "
                     "shape per image); evaluate on one host, or use view '10crop'.")
-  source = pipeline.get_source(dataset, data_dir, on_bad_image=on_bad_image)
+  source = get_source(dataset, data_dir, on_bad_image=on_bad_image)
   split = split or source.default_eval_split()
-  _, native = pipeline._image_size(source, None)  # pylint: disable=protected-access
-  stats = pipeline.stats_if_needed(source, stats_split, normalize, {})
-  norm = pipeline.normalize_op(normalize, stats)
+  _, native = input_size(source, None)
+  norm = normalize_op(normalize, stats_if_needed(source, stats_split, normalize, {}))
   dense_op = whole_image_op(scales, norm, native)
   crops_op = grid_crops_op(crop_scales, image_size, native_size=native) if crop_scales else None
 

@@ -18,7 +18,7 @@ from train_helpers import make_tiny_config, tiny_state
 from cnnjax import sharding
 from cnnjax.data import augment
 from cnnjax.data.stats import IMAGENET_PCA_EIGVEC, IMAGENET_PCA_STD
-from cnnjax.train import device_input as di
+from cnnjax.preprocessing import device as di
 from cnnjax.train import checkpoint, run, steps
 
 RNG = np.random.default_rng(0)

@@ -83,7 +83,7 @@ def _inception(folder, data_dir, **kwargs):
 def test_device_resize_equals_the_host_bilinear_resize(photo_folder, tmp_path, max_resolution):
   """Same crops, same flips; pixels within the host's rounding to uint8 (0.5)."""
   import jax.numpy as jnp
-  from cnnjax.train.device_input import resize_crops
+  from cnnjax.preprocessing.device import resize_crops
   host = _inception(photo_folder, tmp_path, max_resolution=max_resolution,
                     augment_kwargs={"photometric": "device", "interpolations": ("bilinear",)})
   device = _inception(photo_folder, tmp_path, max_resolution=max_resolution,
@@ -104,7 +104,7 @@ def test_device_resize_equals_the_host_bilinear_resize(photo_folder, tmp_path, m
 def test_resize_crop_is_tf_bilinear_then_flip():
   import jax.numpy as jnp
   import tensorflow as tf
-  from cnnjax.train.device_input import resize_crop
+  from cnnjax.preprocessing.device import resize_crop
   rng = np.random.default_rng(0)
   canvas = np.zeros((40, 40, 3), np.uint8)
   for height, width, flipped in [(17, 33, 0), (40, 40, 1), (9, 40, 1), (40, 23, 0)]:
