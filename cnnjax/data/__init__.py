@@ -11,6 +11,7 @@ Public API:
   eval_iterator(dataset, *, global_batch_size, ...)  -> finite, padded + masked
   device_input(dataset, *, augment, normalize, ...)  -> DeviceInput: the jitted steps' share
   channel_normalization(dataset, *, normalize, ...)   -> per-channel (mean, std)
+  apply_eval_view(image, view, *, image_size, mean, std) -> one image as evaluation feeds it
 """
 
 from cnnjax.data import _tf_setup  # noqa: F401  (must run before anything builds a TF op)
@@ -20,7 +21,7 @@ from cnnjax.data.normalization import (NORMALIZATIONS, channel_normalization, de
 from cnnjax.data.pipeline import eval_iterator, train_iterator
 from cnnjax.data.sources import DatasetInfo, dataset_info, resolve_data_dir
 from cnnjax.data.stats import IMAGENET_MEAN_RGB, IMAGENET_PCA_STD, IMAGENET_PCA_EIGVEC, IMAGENET_STD_RGB
-from cnnjax.data.views import VIEWS
+from cnnjax.data.views import VIEWS, apply_eval_view
 
 __all__ = [
     "AUGMENT_PRESETS",
@@ -31,6 +32,7 @@ __all__ = [
     "IMAGENET_STD_RGB",
     "NORMALIZATIONS",
     "VIEWS",
+    "apply_eval_view",
     "channel_normalization",
     "dataset_info",
     "device_input",

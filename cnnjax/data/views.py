@@ -227,6 +227,51 @@ def eval_op(view: str, *, image_size: int, native_size: int | None, normalize_op
   return with_windows(multi_crop, {"window": [[image_size, 0, 0, 0]] * (len(scales) * 36)})
 
 
+def apply_eval_view(image, view: str = "center", *, image_size: int,
+                    native_size: int | None = None, mean=None, std=None,
+                    **view_kwargs) -> dict[str, "np.ndarray"]:
+  """One decoded image -> exactly what the evaluation pipeline feeds the network for it.
+
+  Args:
+    image: uint8 [H, W, C] (C = 1, 3 or 4; grey is replicated, alpha dropped)
+      or the encoded bytes of a JPEG/PNG/GIF/BMP.
+    view: one of VIEWS, with its `view_kwargs` (see the module docstring).
+    image_size: the network's input side.
+    native_size: the side of a dataset whose images are all square at that
+      size (then "center" is the identity), else None.
+    mean, std: the normalisation on the 0..255 scale (per channel [3] or,
+      for mean, per pixel); None: none.
+
+  Returns {key: float32 array}: "image" [S, S, 3] for "center", [V, S, S, 3]
+  for the multi-crop views; "image_q{Q}" [2, Q, Q, 3] per scale for
+  "multiscale". The values equal those of `eval_iterator`'s float32 batches
+  (the host-finished boundary) for the same image and options.
+  """
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  from cnnjax.data.colour import normalize, to_float  # pylint: disable=import-outside-toplevel
+  if view not in VIEWS:
+    check_named_options("evaluation view", view, _VIEW_KWARGS, view_kwargs)
+  if mean is None and std is not None:
+    raise DataError("apply_eval_view: std without mean; pass mean=(0, 0, 0) to divide only")
+  normalize_op = to_float() if mean is None else normalize(np.asarray(mean, np.float32),
+                                                           None if std is None else
+                                                           np.asarray(std, np.float32))
+  op = eval_op(view, image_size=image_size, native_size=native_size, normalize_op=normalize_op,
+               **view_kwargs)
+  if isinstance(image, (bytes, np.bytes_)):
+    tensor = tf.constant(bytes(image))
+  else:
+    array = np.asarray(image)
+    if array.dtype != np.uint8 or array.ndim not in (2, 3):
+      raise DataError(f"apply_eval_view takes a uint8 [H, W, C] image or encoded bytes, got "
+                      f"{array.dtype} {array.shape}")
+    tensor = tf.constant(array[..., None] if array.ndim == 2 else array)
+  out = op({"image": tensor, "label": tf.constant(0)})
+  return {key: tf.cast(value, tf.float32).numpy() for key, value in out.items()
+          if key.startswith("image")}
+
+
 def grid_crops(image: tf.Tensor, size: int, grid: int = VGG_GRID) -> tf.Tensor:
   """[grid * grid, size, size, 3]: crops on a regular grid over the whole image, row-major.
 
