@@ -14,9 +14,10 @@ import tensorflow as tf
 
 from cnnjax.data import _tf_setup  # noqa: F401
 from cnnjax.data.image_ops import Example, Op, as_float, image_hw, round_to_uint8
+from cnnjax.preprocessing import presets
 
-# The Inception preset's photometric strengths (host op and DeviceInput).
-PHOTOMETRIC_DEFAULTS = {"brightness": 32.0, "contrast": 0.5, "saturation": 0.5, "hue": 0.2}
+# The Inception preset's photometric strengths (host op and DeviceInput), as declared.
+PHOTOMETRIC_DEFAULTS = {k: float(presets.OPTIONS[k].default) for k in presets.PHOTOMETRIC_STRENGTHS}
 # `normalize` builds constants of the image's shape up to this many elements.
 _FULL_SIZE_CONSTANT_MAX = 1 << 22
 

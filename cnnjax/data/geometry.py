@@ -22,8 +22,9 @@ from cnnjax.data.image_ops import (SHRINK_AREA, Example, Op, center_crop_image, 
                                    image_hw, resize_image, resize_shorter_side_image,
                                    round_to_uint8)
 from cnnjax.errors import DataError
+from cnnjax.preprocessing import presets
 
-INTERPOLATION_METHODS = ("bilinear", "area", "nearest", "bicubic")
+INTERPOLATION_METHODS = presets.INTERPOLATION_METHODS
 
 
 def decode(size: int | None = None) -> Op:
