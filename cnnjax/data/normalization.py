@@ -27,6 +27,7 @@ from cnnjax.data.stats import (DEFAULT_MAX_EXAMPLES, IMAGENET_MEAN_RGB, IMAGENET
                                IMAGENET_PCA_STD, IMAGENET_STD_RGB, ImageStats, compute_stats,
                                load_or_compute_stats, stats_path, stats_resolution)
 from cnnjax.errors import DataError, close_matches
+from cnnjax.preprocessing import presets
 
 NORMALIZATIONS = ("per_channel", "per_channel_std", "per_pixel", "imagenet", "imagenet_mean", "none")
 # "auto" on a CPU-only JAX (see RESULTS.md, "uint8 to the device").
@@ -74,20 +75,25 @@ def device_input(dataset: str, *, augment: str = "none", augment_kwargs: dict[st
   stats = stats_if_needed(source, stats_split, normalize, augment_kwargs)
   arrays = normalization_arrays(normalize, stats)
   mean, std = arrays if arrays is not None else (np.zeros(3, np.float32), None)
-  strengths = ops_lib.photometric_strengths(augment, augment_kwargs)
-  pca = pca_for(augment_kwargs, stats)
-  resize = None
-  if ops_lib.device_resizes(augment, augment_kwargs):
-    if image_size is None:
-      raise DataError("inception: resize='device' needs the network input side (image_size)")
-    resize = int(image_size)
-  return DeviceInput(
-      mean=mean, std=std, resize=resize,
-      photometric=None if strengths is None else Photometric(**strengths),
-      pca=None if pca is None else PcaLighting(
+  options = presets.resolve(augment, augment_kwargs, image_size or 0)
+  parts: dict[str, Any] = {"mean": mean, "std": std}
+  for op in presets.PRESETS[augment].ops:  # the declaration's DEVICE ops, in its order
+    if presets.OPS[op].placement != presets.DEVICE:
+      continue
+    if op == "random_resize" and ops_lib.device_resizes(augment, augment_kwargs):
+      if image_size is None:
+        raise DataError("inception: resize='device' needs the network input side (image_size)")
+      parts["resize"] = int(image_size)  # the flip is the crop's, resized with it
+    elif op == "photometric":
+      strengths = ops_lib.photometric_strengths(augment, augment_kwargs)
+      parts["photometric"] = None if strengths is None else Photometric(**strengths)
+    elif op == "pca_lighting":
+      pca = pca_for(augment_kwargs, stats)
+      parts["pca"] = None if pca is None else PcaLighting(
           tuple(float(v) for v in np.reshape(pca[0], 3)),
           tuple(tuple(float(v) for v in row) for row in np.reshape(pca[1], (3, 3))),
-          float(augment_kwargs.get("pca_alpha_std", 0.1))))
+          float(options["pca_alpha_std"]))
+  return DeviceInput(**parts)
 
 
 def stats_if_needed(source: Source, stats_split: str | None, normalize: str,

@@ -369,3 +369,14 @@ def _inside_frame(window: jax.Array, size: tuple[int, int]) -> jax.Array:
   inside_rows = (rows >= 0) & (rows < frame[:, None])
   inside_columns = (columns >= 0) & (columns < frame[:, None])
   return (inside_rows[:, :, None] & inside_columns[:, None, :])[..., None]
+
+
+# The declared DEVICE ops (cnnjax.preprocessing.presets.OPS) and what runs each in the step:
+# `DeviceInput` applies them in the declaration's order (a canvas's resize and mirror first).
+DEVICE_OPS = {
+    "random_resize": resize_crops,
+    "flip": resize_crops,
+    "photometric": Photometric,
+    "pca_lighting": PcaLighting,
+    "normalize": DeviceInput.normalize,
+}
