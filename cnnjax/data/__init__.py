@@ -22,10 +22,13 @@ from cnnjax.data.pipeline import eval_iterator, train_iterator
 from cnnjax.data.sources import DatasetInfo, dataset_info, resolve_data_dir
 from cnnjax.data.stats import IMAGENET_MEAN_RGB, IMAGENET_PCA_STD, IMAGENET_PCA_EIGVEC, IMAGENET_STD_RGB
 from cnnjax.data.views import VIEWS, apply_eval_view
+from cnnjax.preprocessing.boundary import BOUNDARIES, HostBatch, resolve_boundary
 
 __all__ = [
     "AUGMENT_PRESETS",
+    "BOUNDARIES",
     "DatasetInfo",
+    "HostBatch",
     "IMAGENET_MEAN_RGB",
     "IMAGENET_PCA_STD",
     "IMAGENET_PCA_EIGVEC",
@@ -37,6 +40,7 @@ __all__ = [
     "dataset_info",
     "device_input",
     "eval_iterator",
+    "resolve_boundary",
     "resolve_data_dir",
     "resolve_device_preprocessing",
     "train_iterator",

@@ -12,10 +12,10 @@ inside tf.data that `pipeline` turns into DataError. The ops live in
 `geometry` (decode, resize, crop, pad, flip) and `colour` (distortions, PCA
 lighting, normalisation); this module composes them into the presets.
 
-Pixel values stay on the 0..255 scale until `normalize`. With
-`device=True` the presets stop before the colour: the same op list with
-the colour ops held by placeholders (so every geometric draw is the one of
-the host path), the window marked where the host would normalise, and the
+Pixel values stay on the 0..255 scale until `normalize`. At boundary
+"uint8" the presets stop before the colour: the same op list with the
+DEVICE ops held by placeholders (so every geometric draw is the one of the
+host path), the window marked where the host would normalise, and the
 result rounded to uint8 (`cnnjax.preprocessing.device` does the rest).
 """
 
@@ -67,27 +67,16 @@ def compose(ops: Sequence[Op]) -> Op:
 
 
 PRESETS = tuple(presets_lib.PRESETS)
-# The tf.data back end takes every declared option; "resize" picks the Inception preset's
-# boundary (the train step resizes, see `device_resizes`).
-PRESET_KWARGS = {name: set(p.options) | ({"resize"} if name == "inception" else set())
-                 for name, p in presets_lib.PRESETS.items()}
-PHOTOMETRIC_CHOICES = (True, False, "device")
-RESIZE_CHOICES = ("host", "device")
+PRESET_KWARGS = {name: set(p.options) for name, p in presets_lib.PRESETS.items()}
 
 
 def check_preset(preset: str, kwargs) -> None:
   """DataError for an unknown preset, an option it does not take or a bad photometric."""
   check_named_options("augmentation preset", preset, PRESET_KWARGS, kwargs)
-  if kwargs.get("photometric", True) not in PHOTOMETRIC_CHOICES:
-    raise DataError(f"inception: photometric must be True, False or 'device' (True, always in "
-                    f"the train step), got {kwargs['photometric']!r}")
-  if kwargs.get("resize", "host") not in RESIZE_CHOICES:
-    raise DataError(f"inception: resize must be 'host' or 'device' (crops no larger than the "
-                    f"input are resized in the train step), got {kwargs['resize']!r}")
-  if kwargs.get("resize") == "device" and tuple(kwargs.get("interpolations", ("bilinear",))) != (
-      "bilinear",):
-    raise DataError("inception: resize='device' resizes bilinearly in the train step; the random "
-                    "interpolation methods (interpolations=...) need resize='host'")
+  if kwargs.get("photometric", True) not in (True, False):
+    raise DataError(f"inception: photometric must be True or False, got {kwargs['photometric']!r} "
+                    "(where the distortions run is the boundary's choice: boundary='uint8' runs "
+                    "them in the train step)")
 
 
 def photometric_strengths(preset: str, kwargs) -> dict[str, float] | None:
@@ -97,9 +86,14 @@ def photometric_strengths(preset: str, kwargs) -> dict[str, float] | None:
   return {k: float(presets_lib.OPTIONS[k].value(kwargs, 0)) for k in presets_lib.PHOTOMETRIC_STRENGTHS}
 
 
-def device_resizes(preset: str, kwargs) -> bool:
-  """Whether the preset leaves the resize (and the flip) to the train step."""
-  return preset == "inception" and kwargs.get("resize", "host") == "device"
+def check_canvas(preset: str, kwargs) -> None:
+  """DataError unless `preset` can stop at boundary "canvas" (the step resizes its crop)."""
+  if "random_resize" not in presets_lib.PRESETS[preset].ops:
+    raise DataError(f"boundary 'canvas' leaves a crop's resize to the train step; preset "
+                    f"{preset!r} has none to leave (use 'uint8')")
+  if tuple(kwargs.get("interpolations", ("bilinear",))) != ("bilinear",):
+    raise DataError(f"{preset}: boundary 'canvas' resizes bilinearly in the train step; the random "
+                    "interpolation methods (interpolations=...) need boundary 'uint8' or 'float32'")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,7 +178,7 @@ TF_OPS: dict[str, Callable[[_Context], list[Op]]] = {
 
 def train_ops(preset: str, *, image_size: int, native_size: int | None,
               normalize_op: Op, pca: tuple[np.ndarray, np.ndarray] | None = None,
-              device: bool = False, **kwargs) -> list[Op]:
+              boundary: str = "float32", **kwargs) -> list[Op]:
   """The tf.data op list of a training preset, built from its declaration
   (`cnnjax.preprocessing.presets`).
 
@@ -196,18 +190,19 @@ def train_ops(preset: str, *, image_size: int, native_size: int | None,
       it (AlexNet: on the 256x256 image, before the 224 crop; CIFAR: before
       the zero padding, so that padding is the mean colour).
     pca: (pca_std, pca_eigvec) used when kwargs["pca_color"] is true.
-    device: stop at uint8 with a window (see the module docstring); the
-      colour and the normalisation are then the train step's.
+    boundary: a resolved boundary (`cnnjax.preprocessing.boundary`):
+      "float32" runs every op; "uint8" stops at uint8 with a window (see the
+      module docstring); "canvas" stops at the crop (the train step resizes).
     **kwargs: preset options (`presets.OPTIONS`).
   """
   check_preset(preset, kwargs)
-  if kwargs.get("photometric") == "device" and not device:
-    raise DataError("inception: photometric='device' runs the distortions in the train step; "
-                    "it needs device_preprocessing on (True or 'auto')")
-  canvas = device_resizes(preset, kwargs)
-  if canvas and not device:
-    raise DataError("inception: resize='device' leaves the resize to the train step; it "
-                    "needs device_preprocessing on (True or 'auto' with an accelerator)")
+  if boundary not in ("float32", "uint8", "canvas"):
+    raise DataError(f"the tf.data pipeline stops at boundary 'float32', 'uint8' or 'canvas', "
+                    f"got {boundary!r}")
+  canvas = boundary == "canvas"
+  if canvas:
+    check_canvas(preset, kwargs)
+  device = boundary != "float32"
   options = presets_lib.resolve(preset, kwargs, image_size)
   context = _Context(preset, image_size, native_size, options, normalize_op, pca, device, canvas)
   ops = [op for name in presets_lib.PRESETS[preset].ops for op in TF_OPS[name](context)]

@@ -1,6 +1,6 @@
 """Colour augmentations and normalisation on the host (dict -> dict ops).
 
-With `device_preprocessing` these run in the jitted step instead
+At boundary "uint8" these run in the jitted step instead
 (`cnnjax.preprocessing.device`, tested against these ops); the host versions
 serve CPU-only training when they are the faster choice there.
 """

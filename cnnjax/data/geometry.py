@@ -2,7 +2,7 @@
 
 Each op reads its randomness from example["rng"] (see `augment.compose`).
 
-Windows. When the device normalises (`device_preprocessing`), the presets
+Windows. When the device normalises (boundary "uint8"), the presets
 put `mark_window()` where the host would normalise; it records
 example["window"] = (frame, top, left, flipped) for an image of frame x
 frame pixels, and the ops that can follow it, `pad`, `random_crop` and
@@ -129,7 +129,7 @@ def random_flip_left_right() -> Op:
 
 
 def fit_to_canvas(size: int) -> Op:
-  """Inception's resize="device": the crop, to go out on a size x size uint8 canvas.
+  """Boundary "canvas": the crop, to go out on a size x size uint8 canvas.
 
   A crop no larger than size x size (most crops of a bounded copy) is left
   as it is; the pipeline's batching zero-pads it to the canvas (its

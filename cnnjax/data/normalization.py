@@ -5,11 +5,7 @@ the `DeviceInput` (cnnjax.preprocessing.device) that does the same, plus the
 colour augmentations, in the jitted step on uint8 batches. Both come from
 the same statistics (`dataset_stats`, cached beside the data).
 
-`device_preprocessing`: True ships uint8 batches (with their windows) and
-leaves colour and normalisation to the step; False prepares float32 batches
-on the host; "auto" is True on accelerators, and on a CPU-only JAX the
-faster of the two there (CPU_DEVICE_PREPROCESSING, measured: RESULTS.md,
-"uint8 to the device").
+Where the host stops is `boundary` (`cnnjax.preprocessing.boundary`).
 """
 
 from __future__ import annotations
@@ -28,44 +24,28 @@ from cnnjax.data.stats import (DEFAULT_MAX_EXAMPLES, IMAGENET_MEAN_RGB, IMAGENET
                                load_or_compute_stats, stats_path, stats_resolution)
 from cnnjax.errors import DataError, close_matches
 from cnnjax.preprocessing import presets
+from cnnjax.preprocessing.boundary import device_finishes, resolve_boundary
 
 NORMALIZATIONS = ("per_channel", "per_channel_std", "per_pixel", "imagenet", "imagenet_mean", "none")
-# "auto" on a CPU-only JAX (see RESULTS.md, "uint8 to the device").
-CPU_DEVICE_PREPROCESSING = False
 
 
-def resolve_device_preprocessing(device_preprocessing: bool | str = "auto",
-                                 augment_kwargs: dict[str, Any] | None = None) -> bool:
-  """Whether batches go to the device as uint8 (see the module docstring).
-
-  augment_kwargs photometric="device" asks for it (and conflicts with False).
-  """
-  if not (isinstance(device_preprocessing, bool) or device_preprocessing == "auto"):
-    raise DataError(f"device_preprocessing must be True, False or 'auto', got {device_preprocessing!r}")
-  for option in ("photometric", "resize"):
-    if (augment_kwargs or {}).get(option) == "device":
-      if device_preprocessing is False:
-        raise DataError(f"augment_kwargs {option}='device' leaves work to the train step, which "
-                        "needs device_preprocessing True or 'auto' (it is False)")
-      return True
-  if device_preprocessing == "auto":
-    import jax  # pylint: disable=import-outside-toplevel  (this package must not need JAX)
-    return jax.default_backend() != "cpu" or CPU_DEVICE_PREPROCESSING
-  return bool(device_preprocessing)
+def resolve_device_preprocessing(boundary: str = "auto") -> bool:
+  """Whether batches cross as uint8 (the step finishes them) under `boundary`."""
+  return device_finishes(resolve_boundary(boundary, error=DataError))
 
 
 def device_input(dataset: str, *, augment: str = "none", augment_kwargs: dict[str, Any] | None = None,
                  normalize: str = "per_channel", data_dir: str | os.PathLike | None = None,
                  on_bad_image: str = "raise", stats_split: str | None = None,
-                 image_size: int | None = None):
+                 image_size: int | None = None, boundary: str = "auto"):
   """The `DeviceInput` that finishes train_iterator/eval_iterator's uint8 batches.
 
   Takes the iterators' arguments and uses the same statistics. Its train()
   applies the preset's photometric distortions (Inception) and PCA lighting
   (pca_color), then the normalisation; its eval() the normalisation. A
-  float batch (device_preprocessing off) passes through it unchanged.
-  image_size: the network input side; needed by the Inception preset's
-  resize="device", whose crops the step resizes.
+  float batch (boundary "float32") passes through it unchanged.
+  image_size: the network input side; needed at boundary "canvas", whose
+  crops the step resizes.
   """
   from cnnjax.preprocessing.device import (DeviceInput, PcaLighting,  # pylint: disable=import-outside-toplevel
                                          Photometric)
@@ -80,9 +60,10 @@ def device_input(dataset: str, *, augment: str = "none", augment_kwargs: dict[st
   for op in presets.PRESETS[augment].ops:  # the declaration's DEVICE ops, in its order
     if presets.OPS[op].placement != presets.DEVICE:
       continue
-    if op == "random_resize" and ops_lib.device_resizes(augment, augment_kwargs):
+    if op == "random_resize" and resolve_boundary(boundary, error=DataError) == "canvas":
+      ops_lib.check_canvas(augment, augment_kwargs)
       if image_size is None:
-        raise DataError("inception: resize='device' needs the network input side (image_size)")
+        raise DataError("boundary 'canvas' needs the network input side (image_size)")
       parts["resize"] = int(image_size)  # the flip is the crop's, resized with it
     elif op == "photometric":
       strengths = ops_lib.photometric_strengths(augment, augment_kwargs)

@@ -142,8 +142,8 @@ def test_native_views_finish_on_the_device_as_on_the_host(digits_dir, view):
   import cnnjax.data
   args = dict(data_dir=digits_dir, global_batch_size=4, view=view, image_size=32,
               normalize="per_pixel", process_index=0, process_count=1)
-  want = next(cnnjax.data.eval_iterator("digits", device_preprocessing=False, **args))
-  batch = next(cnnjax.data.eval_iterator("digits", device_preprocessing=True, **args))
+  want = next(cnnjax.data.eval_iterator("digits", boundary="float32", **args))
+  batch = next(cnnjax.data.eval_iterator("digits", boundary="uint8", **args))
   finish = cnnjax.data.device_input("digits", normalize="per_pixel", data_dir=digits_dir)
   got = finish.eval_batch({k: jnp.asarray(v) for k, v in batch.items()})
   keys = [k for k in want if k.startswith("image")]
@@ -185,7 +185,7 @@ def test_apply_eval_view_equals_the_pipelines_batches(tmp_path, view, kwargs):
   batch = next(cnnjax.data.eval_iterator(
       f"image_folder:{tmp_path / 'imgs'}", data_dir=str(tmp_path / "data"), split="val",
       global_batch_size=3, view=view, view_kwargs=kwargs, image_size=32, normalize="imagenet",
-      process_index=0, process_count=1, device_preprocessing=False))
+      process_index=0, process_count=1, boundary="float32"))
   for path in paths:
     single = apply_eval_view(np.asarray(Image.open(path)), view, image_size=32,
                              mean=IMAGENET_MEAN_RGB, std=IMAGENET_STD_RGB, **kwargs)
