@@ -15,12 +15,12 @@ from cnnjax.dali.records import PreparedSplit, image_hw, parse_example, record_p
 from cnnjax.errors import ConfigError, DataError, close_matches
 from cnnjax.preprocessing import presets
 
-# The declared ops (cnnjax.preprocessing.presets) this back end implements on the host: the
-# crop plan's draws (`Preset.plan`) and the DALI graph's decode, resize and mirror. The
-# DEVICE ops after them are the train step's (`cnnjax.preprocessing.device`), on uint8.
+# The declared ops (cnnjax.preprocessing.presets) this back end implements: the crop plan's
+# draws (`Preset.plan`) and the DALI graph's decode, resize and mirror. The ops the device
+# runs from boundary uint8 on are the train step's (`cnnjax.preprocessing.device`).
 DALI_OPS = frozenset({"decode", "resize_shorter_side", "center_crop", "random_resize_shorter_side",
                       "random_crop", "inception_crop", "random_resize", "flip"})
-PRESETS = presets.supported(lambda op: op in DALI_OPS or presets.OPS[op].placement == presets.DEVICE)
+PRESETS = presets.supported(lambda op: op in DALI_OPS or presets.OPS[op].on_device("dali"))
 PRESET_KWARGS = {name: set(presets.PRESETS[name].options) for name in PRESETS}
 INTERPOLATIONS = presets.INTERPOLATION_METHODS
 # numpy seed streams: the epoch permutation and the per-example draws never share a generator.

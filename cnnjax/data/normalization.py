@@ -57,10 +57,11 @@ def device_input(dataset: str, *, augment: str = "none", augment_kwargs: dict[st
   mean, std = arrays if arrays is not None else (np.zeros(3, np.float32), None)
   options = presets.resolve(augment, augment_kwargs, image_size or 0)
   parts: dict[str, Any] = {"mean": mean, "std": std}
-  for op in presets.PRESETS[augment].ops:  # the declaration's DEVICE ops, in its order
-    if presets.OPS[op].placement != presets.DEVICE:
+  boundary = resolve_boundary(boundary, error=DataError)
+  for op in presets.PRESETS[augment].ops:  # the declaration's device ops, in its order
+    if not presets.OPS[op].on_device("canvas"):
       continue
-    if op == "random_resize" and resolve_boundary(boundary, error=DataError) == "canvas":
+    if op == "random_resize" and boundary == "canvas":
       ops_lib.check_canvas(augment, augment_kwargs)
       if image_size is None:
         raise DataError("boundary 'canvas' needs the network input side (image_size)")

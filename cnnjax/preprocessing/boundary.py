@@ -6,12 +6,14 @@ in the middle of one op list); the preset declarations
 
   "float32"  the host finishes every op and ships float32 images: the same
              numbers on every backend (the exact path)
-  "uint8"    the host runs the HOST ops and ships uint8 images with their
-             windows; the jitted step runs the DEVICE ops (colour
-             distortions, PCA lighting, normalisation): a quarter of the bytes
+  "uint8"    the host runs the geometry and ships uint8 images with their
+             windows; the jitted step runs the ops declared device_from
+             "uint8" (colour distortions, PCA lighting, normalisation): a
+             quarter of the bytes
   "canvas"   the Inception preset only: the host decodes the crop and ships
-             it uncropped-resized on a uint8 canvas with its "crop"; the step
-             also resizes and mirrors it (fewer host cycles per image)
+             it unresized on a uint8 canvas with its "crop"; the step also
+             runs the ops declared device_from "canvas" (the resize and the
+             mirror): fewer host cycles per image
   "dali"     training only: NVIDIA DALI decodes and crops on the GPU
              (`cnnjax.dali`) and ships uint8 with windows, as "uint8"
   "auto"     "uint8" with an accelerator; on a CPU-only JAX the faster of

@@ -371,7 +371,8 @@ def _inside_frame(window: jax.Array, size: tuple[int, int]) -> jax.Array:
   return (inside_rows[:, :, None] & inside_columns[:, None, :])[..., None]
 
 
-# The declared DEVICE ops (cnnjax.preprocessing.presets.OPS) and what runs each in the step:
+# The declared ops the device may run (cnnjax.preprocessing.presets.OPS, device_from not None)
+# and what runs each in the step:
 # `DeviceInput` applies them in the declaration's order (a canvas's resize and mirror first).
 DEVICE_OPS = {
     "random_resize": resize_crops,

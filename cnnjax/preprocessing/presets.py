@@ -2,12 +2,15 @@
 
 A preset is data. Its ops run in the order listed; an op's options (with
 their defaults, some relative to the network input side S) are defined once,
-in OPTIONS; a preset takes exactly the options of its ops. Each op is marked:
+in OPTIONS; a preset takes exactly the options of its ops. Each op says from
+which boundary (`cnnjax.preprocessing.boundary`) on it runs on the device,
+inside the jitted step (`cnnjax.preprocessing.device`):
 
-  HOST     runs where the images are decoded (tf.data on the CPU, or DALI)
-  DEVICE   may run inside the jitted step instead, on uint8 batches
-           (`cnnjax.preprocessing.device`): the colour distortions and the
-           normalisation, and (the Inception preset) the resize and the flip
+  device_from=None      always the host's (tf.data on the CPU, or DALI)
+  device_from="uint8"   the device's at boundaries uint8, canvas and dali:
+                        the colour distortions and the normalisation
+  device_from="canvas"  the device's at boundary canvas only: the Inception
+                        crop's resize and flip
 
 The back ends are built from these declarations: `cnnjax.data.augment`
 (tf.data) maps each op name to its TensorFlow op, `cnnjax.dali.plans` to its
@@ -26,8 +29,9 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
-HOST = "host"
-DEVICE = "device"
+UINT8, CANVAS = "uint8", "canvas"
+# The boundaries at which an op with `device_from` runs on the device.
+_DEVICE_AT = {UINT8: ("uint8", "canvas", "dali"), CANVAS: ("canvas",)}
 
 INTERPOLATION_METHODS = ("bilinear", "area", "nearest", "bicubic")
 
@@ -80,34 +84,39 @@ PHOTOMETRIC_STRENGTHS = ("brightness", "contrast", "saturation", "hue")
 
 @dataclasses.dataclass(frozen=True)
 class Op:
-  """One step of a preset: what it does, its options, and where it may run."""
+  """One step of a preset: what it does, its options, and from which boundary on the
+  device runs it (None: never)."""
   name: str
-  placement: str  # HOST, or DEVICE: may run in the jitted step
+  device_from: str | None
   options: tuple[str, ...] = ()
   doc: str = ""
 
+  def on_device(self, boundary: str) -> bool:
+    """Whether the jitted step runs this op at (resolved) `boundary`."""
+    return self.device_from is not None and boundary in _DEVICE_AT[self.device_from]
+
 
 OPS: dict[str, Op] = {op.name: op for op in (
-    Op("decode", HOST, (), "encoded bytes or an array -> uint8 [H, W, 3]"),
-    Op("fit_input", HOST, (), "shorter side -> S, centre S x S crop; nothing for a dataset "
+    Op("decode", None, (), "encoded bytes or an array -> uint8 [H, W, 3]"),
+    Op("fit_input", None, (), "shorter side -> S, centre S x S crop; nothing for a dataset "
        "whose images are already S x S"),
-    Op("center_view", HOST, ("resize_size",), "shorter side -> resize_size, centre S x S crop "
+    Op("center_view", None, ("resize_size",), "shorter side -> resize_size, centre S x S crop "
        "(the evaluation centre view); nothing for a dataset whose images are already S x S"),
-    Op("resize_shorter_side", HOST, ("resize_size",), "shorter side -> resize_size"),
-    Op("center_crop", HOST, ("resize_size",), "the centre resize_size square"),
-    Op("random_resize_shorter_side", HOST, ("scale_min", "scale_max"),
+    Op("resize_shorter_side", None, ("resize_size",), "shorter side -> resize_size"),
+    Op("center_crop", None, ("resize_size",), "the centre resize_size square"),
+    Op("random_resize_shorter_side", None, ("scale_min", "scale_max"),
        "shorter side -> U{scale_min..scale_max}"),
-    Op("pad", HOST, ("pad",), "zero padding (the mean colour after normalisation)"),
-    Op("random_crop", HOST, (), "a uniformly placed S x S crop"),
-    Op("inception_crop", HOST, ("area_range", "aspect_range", "max_attempts"),
+    Op("pad", None, ("pad",), "zero padding (the mean colour after normalisation)"),
+    Op("random_crop", None, (), "a uniformly placed S x S crop"),
+    Op("inception_crop", None, ("area_range", "aspect_range", "max_attempts"),
        "decode a random window (TF's sample_distorted_bounding_box draw)"),
-    Op("random_resize", DEVICE, ("interpolations",),
+    Op("random_resize", CANVAS, ("interpolations",),
        "the window -> S x S with a drawn interpolation (on the device: bilinear)"),
-    Op("flip", DEVICE, ("flip",), "mirror left-right with probability 1/2"),
-    Op("photometric", DEVICE, ("photometric", *PHOTOMETRIC_STRENGTHS),
+    Op("flip", CANVAS, ("flip",), "mirror left-right with probability 1/2"),
+    Op("photometric", UINT8, ("photometric", *PHOTOMETRIC_STRENGTHS),
        "brightness, contrast, saturation, hue"),
-    Op("pca_lighting", DEVICE, ("pca_color", "pca_alpha_std"), "AlexNet's colour lighting"),
-    Op("normalize", DEVICE, (), "(x - mean) / std with the run's normalisation"),
+    Op("pca_lighting", UINT8, ("pca_color", "pca_alpha_std"), "AlexNet's colour lighting"),
+    Op("normalize", UINT8, (), "(x - mean) / std with the run's normalisation"),
 )}
 
 

@@ -23,7 +23,7 @@ def test_declarations_are_complete():
     assert preset.ops, preset.name
     for op in preset.ops:
       assert op in presets.OPS, (preset.name, op)
-      assert presets.OPS[op].placement in (presets.HOST, presets.DEVICE)
+      assert presets.OPS[op].device_from in (None, presets.UINT8, presets.CANVAS)
       for option in presets.OPS[op].options:
         assert option in presets.OPTIONS, (op, option)
   used = {o for op in presets.OPS.values() for o in op.options}
@@ -52,7 +52,7 @@ def test_tf_data_defaults_are_the_declared_ones():
 
 def test_dali_supports_exactly_the_presets_whose_host_ops_it_implements():
   for name, preset in presets.PRESETS.items():
-    host_ops = [op for op in preset.ops if presets.OPS[op].placement == presets.HOST]
+    host_ops = [op for op in preset.ops if not presets.OPS[op].on_device("dali")]
     implemented = all(op in plans.DALI_OPS for op in host_ops)
     assert (name in plans.PRESETS) == implemented, name
   assert set(plans.PRESETS) == {"alexnet", "scale_jitter", "inception"}  # no pad, no centre view
@@ -75,13 +75,22 @@ def test_dali_takes_the_declared_options_and_defaults(name):
 def test_the_device_implements_every_device_op_with_the_declared_defaults():
   for preset in presets.PRESETS.values():
     for op in preset.ops:
-      if presets.OPS[op].placement == presets.DEVICE:
+      if presets.OPS[op].device_from is not None:
         assert op in device.DEVICE_OPS, (preset.name, op)
   alpha = {f.name: f.default for f in dataclasses.fields(device.PcaLighting)}["alpha_std"]
   assert alpha == presets.OPTIONS["pca_alpha_std"].default
   assert {f.name for f in dataclasses.fields(device.Photometric)} == set(presets.PHOTOMETRIC_STRENGTHS)
   assert colour.PHOTOMETRIC_DEFAULTS == {
       k: presets.OPTIONS[k].default for k in presets.PHOTOMETRIC_STRENGTHS}
+
+
+def test_each_boundary_moves_the_declared_ops_to_the_device():
+  inception = [presets.OPS[op] for op in presets.PRESETS["inception"].ops]
+  assert [op.name for op in inception if op.on_device("uint8")] == [
+      "photometric", "pca_lighting", "normalize"]
+  assert [op.name for op in inception if op.on_device("canvas")] == [
+      "random_resize", "flip", "photometric", "pca_lighting", "normalize"]
+  assert not any(op.on_device("float32") for op in presets.OPS.values())
 
 
 def test_options_resolve_relative_to_the_input_side():
