@@ -143,3 +143,22 @@ def test_a_run_trains_on_device_resized_crops(photo_folder, tmp_path):
   assert result["step"] == 3 and np.isfinite(result["eval"]["loss"])
   leaves = jax.tree_util.tree_leaves(result["variables"])
   assert leaves and all(np.isfinite(np.asarray(leaf)).all() for leaf in leaves)
+
+
+def test_a_one_class_folder_is_refused_before_anything_compiles(tmp_path, monkeypatch):
+  """It used to train, report top-1 100.00% and exit 0."""
+  from data_helpers import smooth_image, write_image
+
+  from cnnjax.errors import DataError
+  from cnnjax.train import steps
+  from cnnjax.train.loop import run
+  rng = np.random.default_rng(0)
+  for split in ("train", "val"):
+    for i in range(3):
+      write_image(str(tmp_path / "one" / split / "cat" / f"{i}.jpg"), smooth_image(rng, 40, 40))
+  monkeypatch.setattr(steps, "train_step", lambda *a, **k: pytest.fail("compiled a step"))
+  config = dict(_config(dataset=f"image_folder:{tmp_path / 'one'}", data_dir=str(tmp_path / "d"),
+                        image_size=16, batch_size=2, model="cifar_resnet20", progress_bar=False,
+                        compilation_cache_dir=""))
+  with pytest.raises(DataError, match="has 1 class.*at least 2"):
+    run(config, str(tmp_path / "run"))
