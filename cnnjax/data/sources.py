@@ -376,9 +376,9 @@ def preparation_lock(data_dir: str) -> filelock.FileLock:
   """The lock held while `data_dir` is prepared: one process prepares, the others wait.
 
   It lives in the machine's temporary directory, keyed by the absolute path,
-  so that a failed preparation leaves nothing in the data_dir; processes on
-  other hosts sharing a data_dir prepare it one host at a time only if the
-  filesystem's locks reach across hosts (prepare it once beforehand if not).
+  so that a failed preparation leaves nothing in the data_dir. It orders the
+  processes of one machine; hosts sharing a data_dir over a network
+  filesystem should have it prepared once beforehand.
   """
   digest = hashlib.sha256(os.path.abspath(data_dir).encode()).hexdigest()[:24]
   return filelock.FileLock(os.path.join(tempfile.gettempdir(), f"cnnjax-prepare-{digest}.lock"))
