@@ -69,19 +69,16 @@ from cnnjax.data.image_ops import (Example, Op, center_crop_image, check_crop_fi
 from cnnjax.data.normalization import normalize_op, stats_if_needed
 from cnnjax.data.sources import get_source, input_size
 from cnnjax.errors import DataError
+from cnnjax.preprocessing import presets as declared
 
-VIEWS = ("center", "10crop", "multiscale", "144crop", "150crop")
-DEFAULT_MULTISCALE = (256, 384, 512)
-GOOGLENET_SCALES = (256, 288, 320, 352)
-NATIVE_PAD = 4  # the CIFAR recipe's zero padding (ResNet paper, Section 4.2)
-_VIEW_KWARGS = {
-    "center": {"crop_fraction", "resize_size"},
-    "10crop": {"resize_size", "pad", "flip"},
-    "multiscale": {"scales", "flip"},
-    "144crop": {"scales", "pad", "flip"},
-    "150crop": {"scales", "grid"},
-}
-VGG_GRID = 5  # VGG Sec. 3.2: a 5x5 regular grid of crops per scale
+# The views and their options, as declared (cnnjax.preprocessing.presets.VIEWS).
+VIEWS = tuple(declared.VIEWS)
+_VIEW_KWARGS = {name: set(view.options) for name, view in declared.VIEWS.items()}
+DEFAULT_MULTISCALE = declared.VIEWS["multiscale"].defaults["scales"]
+GOOGLENET_SCALES = declared.VIEWS["144crop"].defaults["scales"]
+NATIVE_PAD = declared.VIEWS["10crop"].defaults["pad"]  # the CIFAR recipe's padding (ResNet Sec. 4.2)
+VGG_GRID = declared.VIEWS["150crop"].defaults["grid"]  # VGG Sec. 3.2: a 5x5 grid per scale
+CROP_FRACTION = declared.VIEWS["center"].defaults["crop_fraction"]  # 224 of 256
 
 
 def multiscale_keys(scales: Sequence[int] = DEFAULT_MULTISCALE) -> list[str]:
@@ -135,7 +132,7 @@ def eval_op(view: str, *, image_size: int, native_size: int | None, normalize_op
       return with_windows(lambda ex: dict(ex, image=normalized(decode_image(ex["image"], native_size))),
                           {"window": [image_size, 0, 0, 0]})
     resize_size = kwargs.get("resize_size",
-                             int(round(image_size / kwargs.get("crop_fraction", 0.875))))
+                             int(round(image_size / kwargs.get("crop_fraction", CROP_FRACTION))))
     check_crop_fits(image_size, resize_size, "center: resize_size")
 
     def center(ex: Example) -> Example:
@@ -173,7 +170,7 @@ def eval_op(view: str, *, image_size: int, native_size: int | None, normalize_op
         [native_size, 0, 0, mirrored] for mirrored in ((0, 1) if flip else (0,))]})
 
   if view == "10crop":
-    resize_size = kwargs.get("resize_size", int(round(image_size / 0.875)))
+    resize_size = kwargs.get("resize_size", int(round(image_size / CROP_FRACTION)))
     check_crop_fits(image_size, resize_size, "10crop: resize_size")
 
     def ten_crop(ex: Example) -> Example:

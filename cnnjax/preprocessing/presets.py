@@ -20,6 +20,9 @@ walks the declarations and checks that every back end implements each op it
 claims, with these defaults. A new preset is one PRESETS entry (and new ops
 only when it needs them).
 
+The evaluation views are declared the same way (VIEWS: each view's options
+and defaults), built by `cnnjax.data.views`.
+
 Needs nothing but Python.
 """
 
@@ -151,6 +154,38 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
                          "pca_lighting", "normalize"),
            "GoogLeNet Sec. 6 as in TF's Inception preprocessing: 8-100% area crops of aspect "
            "3/4..4/3, random interpolation, flip, photometric distortions"),
+)}
+
+
+@dataclasses.dataclass(frozen=True)
+class View:
+  """An evaluation view: its options and their defaults (`cnnjax.data.views` builds it).
+
+  Views are deterministic and host-side; at boundary "uint8" their images
+  cross unnormalised with windows and the device normalises them.
+  """
+  name: str
+  defaults: Mapping[str, Any]
+  doc: str
+
+  @property
+  def options(self) -> tuple[str, ...]:
+    return tuple(self.defaults)
+
+
+VGG_SCALES = (256, 384, 512)  # VGG Sec. 3.2 / Table 5
+GOOGLENET_SCALES = (256, 288, 320, 352)  # GoogLeNet Sec. 7
+VIEWS: dict[str, View] = {v.name: v for v in (
+    View("center", {"crop_fraction": 0.875, "resize_size": None},
+         "shorter side -> S / crop_fraction (or resize_size), the centre S crop"),
+    View("10crop", {"resize_size": None, "pad": 4, "flip": True},
+         "AlexNet/ResNet: four corners and the centre of the resize_size square, and mirrors"),
+    View("multiscale", {"scales": VGG_SCALES, "flip": True},
+         "VGG dense evaluation: the Q x Q square per scale and its mirror"),
+    View("144crop", {"scales": GOOGLENET_SCALES, "pad": 4, "flip": True},
+         "GoogLeNet: 4 scales x 3 squares x 6 crops x 2 mirrors"),
+    View("150crop", {"scales": VGG_SCALES, "grid": 5},
+         "VGG multi-crop: a 5 x 5 grid of crops per scale and their mirrors"),
 )}
 
 
