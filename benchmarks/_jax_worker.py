@@ -59,7 +59,7 @@ def _real_train_step(model, batch_size: int, image_shape, device_photometric: bo
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import optax  # pylint: disable=import-outside-toplevel
   from cnnjax.train import optim, state as state_lib, steps  # pylint: disable=import-outside-toplevel
-  from cnnjax.train.device_input import DeviceInput, Photometric  # pylint: disable=import-outside-toplevel
+  from cnnjax.preprocessing.device import DeviceInput, Photometric  # pylint: disable=import-outside-toplevel
 
   tx = optim.create_optimizer(_optimizer_config(batch_size))
   photometric = None

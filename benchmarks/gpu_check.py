@@ -379,7 +379,7 @@ def row_device_input(p: dict[str, Any]) -> dict[str, Any]:
   crop resize + flip, photometric distortions, normalisation, on uint8 canvases."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from cnnjax.train.device_input import DeviceInput, Photometric  # pylint: disable=import-outside-toplevel
+  from cnnjax.preprocessing.device import DeviceInput, Photometric  # pylint: disable=import-outside-toplevel
   size, batch = p["image_size"], p["transfer_batch"]
   rng = np.random.default_rng(0)
   finish = DeviceInput(mean=np.full(3, 120.0, np.float32), std=np.full(3, 60.0, np.float32),

@@ -143,17 +143,16 @@ def inception_stage_costs(encoded: list[bytes], seconds: float, rounds: int,
   return costs + [("total", milliseconds[-1])]
 
 
-def full_pipeline_rate(folder: str, data_dir: str, seconds: float, photometric=True) -> float:
+def full_pipeline_rate(folder: str, data_dir: str, seconds: float, boundary="float32") -> float:
   """Images/s of train_iterator(augment="inception") on all cores.
 
-  photometric="device" leaves the distortions and the normalisation to the
+  boundary="uint8" leaves the distortions and the normalisation to the
   train step (the host yields uint8 crops).
   """
   import cnnjax.data
   return stream_rate(lambda: cnnjax.data.train_iterator(
       f"image_folder:{folder}", data_dir=data_dir, global_batch_size=64, augment="inception",
-      augment_kwargs={"photometric": photometric}, normalize="imagenet", process_index=0,
-      process_count=1), seconds)
+      normalize="imagenet", process_index=0, process_count=1, boundary=boundary), seconds)
 
 
 def stream_rate(make_stream, seconds: float) -> float:
@@ -173,9 +172,9 @@ def device_preprocessing_rates(dataset: str, data_dir: str, *, augment: str, nor
                                ) -> dict[bool, float]:
   """Images/s of train_iterator + the jitted DeviceInput.train, host-prepared vs uint8.
 
-  device_preprocessing=False: float32 batches finished on the host (the
-  jitted function passes them through); True: uint8 batches finished in the
-  jitted function. Both end in a sum, so the work is done; the model's own
+  False: boundary "float32", batches finished on the host (the jitted
+  function passes them through); True: boundary "uint8", batches finished
+  in the jitted function. Both end in a sum, so the work is done; the model's own
   cost, the same either way, is left out. Fresh iterators per round,
   alternating, two warm-up batches each (compilation, tf.data start-up).
   """
@@ -192,7 +191,7 @@ def device_preprocessing_rates(dataset: str, data_dir: str, *, augment: str, nor
       stream = cnnjax.data.train_iterator(
           dataset, data_dir=data_dir, global_batch_size=batch_size, augment=augment,
           augment_kwargs=augment_kwargs, normalize=normalize, image_size=image_size,
-          process_index=0, process_count=1, device_preprocessing=device)
+          process_index=0, process_count=1, boundary="uint8" if device else "float32")
 
       def step(number: int) -> int:
         batch = next(stream)
@@ -255,7 +254,7 @@ def main() -> None:
       host_rates, device_rates = [], []
       for _ in range(2):
         host_rates.append(full_pipeline_rate(folder, data_dir, args.seconds / 2))
-        device_rates.append(full_pipeline_rate(folder, data_dir, args.seconds / 2, "device"))
+        device_rates.append(full_pipeline_rate(folder, data_dir, args.seconds / 2, "uint8"))
       full, full_device = float(np.mean(host_rates)), float(np.mean(device_rates))
 
   print(f"machine: {platform.machine()} {platform.processor() or ''}, {cores} cores, "
@@ -275,12 +274,12 @@ def main() -> None:
     print(f"full train_iterator(augment='inception') on {cores} cores: {full:.1f} images/s "
           f"({per_core_full:.1f} per core)")
     per_core_device = full_device / cores
-    print(f"  with photometric='device' (uint8 crops; distortions + normalisation in the train "
+    print(f"  at boundary 'uint8' (uint8 crops; distortions + normalisation in the train "
           f"step): {full_device:.1f} images/s ({per_core_device:.1f} per core)")
     print(f"cores for one GPU at {args.gpu_images_per_second:.0f} images/s: "
           f"{args.gpu_images_per_second / fused:.0f} (crop + resize + flip only), "
           f"{args.gpu_images_per_second / per_core_full:.0f} (full pipeline), "
-          f"{args.gpu_images_per_second / per_core_device:.0f} (photometric='device')")
+          f"{args.gpu_images_per_second / per_core_device:.0f} (boundary 'uint8')")
 
 
 # (dataset, preset, augment_kwargs, normalize, image_size, batch size) of the comparison;
@@ -321,15 +320,13 @@ def compare_device_preprocessing(args) -> None:
 # near its original pixel count; 256 is the aggressive choice); AlexNet
 # resizes the shorter side to 256 (341 keeps that for 4:3 images); VGG's
 # scale jittering reaches S = 512 (683: above every image of the set, so
-# its copy stores the original bytes). resize="device" leaves crops that fit
+# its copy stores the original bytes). Boundary "canvas" leaves crops that fit
 # the input unresized for the train step (see `device_resize_cost`).
-_INCEPTION = {"photometric": "device"}
-_ON_DEVICE = {"photometric": "device", "resize": "device"}
 PRESET_CASES = {
-    "inception": ((_INCEPTION, 0), (_ON_DEVICE, 0), (_INCEPTION, 320), (_ON_DEVICE, 320),
-                  (_INCEPTION, 256), (_ON_DEVICE, 256)),
-    "alexnet": (({}, 0), ({}, 341)),
-    "scale_jitter": (({}, 0), ({}, 683)),
+    "inception": (("uint8", 0), ("canvas", 0), ("uint8", 320), ("canvas", 320),
+                  ("uint8", 256), ("canvas", 256)),
+    "alexnet": (("uint8", 0), ("uint8", 341)),
+    "scale_jitter": (("uint8", 0), ("uint8", 683)),
 }
 INCEPTION_BOUNDS = (320, 256)
 
@@ -379,18 +376,18 @@ def preset_rates(dataset: str, data_dir: str, preset: str, seconds: float, round
   from cnnjax.data.sources import get_source
   normalize = "imagenet" if preset == "inception" else "per_channel"
 
-  def ours(kwargs, max_resolution: int):
+  def ours(boundary: str, max_resolution: int):
     return lambda: cnnjax.data.train_iterator(
         dataset, data_dir=data_dir, global_batch_size=batch_size, augment=preset,
-        augment_kwargs=kwargs, image_size=image_size, normalize=normalize, process_index=0,
-        process_count=1, device_preprocessing=True, max_resolution=max_resolution)
+        image_size=image_size, normalize=normalize, process_index=0, process_count=1,
+        boundary=boundary, max_resolution=max_resolution)
 
   source = get_source(dataset, data_dir)
   makers = {"plain tf.data": lambda: plain_tf_data(source, preset, image_size, batch_size)}
-  for kwargs, bound in PRESET_CASES[preset]:
+  for boundary, bound in PRESET_CASES[preset]:
     name = ("train_iterator" + (f", max_resolution={bound}" if bound else "")
-            + (", resize='device'" if kwargs.get("resize") == "device" else ""))
-    makers[name] = ours(kwargs, bound)
+            + (", boundary='canvas'" if boundary == "canvas" else ""))
+    makers[name] = ours(boundary, bound)
   for make in makers.values():  # prepare the copies (and statistics) outside the timing
     next(make())
   rates: dict[str, list[float]] = {name: [] for name in makers}
@@ -458,11 +455,11 @@ def decoder_options(encoded: list[bytes], seconds: float) -> list[tuple[str, flo
 
 
 def device_resize_cost(image_size: int = 224, batch_size: int = 64, repeats: int = 10) -> float:
-  """ms per image of the train step's share of resize="device" (`resize_crops`), jitted, on
+  """ms per image of the train step's share of boundary "canvas" (`resize_crops`), jitted, on
   JAX's default backend, for crops of 50-100% of the input side."""
   import jax
   import jax.numpy as jnp
-  from cnnjax.train.device_input import resize_crops
+  from cnnjax.preprocessing.device import resize_crops
   rng = np.random.default_rng(0)
   canvases = jnp.asarray(rng.integers(0, 256, (batch_size, image_size, image_size, 3), np.uint8))
   sides = rng.integers(image_size // 2, image_size + 1, (batch_size, 2))
@@ -504,7 +501,7 @@ def compare_presets(args) -> None:
       print(f"  max_resolution={bound}: mean abs {error['mean_abs']:.2f} / 255, "
             f"PSNR {error['psnr_db']:.1f} dB")
     import jax
-    print(f"resize='device': the step's resize costs {device_resize_cost():.3f} ms per image "
+    print(f"boundary 'canvas': the step's resize costs {device_resize_cost():.3f} ms per image "
           f"on JAX's {jax.default_backend()} backend (batch 64, jitted)")
     paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs)
     encoded = [open(p, "rb").read() for p in paths]

@@ -67,7 +67,7 @@ def embed(model: nn.Module, variables: Any,
     mesh: a 1-D 'data' mesh (default: every device); each batch is sharded
       over it.
     device_input: the `cnnjax.data.device_input(...)` that finishes uint8
-      batches (eval_iterator's with device_preprocessing) in the jitted step.
+      batches (eval_iterator's at boundary "uint8") in the jitted step.
 
   Rows come out in the order of the global batches (for one process, the
   order of the split or of the array).

@@ -26,8 +26,7 @@ CHOICES = {
     "loss": ("categorical_cross_entropy", "binary_cross_entropy", "mean_squared_error"),
     "on_bad_image": ("raise", "skip"),
     "cpu_kernels": ("auto", "on", "off"),
-    "device_preprocessing": ("auto", "on", "off"),
-    "input_pipeline": ("tf", "dali"),
+    "input_boundary": ("auto", "float32", "uint8", "canvas", "dali"),
 }
 
 # Keys whose value is a free-form dict forwarded to another module.
@@ -65,21 +64,20 @@ def default_values() -> dict[str, Any]:
     "normalize": "per_channel",  # mean subtraction, see cnnjax.data
     "augment": "none",
     "augment_kwargs": {},
-    # Where images are finished: "on" ships uint8 (+ crop windows) and the
-    # jitted steps normalise and colour-augment them (a quarter of the bytes);
-    # "off" prepares float32 on the host; "auto": on with an accelerator, and
-    # on a CPU-only JAX the faster of the two there (host: RESULTS.md,
-    # "uint8 to the device").
-    "device_preprocessing": "auto",
+    # Where the host stops (cnnjax.preprocessing.boundary): "float32" finishes
+    # the images on the host; "uint8" ships uint8 (+ crop windows) and the
+    # jitted steps colour-augment and normalise them (a quarter of the bytes);
+    # "canvas" (inception) also leaves the crop's resize and flip to the step;
+    # "dali" decodes the training images on the GPU with NVIDIA DALI (`pip
+    # install -e ".[dali]"`; evaluation stays on tf.data, as "uint8"); "auto":
+    # uint8 with an accelerator, and on a CPU-only JAX the faster there
+    # (float32: RESULTS.md, "uint8 to the device").
+    "input_boundary": "auto",
     # Training images from a copy of the dataset whose longer side is at most
     # this many pixels (prepared once; fewer pixels to decode, so fewer host
     # cores per accelerator; cnnjax.data.bounded for the policy). 0: the
     # original. Evaluation always reads the original.
     "max_resolution": 0,
-    # Who decodes the training images: "tf" (tf.data on the host's cores) or
-    # "dali" (NVIDIA DALI: on the GPU where there is one; `pip install -e
-    # ".[dali]"`; cnnjax.dali). Evaluation stays on tf.data.
-    "input_pipeline": "tf",
     "eval_view": "center",  # view of the periodic validation (full protocols: cnnjax evaluation)
     "eval_view_kwargs": {},
     "eval_batch_size": 0,  # 0: batch_size

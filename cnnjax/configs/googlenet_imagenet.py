@@ -15,10 +15,10 @@ distortions.
 
 For a faster run on more devices use a larger batch with the linear scaling
 rule: `--config.batch_size=256 --config.lr_scaling=linear`.
-When the host's CPU cores cannot keep up with the GPUs, move the photometric
-distortions (and the normalisation) into the train step:
-`--config.augment_kwargs="{'photometric': 'device'}"` (1.57x the images per
-host core).
+With an accelerator the photometric distortions and the normalisation run
+in the train step (`input_boundary` "auto" is "uint8" there: 1.57x the images
+per host core); `--config.input_boundary=canvas` also leaves the crop's resize
+and flip to the step.
 
 Aims at: top-5 validation error ~11.1% (top-1 ~31.3%), one model, centre
 crop: what a synchronous single-machine replication of the paper's recipe

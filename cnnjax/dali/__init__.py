@@ -7,10 +7,10 @@ TensorFlow (optional extra: `pip install -e ".[dali]"`). It reads what tfds
   <data_dir>/<name>/[<config>/]<version>/dataset_info.json, features.json,
                                          <name>-<split>.tfrecord-XXXXX-of-YYYYY
 
-and yields what `train_iterator(..., device_preprocessing=True)` yields:
+and yields what `train_iterator(..., boundary="uint8")` yields:
 {"image": uint8 [b, S, S, 3], "label": int32 [b], "window": int32 [b, 4]};
 colour distortions and normalisation stay in the jitted step
-(`cnnjax.train.device_input.DeviceInput`, same window semantics).
+(`cnnjax.preprocessing.device.DeviceInput`, same window semantics).
 
 Where the work happens:
 

@@ -155,7 +155,7 @@ def train_iterator(dataset: str, *, global_batch_size: int, data_dir: str | os.P
 
   Yields {"image": uint8 [b, S, S, 3], "label": int32 [b], "window": int32
   [b, 4]}, b = global_batch_size // process_count, as
-  `cnnjax.data.train_iterator(..., device_preprocessing=True)` does (numpy),
+  `cnnjax.data.train_iterator(..., boundary="uint8")` does (numpy),
   or, given `sharding` (a batch sharding of the global batch), global
   `jax.Array`s of shape [global_batch_size, ...] placed with it.
 

@@ -11,18 +11,18 @@ from typing import Any
 
 import numpy as np
 
-from cnnjax.dali.records import RECORD_FOOTER, RECORD_HEADER, PreparedSplit, image_hw, parse_example
+from cnnjax.dali.records import PreparedSplit, image_hw, parse_example, record_payload
 from cnnjax.errors import ConfigError, DataError, close_matches
+from cnnjax.preprocessing import presets
 
-PRESETS = ("inception", "scale_jitter", "alexnet")
-PRESET_KWARGS = {
-    "inception": {"area_range", "aspect_range", "max_attempts", "interpolations", "flip",
-                  "photometric", "brightness", "contrast", "saturation", "hue", "pca_color",
-                  "pca_alpha_std"},
-    "scale_jitter": {"scale_min", "scale_max", "flip", "pca_color", "pca_alpha_std"},
-    "alexnet": {"resize_size", "flip", "pca_color", "pca_alpha_std"},
-}
-INTERPOLATIONS = ("bilinear", "area", "nearest", "bicubic")
+# The declared ops (cnnjax.preprocessing.presets) this back end implements: the crop plan's
+# draws (`Preset.plan`) and the DALI graph's decode, resize and mirror. The ops the device
+# runs from boundary uint8 on are the train step's (`cnnjax.preprocessing.device`).
+DALI_OPS = frozenset({"decode", "resize_shorter_side", "center_crop", "random_resize_shorter_side",
+                      "random_crop", "inception_crop", "random_resize", "flip"})
+PRESETS = presets.supported(lambda op: op in DALI_OPS or presets.OPS[op].on_device("dali"))
+PRESET_KWARGS = {name: set(presets.PRESETS[name].options) for name in PRESETS}
+INTERPOLATIONS = presets.INTERPOLATION_METHODS
 # numpy seed streams: the epoch permutation and the per-example draws never share a generator.
 _EPOCH_STREAM, _EXAMPLE_STREAM = 1, 2
 
@@ -37,7 +37,7 @@ class CropPlan:
   Decode rows/columns [anchor, anchor + shape) of the image, resize the
   region [roi_start, roi_end) of that slice (float pixels, relative to the
   slice) to the output size with `interpolation`, mirror when `flip`.
-  `window` is the batch's "window" row (see `cnnjax.train.device_input`).
+  `window` is the batch's "window" row (see `cnnjax.preprocessing.device`).
   """
   anchor: tuple[int, int]
   shape: tuple[int, int]
@@ -178,27 +178,27 @@ def make_preset(augment: str, image_size: int, augment_kwargs: dict[str, Any] | 
                       f"{', '.join(sorted(PRESET_KWARGS[augment]))}")
   if not isinstance(image_size, int) or image_size < 1:
     raise ConfigError(f"image_size must be a positive integer, got {image_size!r}")
-  flip = bool(kwargs.get("flip", True))
+  options = presets.resolve(augment, kwargs, image_size)
+  flip = bool(options["flip"])
   if augment == "inception":
-    area, aspect = tuple(kwargs.get("area_range", (0.08, 1.0))), tuple(kwargs.get("aspect_range", (3 / 4, 4 / 3)))
+    area, aspect = tuple(options["area_range"]), tuple(options["aspect_range"])
     if len(area) != 2 or not 0 < area[0] <= area[1] <= 1:
       raise ConfigError(f"area_range must be (min, max) with 0 < min <= max <= 1, got {area}")
     if len(aspect) != 2 or not 0 < aspect[0] <= aspect[1]:
       raise ConfigError(f"aspect_range must be (min, max) with 0 < min <= max, got {aspect}")
-    methods = tuple(kwargs.get("interpolations", INTERPOLATIONS))
+    methods = tuple(options["interpolations"])
     bad = [m for m in methods if m not in INTERPOLATIONS]
     if not methods or bad:
       raise ConfigError(f"interpolations must be a non-empty subset of {INTERPOLATIONS}, got {methods}")
     return Preset("inception", image_size, flip, (float(area[0]), float(area[1])),
-                  (float(aspect[0]), float(aspect[1])), int(kwargs.get("max_attempts", 10)), methods)
+                  (float(aspect[0]), float(aspect[1])), int(options["max_attempts"]), methods)
   if augment == "scale_jitter":
-    scale_min = int(kwargs.get("scale_min", round(image_size * 256 / 224)))
-    scale_max = int(kwargs.get("scale_max", round(image_size * 512 / 224)))
+    scale_min, scale_max = int(options["scale_min"]), int(options["scale_max"])
     if not image_size <= scale_min <= scale_max:
       raise ConfigError(f"scale_jitter needs image_size <= scale_min <= scale_max, got "
                         f"{image_size}, [{scale_min}, {scale_max}]")
     return Preset("scale_jitter", image_size, flip, scale_min=scale_min, scale_max=scale_max)
-  resize_size = int(kwargs.get("resize_size", round(image_size / 0.875)))
+  resize_size = int(options["resize_size"])
   if resize_size < image_size:
     raise ConfigError(f"alexnet: resize_size {resize_size} must be >= image_size {image_size}")
   return Preset("alexnet", image_size, flip, resize_size=resize_size)
@@ -298,11 +298,14 @@ class ExampleSource:
     try:
       if len(record) != size:
         raise DataError("the record is shorter than its index says")
-      features = parse_example(memoryview(record)[RECORD_HEADER:int(size) - RECORD_FOOTER])
+      features = parse_example(record_payload(record))
       image = features.get(self.split.image_key)
       label = features.get(self.split.label_key)
       if not image or not label:
         raise DataError(f"it has no {self.split.image_key!r} image or {self.split.label_key!r} label")
+      if not isinstance(label[0], int) or isinstance(image[0], (int, float)):
+        raise DataError(f"its {self.split.image_key!r} is not bytes or its "
+                        f"{self.split.label_key!r} not an integer")
     except DataError as error:
       raise DataError(f"cannot read {self.describe(example)}: {error}; prepare the dataset again") from None
     label = int(label[0])

@@ -1,5 +1,12 @@
 """What tfds prepared, read without TensorFlow: the split's shard files, a record index per
-shard, tf.train.Example parsed by hand, image sizes from their headers."""
+shard, tf.train.Example parsed by hand, image sizes from their headers.
+
+Nothing read is trusted: every record's length and data are checked against
+their masked CRC32C (the TFRecord format's own checksums, as TensorFlow's
+reader checks them), any parse failure is a DataError naming the file and the
+record, and an index file records the size and mtime of the shard it
+describes, so a shard rewritten in place is indexed anew.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +19,7 @@ import re
 import struct
 import tempfile
 
+import google_crc32c
 import numpy as np
 
 from cnnjax.errors import DataError, close_matches
@@ -21,6 +29,34 @@ IMAGE_FOLDER_PREFIX = "image_folder:"
 IMAGE_FOLDER_BUILDER = "cnnjax_image_folder"
 DEFAULT_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 RECORD_HEADER, RECORD_FOOTER = 12, 4  # uint64 length + uint32 crc; uint32 crc
+_CRC_MASK_DELTA = 0xA282EAD8
+
+
+def masked_crc32c(data) -> int:
+  """The TFRecord checksum of `data`: CRC32C, rotated right by 15 bits, plus a constant."""
+  crc = google_crc32c.value(bytes(data))
+  return (((crc >> 15) | (crc << 17)) + _CRC_MASK_DELTA) & 0xFFFFFFFF
+
+
+def record_payload(record) -> memoryview:
+  """The data of one framed record (length, length CRC, data, data CRC), checked.
+
+  DataError when the frame or a checksum is wrong (the caller names file and record).
+  """
+  record = memoryview(record)
+  if len(record) < RECORD_HEADER + RECORD_FOOTER:
+    raise DataError(f"the record is {len(record)} bytes, shorter than its framing")
+  length, length_crc = struct.unpack("<QI", record[:RECORD_HEADER])
+  if masked_crc32c(record[:8]) != length_crc:
+    raise DataError("the length's checksum does not match (damaged data)")
+  if RECORD_HEADER + length + RECORD_FOOTER != len(record):
+    raise DataError(f"the record says {length} bytes of data, its index "
+                    f"{len(record) - RECORD_HEADER - RECORD_FOOTER}")
+  payload = record[RECORD_HEADER:RECORD_HEADER + length]
+  (data_crc,) = struct.unpack("<I", record[RECORD_HEADER + length:])
+  if masked_crc32c(payload) != data_crc:
+    raise DataError("the data's checksum does not match (damaged data)")
+  return payload
 
 # ----------------------------------------------------------------------------
 # Prepared datasets, read without tfds.
@@ -186,7 +222,7 @@ def _image_and_label_keys(dataset: str, info: dict, features: dict) -> tuple[str
 
 
 # ----------------------------------------------------------------------------
-# TFRecord index files ("offset size" per record, the format of DALI's tfrecord2idx).
+# TFRecord index files (the shard's size and mtime, then "offset size" per record).
 
 
 def scan_records(path: str) -> np.ndarray:
@@ -197,10 +233,14 @@ def scan_records(path: str) -> np.ndarray:
     offset = 0
     while offset < file_size:
       f.seek(offset)
-      header = f.read(8)
-      if len(header) < 8:
+      header = f.read(RECORD_HEADER)
+      if len(header) < RECORD_HEADER:
         break
-      (length,) = struct.unpack("<Q", header)
+      length, length_crc = struct.unpack("<QI", header)
+      if masked_crc32c(header[:8]) != length_crc:
+        raise DataError(f"TFRecord file {path}: the length of record {len(offsets)} (byte "
+                        f"{offset}) fails its checksum (damaged data); copy or prepare the "
+                        "dataset again")
       size = RECORD_HEADER + length + RECORD_FOOTER
       if offset + size > file_size:
         break
@@ -211,6 +251,11 @@ def scan_records(path: str) -> np.ndarray:
     raise DataError(f"TFRecord file {path} is truncated or corrupt after {len(offsets)} records "
                     f"(byte {offset} of {file_size}); copy or prepare the dataset again")
   return np.stack([np.asarray(offsets, np.int64), np.asarray(sizes, np.int64)], axis=1).reshape(-1, 2)
+
+
+# The first line of an index file: the shard it describes (its size and mtime); "offset size"
+# lines follow, one per record.
+INDEX_STAMP = "# cnnjax record index of a shard with"
 
 
 def default_index_dir() -> str:
@@ -229,9 +274,18 @@ def index_path(path: str, index_dir: str | None = None) -> str:
   return os.path.join(index_dir or default_index_dir(), f"{os.path.basename(path)}.{key[:16]}.idx")
 
 
-def _read_index(path: str) -> np.ndarray | None:
+def _shard_stamp(path: str) -> str:
+  stat = os.stat(path)
+  return f"{INDEX_STAMP} size={stat.st_size} mtime_ns={stat.st_mtime_ns}"
+
+
+def _read_index(index_file: str, shard: str) -> np.ndarray | None:
+  """The index in `index_file` if its first line names `shard`'s current size and mtime."""
   try:
-    return np.loadtxt(path, dtype=np.int64, ndmin=2).reshape(-1, 2)
+    with open(index_file) as f:
+      if f.readline().strip() != _shard_stamp(shard):
+        return None
+    return np.loadtxt(index_file, dtype=np.int64, ndmin=2, comments="#").reshape(-1, 2)
   except (OSError, ValueError):
     return None
 
@@ -253,7 +307,8 @@ def _write_atomically(path: str, text: str) -> None:
 def record_index(path: str, expected: int | None = None, index_dir: str | None = None) -> np.ndarray:
   """(offset, size) of each record: from the cached index file, else scanned and cached.
 
-  A cached index is used when it describes the file exactly (its last
+  A cached index is used when it was made from the shard as it is now (its
+  size and mtime, stored in the index) and describes it exactly (its last
   record ends at the end of the file, and it has `expected` records).
   """
   file_size = os.path.getsize(path)
@@ -263,14 +318,14 @@ def record_index(path: str, expected: int | None = None, index_dir: str | None =
     return (index is not None and (expected is None or len(index) == expected)
             and (file_size if len(index) == 0 else int(index[-1].sum())) == file_size)
 
-  index = _read_index(cached) if os.path.exists(cached) else None
+  index = _read_index(cached, path) if os.path.exists(cached) else None
   if valid(index):
     return index
   index = scan_records(path)
   if expected is not None and len(index) != expected:
     raise DataError(f"TFRecord file {path} holds {len(index)} records but dataset_info.json "
                     f"says {expected}; copy or prepare the dataset again")
-  text = "".join(f"{o} {s}\n" for o, s in index.tolist())
+  text = _shard_stamp(path) + "\n" + "".join(f"{o} {s}\n" for o, s in index.tolist())
   try:
     _write_atomically(cached, text)
   except OSError:
@@ -344,9 +399,18 @@ def _feature_values(buf, start: int, end: int) -> list:
 def parse_example(record) -> dict[str, list]:
   """A serialized tf.train.Example -> {feature name: list of bytes | int | float}.
 
-  Bytes values are memoryview slices of `record` (no copy).
+  Bytes values are memoryview slices of `record` (no copy). DataError for
+  anything that is not a well-formed Example.
   """
-  buf = memoryview(record)
+  try:
+    return _parse_example(memoryview(record))
+  except DataError:
+    raise
+  except (IndexError, ValueError, TypeError, UnicodeDecodeError, struct.error) as error:
+    raise DataError(f"not a tf.train.Example ({type(error).__name__}: {error})") from None
+
+
+def _parse_example(buf: memoryview) -> dict[str, list]:
   features: dict[str, list] = {}
   for field, wire, value in _fields(buf, 0, len(buf)):
     if field != 1 or wire != 2:

@@ -11,6 +11,7 @@ Public API:
   eval_iterator(dataset, *, global_batch_size, ...)  -> finite, padded + masked
   device_input(dataset, *, augment, normalize, ...)  -> DeviceInput: the jitted steps' share
   channel_normalization(dataset, *, normalize, ...)   -> per-channel (mean, std)
+  apply_eval_view(image, view, *, image_size, mean, std) -> one image as evaluation feeds it
 """
 
 from cnnjax import _imports
@@ -24,21 +25,26 @@ from cnnjax.data.normalization import (NORMALIZATIONS, channel_normalization, de
 from cnnjax.data.pipeline import eval_iterator, train_iterator
 from cnnjax.data.sources import DatasetInfo, dataset_info, resolve_data_dir
 from cnnjax.data.stats import IMAGENET_MEAN_RGB, IMAGENET_PCA_STD, IMAGENET_PCA_EIGVEC, IMAGENET_STD_RGB
-from cnnjax.data.views import VIEWS
+from cnnjax.data.views import VIEWS, apply_eval_view
+from cnnjax.preprocessing.boundary import BOUNDARIES, HostBatch, resolve_boundary
 
 __all__ = [
     "AUGMENT_PRESETS",
+    "BOUNDARIES",
     "DatasetInfo",
+    "HostBatch",
     "IMAGENET_MEAN_RGB",
     "IMAGENET_PCA_STD",
     "IMAGENET_PCA_EIGVEC",
     "IMAGENET_STD_RGB",
     "NORMALIZATIONS",
     "VIEWS",
+    "apply_eval_view",
     "channel_normalization",
     "dataset_info",
     "device_input",
     "eval_iterator",
+    "resolve_boundary",
     "resolve_data_dir",
     "resolve_device_preprocessing",
     "train_iterator",

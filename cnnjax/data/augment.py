@@ -12,16 +12,17 @@ inside tf.data that `pipeline` turns into DataError. The ops live in
 `geometry` (decode, resize, crop, pad, flip) and `colour` (distortions, PCA
 lighting, normalisation); this module composes them into the presets.
 
-Pixel values stay on the 0..255 scale until `normalize`. With
-`device=True` the presets stop before the colour: the same op list with
-the colour ops held by placeholders (so every geometric draw is the one of
-the host path), the window marked where the host would normalise, and the
-result rounded to uint8 (`cnnjax.train.device_input` does the rest).
+Pixel values stay on the 0..255 scale until `normalize`. At boundary
+"uint8" the presets stop before the colour: the same op list with the
+DEVICE ops held by placeholders (so every geometric draw is the one of the
+host path), the window marked where the host would normalise, and the
+result rounded to uint8 (`cnnjax.preprocessing.device` does the rest).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -37,6 +38,7 @@ from cnnjax.data.geometry import (INTERPOLATION_METHODS, center_crop, decode, fi
 from cnnjax.data.image_ops import (DATA_ERROR_MARKER, Example, Op, check_crop_fits, check_named_options,
                                    decode_image)
 from cnnjax.errors import DataError
+from cnnjax.preprocessing import presets as presets_lib
 
 __all__ = [  # the ops, importable from here as before the split
     "DATA_ERROR_MARKER", "INTERPOLATION_METHODS", "PHOTOMETRIC_DEFAULTS", "PRESETS", "Example", "Op",
@@ -64,128 +66,144 @@ def compose(ops: Sequence[Op]) -> Op:
   return composed
 
 
-PRESETS = ("none", "cifar", "alexnet", "scale_jitter", "inception")
-PRESET_KWARGS = {
-    "none": {"resize_size"},
-    "cifar": {"pad", "flip"},
-    "alexnet": {"resize_size", "pca_color", "pca_alpha_std", "flip"},
-    "scale_jitter": {"scale_min", "scale_max", "pca_color", "pca_alpha_std", "flip"},
-    "inception": {"area_range", "aspect_range", "photometric", "brightness", "contrast",
-                  "saturation", "hue", "interpolations", "pca_color", "pca_alpha_std", "flip",
-                  "resize"},
-}
-PHOTOMETRIC_CHOICES = (True, False, "device")
-RESIZE_CHOICES = ("host", "device")
+PRESETS = tuple(presets_lib.PRESETS)
+PRESET_KWARGS = {name: set(p.options) for name, p in presets_lib.PRESETS.items()}
 
 
 def check_preset(preset: str, kwargs) -> None:
   """DataError for an unknown preset, an option it does not take or a bad photometric."""
   check_named_options("augmentation preset", preset, PRESET_KWARGS, kwargs)
-  if kwargs.get("photometric", True) not in PHOTOMETRIC_CHOICES:
-    raise DataError(f"inception: photometric must be True, False or 'device' (True, always in "
-                    f"the train step), got {kwargs['photometric']!r}")
-  if kwargs.get("resize", "host") not in RESIZE_CHOICES:
-    raise DataError(f"inception: resize must be 'host' or 'device' (crops no larger than the "
-                    f"input are resized in the train step), got {kwargs['resize']!r}")
-  if kwargs.get("resize") == "device" and tuple(kwargs.get("interpolations", ("bilinear",))) != (
-      "bilinear",):
-    raise DataError("inception: resize='device' resizes bilinearly in the train step; the random "
-                    "interpolation methods (interpolations=...) need resize='host'")
+  if kwargs.get("photometric", True) not in (True, False):
+    raise DataError(f"inception: photometric must be True or False, got {kwargs['photometric']!r} "
+                    "(where the distortions run is the boundary's choice: boundary='uint8' runs "
+                    "them in the train step)")
 
 
 def photometric_strengths(preset: str, kwargs) -> dict[str, float] | None:
   """The Inception distortions' strengths the preset applies, or None when it applies none."""
-  if preset != "inception" or kwargs.get("photometric", True) is False:
+  if "photometric" not in presets_lib.PRESETS[preset].ops or kwargs.get("photometric", True) is False:
     return None
-  return {k: float(kwargs.get(k, v)) for k, v in PHOTOMETRIC_DEFAULTS.items()}
+  return {k: float(presets_lib.OPTIONS[k].value(kwargs, 0)) for k in presets_lib.PHOTOMETRIC_STRENGTHS}
 
 
-def device_resizes(preset: str, kwargs) -> bool:
-  """Whether the preset leaves the resize (and the flip) to the train step."""
-  return preset == "inception" and kwargs.get("resize", "host") == "device"
+def check_canvas(preset: str, kwargs) -> None:
+  """DataError unless `preset` can stop at boundary "canvas" (the step resizes its crop)."""
+  if "random_resize" not in presets_lib.PRESETS[preset].ops:
+    raise DataError(f"boundary 'canvas' leaves a crop's resize to the train step; preset "
+                    f"{preset!r} has none to leave (use 'uint8')")
+  if tuple(kwargs.get("interpolations", ("bilinear",))) != ("bilinear",):
+    raise DataError(f"{preset}: boundary 'canvas' resizes bilinearly in the train step; the random "
+                    "interpolation methods (interpolations=...) need boundary 'uint8' or 'float32'")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Context:
+  """What the tf.data op of a declared step needs to be built."""
+  preset: str
+  image_size: int
+  native_size: int | None
+  options: dict
+  normalize_op: Op
+  pca: tuple[np.ndarray, np.ndarray] | None
+  device: bool  # stop at uint8: the DEVICE ops are the train step's
+  canvas: bool  # stop before the resize: it, the flip and the colour are the train step's
+
+
+def _center_view(c: _Context) -> list[Op]:
+  if c.native_size == c.image_size:
+    return []
+  check_crop_fits(c.image_size, c.options["resize_size"], f"{c.preset}: resize_size")
+  return [resize_shorter_side(c.options["resize_size"]), center_crop(c.image_size)]
+
+
+def _resize_shorter_side(c: _Context) -> list[Op]:
+  check_crop_fits(c.image_size, c.options["resize_size"], f"{c.preset}: resize_size")
+  return [resize_shorter_side(c.options["resize_size"])]
+
+
+def _random_resize_shorter_side(c: _Context) -> list[Op]:
+  low, high = c.options["scale_min"], c.options["scale_max"]
+  if low > high:
+    raise DataError(f"scale jittering needs scale_min <= scale_max, got [{low}, {high}]")
+  check_crop_fits(c.image_size, low, f"{c.preset}: scale_min")
+  return [random_resize_shorter_side(low, high)]
+
+
+def _flip(c: _Context) -> list[Op]:
+  if not c.options["flip"]:
+    return []
+  return [record_flip() if c.canvas else random_flip_left_right()]
+
+
+def _photometric(c: _Context) -> list[Op]:
+  strengths = photometric_strengths(c.preset, c.options)
+  if strengths is None or c.canvas:
+    return []
+  return [identity() if c.device else color_distortion(**strengths)]
+
+
+def _pca_lighting(c: _Context) -> list[Op]:
+  if not c.options["pca_color"] or c.canvas:
+    return []
+  if c.pca is None:
+    raise DataError("pca_color needs PCA statistics (computed from the training split)")
+  return [identity() if c.device else pca_lighting(*c.pca, alpha_std=c.options["pca_alpha_std"])]
+
+
+# The tf.data op(s) of each declared op (cnnjax.preprocessing.presets.OPS). A DEVICE op on the
+# uint8 path keeps its place as a placeholder, so every geometric draw (seeded by its op's
+# position, `compose`) is the host path's.
+TF_OPS: dict[str, Callable[[_Context], list[Op]]] = {
+    "decode": lambda c: [decode(c.native_size)],
+    "fit_input": lambda c: ([] if c.native_size == c.image_size else
+                            [resize_shorter_side(c.image_size), center_crop(c.image_size)]),
+    "center_view": _center_view,
+    "resize_shorter_side": _resize_shorter_side,
+    "center_crop": lambda c: [center_crop(c.options["resize_size"])],
+    "random_resize_shorter_side": _random_resize_shorter_side,
+    "pad": lambda c: [pad(c.options["pad"])],
+    "random_crop": lambda c: [random_crop(c.image_size)],
+    "inception_crop": lambda c: [inception_crop(tuple(c.options["area_range"]),
+                                                tuple(c.options["aspect_range"]),
+                                                int(c.options["max_attempts"]))],
+    "random_resize": lambda c: [fit_to_canvas(c.image_size) if c.canvas else
+                                random_interpolation_resize(c.image_size,
+                                                            c.options["interpolations"])],
+    "flip": _flip,
+    "photometric": _photometric,
+    "pca_lighting": _pca_lighting,
+    "normalize": lambda c: [] if c.canvas else [mark_window() if c.device else c.normalize_op],
+}
 
 
 def train_ops(preset: str, *, image_size: int, native_size: int | None,
               normalize_op: Op, pca: tuple[np.ndarray, np.ndarray] | None = None,
-              device: bool = False, **kwargs) -> list[Op]:
-  """The op list of a named training preset.
+              boundary: str = "float32", **kwargs) -> list[Op]:
+  """The tf.data op list of a training preset, built from its declaration
+  (`cnnjax.preprocessing.presets`).
 
   Args:
     preset: one of PRESETS.
     image_size: side of the square network input.
     native_size: the dataset's fixed square image side, or None when sizes vary.
-    normalize_op: the mean/std subtraction, placed by each preset where the
-      papers put it (AlexNet: on the 256x256 image, before the 224 crop;
-      CIFAR: before the zero padding, so that padding is the mean colour).
+    normalize_op: the mean/std subtraction, placed where the declaration puts
+      it (AlexNet: on the 256x256 image, before the 224 crop; CIFAR: before
+      the zero padding, so that padding is the mean colour).
     pca: (pca_std, pca_eigvec) used when kwargs["pca_color"] is true.
-    device: stop at uint8 with a window (see the module docstring); the
-      colour and the normalisation are then the train step's.
-    **kwargs: preset options (see PRESET_KWARGS / README).
+    boundary: a resolved boundary (`cnnjax.preprocessing.boundary`):
+      "float32" runs every op; "uint8" stops at uint8 with a window (see the
+      module docstring); "canvas" stops at the crop (the train step resizes).
+    **kwargs: preset options (`presets.OPTIONS`).
   """
   check_preset(preset, kwargs)
-  if kwargs.get("photometric") == "device" and not device:
-    raise DataError("inception: photometric='device' runs the distortions in the train step; "
-                    "it needs device_preprocessing on (True or 'auto')")
-  default_resize = int(round(image_size / 0.875))
-  flip = [random_flip_left_right()] if kwargs.get("flip", True) else []
-  colour = []
-  if kwargs.get("pca_color", False):
-    if pca is None:
-      raise DataError("pca_color needs PCA statistics (computed from the training split)")
-    colour = [identity() if device else
-              pca_lighting(*pca, alpha_std=kwargs.get("pca_alpha_std", 0.1))]
-  if device:
-    normalize_op = mark_window()
-
-  if preset == "none":
-    if native_size == image_size:
-      ops = [decode(native_size), normalize_op]
-    else:
-      resize_size = kwargs.get("resize_size", default_resize)
-      check_crop_fits(image_size, resize_size, "none: resize_size")
-      ops = [decode(native_size), resize_shorter_side(resize_size), center_crop(image_size),
-             normalize_op]
-
-  elif preset == "cifar":
-    pixels = kwargs.get("pad", 4)
-    ops = [decode(native_size)]
-    if native_size != image_size:
-      ops += [resize_shorter_side(image_size), center_crop(image_size)]
-    ops += [normalize_op, pad(pixels), random_crop(image_size)] + flip
-
-  elif preset == "alexnet":
-    resize_size = kwargs.get("resize_size", default_resize)
-    check_crop_fits(image_size, resize_size, "alexnet: resize_size")
-    ops = ([decode(native_size), resize_shorter_side(resize_size), center_crop(resize_size)]
-           + colour + [normalize_op, random_crop(image_size)] + flip)
-
-  elif preset == "scale_jitter":
-    scale_min = kwargs.get("scale_min", int(round(image_size * 256 / 224)))
-    scale_max = kwargs.get("scale_max", int(round(image_size * 512 / 224)))
-    if scale_min > scale_max:
-      raise DataError(f"scale jittering needs scale_min <= scale_max, got [{scale_min}, {scale_max}]")
-    check_crop_fits(image_size, scale_min, "scale_jitter: scale_min")
-    ops = ([decode(native_size), random_resize_shorter_side(scale_min, scale_max),
-            random_crop(image_size)] + flip + colour + [normalize_op])
-
-  else:  # inception
-    strengths = photometric_strengths(preset, kwargs)
-    distortions = []
-    if strengths is not None:
-      distortions = [identity() if device else color_distortion(**strengths)]
-    if device_resizes(preset, kwargs):
-      if not device:
-        raise DataError("inception: resize='device' leaves the resize to the train step; it "
-                        "needs device_preprocessing on (True or 'auto' with an accelerator)")
-      # The op positions (so the seeds) of the host path: the crop is the same
-      # window, the flip the same draw; the step resizes and mirrors.
-      return [inception_crop(tuple(kwargs.get("area_range", (0.08, 1.0))),
-                             tuple(kwargs.get("aspect_range", (3 / 4, 4 / 3)))),
-              fit_to_canvas(image_size)] + ([record_flip()] if kwargs.get("flip", True) else [])
-    ops = ([inception_crop(tuple(kwargs.get("area_range", (0.08, 1.0))),
-                           tuple(kwargs.get("aspect_range", (3 / 4, 4 / 3)))),
-            random_interpolation_resize(image_size, kwargs.get("interpolations",
-                                                               INTERPOLATION_METHODS))]
-           + flip + distortions + colour + [normalize_op])
-  return ops + [to_uint8()] if device else ops
-
+  if boundary not in ("float32", "uint8", "canvas"):
+    raise DataError(f"the tf.data pipeline stops at boundary 'float32', 'uint8' or 'canvas', "
+                    f"got {boundary!r}")
+  canvas = boundary == "canvas"
+  if canvas:
+    check_canvas(preset, kwargs)
+  device = boundary != "float32"
+  options = presets_lib.resolve(preset, kwargs, image_size)
+  context = _Context(preset, image_size, native_size, options, normalize_op, pca, device, canvas)
+  ops = [op for name in presets_lib.PRESETS[preset].ops for op in TF_OPS[name](context)]
+  return ops + [to_uint8()] if device and not canvas else ops

@@ -8,10 +8,14 @@ whose longer side exceeds `max_resolution` scaled down (area filter, aspect
 kept) and re-encoded as a baseline JPEG at quality 90 with 4:2:0 chroma,
 ImageNet's own format; images already within the bound keep their bytes.
 It is written once, by a tfds builder of ours, under
-`<data_dir>/cnnjax_bounded/<key>/` (key: the source's name, its
-data_dir, its split sizes and the bound), so it is read by exactly the
+`<data_dir>/cnnjax_bounded/max<bound>_<key>/` (key: the source's
+identity, `Source.identity`: its prepared directory, version and files, so
+a re-prepared source, e.g. an image folder whose images moved between
+classes, gets a new copy; never the name as typed, which means different
+data from different working directories), so it is read by exactly the
 code path of any tfds dataset, with the source's splits, classes and
-labels, written in the source's order.
+labels, written in the source's order. The identity is stored with the
+copy and compared when it is opened.
 
 Training policy: the copy changes what the network sees, so it is an
 option (default off) for the training split only; evaluation always reads
@@ -27,6 +31,7 @@ original is measured by `benchmarks/input_pipeline.py` (RESULTS.md).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 
 import tensorflow as tf
@@ -85,10 +90,8 @@ class CnnjaxBounded(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def __init__(self, source, max_resolution: int, **kwargs):
     self._source = source
     self._max_resolution = max_resolution
-    splits = sorted((name, int(split.num_examples))
-                    for name, split in source.builder.info.splits.items())
-    key = hashlib.sha1(repr((source.name, source.data_dir, splits, max_resolution,
-                             JPEG_QUALITY)).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([source.identity, max_resolution, JPEG_QUALITY],
+                                    sort_keys=True).encode()).hexdigest()[:16]
     super().__init__(config=tfds.core.BuilderConfig(name=f"max{max_resolution}_{key}"), **kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -111,6 +114,7 @@ class CnnjaxBounded(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _split_generators(self, dl_manager):
     del dl_manager
     self.info.metadata["source"] = self._source.name
+    self.info.metadata["source_identity"] = self._source.identity
     self.info.metadata["max_resolution"] = self._max_resolution
     return {split: self._generate_examples(split) for split in self._source.split_names()}
 
@@ -132,3 +136,22 @@ def bounded_builder(source, max_resolution: int):
     raise DataError(f"max_resolution needs split metadata, which {source.name!r} does not have "
                     "(mocked data): read the original (max_resolution=0)")
   return CnnjaxBounded(source, max_resolution, data_dir=os.fspath(source.data_dir))
+
+
+def check_bounded_source(builder, source) -> None:
+  """DataError unless the prepared copy `builder` was made from `source` as it is now."""
+  stored = builder.info.metadata.get("source_identity")
+  if stored == source.identity:
+    return
+  if stored is None:
+    change = "it does not record its source"
+  else:
+    before, now = stored, source.identity
+    changed = [k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
+    change = "its source's " + ", ".join(changed) + " changed"
+    if "files" in changed:
+      old, new = {f[0]: f[1:] for f in before["files"]}, {f[0]: f[1:] for f in now["files"]}
+      differ = sorted(n for n in set(old) | set(new) if old.get(n) != new.get(n))
+      change += f" ({', '.join(differ[:5])}{', ...' if len(differ) > 5 else ''})"
+  raise DataError(f"the bounded copy {builder.data_dir} of {source.name!r} is stale: {change}. "
+                  "Delete that folder and it will be prepared anew from the source")

@@ -1,7 +1,7 @@
 """Colour augmentations and normalisation on the host (dict -> dict ops).
 
-With `device_preprocessing` these run in the jitted step instead
-(`cnnjax.train.device_input`, tested against these ops); the host versions
+At boundary "uint8" these run in the jitted step instead
+(`cnnjax.preprocessing.device`, tested against these ops); the host versions
 serve CPU-only training when they are the faster choice there.
 """
 
@@ -14,9 +14,10 @@ import tensorflow as tf
 
 from cnnjax.data import _tf_setup  # noqa: F401
 from cnnjax.data.image_ops import Example, Op, as_float, image_hw, round_to_uint8
+from cnnjax.preprocessing import presets
 
-# The Inception preset's photometric strengths (host op and DeviceInput).
-PHOTOMETRIC_DEFAULTS = {"brightness": 32.0, "contrast": 0.5, "saturation": 0.5, "hue": 0.2}
+# The Inception preset's photometric strengths (host op and DeviceInput), as declared.
+PHOTOMETRIC_DEFAULTS = {k: float(presets.OPTIONS[k].default) for k in presets.PHOTOMETRIC_STRENGTHS}
 # `normalize` builds constants of the image's shape up to this many elements.
 _FULL_SIZE_CONSTANT_MAX = 1 << 22
 

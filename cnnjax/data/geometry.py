@@ -2,12 +2,12 @@
 
 Each op reads its randomness from example["rng"] (see `augment.compose`).
 
-Windows. When the device normalises (`device_preprocessing`), the presets
+Windows. When the device normalises (boundary "uint8"), the presets
 put `mark_window()` where the host would normalise; it records
 example["window"] = (frame, top, left, flipped) for an image of frame x
 frame pixels, and the ops that can follow it, `pad`, `random_crop` and
 `random_flip_left_right` (last), keep the record pointing at where the
-output's pixels were in that frame (`cnnjax.train.device_input`). Without a
+output's pixels were in that frame (`cnnjax.preprocessing.device`). Without a
 "window" key they do nothing of the sort.
 """
 
@@ -22,8 +22,9 @@ from cnnjax.data.image_ops import (SHRINK_AREA, Example, Op, center_crop_image, 
                                    image_hw, resize_image, resize_shorter_side_image,
                                    round_to_uint8)
 from cnnjax.errors import DataError
+from cnnjax.preprocessing import presets
 
-INTERPOLATION_METHODS = ("bilinear", "area", "nearest", "bicubic")
+INTERPOLATION_METHODS = presets.INTERPOLATION_METHODS
 
 
 def decode(size: int | None = None) -> Op:
@@ -128,12 +129,12 @@ def random_flip_left_right() -> Op:
 
 
 def fit_to_canvas(size: int) -> Op:
-  """Inception's resize="device": the crop, to go out on a size x size uint8 canvas.
+  """Boundary "canvas": the crop, to go out on a size x size uint8 canvas.
 
   A crop no larger than size x size (most crops of a bounded copy) is left
   as it is; the pipeline's batching zero-pads it to the canvas (its
   top-left corner), and the train step resizes it
-  (`cnnjax.train.device_input.resize_crop`): the host does no resampling.
+  (`cnnjax.preprocessing.device.resize_crop`): the host does no resampling.
   A larger crop is resized here (bilinear, the step's arithmetic) and fills
   the canvas, which the step then takes as it is. Records
   example["crop"] = (height, width, flipped=0) of the canvas's valid region.

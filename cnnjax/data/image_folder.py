@@ -18,7 +18,9 @@ builder of ours, into TFRecords under `<data_dir>/cnnjax_image_folder/<key>/`
 `on_bad_image`), so that a changed folder is prepared anew and the result
 flows through exactly the code path of any tfds dataset. RGB JPEGs and PNGs
 are stored byte for byte (fused JPEG decode-and-crop stays possible); grey,
-CMYK, palette and 16-bit images are converted to 8-bit RGB, transparent ones
+CMYK, palette and 16-bit images are converted to 8-bit RGB (16-bit samples
+divided by their bit depth's maximum, 65535, or by the PNG sBIT chunk's
+when present: never by what the image happens to contain), transparent ones
 composited on white, and re-encoded (JPEG quality 95 if they were JPEG, else
 lossless PNG).
 
@@ -149,7 +151,7 @@ def load_as_rgb_bytes(path: str) -> bytes:
         image.load()
         return data
       image.load()
-      rgb = _to_rgb(image)
+      rgb = _to_rgb(image, data)
   except (UnidentifiedImageError, OSError, ValueError, SyntaxError,
           Image.DecompressionBombError) as error:
     raise BadImageError(f"{type(error).__name__}: {error}") from error
@@ -161,15 +163,20 @@ def load_as_rgb_bytes(path: str) -> bytes:
   return buffer.getvalue()
 
 
-def _to_rgb(image):
-  """8-bit RGB, compositing transparency over white and rescaling 16-bit data."""
+def _to_rgb(image, data: bytes = b""):
+  """8-bit RGB, compositing transparency over white and scaling 16-bit data by its bit depth."""
   from PIL import Image  # pylint: disable=import-outside-toplevel
 
   if image.mode in ("I;16", "I;16B", "I;16L", "I"):
     import numpy as np  # pylint: disable=import-outside-toplevel
+    bits = integer_bit_depth(image, data)
+    significant = png_significant_bits(data) if image.format == "PNG" else None
     values = np.asarray(image, dtype=np.float64)
-    peak = 65535.0 if values.max() > 255 else 255.0
-    image = Image.fromarray(np.clip(values * (255.0 / peak), 0, 255).astype(np.uint8))
+    if significant is not None and significant < bits:
+      # The sample's top `significant` bits carry the value (PNG 11.3.3.4).
+      values = np.floor(values / 2.0 ** (bits - significant))
+      bits = significant
+    image = Image.fromarray(round_half_up(np.clip(values * (255.0 / (2.0 ** bits - 1)), 0, 255)))
   if image.mode == "P":
     image = image.convert("RGBA" if "transparency" in image.info else "RGB")
   if image.mode in ("RGBA", "LA", "PA"):
@@ -177,6 +184,41 @@ def _to_rgb(image):
     background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
     return Image.alpha_composite(background, rgba).convert("RGB")
   return image.convert("RGB")
+
+
+def integer_bit_depth(image, data: bytes = b"") -> int:
+  """Bits per sample of an integer-mode Pillow image, from its format, never its content."""
+  if image.mode.startswith("I;16") or image.format == "PNG":
+    return 16  # a PNG's integer samples are 16-bit (8-bit ones open as "L")
+  tags = getattr(image, "tag_v2", None)
+  if tags is not None and 258 in tags:  # TIFF BitsPerSample
+    depth = tags[258]
+    return int(depth[0] if isinstance(depth, tuple) else depth)
+  return 32
+
+
+def png_significant_bits(data: bytes) -> int | None:
+  """The largest colour-channel value of a PNG's sBIT chunk (None without one)."""
+  if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+    return None
+  offset = 8
+  while offset + 8 <= len(data):
+    length = int.from_bytes(data[offset:offset + 4], "big")
+    kind = data[offset + 4:offset + 8]
+    if kind == b"sBIT":
+      payload = data[offset + 8:offset + 8 + length]
+      colour_type = data[25] if len(data) > 25 else 0
+      channels = {0: 1, 2: 3, 3: 3, 4: 1, 6: 3}.get(colour_type, len(payload))
+      return max(payload[:channels]) if payload else None
+    if kind in (b"IDAT", b"IEND"):
+      return None  # sBIT must precede the image data
+    offset += 12 + length
+  return None
+
+
+def round_half_up(values):
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  return np.floor(values + 0.5).astype(np.uint8)
 
 
 class CnnjaxImageFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):

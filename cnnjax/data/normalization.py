@@ -1,15 +1,11 @@
 """Where the training-set statistics meet the images: normalisation and the device's share.
 
 `normalize` names (NORMALIZATIONS) -> the mean/std the host ops subtract, or
-the `DeviceInput` (cnnjax.train.device_input) that does the same, plus the
+the `DeviceInput` (cnnjax.preprocessing.device) that does the same, plus the
 colour augmentations, in the jitted step on uint8 batches. Both come from
 the same statistics (`dataset_stats`, cached beside the data).
 
-`device_preprocessing`: True ships uint8 batches (with their windows) and
-leaves colour and normalisation to the step; False prepares float32 batches
-on the host; "auto" is True on accelerators, and on a CPU-only JAX the
-faster of the two there (CPU_DEVICE_PREPROCESSING, measured: RESULTS.md,
-"uint8 to the device").
+Where the host stops is `boundary` (`cnnjax.preprocessing.boundary`).
 """
 
 from __future__ import annotations
@@ -27,50 +23,35 @@ from cnnjax.data.stats import (DEFAULT_MAX_EXAMPLES, IMAGENET_MEAN_RGB, IMAGENET
                                IMAGENET_PCA_STD, IMAGENET_STD_RGB, ImageStats, compute_stats,
                                load_or_compute_stats, stats_path, stats_resolution)
 from cnnjax.errors import DataError, close_matches
+from cnnjax.preprocessing import presets
+from cnnjax.preprocessing.boundary import device_finishes, resolve_boundary
 
 NORMALIZATIONS = ("per_channel", "per_channel_std", "per_pixel", "imagenet", "imagenet_mean",
                   "caffe_mean", "none")
 # The VGG and ResNet authors' Caffe ImageNet mean (RGB order, 0..255), which
 # their published weights (keras.applications' "caffe" mode) expect subtracted.
 CAFFE_MEAN_RGB = (123.68, 116.779, 103.939)
-# "auto" on a CPU-only JAX (see RESULTS.md, "uint8 to the device").
-CPU_DEVICE_PREPROCESSING = False
 
 
-def resolve_device_preprocessing(device_preprocessing: bool | str = "auto",
-                                 augment_kwargs: dict[str, Any] | None = None) -> bool:
-  """Whether batches go to the device as uint8 (see the module docstring).
-
-  augment_kwargs photometric="device" asks for it (and conflicts with False).
-  """
-  if not (isinstance(device_preprocessing, bool) or device_preprocessing == "auto"):
-    raise DataError(f"device_preprocessing must be True, False or 'auto', got {device_preprocessing!r}")
-  for option in ("photometric", "resize"):
-    if (augment_kwargs or {}).get(option) == "device":
-      if device_preprocessing is False:
-        raise DataError(f"augment_kwargs {option}='device' leaves work to the train step, which "
-                        "needs device_preprocessing True or 'auto' (it is False)")
-      return True
-  if device_preprocessing == "auto":
-    import jax  # pylint: disable=import-outside-toplevel  (this package must not need JAX)
-    return jax.default_backend() != "cpu" or CPU_DEVICE_PREPROCESSING
-  return bool(device_preprocessing)
+def resolve_device_preprocessing(boundary: str = "auto") -> bool:
+  """Whether batches cross as uint8 (the step finishes them) under `boundary`."""
+  return device_finishes(resolve_boundary(boundary, error=DataError))
 
 
 def device_input(dataset: str, *, augment: str = "none", augment_kwargs: dict[str, Any] | None = None,
                  normalize: str = "per_channel", data_dir: str | os.PathLike | None = None,
                  on_bad_image: str = "raise", stats_split: str | None = None,
-                 image_size: int | None = None):
+                 image_size: int | None = None, boundary: str = "auto"):
   """The `DeviceInput` that finishes train_iterator/eval_iterator's uint8 batches.
 
   Takes the iterators' arguments and uses the same statistics. Its train()
   applies the preset's photometric distortions (Inception) and PCA lighting
   (pca_color), then the normalisation; its eval() the normalisation. A
-  float batch (device_preprocessing off) passes through it unchanged.
-  image_size: the network input side; needed by the Inception preset's
-  resize="device", whose crops the step resizes.
+  float batch (boundary "float32") passes through it unchanged.
+  image_size: the network input side; needed at boundary "canvas", whose
+  crops the step resizes.
   """
-  from cnnjax.train.device_input import (DeviceInput, PcaLighting,  # pylint: disable=import-outside-toplevel
+  from cnnjax.preprocessing.device import (DeviceInput, PcaLighting,  # pylint: disable=import-outside-toplevel
                                          Photometric)
   augment_kwargs = dict(augment_kwargs or {})
   ops_lib.check_preset(augment, augment_kwargs)
@@ -78,20 +59,27 @@ def device_input(dataset: str, *, augment: str = "none", augment_kwargs: dict[st
   stats = stats_if_needed(source, stats_split, normalize, augment_kwargs)
   arrays = normalization_arrays(normalize, stats)
   mean, std = arrays if arrays is not None else (np.zeros(3, np.float32), None)
-  strengths = ops_lib.photometric_strengths(augment, augment_kwargs)
-  pca = pca_for(augment_kwargs, stats)
-  resize = None
-  if ops_lib.device_resizes(augment, augment_kwargs):
-    if image_size is None:
-      raise DataError("inception: resize='device' needs the network input side (image_size)")
-    resize = int(image_size)
-  return DeviceInput(
-      mean=mean, std=std, resize=resize,
-      photometric=None if strengths is None else Photometric(**strengths),
-      pca=None if pca is None else PcaLighting(
+  options = presets.resolve(augment, augment_kwargs, image_size or 0)
+  parts: dict[str, Any] = {"mean": mean, "std": std}
+  boundary = resolve_boundary(boundary, error=DataError)
+  for op in presets.PRESETS[augment].ops:  # the declaration's device ops, in its order
+    if not presets.OPS[op].on_device("canvas"):
+      continue
+    if op == "random_resize" and boundary == "canvas":
+      ops_lib.check_canvas(augment, augment_kwargs)
+      if image_size is None:
+        raise DataError("boundary 'canvas' needs the network input side (image_size)")
+      parts["resize"] = int(image_size)  # the flip is the crop's, resized with it
+    elif op == "photometric":
+      strengths = ops_lib.photometric_strengths(augment, augment_kwargs)
+      parts["photometric"] = None if strengths is None else Photometric(**strengths)
+    elif op == "pca_lighting":
+      pca = pca_for(augment_kwargs, stats)
+      parts["pca"] = None if pca is None else PcaLighting(
           tuple(float(v) for v in np.reshape(pca[0], 3)),
           tuple(tuple(float(v) for v in row) for row in np.reshape(pca[1], (3, 3))),
-          float(augment_kwargs.get("pca_alpha_std", 0.1))))
+          float(options["pca_alpha_std"]))
+  return DeviceInput(**parts)
 
 
 def stats_if_needed(source: Source, stats_split: str | None, normalize: str,
@@ -114,9 +102,10 @@ def dataset_stats(source: Source, stats_split: str | None = None,
   dataset_id = source.builder.info.full_name + ("-mocked" if source.is_mocked else "")
   if source.name.startswith("image_folder:") or source.name == "digits":
     dataset_id = os.path.relpath(os.fspath(source.builder.data_dir), source.data_dir)
-  path = stats_path(source.data_dir, dataset_id, split, resolution, max_examples)
+  path = stats_path(source.data_dir, dataset_id, split, resolution, max_examples,
+                    source.fingerprint)
   return load_or_compute_stats(
-      path, lambda: compute_stats(source.read(split), resolution, max_examples))
+      path, lambda: compute_stats(source.read(split), resolution, max_examples), source.identity)
 
 
 def normalization_arrays(normalize: str, stats: ImageStats | None

@@ -35,12 +35,13 @@ from cnnjax.data import _tf_setup  # noqa: F401
 from cnnjax.data.augment import DATA_ERROR_MARKER, compose, train_ops
 from cnnjax.data.image_ops import round_to_uint8
 from cnnjax.data.normalization import (NORMALIZATIONS, normalize_op, pca_for,  # noqa: F401
-                                       resolve_device_preprocessing, stats_if_needed)
-from cnnjax.data.sources import Source, get_source
+                                       stats_if_needed)
+from cnnjax.data.sources import Source, check_training_classes, get_source, input_size
 from cnnjax.data.views import eval_op
 from cnnjax.errors import DataError
+from cnnjax.preprocessing.boundary import (HostBatch, device_finishes, eval_boundary,
+                                           resolve_boundary)
 
-DEFAULT_VARIABLE_IMAGE_SIZE = 224
 # Shuffle buffer: the whole share when it fits in about this many bytes of
 # encoded images (CIFAR, digits: a full permutation per epoch), else at least
 # MIN_SHUFFLE_BUFFER examples.
@@ -54,30 +55,29 @@ def train_iterator(dataset: str, *, data_dir: str | os.PathLike | None = None,
                    normalize: str = "per_channel", seed: int = 0, start_step: int = 0,
                    process_index: int | None = None, process_count: int | None = None,
                    shuffle_buffer_size: int | None = None, stats_split: str | None = None,
-                   on_bad_image: str = "raise", device_preprocessing: bool | str = "auto",
-                   max_resolution: int = 0) -> Iterator[dict[str, np.ndarray]]:
+                   on_bad_image: str = "raise", boundary: str = "auto",
+                   max_resolution: int = 0) -> Iterator[HostBatch]:
   """Infinite stream of this process's share of each global training batch.
 
-  Yields {"image": [b, H, W, 3], "label": int32 [b]} with
-  b = global_batch_size // process_count. With device_preprocessing (see
-  `cnnjax.data.normalization`) the images are uint8, cropped and flipped
-  but neither colour-augmented nor normalised, plus "window": int32 [b, 4]
-  for the step's `DeviceInput.train` (`cnnjax.data.device_input`); without,
-  finished float32 images. See the module docstring for the determinism and
-  exact-resume guarantees. `normalize` is one of NORMALIZATIONS; statistics
-  come from `stats_split` (default: the dataset's training split, whole, so
-  every process uses the same numbers).
+  Yields `HostBatch`es {"image": [b, H, W, 3], "label": int32 [b], ...}
+  with b = global_batch_size // process_count. `boundary` says where the
+  host stops (`cnnjax.preprocessing.boundary`): "float32" finished images;
+  "uint8" images cropped and flipped but neither colour-augmented nor
+  normalised, with "window": int32 [b, 4] for the step's `DeviceInput.train`
+  (`cnnjax.data.device_input`); "canvas" (Inception) each crop at the
+  top-left of a uint8 canvas with "crop": int32 [b, 3] (height, width,
+  flipped), which the step resizes and mirrors; "auto" resolves by the
+  backend. See the module docstring for the determinism and exact-resume
+  guarantees. `normalize` is one of NORMALIZATIONS; statistics come from
+  `stats_split` (default: the dataset's training split, whole, so every
+  process uses the same numbers).
 
   max_resolution > 0 reads the copy of the dataset bounded at that longer
   side (`cnnjax.data.bounded`; prepared once); statistics still come from
   the original. It is for training only: evaluate on the original.
-
-  The Inception preset's resize="device" yields "crop": int32 [b, 3]
-  (height, width, flipped) in place of "window": each image is a canvas
-  with the crop at its top-left, which the step resizes and mirrors
-  (`DeviceInput.train`).
   """
   original = get_source(dataset, data_dir, on_bad_image=on_bad_image)
+  check_training_classes(dataset, original.num_classes)
   source = get_source(dataset, data_dir, on_bad_image=on_bad_image, max_resolution=max_resolution)
   split = split or source.default_train_split()
   process_index, process_count = resolve_process(process_index, process_count)
@@ -89,13 +89,17 @@ def train_iterator(dataset: str, *, data_dir: str | os.PathLike | None = None,
   if num_local == 0:
     raise DataError(f"dataset {dataset!r} split {split!r} has no examples for process "
                     f"{process_index} of {process_count}")
-  image_size, native = _image_size(original, image_size)
+  image_size, native = input_size(original, image_size)
   augment_kwargs = dict(augment_kwargs or {})
-  device = resolve_device_preprocessing(device_preprocessing, augment_kwargs)
+  boundary = resolve_boundary(boundary, error=DataError)
+  if boundary == "dali":
+    raise DataError("boundary 'dali' is the DALI pipeline's (cnnjax.dali.train_iterator); "
+                    "tf.data stops at 'float32', 'uint8' or 'canvas'")
+  device = device_finishes(boundary)
   stats = stats_if_needed(original, stats_split, normalize, augment_kwargs)
   ops = train_ops(augment, image_size=image_size, native_size=native,
                   normalize_op=normalize_op(normalize, stats), pca=pca_for(augment_kwargs, stats),
-                  device=device, **augment_kwargs)
+                  boundary=boundary, **augment_kwargs)
   augmentation = compose(ops)
   buffer = shuffle_buffer_size or _default_shuffle_buffer(source, split, num_local)
   num_classes = source.num_classes
@@ -131,7 +135,7 @@ def train_iterator(dataset: str, *, data_dir: str | os.PathLike | None = None,
   ds = tf.data.Dataset.range(start_epoch, 2**62).flat_map(epoch)
   ds = ds.skip(skip)
   ds = ds.map(process, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  if "crop" in ds.element_spec:  # resize="device": the batching zero-pads each crop to the canvas
+  if "crop" in ds.element_spec:  # boundary "canvas": the batching zero-pads each crop to the canvas
     shapes = {key: spec.shape for key, spec in ds.element_spec.items()}
     shapes["image"] = tf.TensorShape([image_size, image_size, 3])
     ds = ds.padded_batch(local_batch, padded_shapes=shapes, drop_remainder=True)
@@ -146,15 +150,15 @@ def eval_iterator(dataset: str, *, data_dir: str | os.PathLike | None = None,
                   view_kwargs: dict[str, Any] | None = None, image_size: int | None = None,
                   normalize: str = "per_channel", process_index: int | None = None,
                   process_count: int | None = None, stats_split: str | None = None,
-                  on_bad_image: str = "raise", device_preprocessing: bool | str = "auto"
-                  ) -> Iterator[dict[str, np.ndarray]]:
+                  on_bad_image: str = "raise", boundary: str = "auto"
+                  ) -> Iterator[HostBatch]:
   """Finite stream of padded evaluation batches with a "mask" of real examples.
 
   Every example of the split is yielded exactly once across all processes
   with mask True; each process yields the same number of batches. The image
-  format depends on `view` (see `cnnjax.data.views`): float32, or with
-  device_preprocessing uint8 plus the views' "window*" keys, for
-  `DeviceInput.eval` / `eval_batch`.
+  format depends on `view` (see `cnnjax.data.views`): float32 at boundary
+  "float32", else uint8 plus the views' "window*" keys, for
+  `DeviceInput.eval` / `eval_batch` (evaluation has no canvas or DALI path).
   """
   source = get_source(dataset, data_dir, on_bad_image=on_bad_image)
   split = split or source.default_eval_split()
@@ -166,8 +170,8 @@ def eval_iterator(dataset: str, *, data_dir: str | os.PathLike | None = None,
     raise DataError(f"dataset {dataset!r} split {split!r} has no examples")
   num_batches = math.ceil(max(share_sizes) / local_batch)
   num_local = share_sizes[process_index]
-  image_size, native = _image_size(source, image_size)
-  device = resolve_device_preprocessing(device_preprocessing)
+  image_size, native = input_size(source, image_size)
+  device = device_finishes(eval_boundary(resolve_boundary(boundary, error=DataError)))
   stats = stats_if_needed(source, stats_split, normalize, {})
   view_fn = eval_op(view, image_size=image_size, native_size=native,
                     normalize_op=normalize_op(normalize, stats), device=device,
@@ -200,17 +204,6 @@ def eval_iterator(dataset: str, *, data_dir: str | os.PathLike | None = None,
 
 # ----------------------------------------------------------------------------
 # Helpers.
-
-
-def _image_size(source: Source, image_size: int | None) -> tuple[int, int | None]:
-  """(network input side, the dataset's fixed square side or None)."""
-  height, width, _ = source.image_shape
-  native = height if (height is not None and height == width) else None
-  if image_size is None:
-    image_size = native or DEFAULT_VARIABLE_IMAGE_SIZE
-  if image_size < 1:
-    raise DataError(f"image_size must be positive, got {image_size}")
-  return int(image_size), native
 
 
 def _default_shuffle_buffer(source: Source, split: str, num_local: int) -> int:

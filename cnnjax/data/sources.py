@@ -14,19 +14,26 @@ augmentation happen later in `cnnjax.data.pipeline`, identically for all.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import glob
+import hashlib
+import json
 import os
+import shutil
 import socket
+import tempfile
 import time
 import urllib.parse
 import urllib.request
 from typing import Any
 
+import filelock
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from cnnjax import logs
 from cnnjax.data import _tf_setup  # noqa: F401
-from cnnjax.data.bounded import bounded_builder, check_max_resolution
+from cnnjax.data.bounded import bounded_builder, check_bounded_source, check_max_resolution
 from cnnjax.errors import DataError, close_matches
 
 DIGITS = "digits"
@@ -99,6 +106,30 @@ class Source:
   @property
   def is_mocked(self) -> bool:
     return tfds_is_mocked()
+
+  @functools.cached_property
+  def identity(self) -> dict[str, Any]:
+    """What the prepared data is: its directory, version and files (name, size, mtime).
+
+    Anything derived from this source (a bounded copy, statistics) stores
+    this and compares it on open, so a source prepared anew (an image folder
+    whose files or classes changed, a dataset rebuilt at the same version)
+    never serves a stale derivative, whatever name it was opened by.
+    """
+    directory = os.fspath(self.builder.data_dir)
+    files = []
+    if not self.is_mocked and os.path.isdir(directory):
+      for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+        if entry.is_file():
+          stat = entry.stat()
+          files.append([entry.name, stat.st_size, stat.st_mtime_ns])
+    return {"prepared_dir": directory, "version": str(self.builder.version),
+            "mocked": self.is_mocked, "files": files}
+
+  @functools.cached_property
+  def fingerprint(self) -> str:
+    """A short hash of `identity`: the key of anything derived from this source."""
+    return hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()[:16]
 
   def split_names(self) -> list[str]:
     return list(self.builder.info.splits.keys())
@@ -227,6 +258,29 @@ class Source:
     )
 
 
+# The network input side for datasets whose images vary in size, when none is asked for.
+DEFAULT_VARIABLE_IMAGE_SIZE = 224
+
+
+def input_size(source: Source, image_size: int | None) -> tuple[int, int | None]:
+  """(network input side, the dataset's fixed square side or None)."""
+  height, width, _ = source.image_shape
+  native = height if (height is not None and height == width) else None
+  if image_size is None:
+    image_size = native or DEFAULT_VARIABLE_IMAGE_SIZE
+  if image_size < 1:
+    raise DataError(f"image_size must be positive, got {image_size}")
+  return int(image_size), native
+
+
+def check_training_classes(dataset: str, num_classes: int) -> None:
+  """DataError for a training set of fewer than two classes: there is nothing to learn, and
+  every prediction would be scored correct."""
+  if num_classes < 2:
+    raise DataError(f"dataset {dataset!r} has {num_classes} class(es); classification needs at "
+                    "least 2 (an image folder needs at least two class sub-folders)")
+
+
 def dataset_info(dataset: str, data_dir: str | os.PathLike | None = None, *,
                  on_bad_image: str = "raise") -> DatasetInfo:
   """Facts about `dataset` (prepares it first if needed: digits, image folders, downloads)."""
@@ -252,7 +306,7 @@ def get_source(dataset: str, data_dir: str | os.PathLike | None = None, *,
     raise DataError(f"dataset must be a non-empty name, got {dataset!r}")
   max_resolution = check_max_resolution(max_resolution)
   root = resolve_data_dir(data_dir)
-  key = (dataset, root, on_bad_image, max_resolution)
+  key = (_absolute_name(dataset), root, on_bad_image, max_resolution)
   if key in _SOURCES and not tfds_is_mocked():
     return _SOURCES[key]
   if max_resolution:
@@ -260,12 +314,22 @@ def get_source(dataset: str, data_dir: str | os.PathLike | None = None, *,
     builder = bounded_builder(original, max_resolution)
     name = f"{dataset} (max_resolution={max_resolution})"
     _prepare(name, builder, root)
+    check_bounded_source(builder, original)
     source = _source_from_builder(name, builder, root, original.skipped_images)
   else:
     source = _open_source(dataset, root, on_bad_image)
   if not tfds_is_mocked():
     _SOURCES[key] = source
   return source
+
+
+def _absolute_name(dataset: str) -> str:
+  """The name with an image folder's path made absolute (a relative one means another folder
+  in another working directory)."""
+  if dataset.startswith(IMAGE_FOLDER_PREFIX) and dataset[len(IMAGE_FOLDER_PREFIX):].strip():
+    path = dataset[len(IMAGE_FOLDER_PREFIX):]
+    return IMAGE_FOLDER_PREFIX + os.path.abspath(os.path.expanduser(path))
+  return dataset
 
 
 def _open_source(dataset: str, root: str, on_bad_image: str) -> Source:
@@ -310,12 +374,50 @@ def manual_download_message(name: str, builder, root: str) -> str:
       ".download_and_prepare()). Preparation writes TFRecords beside the archives (~150 GB for ImageNet).")
 
 
+def preparation_lock(data_dir: str) -> filelock.FileLock:
+  """The lock held while `data_dir` is prepared: one process prepares, the others wait.
+
+  It lives in the machine's temporary directory, keyed by the absolute path,
+  so that a failed preparation leaves nothing in the data_dir. It orders the
+  processes of one machine; hosts sharing a data_dir over a network
+  filesystem should have it prepared once beforehand.
+  """
+  digest = hashlib.sha256(os.path.abspath(data_dir).encode()).hexdigest()[:24]
+  return filelock.FileLock(os.path.join(tempfile.gettempdir(), f"cnnjax-prepare-{digest}.lock"))
+
+
+def remove_incomplete(data_dir: str) -> list[str]:
+  """Removes what killed preparations of `data_dir` left (tfds' `incomplete.*` folders).
+
+  Call only while holding `preparation_lock(data_dir)`: then no preparation
+  of that directory is running.
+  """
+  parent, version = os.path.split(os.path.normpath(data_dir))
+  stale = sorted(glob.glob(os.path.join(glob.escape(parent), f"incomplete.*_{glob.escape(version)}")))
+  for path in stale:
+    shutil.rmtree(path, ignore_errors=True)
+  return stale
+
+
 def _prepare(name: str, builder, root: str) -> None:
-  """Prepares `builder` if needed; never substitutes another dataset on failure."""
+  """Prepares `builder` if needed; never substitutes another dataset on failure.
+
+  Exactly one process prepares a directory; others wait for it and read
+  what it wrote.
+  """
   if builder.is_prepared():
     return
   if tfds_is_mocked():
     return  # tfds.testing.mock_data: examples are generated, nothing to prepare.
+  with preparation_lock(os.fspath(builder.data_dir)):
+    if builder.is_prepared():  # prepared by another process while this one waited
+      builder.info.read_from_directory(builder.data_dir)
+      return
+    remove_incomplete(os.fspath(builder.data_dir))
+    _prepare_unlocked(name, builder, root)
+
+
+def _prepare_unlocked(name: str, builder, root: str) -> None:
   if getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None):
     manual_dir = os.path.join(root, "downloads", "manual")
     files = MANUAL_DOWNLOAD_FILES.get(builder.name, ())

@@ -118,25 +118,38 @@ def compute_stats(dataset: tf.data.Dataset, resolution: int, max_examples: int |
                     num_examples=count)
 
 
+class _Stale(Exception):
+  """A statistics cache computed from another state of its source."""
+
+
 def stats_path(data_dir: str, dataset_id: str, split: str, resolution: int,
-               max_examples: int | None) -> str:
+               max_examples: int | None, source_fingerprint: str) -> str:
+  """Where the statistics of a split live: keyed by the source's identity, not its name."""
   safe_split = split.replace("/", "_").replace("[", "_").replace("]", "").replace(":", "-")
   safe_split = safe_split.replace("%", "pc")
-  key = f"{safe_split}_r{resolution}_n{max_examples or 'all'}"
+  key = f"{safe_split}_r{resolution}_n{max_examples or 'all'}_{source_fingerprint}"
   if len(key) > 100:
     key = hashlib.sha256(key.encode()).hexdigest()[:16]
   return os.path.join(data_dir, "cnnjax_stats", dataset_id, key + ".npz")
 
 
-def load_or_compute_stats(path: str, compute) -> ImageStats:
-  """Reads the cached statistics at `path`, or computes and caches them atomically."""
+def load_or_compute_stats(path: str, compute, source_identity: dict) -> ImageStats:
+  """Reads the cached statistics at `path`, or computes and caches them atomically.
+
+  A cache that records another source identity than `source_identity` (or
+  none) is computed anew and replaced.
+  """
   if os.path.exists(path):
     try:
       with np.load(path) as data:
         meta = json.loads(str(data["meta"]))
+        if meta.get("source_identity") != source_identity:
+          raise _Stale
         return ImageStats(mean_rgb=data["mean_rgb"], std_rgb=data["std_rgb"],
                           mean_image=data["mean_image"], covariance=data["covariance"],
                           num_examples=int(meta["num_examples"]))
+    except _Stale:
+      pass
     except Exception as error:  # noqa: BLE001
       raise DataError(f"the cached statistics file {path} is unreadable ({error}); "
                       "delete it and it will be recomputed") from error
@@ -147,7 +160,8 @@ def load_or_compute_stats(path: str, compute) -> ImageStats:
     with os.fdopen(handle, "wb") as f:
       np.savez(f, mean_rgb=stats.mean_rgb, std_rgb=stats.std_rgb, mean_image=stats.mean_image,
                covariance=stats.covariance,
-               meta=np.array(json.dumps({"num_examples": stats.num_examples})))
+               meta=np.array(json.dumps({"num_examples": stats.num_examples,
+                                         "source_identity": source_identity})))
     os.replace(tmp_path, path)
   except BaseException:
     if os.path.exists(tmp_path):

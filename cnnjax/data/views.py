@@ -51,7 +51,7 @@ subtracted at the resize_size square stage for "center" and "10crop", at
 the Q x Q square for "multiscale"). With `device=True` the images stay
 unnormalised and each image key gets its windows ("window" [4] or [V, 4],
 "window_q{Q}" [2, 4]): where its pixels lie in the square the host would
-have normalised (see `cnnjax.train.device_input`; the padded crops of
+have normalised (see `cnnjax.preprocessing.device`; the padded crops of
 native-size images carry negative offsets, and the device zeroes the
 padding as the host does).
 """
@@ -66,20 +66,19 @@ from cnnjax.data import _tf_setup  # noqa: F401
 from cnnjax.data.image_ops import (Example, Op, center_crop_image, check_crop_fits, check_fits,
                                    check_named_options, decode_image,
                                    image_hw, resize_image, resize_shorter_side_image, square_image)
+from cnnjax.data.normalization import normalize_op, stats_if_needed
+from cnnjax.data.sources import get_source, input_size
 from cnnjax.errors import DataError
+from cnnjax.preprocessing import presets as declared
 
-VIEWS = ("center", "10crop", "multiscale", "144crop", "150crop")
-DEFAULT_MULTISCALE = (256, 384, 512)
-GOOGLENET_SCALES = (256, 288, 320, 352)
-NATIVE_PAD = 4  # the CIFAR recipe's zero padding (ResNet paper, Section 4.2)
-_VIEW_KWARGS = {
-    "center": {"crop_fraction", "resize_size"},
-    "10crop": {"resize_size", "pad", "flip"},
-    "multiscale": {"scales", "flip"},
-    "144crop": {"scales", "pad", "flip"},
-    "150crop": {"scales", "grid"},
-}
-VGG_GRID = 5  # VGG Sec. 3.2: a 5x5 regular grid of crops per scale
+# The views and their options, as declared (cnnjax.preprocessing.presets.VIEWS).
+VIEWS = tuple(declared.VIEWS)
+_VIEW_KWARGS = {name: set(view.options) for name, view in declared.VIEWS.items()}
+DEFAULT_MULTISCALE = declared.VIEWS["multiscale"].defaults["scales"]
+GOOGLENET_SCALES = declared.VIEWS["144crop"].defaults["scales"]
+NATIVE_PAD = declared.VIEWS["10crop"].defaults["pad"]  # the CIFAR recipe's padding (ResNet Sec. 4.2)
+VGG_GRID = declared.VIEWS["150crop"].defaults["grid"]  # VGG Sec. 3.2: a 5x5 grid per scale
+CROP_FRACTION = declared.VIEWS["center"].defaults["crop_fraction"]  # 224 of 256
 
 
 def multiscale_keys(scales: Sequence[int] = DEFAULT_MULTISCALE) -> list[str]:
@@ -133,7 +132,7 @@ def eval_op(view: str, *, image_size: int, native_size: int | None, normalize_op
       return with_windows(lambda ex: dict(ex, image=normalized(decode_image(ex["image"], native_size))),
                           {"window": [image_size, 0, 0, 0]})
     resize_size = kwargs.get("resize_size",
-                             int(round(image_size / kwargs.get("crop_fraction", 0.875))))
+                             int(round(image_size / kwargs.get("crop_fraction", CROP_FRACTION))))
     check_crop_fits(image_size, resize_size, "center: resize_size")
 
     def center(ex: Example) -> Example:
@@ -171,7 +170,7 @@ def eval_op(view: str, *, image_size: int, native_size: int | None, normalize_op
         [native_size, 0, 0, mirrored] for mirrored in ((0, 1) if flip else (0,))]})
 
   if view == "10crop":
-    resize_size = kwargs.get("resize_size", int(round(image_size / 0.875)))
+    resize_size = kwargs.get("resize_size", int(round(image_size / CROP_FRACTION)))
     check_crop_fits(image_size, resize_size, "10crop: resize_size")
 
     def ten_crop(ex: Example) -> Example:
@@ -223,6 +222,51 @@ def eval_op(view: str, *, image_size: int, native_size: int | None, normalize_op
     stacked.set_shape([len(scales) * 36, image_size, image_size, 3])
     return dict(ex, image=normalized(stacked))
   return with_windows(multi_crop, {"window": [[image_size, 0, 0, 0]] * (len(scales) * 36)})
+
+
+def apply_eval_view(image, view: str = "center", *, image_size: int,
+                    native_size: int | None = None, mean=None, std=None,
+                    **view_kwargs) -> dict[str, "np.ndarray"]:
+  """One decoded image -> exactly what the evaluation pipeline feeds the network for it.
+
+  Args:
+    image: uint8 [H, W, C] (C = 1, 3 or 4; grey is replicated, alpha dropped)
+      or the encoded bytes of a JPEG/PNG/GIF/BMP.
+    view: one of VIEWS, with its `view_kwargs` (see the module docstring).
+    image_size: the network's input side.
+    native_size: the side of a dataset whose images are all square at that
+      size (then "center" is the identity), else None.
+    mean, std: the normalisation on the 0..255 scale (per channel [3] or,
+      for mean, per pixel); None: none.
+
+  Returns {key: float32 array}: "image" [S, S, 3] for "center", [V, S, S, 3]
+  for the multi-crop views; "image_q{Q}" [2, Q, Q, 3] per scale for
+  "multiscale". The values equal those of `eval_iterator`'s float32 batches
+  (the host-finished boundary) for the same image and options.
+  """
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  from cnnjax.data.colour import normalize, to_float  # pylint: disable=import-outside-toplevel
+  if view not in VIEWS:
+    check_named_options("evaluation view", view, _VIEW_KWARGS, view_kwargs)
+  if mean is None and std is not None:
+    raise DataError("apply_eval_view: std without mean; pass mean=(0, 0, 0) to divide only")
+  normalize_op = to_float() if mean is None else normalize(np.asarray(mean, np.float32),
+                                                           None if std is None else
+                                                           np.asarray(std, np.float32))
+  op = eval_op(view, image_size=image_size, native_size=native_size, normalize_op=normalize_op,
+               **view_kwargs)
+  if isinstance(image, (bytes, np.bytes_)):
+    tensor = tf.constant(bytes(image))
+  else:
+    array = np.asarray(image)
+    if array.dtype != np.uint8 or array.ndim not in (2, 3):
+      raise DataError(f"apply_eval_view takes a uint8 [H, W, C] image or encoded bytes, got "
+                      f"{array.dtype} {array.shape}")
+    tensor = tf.constant(array[..., None] if array.ndim == 2 else array)
+  out = op({"image": tensor, "label": tf.constant(0)})
+  return {key: tf.cast(value, tf.float32).numpy() for key, value in out.items()
+          if key.startswith("image")}
 
 
 def grid_crops(image: tf.Tensor, size: int, grid: int = VGG_GRID) -> tf.Tensor:
@@ -329,15 +373,13 @@ def whole_image_batches(dataset: str, *, scales: Sequence[int], rows: int = 1,
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
 
-  from cnnjax.data import pipeline  # pylint: disable=import-outside-toplevel
   if jax.process_count() > 1:
     raise DataError("dense evaluation of whole images runs in one process (its batches have a "
                     "shape per image); evaluate on one host, or use view '10crop'.")
-  source = pipeline.get_source(dataset, data_dir, on_bad_image=on_bad_image)
+  source = get_source(dataset, data_dir, on_bad_image=on_bad_image)
   split = split or source.default_eval_split()
-  _, native = pipeline._image_size(source, None)  # pylint: disable=protected-access
-  stats = pipeline.stats_if_needed(source, stats_split, normalize, {})
-  norm = pipeline.normalize_op(normalize, stats)
+  _, native = input_size(source, None)
+  norm = normalize_op(normalize, stats_if_needed(source, stats_split, normalize, {}))
   dense_op = whole_image_op(scales, norm, native)
   crops_op = grid_crops_op(crop_scales, image_size, native_size=native) if crop_scales else None
 

@@ -52,7 +52,7 @@ def view_scores(apply_fn: Callable, variables: Any, batch: Mapping[str, Any], *,
                 device_input: Any = None) -> jax.Array:
   """Class scores [B, classes] of a batch of any view (see the module docstring).
 
-  `device_input` (a `cnnjax.train.device_input.DeviceInput`) first makes the
+  `device_input` (a `cnnjax.preprocessing.device.DeviceInput`) first makes the
   batch's uint8 images network input (normalisation on the device); None:
   the images arrive ready.
   """

@@ -216,11 +216,9 @@ def validate(config: Any, *, num_devices: int | None = None,
            ">= 1 (batches on the devices ahead of the step)")
   _require(c["max_resolution"] == 0 or c["max_resolution"] >= 32, "max_resolution",
            c["max_resolution"], "0 (the original images) or >= 32 (the longer side of a copy)")
-  if c["input_pipeline"] == "dali":
-    _require(c["device_preprocessing"] != "off", "device_preprocessing", "off",
-             "'auto' or 'on' with input_pipeline='dali' (DALI ships uint8 batches)")
+  if c["input_boundary"] == "dali":
     _require(c["max_resolution"] == 0, "max_resolution", c["max_resolution"],
-             "0 with input_pipeline='dali' (DALI decodes on the GPU; the bounded copy is the "
+             "0 with input_boundary='dali' (DALI decodes on the GPU; the bounded copy is the "
              "host pipeline's way to decode less)")
   _require(c["keep_checkpoints"] >= 1, "keep_checkpoints", c["keep_checkpoints"], ">= 1")
   _require(c["seed"] >= 0, "seed", c["seed"], ">= 0")

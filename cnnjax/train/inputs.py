@@ -119,15 +119,16 @@ def _tfds_inputs(c: Mapping[str, Any]) -> RunInputs:
   from cnnjax import data  # pylint: disable=import-outside-toplevel  (TensorFlow: only here)
   data_dir = c["data_dir"] or None
   info = data.dataset_info(c["dataset"], data_dir, on_bad_image=c["on_bad_image"])
+  data.sources.check_training_classes(c["dataset"], info.num_classes)
   train_split = c["train_split"] or info.train_split
   eval_split = c["eval_split"] or info.eval_split
   num_train = _split_size(data, c, train_split, fallback=info.num_train_examples)
   augment_kwargs = _plain(c["augment_kwargs"])
   image_size = c["image_size"]
-  device = {"auto": "auto", "on": True, "off": False}[c.get("device_preprocessing", "auto")]
+  boundary = c.get("input_boundary", "auto")
 
   def train_batches(start_step: int) -> Iterator[Mapping[str, Any]]:
-    if c.get("input_pipeline", "tf") == "dali":  # decoded on the GPU; colour in the step
+    if boundary == "dali":  # decoded on the GPU; colour in the step
       from cnnjax import dali  # pylint: disable=import-outside-toplevel
       return dali.train_iterator(
           c["dataset"], data_dir=data_dir, split=train_split, global_batch_size=c["batch_size"],
@@ -137,7 +138,7 @@ def _tfds_inputs(c: Mapping[str, Any]) -> RunInputs:
         c["dataset"], data_dir=data_dir, split=train_split, global_batch_size=c["batch_size"],
         augment=c["augment"], augment_kwargs=augment_kwargs, image_size=image_size,
         normalize=c["normalize"], seed=c["seed"], start_step=start_step,
-        stats_split=train_split, on_bad_image=c["on_bad_image"], device_preprocessing=device,
+        stats_split=train_split, on_bad_image=c["on_bad_image"], boundary=boundary,
         max_resolution=c.get("max_resolution", 0))
 
   def eval_batches() -> Iterable[Mapping[str, Any]]:
@@ -146,7 +147,7 @@ def _tfds_inputs(c: Mapping[str, Any]) -> RunInputs:
         global_batch_size=c["eval_batch_size"] or c["batch_size"], view=c["eval_view"],
         view_kwargs=_plain(c["eval_view_kwargs"]), image_size=image_size,
         normalize=c["normalize"], stats_split=train_split, on_bad_image=c["on_bad_image"],
-        device_preprocessing=device)
+        boundary="uint8" if boundary == "dali" else boundary)
     return itertools.islice(batches, c["eval_num_batches"] or None)
 
   return RunInputs(
@@ -165,7 +166,9 @@ def _device_input(data, c: Mapping[str, Any], train_split: str):
   return data.device_input(c["dataset"], augment=c["augment"],
                            augment_kwargs=_plain(c["augment_kwargs"]), normalize=c["normalize"],
                            data_dir=c["data_dir"] or None, on_bad_image=c["on_bad_image"],
-                           stats_split=train_split, image_size=c["image_size"] or None)
+                           stats_split=train_split, image_size=c["image_size"] or None,
+                           boundary="uint8" if c.get("input_boundary", "auto") == "dali"
+                           else c.get("input_boundary", "auto"))
 
 
 def _split_size(data, c: Mapping[str, Any], split: str, fallback: int) -> int:

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import optax
 
 from cnnjax.train import optim
-from cnnjax.train.device_input import DeviceInput
+from cnnjax.preprocessing.device import DeviceInput
 
 # The array fields, in checkpoint order.
 ARRAY_FIELDS = ("step", "params", "batch_stats", "opt_state", "ema_params", "rng", "lr_control")
@@ -53,7 +53,7 @@ class StepRules:
   aux_loss_weight: float = 0.3
   ema_decay: float = 0.0
   # uint8 batches -> network input in the step (colour augmentation and
-  # normalisation, see cnnjax.train.device_input); None: batches arrive ready.
+  # normalisation, see cnnjax.preprocessing.device); None: batches arrive ready.
   device_input: DeviceInput | None = None
 
 

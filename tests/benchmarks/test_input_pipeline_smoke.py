@@ -47,10 +47,10 @@ def test_stage_costs_cover_every_op_of_the_inception_preset(encoded):
   assert costs[-1][1] > 0
 
 
-@pytest.mark.parametrize("photometric", [True, "device"])
-def test_full_pipeline_rate_is_positive(folder, tmp_path_factory, photometric):
+@pytest.mark.parametrize("boundary", ["float32", "uint8"])
+def test_full_pipeline_rate_is_positive(folder, tmp_path_factory, boundary):
   data_dir = str(tmp_path_factory.mktemp("prepared"))
-  rate = input_pipeline.full_pipeline_rate(folder, data_dir, seconds=0.3, photometric=photometric)
+  rate = input_pipeline.full_pipeline_rate(folder, data_dir, seconds=0.3, boundary=boundary)
   assert math.isfinite(rate) and rate > 0
 
 

@@ -11,6 +11,8 @@ from data_helpers import smooth_image, write_image
 from PIL import Image
 
 import cnnjax.data
+from cnnjax.data import sources
+from cnnjax.data.bounded import bounded_builder, check_bounded_source
 from cnnjax.data.sources import get_source
 from cnnjax.errors import DataError
 
@@ -101,3 +103,99 @@ def test_bad_images_keep_their_named_errors_with_a_bound(tmp_path):
   assert not os.path.exists(tmp_path / "data" / "cnnjax_bounded")
   bounded = get_source(name, str(tmp_path / "data"), on_bad_image="skip", max_resolution=BOUND)
   assert bounded.num_examples("train") == 4 and bounded.skipped_images == 1
+
+
+def _labels(source, split="train"):
+  return [label for _, label in _examples(source, split)]
+
+
+def test_an_image_moved_to_another_class_makes_a_new_copy(tmp_path, monkeypatch):
+  """Same split sizes, one image in another class: the copy follows the folder, not the name."""
+  rng = np.random.default_rng(4)
+  root = tmp_path / "moving"
+  for i in range(4):
+    write_image(str(root / "train" / f"c{i % 2}" / f"{i}.jpg"), smooth_image(rng, 120, 150))
+  name, data_dir = f"image_folder:{root}", str(tmp_path / "data")
+  before = _labels(get_source(name, data_dir, max_resolution=BOUND))
+  os.rename(root / "train" / "c0" / "0.jpg", root / "train" / "c1" / "0.jpg")
+  monkeypatch.setattr(sources, "_SOURCES", {})  # as a new process sees it
+  original = get_source(name, data_dir)
+  bounded = get_source(name, data_dir, max_resolution=BOUND)
+  assert _labels(bounded) == _labels(original) != before
+
+
+def test_a_relative_name_means_the_folder_of_the_working_directory(tmp_path, monkeypatch):
+  rng = np.random.default_rng(5)
+  for place in ("a", "b"):
+    for i in range(4):  # the same layout and sizes, other pixels
+      write_image(str(tmp_path / place / "imgs" / "train" / f"c{i % 2}" / f"{i}.png"),
+                  smooth_image(rng, 40, 50))
+  data_dir = str(tmp_path / "data")
+  monkeypatch.chdir(tmp_path / "a")
+  from_a = _examples(get_source("image_folder:imgs", data_dir, max_resolution=BOUND))
+  monkeypatch.chdir(tmp_path / "b")
+  expected = _examples(get_source(f"image_folder:{tmp_path / 'b' / 'imgs'}", data_dir))
+  assert expected != from_a
+  assert _examples(get_source("image_folder:imgs", data_dir, max_resolution=BOUND)) == expected
+  monkeypatch.setattr(sources, "_SOURCES", {})  # a new process in b
+  assert _examples(get_source("image_folder:imgs", data_dir, max_resolution=BOUND)) == expected
+
+
+def test_a_copy_whose_recorded_source_differs_is_named_stale(mixed_folder, tmp_path):
+  name = f"image_folder:{mixed_folder}"
+  original = get_source(name, str(tmp_path))
+  builder = bounded_builder(original, BOUND)
+  builder.download_and_prepare()
+  changed = dict(original.identity, files=[["dataset_info.json", 1, 2]])
+  builder.info.metadata["source_identity"] = changed
+  with pytest.raises(DataError, match=r"stale: its source's files changed \(.*dataset_info.json"):
+    check_bounded_source(builder, original)
+
+
+_PREPARE = """
+import os, sys, time
+import cnnjax.data
+from cnnjax.data import sources
+from cnnjax.data.bounded import bounded_builder, check_bounded_source
+from cnnjax.data.sources import get_source
+ready, name, data_dir = sys.argv[1], sys.argv[2], sys.argv[3]
+open(ready + str(os.getpid()), "w").close()
+while len([f for f in os.listdir(os.path.dirname(ready)) if f.startswith("ready")]) < 2:
+  time.sleep(0.01)
+source = get_source(name, data_dir, max_resolution=96)
+print(source.num_examples("train"), source.builder.data_dir)
+"""
+
+
+def test_two_processes_preparing_one_copy_both_succeed(mixed_folder, tmp_path):
+  """Started together (a file barrier after the imports): one prepares, the other waits and
+  reads the same copy; neither fails on the other's folder."""
+  import subprocess
+  import sys
+  (tmp_path / "sync").mkdir()
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+  args = [sys.executable, "-c", _PREPARE, str(tmp_path / "sync" / "ready"),
+          f"image_folder:{mixed_folder}", str(tmp_path / "data")]
+  runs = [subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True) for _ in range(2)]
+  results = [run.communicate(timeout=300) for run in runs]
+  for run, (out, err) in zip(runs, results):
+    assert run.returncode == 0, err[-2000:]
+  last = [out.strip().splitlines()[-1] for out, _ in results]  # tfds prints its progress first
+  assert last[0] == last[1] and last[0].split()[0] == "7"
+
+
+def test_a_killed_preparation_leaves_nothing_behind(tmp_path):
+  rng = np.random.default_rng(6)
+  root = tmp_path / "folder"
+  for i in range(2):
+    write_image(str(root / f"c{i}" / f"{i}.jpg"), smooth_image(rng, 40, 40))
+  data_dir = str(tmp_path / "data")
+  from cnnjax.data.image_folder import image_folder_builder
+  target = os.fspath(image_folder_builder(str(root), data_dir).data_dir)
+  parent, version = os.path.split(target)
+  stale = os.path.join(parent, f"incomplete.KILLED_{version}")
+  os.makedirs(stale)
+  open(os.path.join(stale, "half.tfrecord"), "w").close()
+  get_source(f"image_folder:{root}", data_dir)
+  assert not os.path.exists(stale) and os.path.isdir(target)

@@ -54,73 +54,6 @@ def _jpeg(rng, height, width, quality=90) -> bytes:
 
 
 # ----------------------------------------------------------------------------
-# Reading without TensorFlow: Example protos, record offsets, image headers.
-
-
-def test_parse_example_equals_tensorflows_serialization():
-  features = {
-      "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"\xff\xd8\x00binary", b""])),
-      "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[7])),
-      "ids": tf.train.Feature(int64_list=tf.train.Int64List(value=[0, -1, 2**62, -2**63, 300])),
-      "scores": tf.train.Feature(float_list=tf.train.FloatList(value=[0.5, -1.25, 3e8])),
-      "empty": tf.train.Feature(int64_list=tf.train.Int64List(value=[])),
-      "name": tf.train.Feature(bytes_list=tf.train.BytesList(value=["naïve".encode()])),
-  }
-  serialized = tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
-  parsed = dali.parse_example(serialized)
-  assert set(parsed) == set(features)
-  assert [bytes(v) for v in parsed["image"]] == [b"\xff\xd8\x00binary", b""]
-  assert parsed["label"] == [7]
-  assert parsed["ids"] == [0, -1, 2**62, -2**63, 300]
-  assert parsed["scores"] == [0.5, -1.25, 3e8]
-  assert parsed["empty"] == []
-  assert bytes(parsed["name"][0]).decode() == "naïve"
-
-
-def test_index_matches_the_records_tensorflow_reads(prepared, tmp_path):
-  split = dali.prepared_split(*prepared, split="train")
-  path = split.files[0]
-  copy = str(tmp_path / os.path.basename(path))
-  shutil.copy(path, copy)
-  index = dali.record_index(copy, expected=15)
-  records = [r.numpy() for r in tf.data.TFRecordDataset(copy)]
-  assert len(index) == len(records) == 15
-  with open(copy, "rb") as f:
-    data = f.read()
-  for (offset, size), record in zip(index.tolist(), records):
-    assert data[offset + 12:offset + size - 4] == record
-  assert index[-1].sum() == len(data)
-  # Cached beside the data as "offset size" lines (DALI's tfrecord2idx format)...
-  with open(copy + ".idx") as f:
-    assert [tuple(map(int, line.split())) for line in f] == [tuple(r) for r in index.tolist()]
-  # ...rebuilt when stale, and written to index_dir when asked.
-  with open(copy + ".idx", "w") as f:
-    f.write("0 10\n")
-  np.testing.assert_array_equal(dali.record_index(copy, expected=15), index)
-  elsewhere = dali.record_index(copy, expected=15, index_dir=str(tmp_path / "cache"))
-  np.testing.assert_array_equal(elsewhere, index)
-  assert len(os.listdir(tmp_path / "cache")) == 1
-  # The prepared record parses as TensorFlow parses it.
-  parsed = dali.parse_example(records[0])
-  example = tf.train.Example.FromString(records[0])
-  assert bytes(parsed["image"][0]) == example.features.feature["image"].bytes_list.value[0]
-  assert parsed["label"] == list(example.features.feature["label"].int64_list.value)
-
-
-def test_image_header_sizes_equal_pillows():
-  from PIL import Image
-  rng = np.random.default_rng(1)
-  for height, width, options in [(37, 53, {"format": "JPEG"}), (64, 17, {"format": "PNG"}),
-                                 (80, 96, {"format": "JPEG", "progressive": True}),
-                                 (21, 40, {"format": "JPEG", "exif": b"Exif\x00\x00" + b"\x00" * 64})]:
-    buffer = io.BytesIO()
-    Image.fromarray(smooth_image(rng, height, width)).save(buffer, **options)
-    assert dali.image_hw(buffer.getvalue()) == (height, width)
-  assert dali.image_hw(b"GIF89a....") is None
-  assert dali.image_hw(b"\xff\xd8\xff\xd9") is None
-
-
-# ----------------------------------------------------------------------------
 # Pixels: DALI on given windows against TensorFlow on the same windows.
 
 
@@ -205,36 +138,6 @@ def test_resize_then_crop_presets_match_tf(preset):
   ours = dali.render_plans(examples, image_size=SIZE, antialias=True).astype(np.int32)
   error = np.abs(ours - np.stack(references))
   assert error.mean() < 0.01 and error.max() <= 1
-
-
-def test_inception_window_statistics_match_tf():
-  """Area and aspect distributions of 3000 draws vs tf.image.stateless_sample_distorted_bounding_box."""
-  height, width, count = 120, 200, 3000
-
-  @tf.function
-  def tf_windows(seeds):
-    def one(seed):
-      _, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-          [height, width, 3], tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=seed,
-          min_object_covered=0.0, aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0),
-          max_attempts=10, use_image_if_no_bounding_boxes=True)
-      return size[:2]
-    return tf.map_fn(one, seeds, fn_output_signature=tf.int32)
-
-  theirs = tf_windows(tf.stack([tf.range(count), tf.range(count) * 7 + 1], 1)).numpy().astype(float)
-  ours = np.array([dali.inception_window(np.random.default_rng(k), height, width)[2:]
-                   for k in range(count)], float)
-  for name, sizes in (("tf", theirs), ("ours", ours)):
-    area = sizes[:, 0] * sizes[:, 1] / (height * width)
-    assert area.min() >= 0.08 - 1e-6 and area.max() <= 1.0, name
-  area_theirs, area_ours = (s[:, 0] * s[:, 1] / (height * width) for s in (theirs, ours))
-  aspect_theirs, aspect_ours = (s[:, 1] / s[:, 0] for s in (theirs, ours))
-  assert abs(area_ours.mean() - area_theirs.mean()) < 0.02
-  assert abs(np.median(area_ours) - np.median(area_theirs)) < 0.03
-  assert abs(aspect_ours.mean() - aspect_theirs.mean()) < 0.02
-  whole_theirs = np.mean((theirs == [height, width]).all(1))
-  whole_ours = np.mean((ours == [height, width]).all(1))
-  assert abs(whole_ours - whole_theirs) < 0.02
 
 
 # ----------------------------------------------------------------------------

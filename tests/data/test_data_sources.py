@@ -201,3 +201,49 @@ def test_image_folder_layout_errors_name_the_path(tmp_path):
   with pytest.raises(DataError, match="on_bad_image"):
     cnnjax.data.dataset_info(f"image_folder:{tmp_path / 'oneempty'}", on_bad_image="ignore")
   assert not os.path.exists(tmp_path / "d")
+
+
+def _png16(path, values, significant_bits=None):
+  """A 16-bit greyscale PNG of `values`, with an sBIT chunk when significant_bits is given."""
+  import struct
+  import zlib
+  from PIL import Image
+  buffer = io.BytesIO()
+  Image.fromarray(values.astype(np.uint16)).save(buffer, format="PNG")
+  data = buffer.getvalue()
+  if significant_bits is not None:
+    chunk = struct.pack(">I", 1) + b"sBIT" + bytes([significant_bits])
+    chunk += struct.pack(">I", zlib.crc32(b"sBIT" + bytes([significant_bits])))
+    data = data[:33] + chunk + data[33:]  # after the 8-byte signature and the IHDR chunk
+  path.write_bytes(data)
+
+
+@pytest.mark.parametrize("peak, expected", [(255, 1), (256, 1), (65535, 255)])
+def test_16_bit_images_are_scaled_by_their_depth_not_their_content(tmp_path, peak, expected):
+  """Old code: a maximum of 255 was taken for 8-bit data (stored bright), 256 for 16-bit."""
+  from PIL import Image
+  values = np.zeros((4, 6)) + peak
+  values[0, 0] = 0
+  _png16(tmp_path / "p.png", values)
+  stored = np.asarray(Image.open(io.BytesIO(image_folder.load_as_rgb_bytes(str(tmp_path / "p.png")))))
+  assert stored[0, 0].tolist() == [0, 0, 0]
+  assert stored[1, 1].tolist() == [expected] * 3
+
+
+def test_16_bit_png_with_significant_bits_uses_them(tmp_path):
+  from PIL import Image
+  values = np.array([[0, 4095 << 4, 2048 << 4, 15]])  # 12 significant bits, shifted up
+  _png16(tmp_path / "s.png", values, significant_bits=12)
+  assert image_folder.png_significant_bits((tmp_path / "s.png").read_bytes()) == 12
+  stored = np.asarray(Image.open(io.BytesIO(image_folder.load_as_rgb_bytes(str(tmp_path / "s.png")))))
+  assert stored[0, :, 0].tolist() == [0, 255, round(2048 * 255 / 4095), 0]
+
+
+def test_a_training_set_of_one_class_is_refused(tmp_path):
+  rng = np.random.default_rng(8)
+  for i in range(3):
+    write_image(str(tmp_path / "one" / "train" / "only" / f"{i}.jpg"), smooth_image(rng, 40, 40))
+    write_image(str(tmp_path / "one" / "val" / "only" / f"{i}.jpg"), smooth_image(rng, 40, 40))
+  with pytest.raises(DataError, match="has 1 class.*at least 2"):
+    next(cnnjax.data.train_iterator(f"image_folder:{tmp_path / 'one'}", global_batch_size=2,
+                                    data_dir=str(tmp_path / "data"), image_size=16))

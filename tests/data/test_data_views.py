@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import cnnjax.data
 from cnnjax.data import augment, views
 from cnnjax.errors import DataError
 
@@ -141,8 +142,8 @@ def test_native_views_finish_on_the_device_as_on_the_host(digits_dir, view):
   import cnnjax.data
   args = dict(data_dir=digits_dir, global_batch_size=4, view=view, image_size=32,
               normalize="per_pixel", process_index=0, process_count=1)
-  want = next(cnnjax.data.eval_iterator("digits", device_preprocessing=False, **args))
-  batch = next(cnnjax.data.eval_iterator("digits", device_preprocessing=True, **args))
+  want = next(cnnjax.data.eval_iterator("digits", boundary="float32", **args))
+  batch = next(cnnjax.data.eval_iterator("digits", boundary="uint8", **args))
   finish = cnnjax.data.device_input("digits", normalize="per_pixel", data_dir=digits_dir)
   got = finish.eval_batch({k: jnp.asarray(v) for k, v in batch.items()})
   keys = [k for k in want if k.startswith("image")]
@@ -165,3 +166,29 @@ def test_native_views_without_flips_or_padding():
   op = views.eval_op("multiscale", image_size=32, native_size=32, normalize_op=IDENTITY,
                      flip=False)
   np.testing.assert_array_equal(_apply(op, image)["image_q32"], image[None])
+
+
+@pytest.mark.parametrize("view, kwargs", [("center", {}), ("10crop", {"resize_size": 40})])
+def test_apply_eval_view_equals_the_pipelines_batches(tmp_path, view, kwargs):
+  """One image through `apply_eval_view` is what eval_iterator feeds the network for it."""
+  from data_helpers import smooth_image, write_image
+  from PIL import Image
+
+  from cnnjax.data.stats import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
+  from cnnjax.data.views import apply_eval_view
+  rng = np.random.default_rng(11)
+  paths = []
+  for i, (height, width) in enumerate([(50, 70), (64, 48), (45, 45)]):
+    paths.append(str(tmp_path / "imgs" / "val" / f"c{i % 2}" / f"{i}.png"))
+    write_image(paths[-1], smooth_image(rng, height, width))
+    write_image(str(tmp_path / "imgs" / "train" / f"c{i % 2}" / f"{i}.png"), smooth_image(rng, 40, 40))
+  batch = next(cnnjax.data.eval_iterator(
+      f"image_folder:{tmp_path / 'imgs'}", data_dir=str(tmp_path / "data"), split="val",
+      global_batch_size=3, view=view, view_kwargs=kwargs, image_size=32, normalize="imagenet",
+      process_index=0, process_count=1, boundary="float32"))
+  for path in paths:
+    single = apply_eval_view(np.asarray(Image.open(path)), view, image_size=32,
+                             mean=IMAGENET_MEAN_RGB, std=IMAGENET_STD_RGB, **kwargs)
+    assert set(single) == {"image"} and single["image"].dtype == np.float32
+    assert single["image"].shape == batch["image"].shape[1:]
+    assert any(np.array_equal(single["image"], row) for row in batch["image"]), path

@@ -56,8 +56,8 @@ def _compare_train_batches(digits_dir, preset, normalize, image_size):
   options = PRESET_OPTIONS[preset]
   args = dict(data_dir=digits_dir, global_batch_size=8, augment=preset, augment_kwargs=options,
               image_size=image_size, normalize=normalize, process_index=0, process_count=1, seed=3)
-  host = cnnjax.data.train_iterator("digits", device_preprocessing=False, **args)
-  shipped = cnnjax.data.train_iterator("digits", device_preprocessing=True, **args)
+  host = cnnjax.data.train_iterator("digits", boundary="float32", **args)
+  shipped = cnnjax.data.train_iterator("digits", boundary="uint8", **args)
   finish = cnnjax.data.device_input("digits", augment=preset, augment_kwargs=options,
                                     normalize=normalize, data_dir=digits_dir)
   for _ in range(2):
@@ -77,8 +77,8 @@ def test_eval_batches_of_every_view_are_uint8_and_finish_as_the_host(digits_dir,
                                                                     normalize):
   args = dict(data_dir=digits_dir, global_batch_size=4, view=view, view_kwargs=view_kwargs,
               image_size=24, normalize=normalize, process_index=0, process_count=1)
-  want = next(cnnjax.data.eval_iterator("digits", device_preprocessing=False, **args))
-  batch = next(cnnjax.data.eval_iterator("digits", device_preprocessing=True, **args))
+  want = next(cnnjax.data.eval_iterator("digits", boundary="float32", **args))
+  batch = next(cnnjax.data.eval_iterator("digits", boundary="uint8", **args))
   image_keys = [k for k in batch if k.startswith("image")]
   assert image_keys and image_keys == [k for k in want if k.startswith("image")]
   for key in image_keys:
@@ -96,13 +96,13 @@ def test_colour_augmentation_moves_to_the_device_with_the_same_geometry(digits_d
   options = COLOUR_OPTIONS[preset]
   args = dict(data_dir=digits_dir, global_batch_size=8, augment=preset, augment_kwargs=options,
               image_size=24, normalize="per_channel", process_index=0, process_count=1)
-  batch = next(cnnjax.data.train_iterator("digits", device_preprocessing=True, **args))
+  batch = next(cnnjax.data.train_iterator("digits", boundary="uint8", **args))
   # Placeholders hold the colour ops' places, so every geometric op keeps its seed.
   pca = (np.ones(3), np.eye(3))
   host_ops = augment.train_ops(preset, image_size=24, native_size=32, normalize_op=None, pca=pca,
                                **options)
   device_ops = augment.train_ops(preset, image_size=24, native_size=32, normalize_op=None, pca=pca,
-                                 device=True, **options)
+                                 boundary="uint8", **options)
   assert len(device_ops) == len(host_ops) + 1  # + the rounding to uint8
   finish = cnnjax.data.device_input("digits", augment=preset, augment_kwargs=options,
                                     normalize="per_channel", data_dir=digits_dir)
@@ -114,23 +114,30 @@ def test_colour_augmentation_moves_to_the_device_with_the_same_geometry(digits_d
   assert np.all(np.abs(np.asarray(coloured - normalised_only)).max(axis=(1, 2, 3)) > 0.1)
 
 
-def test_device_preprocessing_choices_and_conflicts(digits_dir):
-  assert normalization.resolve_device_preprocessing(True) is True
-  assert normalization.resolve_device_preprocessing(False) is False
+def test_one_boundary_setting_its_choices_and_conflicts(digits_dir):
+  from cnnjax.preprocessing import boundary
+  assert boundary.resolve_boundary("float32") == "float32"
+  assert boundary.resolve_boundary("auto", backend="gpu") == "uint8"
+  assert boundary.resolve_boundary("auto", backend="tpu") == "uint8"
   # JAX runs on the CPU in the tests: "auto" is the CPU's measured choice.
-  assert normalization.resolve_device_preprocessing("auto") is normalization.CPU_DEVICE_PREPROCESSING
-  assert normalization.resolve_device_preprocessing("auto", {"photometric": "device"}) is True
-  with pytest.raises(DataError, match="device_preprocessing True or 'auto'"):
-    normalization.resolve_device_preprocessing(False, {"photometric": "device"})
-  with pytest.raises(DataError, match="device_preprocessing must be True, False or 'auto'"):
+  assert boundary.resolve_boundary("auto") == boundary.CPU_BOUNDARY
+  assert normalization.resolve_device_preprocessing("uint8") is True
+  assert normalization.resolve_device_preprocessing("float32") is False
+  with pytest.raises(DataError, match="boundary must be one of 'auto', 'float32', 'uint8'"):
     cnnjax.data.train_iterator("digits", data_dir=digits_dir, global_batch_size=4,
-                               device_preprocessing="gpu", process_index=0, process_count=1)
-  with pytest.raises(DataError, match="device_preprocessing must be"):
+                               boundary="gpu", process_index=0, process_count=1)
+  with pytest.raises(DataError, match="boundary must be one of"):
     cnnjax.data.eval_iterator("digits", data_dir=digits_dir, global_batch_size=4,
-                              device_preprocessing=1, process_index=0, process_count=1)
-  with pytest.raises(DataError, match="photometric='device' runs the distortions"):
+                              boundary=True, process_index=0, process_count=1)
+  with pytest.raises(DataError, match="boundary 'dali' is the DALI pipeline's"):
+    cnnjax.data.train_iterator("digits", data_dir=digits_dir, global_batch_size=4,
+                               boundary="dali", process_index=0, process_count=1)
+  with pytest.raises(DataError, match="photometric must be True or False"):
     augment.train_ops("inception", image_size=8, native_size=None, normalize_op=None,
                       photometric="device")
+  with pytest.raises(DataError, match="preset 'cifar' has none to leave"):
+    augment.train_ops("cifar", image_size=8, native_size=None, normalize_op=None,
+                      boundary="canvas")
 
 
 def test_the_factory_refuses_what_the_iterators_refuse(digits_dir):
@@ -139,7 +146,7 @@ def test_the_factory_refuses_what_the_iterators_refuse(digits_dir):
                              data_dir=digits_dir)
   with pytest.raises(DataError, match="did you mean 'alexnet'"):
     cnnjax.data.device_input("digits", augment="alexnte", data_dir=digits_dir)
-  with pytest.raises(DataError, match="photometric must be True, False or 'device'"):
+  with pytest.raises(DataError, match="photometric must be True or False"):
     cnnjax.data.device_input("digits", augment="inception", augment_kwargs={"photometric": "gpu"},
                              data_dir=digits_dir)
   with pytest.raises(DataError, match="pca_color must be"):

@@ -18,7 +18,7 @@ from train_helpers import make_tiny_config, tiny_state
 from cnnjax import sharding
 from cnnjax.data import augment
 from cnnjax.data.stats import IMAGENET_PCA_EIGVEC, IMAGENET_PCA_STD
-from cnnjax.train import device_input as di
+from cnnjax.preprocessing import device as di
 from cnnjax.train import checkpoint, run, steps
 
 RNG = np.random.default_rng(0)
@@ -181,7 +181,7 @@ def test_the_train_and_eval_steps_apply_the_rules_device_input():
 
 @pytest.mark.slow
 def test_a_run_on_uint8_batches_resumes_exactly(tmp_path, digits_dir, monkeypatch):
-  # photometric="device" turns device_preprocessing on even on the CPU backend.
+  # input_boundary="uint8" ships uint8 even on the CPU backend.
   traced = []
   original = di.DeviceInput.train
 
@@ -191,7 +191,7 @@ def test_a_run_on_uint8_batches_resumes_exactly(tmp_path, digits_dir, monkeypatc
   monkeypatch.setattr(di.DeviceInput, "train", spy)
   settings = dict(augment="inception", normalize="per_channel_std", num_steps=4,
                   checkpoint_every_steps=2, log_every_steps=2,
-                  augment_kwargs={"photometric": "device", "hue": 0.1, "pca_color": True})
+                  input_boundary="uint8", augment_kwargs={"hue": 0.1, "pca_color": True})
   straight = str(tmp_path / "straight")
   run(make_tiny_config(digits_dir, **settings), straight)
   resumed = str(tmp_path / "resumed")

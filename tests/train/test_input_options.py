@@ -1,4 +1,4 @@
-"""The run's input options: config.max_resolution (bounded copy) and config.input_pipeline (DALI)."""
+"""The run's input options: config.max_resolution (bounded copy) and config.input_boundary."""
 
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ def _config(**overrides):
 
 @pytest.mark.parametrize("overrides, message", [
     ({"max_resolution": 8}, r"max_resolution=8 .* >= 32"),
-    ({"input_pipeline": "dali", "device_preprocessing": "off"}, r"DALI ships uint8"),
-    ({"input_pipeline": "dali", "max_resolution": 320}, r"0 with input_pipeline='dali'"),
-    ({"input_pipeline": "torch"}, r"input_pipeline"),
+    ({"input_boundary": "dali", "max_resolution": 320}, r"0 with input_boundary='dali'"),
+    ({"input_boundary": "torch"}, r"input_boundary"),
+    ({"input_boundary": "on"}, r"input_boundary"),
 ])
 def test_bad_input_options_are_refused_before_anything_runs(overrides, message):
   with pytest.raises(ConfigError, match=message):
@@ -60,7 +60,7 @@ def test_max_resolution_trains_on_the_prepared_copy(photo_folder, tmp_path):
 def test_dali_pipeline_feeds_the_run(photo_folder, tmp_path):
   pytest.importorskip("nvidia.dali", reason="DALI is the optional [dali] extra")
   c = _config(dataset=f"image_folder:{photo_folder}", data_dir=str(tmp_path), augment="inception",
-              normalize="imagenet", image_size=32, batch_size=4, input_pipeline="dali")
+              normalize="imagenet", image_size=32, batch_size=4, input_boundary="dali")
   config_lib.validate(c)
   batch = _first_batch(c)
   assert batch["image"].dtype == np.uint8 and batch["image"].shape == (4, 32, 32, 3)
@@ -68,7 +68,7 @@ def test_dali_pipeline_feeds_the_run(photo_folder, tmp_path):
 
 
 # ----------------------------------------------------------------------------
-# The Inception preset's resize="device": crops within the input go out unresized.
+# Boundary "canvas" (Inception): crops within the input go out unresized.
 
 
 def _inception(folder, data_dir, **kwargs):
@@ -76,18 +76,17 @@ def _inception(folder, data_dir, **kwargs):
   return next(cnnjax.data.train_iterator(
       f"image_folder:{folder}", data_dir=str(data_dir), global_batch_size=12,
       augment="inception", image_size=48, normalize="imagenet", process_index=0,
-      process_count=1, seed=4, device_preprocessing=True, **kwargs))
+      process_count=1, seed=4, **kwargs))
 
 
 @pytest.mark.parametrize("max_resolution", [0, 64])
 def test_device_resize_equals_the_host_bilinear_resize(photo_folder, tmp_path, max_resolution):
   """Same crops, same flips; pixels within the host's rounding to uint8 (0.5)."""
   import jax.numpy as jnp
-  from cnnjax.train.device_input import resize_crops
-  host = _inception(photo_folder, tmp_path, max_resolution=max_resolution,
-                    augment_kwargs={"photometric": "device", "interpolations": ("bilinear",)})
-  device = _inception(photo_folder, tmp_path, max_resolution=max_resolution,
-                      augment_kwargs={"photometric": "device", "resize": "device"})
+  from cnnjax.preprocessing.device import resize_crops
+  host = _inception(photo_folder, tmp_path, max_resolution=max_resolution, boundary="uint8",
+                    augment_kwargs={"interpolations": ("bilinear",)})
+  device = _inception(photo_folder, tmp_path, max_resolution=max_resolution, boundary="canvas")
   assert device["image"].shape == host["image"].shape == (12, 48, 48, 3)
   assert "window" not in device and device["crop"].shape == (12, 3)
   fits = (device["crop"][:, 0] < 48) | (device["crop"][:, 1] < 48)
@@ -104,7 +103,7 @@ def test_device_resize_equals_the_host_bilinear_resize(photo_folder, tmp_path, m
 def test_resize_crop_is_tf_bilinear_then_flip():
   import jax.numpy as jnp
   import tensorflow as tf
-  from cnnjax.train.device_input import resize_crop
+  from cnnjax.preprocessing.device import resize_crop
   rng = np.random.default_rng(0)
   canvas = np.zeros((40, 40, 3), np.uint8)
   for height, width, flipped in [(17, 33, 0), (40, 40, 1), (9, 40, 1), (40, 23, 0)]:
@@ -116,19 +115,18 @@ def test_resize_crop_is_tf_bilinear_then_flip():
     np.testing.assert_allclose(got, expected, atol=2e-3)
 
 
-@pytest.mark.parametrize("kwargs, device, message", [
-    ({"resize": "gpu"}, True, r"resize must be 'host' or 'device'"),
-    ({"resize": "device", "interpolations": ("bilinear", "area")}, True, r"resize='device'"),
-    ({"resize": "device"}, False, r"needs device_preprocessing"),
+@pytest.mark.parametrize("kwargs, boundary, message", [
+    ({"resize": "device"}, "canvas", r"does not take \['resize'\]"),
+    ({"interpolations": ("bilinear", "area")}, "canvas", r"boundary 'canvas' resizes bilinearly"),
 ])
-def test_device_resize_options_are_checked(photo_folder, tmp_path, kwargs, device, message):
+def test_device_resize_options_are_checked(photo_folder, tmp_path, kwargs, boundary, message):
   import cnnjax.data
   from cnnjax.errors import DataError
   with pytest.raises(DataError, match=message):
     next(cnnjax.data.train_iterator(
         f"image_folder:{photo_folder}", data_dir=str(tmp_path), global_batch_size=4,
         augment="inception", image_size=32, process_index=0, process_count=1,
-        device_preprocessing=device, augment_kwargs=kwargs))
+        boundary=boundary, augment_kwargs=kwargs))
 
 
 def test_a_run_trains_on_device_resized_crops(photo_folder, tmp_path):
@@ -137,8 +135,7 @@ def test_a_run_trains_on_device_resized_crops(photo_folder, tmp_path):
   from cnnjax.train.loop import run
   config = dict(_config(dataset=f"image_folder:{photo_folder}", data_dir=str(tmp_path / "data"),
                         augment="inception", normalize="imagenet", image_size=32, batch_size=4,
-                        num_steps=3, model="cifar_resnet20", device_preprocessing="on",
-                        augment_kwargs={"photometric": "device", "resize": "device"},
+                        num_steps=3, model="cifar_resnet20", input_boundary="canvas",
                         model_kwargs={"stage_sizes": (1, 1, 1), "width_multiplier": 0.25},
                         eval_split="train", eval_num_batches=1, progress_bar=False,
                         compilation_cache_dir="", max_resolution=64))
@@ -146,3 +143,22 @@ def test_a_run_trains_on_device_resized_crops(photo_folder, tmp_path):
   assert result["step"] == 3 and np.isfinite(result["eval"]["loss"])
   leaves = jax.tree_util.tree_leaves(result["variables"])
   assert leaves and all(np.isfinite(np.asarray(leaf)).all() for leaf in leaves)
+
+
+def test_a_one_class_folder_is_refused_before_anything_compiles(tmp_path, monkeypatch):
+  """It used to train, report top-1 100.00% and exit 0."""
+  from data_helpers import smooth_image, write_image
+
+  from cnnjax.errors import DataError
+  from cnnjax.train import steps
+  from cnnjax.train.loop import run
+  rng = np.random.default_rng(0)
+  for split in ("train", "val"):
+    for i in range(3):
+      write_image(str(tmp_path / "one" / split / "cat" / f"{i}.jpg"), smooth_image(rng, 40, 40))
+  monkeypatch.setattr(steps, "train_step", lambda *a, **k: pytest.fail("compiled a step"))
+  config = dict(_config(dataset=f"image_folder:{tmp_path / 'one'}", data_dir=str(tmp_path / "d"),
+                        image_size=16, batch_size=2, model="cifar_resnet20", progress_bar=False,
+                        compilation_cache_dir=""))
+  with pytest.raises(DataError, match="has 1 class.*at least 2"):
+    run(config, str(tmp_path / "run"))

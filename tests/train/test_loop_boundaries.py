@@ -93,8 +93,8 @@ print("OK", sorted(m for m, module in sys.modules.items()
   assert "OK []" in result.stdout, result.stdout
 
 
-def test_device_preprocessing_on_ships_uint8_through_the_loop(tiny_config, tmp_path):
-  config = tiny_config(device_preprocessing="on", augment="cifar", num_steps=4)
+def test_boundary_uint8_ships_uint8_through_the_loop(tiny_config, tmp_path):
+  config = tiny_config(input_boundary="uint8", augment="cifar", num_steps=4)
   prepared = loop.prepare(loop.config_lib.RunConfig(config), str(tmp_path / "uint8"))
   assert prepared.first_batch["image"].dtype == np.uint8  # a quarter of float32's bytes
   assert prepared.rules.device_input is not None

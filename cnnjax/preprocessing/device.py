@@ -24,8 +24,8 @@ host would have normalised, and the crop was then mirrored when flipped is
 is resized to the frame as the host resizes it) and zeroes pixels outside
 the frame (CIFAR's padding). Without a window the frame is the image.
 
-A float batch is taken as prepared on the host (`device_preprocessing`
-off) and passed through unchanged, so one `DeviceInput` serves both paths.
+A float batch is taken as prepared on the host (boundary "float32") and
+passed through unchanged, so one `DeviceInput` serves both paths.
 
 Needs only jax (the accelerator hosts have no TensorFlow).
 """
@@ -250,7 +250,7 @@ class DeviceInput:
     photometric: the Inception distortions (training only), or None.
     pca: AlexNet's PCA lighting (training only), or None.
     resize: the network input side when training batches are canvases with
-      a "crop" (the Inception preset's resize="device"), else None.
+      a "crop" (boundary "canvas"), else None.
 
   A static field of the train state: equality and hash go by value (the
   mean image by a digest of its bytes, computed once).
@@ -369,3 +369,15 @@ def _inside_frame(window: jax.Array, size: tuple[int, int]) -> jax.Array:
   inside_rows = (rows >= 0) & (rows < frame[:, None])
   inside_columns = (columns >= 0) & (columns < frame[:, None])
   return (inside_rows[:, :, None] & inside_columns[:, None, :])[..., None]
+
+
+# The declared ops the device may run (cnnjax.preprocessing.presets.OPS, device_from not None)
+# and what runs each in the step:
+# `DeviceInput` applies them in the declaration's order (a canvas's resize and mirror first).
+DEVICE_OPS = {
+    "random_resize": resize_crops,
+    "flip": resize_crops,
+    "photometric": Photometric,
+    "pca_lighting": PcaLighting,
+    "normalize": DeviceInput.normalize,
+}

@@ -1,0 +1,113 @@
+"""Walks the preset declarations: every back end implements each op it claims, with the
+declared options and defaults (cnnjax.preprocessing.presets)."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+
+import pytest
+
+from cnnjax.dali import plans
+from cnnjax.data import augment, colour, geometry
+from cnnjax.preprocessing import device, presets
+
+
+def _signature_defaults(function) -> dict:
+  return {name: p.default for name, p in inspect.signature(function).parameters.items()
+          if p.default is not inspect.Parameter.empty}
+
+
+def test_declarations_are_complete():
+  for preset in presets.PRESETS.values():
+    assert preset.ops, preset.name
+    for op in preset.ops:
+      assert op in presets.OPS, (preset.name, op)
+      assert presets.OPS[op].device_from in (None, presets.UINT8, presets.CANVAS)
+      for option in presets.OPS[op].options:
+        assert option in presets.OPTIONS, (op, option)
+  used = {o for op in presets.OPS.values() for o in op.options}
+  assert used == set(presets.OPTIONS)  # no option without an op
+
+
+@pytest.mark.parametrize("name", list(presets.PRESETS))
+def test_tf_data_implements_every_op_with_the_declared_options(name):
+  assert name in augment.PRESETS
+  for op in presets.PRESETS[name].ops:
+    assert op in augment.TF_OPS, (name, op)
+  assert augment.PRESET_KWARGS[name] - {"resize"} == set(presets.PRESETS[name].options)
+  ops = augment.train_ops(name, image_size=32, native_size=None, normalize_op=colour.to_float())
+  assert ops and all(callable(op) for op in ops)
+
+
+def test_tf_data_defaults_are_the_declared_ones():
+  declared = {name: option.default for name, option in presets.OPTIONS.items()}
+  crop = _signature_defaults(geometry.inception_crop)
+  assert crop == {k: declared[k] for k in ("area_range", "aspect_range", "max_attempts")}
+  assert _signature_defaults(colour.color_distortion) == {
+      k: declared[k] for k in presets.PHOTOMETRIC_STRENGTHS}
+  assert _signature_defaults(colour.pca_lighting)["alpha_std"] == declared["pca_alpha_std"]
+  assert geometry.INTERPOLATION_METHODS == declared["interpolations"]
+
+
+def test_dali_supports_exactly_the_presets_whose_host_ops_it_implements():
+  for name, preset in presets.PRESETS.items():
+    host_ops = [op for op in preset.ops if not presets.OPS[op].on_device("dali")]
+    implemented = all(op in plans.DALI_OPS for op in host_ops)
+    assert (name in plans.PRESETS) == implemented, name
+  assert set(plans.PRESETS) == {"alexnet", "scale_jitter", "inception"}  # no pad, no centre view
+
+
+@pytest.mark.parametrize("name", list(plans.PRESETS))
+def test_dali_takes_the_declared_options_and_defaults(name):
+  assert plans.PRESET_KWARGS[name] == set(presets.PRESETS[name].options)
+  for op in presets.PRESETS[name].ops:
+    assert op in plans.DALI_OPS or op in device.DEVICE_OPS, (name, op)
+  made = plans.make_preset(name, 224)
+  for option, value in presets.resolve(name, {}, 224).items():
+    if hasattr(made, option):
+      assert getattr(made, option) == value, (name, option)
+  fields = {f.name: f.default for f in dataclasses.fields(plans.Preset)}
+  for option in ("area_range", "aspect_range", "max_attempts", "interpolations", "flip"):
+    assert fields[option] == presets.OPTIONS[option].default, option
+
+
+def test_the_device_implements_every_device_op_with_the_declared_defaults():
+  for preset in presets.PRESETS.values():
+    for op in preset.ops:
+      if presets.OPS[op].device_from is not None:
+        assert op in device.DEVICE_OPS, (preset.name, op)
+  alpha = {f.name: f.default for f in dataclasses.fields(device.PcaLighting)}["alpha_std"]
+  assert alpha == presets.OPTIONS["pca_alpha_std"].default
+  assert {f.name for f in dataclasses.fields(device.Photometric)} == set(presets.PHOTOMETRIC_STRENGTHS)
+  assert colour.PHOTOMETRIC_DEFAULTS == {
+      k: presets.OPTIONS[k].default for k in presets.PHOTOMETRIC_STRENGTHS}
+
+
+def test_each_boundary_moves_the_declared_ops_to_the_device():
+  inception = [presets.OPS[op] for op in presets.PRESETS["inception"].ops]
+  assert [op.name for op in inception if op.on_device("uint8")] == [
+      "photometric", "pca_lighting", "normalize"]
+  assert [op.name for op in inception if op.on_device("canvas")] == [
+      "random_resize", "flip", "photometric", "pca_lighting", "normalize"]
+  assert not any(op.on_device("float32") for op in presets.OPS.values())
+
+
+def test_options_resolve_relative_to_the_input_side():
+  assert presets.resolve("alexnet", {}, 224)["resize_size"] == 256
+  assert presets.resolve("scale_jitter", {}, 224)[("scale_min")] == 256
+  assert presets.resolve("scale_jitter", {"scale_max": 300}, 224)["scale_max"] == 300
+  assert presets.unknown_options("cifar", {"pad": 2, "hue": 0.1}) == ["hue"]
+
+
+def test_evaluation_views_are_built_from_their_declarations():
+  from cnnjax.data import views
+  assert views.VIEWS == tuple(presets.VIEWS)
+  assert views._VIEW_KWARGS == {n: set(v.options) for n, v in presets.VIEWS.items()}  # pylint: disable=protected-access
+  assert (views.DEFAULT_MULTISCALE, views.GOOGLENET_SCALES) == (presets.VGG_SCALES,
+                                                                presets.GOOGLENET_SCALES)
+  assert views.NATIVE_PAD == presets.OPTIONS["pad"].default
+  assert views.CROP_FRACTION == presets.VIEWS["center"].defaults["crop_fraction"]
+  for name in presets.VIEWS:  # every declared view builds
+    views.eval_op(name, image_size=32, native_size=None, normalize_op=colour.to_float(),
+                  **({"scales": (40,)} if name in ("multiscale", "144crop", "150crop") else {}))
