@@ -2,11 +2,13 @@
 
 Ten classes of flat shapes (disc, ring, square, square frame, triangle,
 plus, star, crescent, half-disc, L), each drawn at a random position, scale
-(circumradius 18-42% of the image side, a factor 2.3), rotation and
-colour, half of them with a striped texture, on a cluttered background: a
-two-colour gradient, eight random strokes in random colours and pixel
-noise. The object's colour differs from the gradient's mid colour by at
-least 60 levels in each channel. Everything is drawn with vectorised numpy at
+(circumradius 20-44% of the image side, a factor 2.2), rotation (up to
+30 degrees either way) and
+colour, 30% of them with a striped texture, on a cluttered background: a
+two-colour gradient (a random colour and one within 80 levels of it), four
+thin random strokes in random colours and pixel noise. The object is darker
+than a light background and lighter than a dark one (its colour at least 60
+levels from the gradient's mid colour, where the channel leaves that room). Everything is drawn with vectorised numpy at
 twice the resolution and averaged 2x2 (anti-aliased edges).
 
 The dataset is a function of its options: the same (split, seed, size)
@@ -39,11 +41,14 @@ CLASS_NAMES = ("disc", "ring", "square", "square_frame", "triangle", "plus", "st
 NUM_CLASSES = len(CLASS_NAMES)
 SPLITS = ("train", "test")
 BLOCK = 1000  # examples per seeded block; a multiple of NUM_CLASSES (exact balance)
-SCALE_RANGE = (0.18, 0.42)  # circumradius / image side
-NUM_STROKES = 8
-NOISE_STD = 8.0
-MIN_CONTRAST = 60  # per channel, object vs the background gradient's mid colour
+SCALE_RANGE = (0.2, 0.44)  # circumradius / image side
+MAX_ROTATION = 30  # degrees either way
+NUM_STROKES = 4
+GRADIENT = 80  # the gradient's second colour is within this many levels of the first
+NOISE_STD = 6.0
+MIN_CONTRAST = 60  # brightness, object vs the background gradient's mid colour
 SUPERSAMPLE = 2
+STRIPED_FRACTION = 0.3  # objects drawn with a striped texture
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 256
 
 
@@ -150,7 +155,7 @@ def _render_block(rng: np.random.Generator, count: int, size: int) -> Examples:
 
   # Background: a linear gradient between two colours in a random direction.
   colour_a = rng.uniform(0, 255, (count, 3))
-  colour_b = rng.uniform(0, 255, (count, 3))
+  colour_b = np.clip(colour_a + rng.uniform(-GRADIENT, GRADIENT, (count, 3)), 0, 255)
   angle = rng.uniform(0, 2 * np.pi, count)
   ramp = ((px - size / 2) * col(np.cos(angle)) + (py - size / 2) * col(np.sin(angle))) / size + 0.5
   ramp = np.clip(ramp, 0, 1)[..., None]
@@ -162,7 +167,7 @@ def _render_block(rng: np.random.Generator, count: int, size: int) -> Examples:
     x0, y0 = rng.uniform(0, size, (2, count))
     length = rng.uniform(0.15, 0.5, count) * size
     direction = rng.uniform(0, 2 * np.pi, count)
-    width = rng.uniform(0.5, 1.2, count)
+    width = rng.uniform(0.35, 0.7, count)
     colour = rng.uniform(0, 255, (count, 3)).astype(np.float32)
     distance = _segment_distance(px, py, col(x0), col(y0), col(x0 + length * np.cos(direction)),
                                  col(y0 + length * np.sin(direction)))
@@ -174,19 +179,25 @@ def _render_block(rng: np.random.Generator, count: int, size: int) -> Examples:
   radius = scales * size
   cx = rng.uniform(radius, size - radius)
   cy = rng.uniform(radius, size - radius)
-  rotation = rng.uniform(0, 2 * np.pi, count)
-  under = (colour_a + colour_b) / 2  # the gradient's colour at the image centre
-  step = rng.uniform(MIN_CONTRAST, 127, (count, 3))
-  colour = np.where(under > 127.5, under - step, under + step).astype(np.float32)
+  rotation = np.deg2rad(rng.uniform(-MAX_ROTATION, MAX_ROTATION, count))
+  # Darker than a light background, lighter than a dark one: at least MIN_CONTRAST levels
+  # of brightness from the gradient's mid colour, in every channel.
+  under = (colour_a + colour_b) / 2
+  light = under.mean(axis=1, keepdims=True) > 127.5
+  darker = under * rng.uniform(0, 1 - MIN_CONTRAST / 255, (count, 1))
+  lighter = under + (255 - under) * rng.uniform(MIN_CONTRAST / 255, 1, (count, 1))
+  colour = np.where(light, np.minimum(darker, under - MIN_CONTRAST * (under >= MIN_CONTRAST)),
+                    np.maximum(lighter, under + MIN_CONTRAST * (under <= 255 - MIN_CONTRAST)))
+  colour = np.clip(colour, 0, 255).astype(np.float32)
   dx, dy = px - col(cx), py - col(cy)
   cos, sin = col(np.cos(rotation)), col(np.sin(rotation))
   u = (dx * cos + dy * sin) / col(radius)
   v = (-dx * sin + dy * cos) / col(radius)
   inside = _inside(labels[:, None, None], u, v)
-  striped = rng.random(count) < 0.5
+  striped = rng.random(count) < STRIPED_FRACTION
   period = rng.uniform(0.35, 0.7, count)  # in circumradii
   stripes = np.sin(2 * np.pi * u / col(period)) > 0
-  shade = np.where(striped[:, None, None] & stripes, np.float32(0.6), np.float32(1.0))[..., None]
+  shade = np.where(striped[:, None, None] & stripes, np.float32(0.7), np.float32(1.0))[..., None]
   canvas = np.where(inside[..., None], colour[:, None, None, :] * shade, canvas)
 
   # Anti-alias (2x2 mean), then noise.
@@ -236,8 +247,8 @@ def _builder_classes():
   class CnnjaxShapes(tfds.core.GeneratorBasedBuilder):
     """Procedurally generated shapes on clutter (cnnjax.data.shapes)."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Ten shape classes on a cluttered background."}
+    VERSION = tfds.core.Version("1.3.0")
+    RELEASE_NOTES = {"1.3.0": "Ten shape classes on a cluttered background."}
 
     def _info(self) -> tfds.core.DatasetInfo:
       side = self.builder_config.options.size
