@@ -55,6 +55,7 @@ class Recipe:
   weight_decay: float = 5e-4
   weight_decay_mask: str = "kernels"
   warmup_steps: int = 20
+  normalize: str = "per_channel_std"  # mean and std per channel, from the training split
 
 
 @dataclasses.dataclass
@@ -68,23 +69,44 @@ class Run:
   seconds: float
 
 
+# Compiled programs are shared by every run with the same network object and optimiser
+# settings (recipes that differ only in their data reuse one compilation).
+_OPTIMIZERS: dict[tuple, tuple] = {}
+_INITS: dict[tuple, Callable] = {}
+_SCORES: dict[int, Callable] = {}
+
+
+def _train_step():
+  from cnnjax.train import steps as steps_lib  # pylint: disable=import-outside-toplevel
+  if "step" not in _INITS:
+    _INITS["step"] = jax.jit(steps_lib.train_step_fn, donate_argnums=0)
+  return _INITS["step"]
+
+
 class Trainer:
   """Trains one model under one recipe from any seed; compiles its step once."""
 
   def __init__(self, model, recipe: Recipe, data_dir: str):
-    from cnnjax.train import optim, state, steps as steps_lib  # pylint: disable=import-outside-toplevel
+    from cnnjax.train import optim, state  # pylint: disable=import-outside-toplevel
     self.model, self.recipe, self.data_dir = model, recipe, data_dir
-    self.tx = optim.create_optimizer({
-        "optimizer": "sgd", "learning_rate": recipe.learning_rate, "lr_scaling": "none",
-        "momentum": 0.9, "weight_decay": recipe.weight_decay, "nesterov": False,
-        "weight_decay_mask": recipe.weight_decay_mask, "grad_clip_norm": 0.0})
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0, recipe.learning_rate, min(recipe.warmup_steps, recipe.num_steps // 2),
-        recipe.num_steps)
-    self.step_recipe = state.StepRecipe(learning_rate_fn=schedule)
-    self._init = jax.jit(lambda rng, image: state.init_train_state(
-        model, self.tx, self.step_recipe, rng, image))
-    self._step = jax.jit(steps_lib.train_step_fn, donate_argnums=0)
+    key = (recipe.learning_rate, recipe.weight_decay, recipe.weight_decay_mask,
+           recipe.num_steps, recipe.warmup_steps)
+    if key not in _OPTIMIZERS:
+      tx = optim.create_optimizer({
+          "optimizer": "sgd", "learning_rate": recipe.learning_rate, "lr_scaling": "none",
+          "momentum": 0.9, "weight_decay": recipe.weight_decay, "nesterov": False,
+          "weight_decay_mask": recipe.weight_decay_mask, "grad_clip_norm": 0.0})
+      schedule = optax.warmup_cosine_decay_schedule(
+          0.0, recipe.learning_rate, min(recipe.warmup_steps, recipe.num_steps // 2),
+          recipe.num_steps)
+      _OPTIMIZERS[key] = (tx, state.StepRecipe(learning_rate_fn=schedule))
+    self.tx, self.step_recipe = _OPTIMIZERS[key]
+    init_key = (id(model), id(self.tx))
+    if init_key not in _INITS:
+      _INITS[init_key] = jax.jit(lambda rng, image: state.init_train_state(
+          model, self.tx, self.step_recipe, rng, image))
+    self._init = _INITS[init_key]
+    self._step = _train_step()
 
   def run(self, seed: int, *, start: Callable[[dict], dict] | None = None,
           log_every: int = 10) -> Run:
@@ -96,7 +118,8 @@ class Trainer:
     batches = cnnjax.data.train_iterator(
         recipe.dataset, data_dir=self.data_dir, global_batch_size=recipe.batch_size,
         augment=recipe.augment, augment_kwargs=dict(recipe.augment_kwargs),
-        image_size=recipe.image_size, seed=seed, device_preprocessing=False)
+        image_size=recipe.image_size, seed=seed, normalize=recipe.normalize,
+        device_preprocessing=False)
     sample = jnp.zeros((recipe.batch_size, recipe.image_size, recipe.image_size, 3))
     train_state = self._init(jax.random.PRNGKey(seed), sample)
     if start is not None:
@@ -129,7 +152,7 @@ class Scorer:
 
   def __init__(self, model, dataset: str, data_dir: str, *, split: str = "test",
                image_size: int, view: str = "center", view_kwargs: Mapping[str, Any] | None = None,
-               batch_size: int = 250, image_keys: Sequence[str] | None = None,
+               batch_size: int = 250, normalize: str = "per_channel_std",
                transform: Callable[[dict], dict] | None = None):
     """`transform` rewrites each batch of images (e.g. rescaled copies for multi-scale testing)."""
     import cnnjax.data  # pylint: disable=import-outside-toplevel
@@ -138,15 +161,18 @@ class Scorer:
     for batch in cnnjax.data.eval_iterator(dataset, data_dir=data_dir, split=split,
                                            global_batch_size=batch_size, view=view,
                                            view_kwargs=dict(view_kwargs or {}),
-                                           image_size=image_size, device_preprocessing=False):
+                                           image_size=image_size, normalize=normalize,
+                                           device_preprocessing=False):
       batch = dict(batch)
       if transform is not None:
         batch = transform(batch)
       self.batches.append(batch)
     self.labels = np.concatenate([b["label"][b["mask"]] for b in self.batches])
     keys = [k for k in self.batches[0] if k not in ("label", "mask")]
-    self._scores = jax.jit(lambda variables, images: jax.nn.softmax(
-        scoring.view_scores(model.apply, variables, images), axis=-1))
+    if id(model) not in _SCORES:
+      _SCORES[id(model)] = jax.jit(lambda variables, images: jax.nn.softmax(
+          scoring.view_scores(model.apply, variables, images), axis=-1))
+    self._scores = _SCORES[id(model)]
     self._keys = keys
 
   def posteriors(self, variables) -> np.ndarray:

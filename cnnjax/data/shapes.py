@@ -110,32 +110,40 @@ def parse_name(name: str) -> ShapesOptions:
   return options
 
 
-def _inside(class_ids: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-  """Whether object coordinates (u, v) (circumradius 1) lie inside each example's shape."""
+def _shape_mask(index: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+  """Whether object coordinates (u, v) (circumradius 1) lie inside shape `index`."""
   rho = np.hypot(u, v)
-  theta = np.arctan2(v, u)
   box = np.maximum(np.abs(u), np.abs(v))
+  name = CLASS_NAMES[index]
+  if name == "disc":
+    return rho < 0.9
+  if name == "ring":
+    return (rho < 0.95) & (rho > 0.55)
+  if name == "square":
+    return box < 0.68
+  if name == "square_frame":
+    return (box < 0.7) & (box > 0.38)
+  if name == "triangle":  # regular, circumradius 1
+    sector = 2 * np.pi / 3
+    return rho * np.cos(np.mod(np.arctan2(v, u), sector) - sector / 2) < np.cos(np.pi / 3)
+  if name == "plus":
+    return ((np.abs(u) < 0.28) & (np.abs(v) < 0.9)) | ((np.abs(v) < 0.28) & (np.abs(u) < 0.9))
+  if name == "star":
+    return rho < 0.45 + 0.55 * np.abs(np.cos(2.5 * np.arctan2(v, u))) ** 3
+  if name == "crescent":
+    return (rho < 0.95) & (np.hypot(u - 0.5, v) > 0.75)
+  if name == "half_disc":
+    return (rho < 0.95) & (v < 0.15)
+  return (box < 0.72) & ~((u > -0.25) & (v > -0.25))  # corner (an L)
 
-  def polygon(sides: int) -> np.ndarray:  # regular, circumradius 1
-    sector = 2 * np.pi / sides
-    return rho * np.cos(np.mod(theta, sector) - sector / 2) < np.cos(np.pi / sides)
 
-  star_radius = 0.45 + 0.55 * np.abs(np.cos(2.5 * theta)) ** 3
-  masks = (
-      rho < 0.9,                                                      # disc
-      (rho < 0.95) & (rho > 0.55),                                    # ring
-      box < 0.68,                                                     # square
-      (box < 0.7) & (box > 0.38),                                     # square frame
-      polygon(3),                                                     # triangle
-      ((np.abs(u) < 0.28) & (np.abs(v) < 0.9)) | ((np.abs(v) < 0.28) & (np.abs(u) < 0.9)),
-      rho < star_radius,                                              # star
-      (rho < 0.95) & (np.hypot(u - 0.5, v) > 0.75),                   # crescent
-      (rho < 0.95) & (v < 0.15),                                      # half-disc
-      (box < 0.72) & ~((u > -0.25) & (v > -0.25)),                    # corner (an L)
-  )
+def _inside(class_ids: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+  """[N, H, W]: whether each example's pixels lie inside its class's shape."""
   out = np.zeros(u.shape, bool)
-  for index, mask in enumerate(masks):
-    out |= (class_ids == index) & mask
+  for index in range(NUM_CLASSES):
+    chosen = class_ids == index
+    if chosen.any():
+      out[chosen] = _shape_mask(index, u[chosen], v[chosen])
   return out
 
 
@@ -193,7 +201,7 @@ def _render_block(rng: np.random.Generator, count: int, size: int) -> Examples:
   cos, sin = col(np.cos(rotation)), col(np.sin(rotation))
   u = (dx * cos + dy * sin) / col(radius)
   v = (-dx * sin + dy * cos) / col(radius)
-  inside = _inside(labels[:, None, None], u, v)
+  inside = _inside(labels, u, v)
   striped = rng.random(count) < STRIPED_FRACTION
   period = rng.uniform(0.35, 0.7, count)  # in circumradii
   stripes = np.sin(2 * np.pi * u / col(period)) > 0
