@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -13,8 +14,7 @@ from cnnjax.models.deepen import deepen
 SIZE = 8
 
 
-def _variables(model, seed):
-  return model.init(jax.random.PRNGKey(seed), np.zeros((1, SIZE, SIZE, 3), np.float32))
+IMAGES = np.random.default_rng(3).normal(size=(4, SIZE, SIZE, 3)).astype(np.float32)
 
 
 def _trained_like(variables, seed):
@@ -29,29 +29,31 @@ def _trained_like(variables, seed):
 
 
 @pytest.mark.parametrize("family, residual", [("cifar_plain", False), ("cifar_resnet", True)])
-def test_deepened_net_computes_the_shallow_function(family, residual):
+def test_deepened_net_computes_the_shallow_function(family, residual, make_variables,
+                                                    fast_compile):
   shallow_model = models.create(f"{family}20", width_multiplier=0.25)
   deep_model = models.create(f"{family}32", width_multiplier=0.25)
-  shallow = _trained_like(_variables(shallow_model, 0), 1)
-  deep = _variables(deep_model, 2)
+  shallow = _trained_like(make_variables(shallow_model, IMAGES, 0), 1)
+  deep = make_variables(deep_model, IMAGES, 2)
   built = deepen(shallow, deep, residual=residual)
-  images = np.random.default_rng(3).normal(size=(4, SIZE, SIZE, 3)).astype(np.float32)
-  expected = shallow_model.apply(shallow, images)
-  got = deep_model.apply(built, images)
-  np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
-  # the fresh deep net computes something else (the test can fail)
-  assert np.abs(deep_model.apply(deep, images) - expected).max() > 1e-2
+  expected = fast_compile(shallow_model.apply, shallow, IMAGES)(shallow, IMAGES)
+  deep_apply = fast_compile(deep_model.apply, deep, IMAGES)
+  np.testing.assert_allclose(deep_apply(jax.tree.map(jnp.asarray, built), IMAGES), expected,
+                             rtol=1e-4, atol=1e-4)
+  # the deep net's own variables compute something else (the test can fail)
+  assert np.abs(deep_apply(deep, IMAGES) - expected).max() > 1e-2
   # inputs untouched; copied layers equal
   np.testing.assert_array_equal(built["params"]["fc"]["kernel"], shallow["params"]["fc"]["kernel"])
 
 
-def test_refuses_mismatched_nets_and_wrong_blocks():
-  small = _variables(models.create("cifar_plain20", width_multiplier=0.25), 0)
-  wider = _variables(models.create("cifar_plain32", width_multiplier=0.5), 0)
+def test_refuses_mismatched_nets_and_wrong_blocks(make_variables):
+  def variables(name, width):
+    return make_variables(models.create(name, width_multiplier=width), IMAGES)
+  small = variables("cifar_plain20", 0.25)
+  wider = variables("cifar_plain32", 0.5)
   with pytest.raises(ModelError, match="differ only in their block counts"):
     deepen(small, wider, residual=False)
   with pytest.raises(ModelError, match="at least as many blocks"):
-    deepen(_variables(models.create("cifar_plain32", width_multiplier=0.25), 0), small,
-           residual=False)
+    deepen(variables("cifar_plain32", 0.25), small, residual=False)
   with pytest.raises(ModelError, match="stage"):
     deepen({"params": {"fc": {}}}, small, residual=False)
