@@ -4,7 +4,8 @@ Three kinds of names, one reading path:
   * any tfds image-classification dataset ("cifar10", "imagenet2012", ...);
   * "image_folder:<path>", a local folder of class sub-folders, prepared by
     our own tfds builder (`cnnjax.data.image_folder`);
-  * "digits", the embedded offline default (`cnnjax.data.digits`).
+  * "digits", the embedded offline default (`cnnjax.data.digits`);
+  * "shapes[:options]", generated offline (`cnnjax.data.shapes`).
 
 Every source yields `{"image": <encoded bytes or uint8 HxWxC>, "label": int64}`
 in a fixed order for this process's share of a split; shuffling, decoding and
@@ -337,6 +338,9 @@ def _open_source(dataset: str, root: str, on_bad_image: str) -> Source:
   if dataset == DIGITS:
     from cnnjax.data.digits import CnnjaxDigits
     builder = CnnjaxDigits(data_dir=root)
+  elif dataset == "shapes" or dataset.startswith("shapes:"):
+    from cnnjax.data.shapes import shapes_builder
+    builder = shapes_builder(dataset, root)
   elif dataset.startswith(IMAGE_FOLDER_PREFIX):
     from cnnjax.data.image_folder import image_folder_builder
     builder = image_folder_builder(dataset[len(IMAGE_FOLDER_PREFIX):], root,

@@ -6,7 +6,7 @@ Both networks are the same module, `AlexNet`, reading a layer table:
   expressed as grouped convolutions (feature_group_count=2) in conv2, conv4
   and conv5, which gives the published 60,965,224 parameters. ReLU, LRN with
   the paper's formula (k=2, n=5, alpha=1e-4, beta=0.75, no 1/n) after conv1
-  and conv2, overlapping 3x3/2 max pooling, dropout 0.5 on the outputs of fc6
+  and conv2, overlapping 3x3/2 max pooling (`pool_window`, `pool_stride`), dropout 0.5 on the outputs of fc6
   and fc7, N(0, 0.01) weights, biases 1 in conv2, conv4, conv5, fc6, fc7.
 * `ALEXNET_TORCHVISION` ("alexnet_v2"): Krizhevsky's 2014 "one weird trick"
   single tower as in torchvision: 64/192/384/256/256 channels, no LRN, no
@@ -79,11 +79,12 @@ POOL_WINDOW, POOL_STRIDE = 3, 2  # overlapping pooling (s < z)
 POOL5_SIZE = 6
 
 
-def _pooled_size(size: int, table: Sequence[ConvLayer]) -> int:
+def _pooled_size(size: int, table: Sequence[ConvLayer], window: int = POOL_WINDOW,
+                 stride: int = POOL_STRIDE) -> int:
   for row in table:
     size = (size + 2 * row.padding - row.kernel) // row.stride + 1
     if row.pool:
-      size = (size - POOL_WINDOW) // POOL_STRIDE + 1
+      size = (size - window) // stride + 1
     if size < 1:
       return 0
   return size
@@ -103,6 +104,10 @@ class AlexNet(layers.ConvNet):
   dropout_before_fc: bool = False  # torchvision: dropout on the inputs of fc6, fc7
   fc_bias: float = 1.0  # initial bias of fc6 and fc7
   adaptive_pool: bool = True  # average pool5 to 6x6 for inputs other than 224..227
+  # Max pooling window z and stride s: the paper's overlapping 3x3/2 (s < z); 2x2/2 is
+  # its non-overlapping control, which gives maps of the same size (Sec. 3.4).
+  pool_window: int = POOL_WINDOW
+  pool_stride: int = POOL_STRIDE
   kernel_init: str = "gaussian"
   dense_init: str = "gaussian"
 
@@ -114,7 +119,8 @@ class AlexNet(layers.ConvNet):
 
   @property
   def min_image_size(self) -> int:
-    return next(n for n in range(1, 1024) if _pooled_size(n, self.conv_layers) >= 1)
+    return next(n for n in range(1, 1024) if _pooled_size(
+        n, self.conv_layers, self.pool_window, self.pool_stride) >= 1)
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False, features: bool = False):
@@ -133,7 +139,7 @@ class AlexNet(layers.ConvNet):
       if row.lrn and self.lrn:
         x = layers.LocalResponseNorm(size=5, k=2.0, alpha=1e-4, beta=0.75)(x)
       if row.pool:
-        x = self.max_pool(x, (POOL_WINDOW,) * 2, (POOL_STRIDE,) * 2)
+        x = self.max_pool(x, (self.pool_window,) * 2, (self.pool_stride,) * 2)
       feats[row.name] = x
 
     if x.shape[1:3] != (POOL5_SIZE, POOL5_SIZE):

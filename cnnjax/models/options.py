@@ -46,6 +46,8 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "in_channels": (_at_least_one, "an integer >= 1 (3 for RGB)"),
     "width": (_at_least_one, "an integer >= 1 (channels of the first stage)"),
     "fc_features": (_at_least_one, "an integer >= 1"),
+    "pool_window": (_at_least_one, "an integer >= 1 (pixels; AlexNet's is 3)"),
+    "pool_stride": (_at_least_one, "an integer >= 1 (pixels; AlexNet's is 2)"),
     "width_multiplier": (_positive, "a number > 0 (1.0 is the paper's width)"),
     "dropout_rate": (_fraction, "a number in [0, 1)"),
     "aux_dropout_rate": (_fraction, "a number in [0, 1)"),
