@@ -28,6 +28,7 @@ import jax
 import numpy as np
 
 from cnnjax.errors import CnnjaxError, ModelError
+from cnnjax.scoring import predict_views
 
 
 def predict(model: nn.Module, variables: Any, inputs: Any, *, view: str | None = None,
@@ -42,7 +43,6 @@ def predict(model: nn.Module, variables: Any, inputs: Any, *, view: str | None =
     view: the evaluation view the inputs were cut for, checked against their layout.
     batch_size: images per forward pass.
   """
-  from cnnjax.evaluate import predict_views  # pylint: disable=import-outside-toplevel
   if batch_size < 1:
     raise ModelError(f"batch_size must be >= 1, got {batch_size}")
   step = jax.jit(lambda v, batch: predict_views(model, v, batch, view))

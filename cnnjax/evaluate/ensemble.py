@@ -38,13 +38,9 @@ from cnnjax import logs
 from cnnjax.errors import ConfigError, DataError, ModelError, close_matches
 from cnnjax import scoring
 from cnnjax.scoring.metrics import averages_from_sums
+from cnnjax.scoring.views import (  # noqa: F401  (VIEWS, DATA_VIEWS, predict_views: re-exported)
+    DATA_VIEWS, DENSE_VIEWS, VIEWS, check_layout, predict_views)
 
-VIEWS = ("center", "10crop", "dense_multiscale", "144crop", "150crop", "dense+150crop")
-# Names of the same views in cnnjax.data.eval_iterator ("dense+150crop" reads
-# whole images one at a time: cnnjax.data.views.whole_image_batches).
-DATA_VIEWS = {"center": "center", "10crop": "10crop", "dense_multiscale": "multiscale",
-              "144crop": "144crop", "150crop": "150crop", "dense+150crop": "multiscale"}
-DENSE_VIEWS = ("dense_multiscale", "dense+150crop")
 # ResNet paper, Table 3 footnote / Section 3.4: fully-convolutional test scales.
 GOOGLENET_SCALES = (256, 288, 320, 352)  # the 144-crop scales, for 224 crops
 REFERENCE_SIZE = 224  # the papers' crop; scales are given for it
@@ -136,13 +132,8 @@ def model_for_view(model: nn.Module, view: str, config: Mapping[str, Any] | None
     raise ConfigError(f"unknown view {view!r}; {close_matches(view, VIEWS)}")
   if view not in DENSE_VIEWS:
     return model
-  spec = _spec(model, config)
-  if spec is None or spec.dense is None:
-    raise ModelError(
-        f"view 'dense_multiscale' needs a fully convolutional network (VGG, whose FC layers "
-        f"become convolutions, or ResNet); {type(model).__name__} is not one. Use '10crop' "
-        f"(AlexNet, ResNet) or '144crop' (GoogLeNet), or 'center'.")
-  return spec.dense(model)
+  from cnnjax import models  # pylint: disable=import-outside-toplevel
+  return models.dense_form(model, (config or {}).get("model"))
 
 
 def dense_scales(model: nn.Module, config: Mapping[str, Any] | None = None,
@@ -166,50 +157,6 @@ def _view_scales(member: Member, view: str, image_size: int | None) -> tuple[int
       size = int(image_size or (member.config or {}).get("image_size") or REFERENCE_SIZE)
       return tuple(int(round(q * size / REFERENCE_SIZE)) for q in (256, 384, 512))
   return dense_scales(member.model, member.config, image_size)
-
-
-def predict_views(model: nn.Module, variables: Any, batch: Mapping[str, Any] | Any,
-                  view: str | None = None) -> jax.Array:
-  """Class posteriors [B, classes] of one model, averaged over the batch's views.
-
-  `batch` is an eval batch of cnnjax.data.eval_iterator for the matching
-  data view (or, for the single-array views, the image array itself):
-  "center" [B, H, W, 3]; "10crop"/"144crop" [B, V, H, W, 3];
-  "dense_multiscale" keys "image_q<Q>" of [B, 2, Q, Q, 3] (image and mirror).
-  Softmax first, then the mean: the papers average posteriors, not logits.
-  For dense views the model should be `model_for_view(model, view)`.
-  `view`, when given, is checked against the batch's layout.
-  """
-  if not isinstance(batch, Mapping):
-    batch = {"image": batch}
-  if view is not None:
-    _check_layout(batch, view)
-  return jax.nn.softmax(scoring.view_scores(model.apply, variables, batch), axis=-1)
-
-
-def _check_layout(batch: Mapping[str, Any], view: str) -> None:
-  """DataError when a batch was read for another view than `view`."""
-  if view not in VIEWS:
-    raise ConfigError(f"unknown view {view!r}; {close_matches(view, VIEWS)}")
-  dense = bool(scoring.dense_keys(batch))
-  if view == "dense+150crop":
-    if not dense or getattr(batch.get("image"), "ndim", None) != 5:
-      raise DataError("view 'dense+150crop' takes batches with 'image_q<Q>' keys and 'image' "
-                      "[B, views, H, W, 3]; read them with cnnjax.data.views.whole_image_batches "
-                      "(crop_scales=...).")
-    return
-  if view == "dense_multiscale":
-    if not dense:
-      raise DataError("view 'dense_multiscale' takes batches with one 'image_q<Q>' key per "
-                      "scale; read the data with eval_iterator(view='multiscale').")
-    return
-  ndim = getattr(batch.get("image"), "ndim", None)
-  expected = 4 if view == "center" else 5
-  if dense or ndim != expected:
-    layout = "[B, H, W, 3]" if view == "center" else "[B, views, H, W, 3]"
-    shape = getattr(batch.get("image"), "shape", sorted(batch))
-    raise DataError(f"view {view!r} takes images {layout}; got {shape}. Read the data with "
-                    f"eval_iterator(view={DATA_VIEWS[view]!r}).")
 
 
 def _make_step(models: Sequence[nn.Module], mesh, device_input=None):
@@ -364,7 +311,7 @@ def evaluate(members: Sequence[Member | tuple[nn.Module, Any]],
     from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
     batches = tqdm(batches, total=total, desc=f"evaluate {view}", unit="batch",
                    disable=jax.process_index() != 0 or not logs.progress_bars_shown())
-  checked = (_check_layout(batch, view) or batch for batch in batches)
+  checked = (check_layout(batch, view) or batch for batch in batches)
   totals = scoring.sum_over_batches(lambda batch: step(variables, batch), checked, mesh)
 
   report.update(averages_from_sums(totals["ensemble"]))

@@ -22,12 +22,12 @@ Needs only jax and flax (no TensorFlow, no optax).
 from cnnjax.errors import ModelError
 from cnnjax.models import alexnet, cpu, googlenet, layers, resnet, vgg
 from cnnjax.models.profiling import LayerRow, Profile, profile
-from cnnjax.models.registry import (ModelSpec, allowed_overrides, create, families, get_spec,
-                                    list_models, weights_of)
+from cnnjax.models.registry import (ModelSpec, allowed_overrides, create, dense_form, families,
+                                    get_spec, list_models, weights_of)
 from cnnjax.models.resnet import to_scanned_variables, to_unscanned_variables
 
 __all__ = [
     "LayerRow", "ModelError", "ModelSpec", "Profile", "alexnet", "allowed_overrides", "cpu",
-    "create", "families", "get_spec", "googlenet", "layers", "list_models", "profile", "resnet",
+    "create", "dense_form", "families", "get_spec", "googlenet", "layers", "list_models", "profile", "resnet",
     "to_scanned_variables", "to_unscanned_variables", "vgg", "weights_of",
 ]

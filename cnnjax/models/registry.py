@@ -138,6 +138,22 @@ def spec_of(model: nn.Module) -> ModelSpec | None:
   return None
 
 
+def dense_form(model: nn.Module, name: str | None = None) -> nn.Module:
+  """The fully convolutional form of `model` for dense evaluation (`ModelSpec.dense`:
+  VGG's FC layers as convolutions; ResNet as it is), same variables.
+
+  `name`: its registered name when known (else found from the module's class).
+  Raises ModelError for a family that has none.
+  """
+  spec = get_spec(name) if name in _REGISTRY else spec_of(model)
+  if spec is None or spec.dense is None:
+    raise ModelError(
+        f"view 'dense_multiscale' needs a fully convolutional network (VGG, whose FC layers "
+        f"become convolutions, or ResNet); {type(model).__name__} is not one. Use '10crop' "
+        f"(AlexNet, ResNet) or '144crop' (GoogLeNet), or 'center'.")
+  return spec.dense(model)
+
+
 def allowed_overrides(model: str | type[nn.Module]) -> list[str]:
   """The option keywords `create` accepts for a registered name or a module class."""
   module = get_spec(model).module if isinstance(model, str) else model

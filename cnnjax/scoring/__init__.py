@@ -11,7 +11,12 @@
 
 from cnnjax.scoring import losses, metrics
 from cnnjax.scoring.views import (
+    DATA_VIEWS,
     DENSE_KEY_PREFIX,
+    DENSE_VIEWS,
+    VIEWS,
+    check_layout,
+    predict_views,
     dense_keys,
     ensemble_scores,
     error_sums,
@@ -21,7 +26,12 @@ from cnnjax.scoring.views import (
 )
 
 __all__ = [
+    "DATA_VIEWS",
     "DENSE_KEY_PREFIX",
+    "DENSE_VIEWS",
+    "VIEWS",
+    "check_layout",
+    "predict_views",
     "dense_keys",
     "ensemble_scores",
     "error_sums",

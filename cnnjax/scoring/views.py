@@ -1,5 +1,7 @@
 """Scoring evaluation batches: the one path of the loop's validation and of cnnjax.evaluate.
 
+`VIEWS` names the test-time views; `predict_views` gives one model's posteriors
+for a batch of any of them, and `check_layout` names a batch read for another view.
 A batch holds one image per example ([B, H, W, 3]), several views of it
 ([B, V, H, W, 3]: 10 crops, 144 crops) or, for dense multi-scale testing,
 one key "image_q<Q>" per scale Q of [B, 2, Hq, Wq, 3] (the image and its
@@ -22,11 +24,18 @@ import jax
 import jax.numpy as jnp
 
 from cnnjax import sharding
-from cnnjax.errors import DataError
+from cnnjax.errors import ConfigError, DataError, close_matches
 from cnnjax.scoring import losses
 from cnnjax.scoring import metrics as metrics_lib
 
 DENSE_KEY_PREFIX = "image_q"
+# The test-time views cnnjax scores.
+VIEWS = ("center", "10crop", "dense_multiscale", "144crop", "150crop", "dense+150crop")
+# Names of the same views in cnnjax.data.eval_iterator ("dense+150crop" reads
+# whole images one at a time: cnnjax.data.views.whole_image_batches).
+DATA_VIEWS = {"center": "center", "10crop": "10crop", "dense_multiscale": "multiscale",
+              "144crop": "144crop", "150crop": "150crop", "dense+150crop": "multiscale"}
+DENSE_VIEWS = ("dense_multiscale", "dense+150crop")
 
 
 def dense_keys(batch: Mapping[str, Any]) -> list[str]:
@@ -107,3 +116,47 @@ def sum_over_batches(step: Callable[[dict[str, jax.Array]], Any],
   if total is None:
     raise DataError(f"{what} yielded no batches.")
   return metrics_lib.to_host(total)
+
+
+def predict_views(model: Any, variables: Any, batch: Mapping[str, Any] | Any,
+                  view: str | None = None) -> jax.Array:
+  """Class posteriors [B, classes] of one model, averaged over the batch's views.
+
+  `batch` is an eval batch of cnnjax.data.eval_iterator for the matching
+  data view (or, for the single-array views, the image array itself):
+  "center" [B, H, W, 3]; "10crop"/"144crop" [B, V, H, W, 3];
+  "dense_multiscale" keys "image_q<Q>" of [B, 2, Q, Q, 3] (image and mirror).
+  Softmax first, then the mean: the papers average posteriors, not logits.
+  For dense views the model should be `cnnjax.models.dense_form(model)`.
+  `view`, when given, is checked against the batch's layout.
+  """
+  if not isinstance(batch, Mapping):
+    batch = {"image": batch}
+  if view is not None:
+    check_layout(batch, view)
+  return jax.nn.softmax(view_scores(model.apply, variables, batch), axis=-1)
+
+
+def check_layout(batch: Mapping[str, Any], view: str) -> None:
+  """DataError when a batch was read for another view than `view`."""
+  if view not in VIEWS:
+    raise ConfigError(f"unknown view {view!r}; {close_matches(view, VIEWS)}")
+  dense = bool(dense_keys(batch))
+  if view == "dense+150crop":
+    if not dense or getattr(batch.get("image"), "ndim", None) != 5:
+      raise DataError("view 'dense+150crop' takes batches with 'image_q<Q>' keys and 'image' "
+                      "[B, views, H, W, 3]; read them with cnnjax.data.views.whole_image_batches "
+                      "(crop_scales=...).")
+    return
+  if view == "dense_multiscale":
+    if not dense:
+      raise DataError("view 'dense_multiscale' takes batches with one 'image_q<Q>' key per "
+                      "scale; read the data with eval_iterator(view='multiscale').")
+    return
+  ndim = getattr(batch.get("image"), "ndim", None)
+  expected = 4 if view == "center" else 5
+  if dense or ndim != expected:
+    layout = "[B, H, W, 3]" if view == "center" else "[B, views, H, W, 3]"
+    shape = getattr(batch.get("image"), "shape", sorted(batch))
+    raise DataError(f"view {view!r} takes images {layout}; got {shape}. Read the data with "
+                    f"eval_iterator(view={DATA_VIEWS[view]!r}).")

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Mapping
 from typing import Any
 
 from cnnjax.configs import base
-from cnnjax.errors import ConfigError, close_matches
+from cnnjax.errors import CnnjaxError, ConfigError, close_matches
 
 _NUMBER_TYPES = {int: (int,), float: (int, float), bool: (bool,), str: (str,), tuple: (tuple, list)}
 
@@ -227,6 +228,34 @@ def validate(config: Any, *, num_devices: int | None = None,
                                                      for s in profile)
                            and 0 <= profile[0] <= profile[1]),
            "profile_steps", profile, "() or (first_step, last_step)")
-  if c["init_from"]:  # another run's workdir or published weights (cnnjax.train.workdir)
-    from cnnjax.train.workdir import check_init_from_source  # pylint: disable=import-outside-toplevel
+  if c["init_from"]:  # another run's workdir or published weights
     check_init_from_source(c)
+
+
+def init_from_weights(source: str) -> tuple[str, str | None] | None:
+  """(weights source, file or None) when config.init_from names published weights
+  ("torchvision/resnet50.IMAGENET1K_V2", "keras/vgg16:/path/vgg16.h5"), else None."""
+  from cnnjax.weights import catalogue  # pylint: disable=import-outside-toplevel
+  name, _, path = source.partition(":")
+  if name.split("/", 1)[0] not in catalogue.ORIGINS or os.path.isdir(source):
+    return None
+  catalogue.get_source(name)  # ModelError with close matches for a misspelt name
+  return name, path or None
+
+
+def check_init_from_source(config: Mapping[str, Any]) -> None:
+  """ConfigError unless config.init_from is empty, a directory or a weights source name."""
+  source = config["init_from"]
+  if not source or os.path.isdir(source):
+    return
+  try:
+    weights = init_from_weights(source)
+  except CnnjaxError as error:
+    raise ConfigError(f"config.init_from={source!r}: {error}") from error
+  if weights is None:
+    raise ConfigError(
+        f"config.init_from={source!r} does not exist: pass the --workdir of a trained run, or "
+        f"published weights such as 'torchvision/resnet50.IMAGENET1K_V2' or "
+        f"'keras/vgg16:/path/to/vgg16.h5' (cnnjax.weights.list_weights())")
+  if weights[1] is not None and not os.path.exists(weights[1]):
+    raise ConfigError(f"config.init_from={source!r}: the weights file {weights[1]!r} does not exist")

@@ -17,9 +17,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from cnnjax._atomic import write_atomic
-from cnnjax.errors import CheckpointError, CnnjaxError, ConfigError, WorkdirLockedError
+from cnnjax.errors import CheckpointError, ConfigError, WorkdirLockedError
 from cnnjax.train import checkpoint as ckpt_lib
 from cnnjax.train import config as config_lib
+from cnnjax.train.config import check_init_from_source, init_from_weights
 
 # Keys that define what the parameters mean; a workdir's checkpoint must agree.
 MODEL_KEYS = ("model", "model_kwargs", "num_classes")
@@ -55,35 +56,6 @@ def check_workdir_compatible(workdir: str, config: Mapping[str, Any]) -> None:
     raise CheckpointError(
         f"{workdir} holds checkpoints of a different model ({details}). Use a fresh --workdir, "
         "or the config the checkpoints were trained with")
-
-
-def init_from_weights(source: str) -> tuple[str, str | None] | None:
-  """(weights source, file or None) when config.init_from names published weights
-  ("torchvision/resnet50.IMAGENET1K_V2", "keras/vgg16:/path/vgg16.h5"), else None."""
-  from cnnjax.weights import catalogue  # pylint: disable=import-outside-toplevel
-  name, _, path = source.partition(":")
-  if name.split("/", 1)[0] not in catalogue.ORIGINS or os.path.isdir(source):
-    return None
-  catalogue.get_source(name)  # ModelError with close matches for a misspelt name
-  return name, path or None
-
-
-def check_init_from_source(config: Mapping[str, Any]) -> None:
-  """ConfigError unless config.init_from is empty, a directory or a weights source name."""
-  source = config["init_from"]
-  if not source or os.path.isdir(source):
-    return
-  try:
-    weights = init_from_weights(source)
-  except CnnjaxError as error:
-    raise ConfigError(f"config.init_from={source!r}: {error}") from error
-  if weights is None:
-    raise ConfigError(
-        f"config.init_from={source!r} does not exist: pass the --workdir of a trained run, or "
-        f"published weights such as 'torchvision/resnet50.IMAGENET1K_V2' or "
-        f"'keras/vgg16:/path/to/vgg16.h5' (cnnjax.weights.list_weights())")
-  if weights[1] is not None and not os.path.exists(weights[1]):
-    raise ConfigError(f"config.init_from={source!r}: the weights file {weights[1]!r} does not exist")
 
 
 def check_init_from(config: Mapping[str, Any], workdir: str) -> None:

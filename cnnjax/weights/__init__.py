@@ -121,8 +121,10 @@ class Weights:
 
   def model_for_view(self, view: str) -> nn.Module:
     """The network as `view` runs it (dense views: fully convolutional, same variables)."""
-    from cnnjax.evaluate import model_for_view  # pylint: disable=import-outside-toplevel
-    return model_for_view(self.model, view, {"model": self.source.model})
+    if not view.startswith("dense"):  # dense_multiscale, dense+150crop
+      return self.model
+    from cnnjax import models  # pylint: disable=import-outside-toplevel
+    return models.dense_form(self.model, self.source.model)
 
   def to_nnx(self, rngs: Any = None):
     """The network with these weights as a flax.nnx module (`to_nnx`)."""
