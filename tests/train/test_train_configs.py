@@ -29,7 +29,7 @@ def test_every_recipe_validates_and_documents_itself(name, arg):
   config_lib.validate(config, num_devices=1, model_names=_model_names())
   module = __import__(f"cnnjax.configs.{name}", fromlist=["get_config"])
   doc = module.__doc__
-  assert "python train.py" in doc and "Hardware" in doc and ("Aims at" in doc or "Result" in doc)
+  assert ("cnnjax-train" in doc or "python train.py" in doc) and "Hardware" in doc and ("Aims at" in doc or "Result" in doc)
 
 
 def test_recipes_list_matches_files():
