@@ -51,7 +51,7 @@ def pipeline_images(folder, view, view_kwargs, normalize):
   batches = cnnjax.data.eval_iterator(
       f"image_folder:{images_root}", data_dir=data_dir, split="val", global_batch_size=2,
       view=view, view_kwargs=view_kwargs, image_size=224, normalize=normalize,
-      device_preprocessing=False)
+      boundary="float32")
   return np.concatenate([batch["image"][batch["mask"]] for batch in batches])
 
 
