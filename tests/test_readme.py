@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tomllib
 
+import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,7 +68,7 @@ def test_ci_runs_the_readme_test_command_verbatim():
 
 @pytest.mark.slow  # a fresh process importing JAX and tracing ResNet-50: ~40 s on a busy 2-core CPU
 def test_the_python_example_runs(tmp_path):
-  (example,) = _blocks("python")
+  example = _blocks("python")[0]
   assert len(example.strip().splitlines()) <= 10
   environ = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
   result = subprocess.run([sys.executable, "-c", example], cwd=tmp_path, env=environ,
@@ -120,3 +121,28 @@ def test_docs_pages_link_to_pages_that_exist():
       if not os.path.exists(os.path.join(REPO, path)) and path not in PAGES_WRITTEN_ELSEWHERE:
         unexpected.append(f"{name}: {target}")
   assert not unexpected, unexpected
+
+
+@pytest.mark.slow  # torchvision's ResNet-18 saved once, then a fresh process: ~40 s on 2 cores
+def test_the_weights_example_runs_offline(tmp_path):
+  """The README's weights example, verbatim, with torchvision's cache seeded by a random-weights
+  file (no download) and a photograph-sized JPEG as cat.jpg."""
+  example = _blocks("python")[1]
+  assert len(example.strip().splitlines()) <= 10 and "weights.load" in example
+  environ = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                 TORCH_HOME=str(tmp_path / "torch"))
+  seed = subprocess.run([sys.executable, os.path.join(REPO, "tests", "weights", "torch_reference.py"),
+                         "resnet18", "IMAGENET1K_V1", "32", str(tmp_path)],
+                        env=environ, capture_output=True, text=True, timeout=300)
+  assert seed.returncode == 0, seed.stderr[-3000:]
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  pixels = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)
+  Image.fromarray(pixels).save(tmp_path / "cat.jpg")
+  result = subprocess.run([sys.executable, "-c", example], cwd=tmp_path, env=environ,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = result.stdout.strip().splitlines()
+  assert len(lines) == 6 and lines[-1] == "(1, 512)", result.stdout
+  probabilities = [float(line.split("%")[0]) for line in lines[:5]]
+  assert probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 100
+  assert not result.stderr.strip(), result.stderr[-2000:]  # quiet: no library notices

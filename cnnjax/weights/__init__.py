@@ -176,9 +176,9 @@ def image_view(image: Any, view: str = "center", *, image_size: int = 224, **vie
   if view not in DATA_VIEWS:
     raise ModelError(f"unknown view {view!r}; choose one of {', '.join(DATA_VIEWS)}")
   try:
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-
+    # cnnjax.data first: it imports TensorFlow quietly and keeps it off the GPUs
     from cnnjax.data import normalization, views  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
   except ImportError as error:
     raise ModelError("the evaluation views need TensorFlow (cnnjax's input pipeline): "
                      "pip install tensorflow-cpu") from error
