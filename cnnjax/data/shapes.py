@@ -2,13 +2,13 @@
 
 Ten classes of flat shapes (disc, ring, square, square frame, triangle,
 plus, star, crescent, half-disc, L), each drawn at a random position, scale
-(circumradius 20-44% of the image side, a factor 2.2), rotation (up to
-30 degrees either way) and
-colour, 30% of them with a striped texture, on a cluttered background: a
-two-colour gradient (a random colour and one within 80 levels of it), four
-thin random strokes in random colours and pixel noise. The object is darker
-than a light background and lighter than a dark one (its colour at least 60
-levels from the gradient's mid colour, where the channel leaves that room). Everything is drawn with vectorised numpy at
+(circumradius 20-44% of the image side, a factor 2.2), rotation (up to 30
+degrees either way) and colour, 30% of them with a striped texture, on a
+cluttered background: a two-colour gradient (a random colour and one within
+80 levels of it), four thin random strokes in random colours and pixel
+noise. The object is darker than a light background and lighter than a dark
+one (its colour at least 60 levels from the gradient's mid colour, in every
+channel that leaves that room). Everything is drawn with vectorised numpy at
 twice the resolution and averaged 2x2 (anti-aliased edges).
 
 The dataset is a function of its options: the same (split, seed, size)
