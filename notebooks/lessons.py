@@ -119,7 +119,7 @@ class Trainer:
         recipe.dataset, data_dir=self.data_dir, global_batch_size=recipe.batch_size,
         augment=recipe.augment, augment_kwargs=dict(recipe.augment_kwargs),
         image_size=recipe.image_size, seed=seed, normalize=recipe.normalize,
-        device_preprocessing=False)
+        boundary="float32")
     sample = jnp.zeros((recipe.batch_size, recipe.image_size, recipe.image_size, 3))
     train_state = self._init(jax.random.PRNGKey(seed), sample)
     if start is not None:
@@ -162,7 +162,7 @@ class Scorer:
                                            global_batch_size=batch_size, view=view,
                                            view_kwargs=dict(view_kwargs or {}),
                                            image_size=image_size, normalize=normalize,
-                                           device_preprocessing=False):
+                                           boundary="float32"):
       batch = dict(batch)
       if transform is not None:
         batch = transform(batch)

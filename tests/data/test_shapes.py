@@ -85,7 +85,7 @@ def test_dataset_name_prepares_a_tfds_dataset(tmp_path):
   assert (info.num_classes, info.num_train_examples, info.num_eval_examples) == (10, 30, 20)
   assert info.image_shape == (16, 16, 3) and info.class_names == shapes.CLASS_NAMES
   batch = next(iter(cnnjax.data.eval_iterator(name, data_dir=str(tmp_path), global_batch_size=20,
-                                              normalize="none", device_preprocessing=False)))
+                                              normalize="none", boundary="float32")))
   expected = shapes.generate(20, split="test", image_size=16, seed=4)
   np.testing.assert_array_equal(np.sort(batch["label"]), np.sort(expected.labels))
   with pytest.raises(DataError, match="options are"):
