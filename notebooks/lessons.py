@@ -4,7 +4,7 @@ Each run is built from cnnjax's public pieces, the ones `train.py` uses:
 `cnnjax.data.train_iterator` (the augmentation presets) and `eval_iterator`
 (the test views), `cnnjax.train.optim.create_optimizer` (SGD with momentum
 and masked weight decay), `cnnjax.train.state.init_train_state` and the pure
-`cnnjax.train.steps.train_step_fn`, and `cnnjax.evaluate.scoring` (the
+`cnnjax.train.steps.train_step_fn`, and `cnnjax.scoring` (the
 posteriors averaged over views, as the papers did). Every seed of one
 setting reuses one compiled step, so a setting costs one compilation.
 
@@ -99,12 +99,12 @@ class Trainer:
       schedule = optax.warmup_cosine_decay_schedule(
           0.0, recipe.learning_rate, min(recipe.warmup_steps, recipe.num_steps // 2),
           recipe.num_steps)
-      _OPTIMIZERS[key] = (tx, state.StepRecipe(learning_rate_fn=schedule))
-    self.tx, self.step_recipe = _OPTIMIZERS[key]
+      _OPTIMIZERS[key] = (tx, state.StepRules(learning_rate_fn=schedule))
+    self.tx, self.step_rules = _OPTIMIZERS[key]
     init_key = (id(model), id(self.tx))
     if init_key not in _INITS:
       _INITS[init_key] = jax.jit(lambda rng, image: state.init_train_state(
-          model, self.tx, self.step_recipe, rng, image))
+          model, self.tx, self.step_rules, rng, image))
     self._init = _INITS[init_key]
     self._step = _train_step()
 
@@ -156,7 +156,7 @@ class Scorer:
                transform: Callable[[dict], dict] | None = None):
     """`transform` rewrites each batch of images (e.g. rescaled copies for multi-scale testing)."""
     import cnnjax.data  # pylint: disable=import-outside-toplevel
-    from cnnjax.evaluate import scoring  # pylint: disable=import-outside-toplevel
+    from cnnjax import scoring  # pylint: disable=import-outside-toplevel
     self.batches = []
     for batch in cnnjax.data.eval_iterator(dataset, data_dir=data_dir, split=split,
                                            global_batch_size=batch_size, view=view,
