@@ -114,7 +114,7 @@ def quiet_libraries(drop_prints: bool = False) -> Iterator[None]:
       logger.setLevel(logging.ERROR)
       raised.append(logger)
   tqdm_utils = None
-  if "tensorflow_datasets" in sys.modules:
+  if sys.modules.get("tensorflow_datasets") is not None:  # loaded (None: marked absent)
     from tensorflow_datasets.core.utils import tqdm_utils  # pylint: disable=g-import-not-at-top
   bars_were_on = getattr(tqdm_utils, "_active", False)
   if bars_were_on:

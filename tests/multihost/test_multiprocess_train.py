@@ -156,7 +156,7 @@ def test_metrics_are_written_once_by_process_0(first_run):
     written = [json.loads(line) for line in f if line.strip()]
   keys = [(row["split"], row["step"]) for row in written]
   assert len(keys) == len(set(keys)), keys  # a second writer would duplicate every row
-  assert keys == [("train", s) for s in range(1, FIRST_STEPS + 1)] + [("val", FIRST_STEPS)]
+  assert keys == [("train", s) for s in range(1, FIRST_STEPS + 1)] + [("test", FIRST_STEPS)]
 
 
 def test_every_process_resumes_from_the_step_process_0_chose(first_run):
@@ -223,7 +223,7 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_resumes_on_one_proces
   assert f"resumed from step {stopped}" in single[0][1], single[0][1][-3000:]
   assert "final held-out error" in single[0][1]
   assert [row["step"] for row in read_metrics(workdir, "train")] == list(range(1, stopped + 3))
-  validation = {row["step"]: row["top1_error"] for row in read_metrics(workdir, "val")}
+  validation = {row["step"]: row["top1_error"] for row in read_metrics(workdir, "test")}
   assert FIRST_STEPS in validation and stopped + 2 in validation
   _, best_meta = checkpoint.restore_variables(workdir, which="best")
   assert validation[best_meta["step"]] == min(validation.values())
