@@ -35,3 +35,14 @@ def folder_with_splits(tmp_path_factory) -> str:
         write_image(os.path.join(root, split, class_name, f"{i}.jpg"),
                     smooth_image(rng, height, width), quality=95)
   return root
+
+
+@pytest.fixture(scope="module")
+def prepared(folder_with_splits, tmp_path_factory) -> tuple[str, str]:
+  """(dataset name, data_dir): the 3-class JPEG folder prepared by cnnjax (15 train, 9 val),
+  once per test module (the DALI reader tests read its TFRecords)."""
+  import cnnjax.data
+  data_dir = str(tmp_path_factory.mktemp("prepared_folder"))
+  name = "image_folder:" + folder_with_splits
+  cnnjax.data.dataset_info(name, data_dir=data_dir)
+  return name, data_dir

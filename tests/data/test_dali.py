@@ -23,16 +23,6 @@ from data_helpers import smooth_image  # noqa: E402
 SIZE = 32
 
 
-@pytest.fixture(scope="module")
-def prepared(folder_with_splits, tmp_path_factory) -> tuple[str, str]:
-  """(dataset name, data_dir): the 3-class JPEG folder prepared by cnnjax (15 train, 9 val)."""
-  import cnnjax.data
-  data_dir = str(tmp_path_factory.mktemp("dali_data"))
-  name = "image_folder:" + folder_with_splits
-  cnnjax.data.dataset_info(name, data_dir=data_dir)
-  return name, data_dir
-
-
 def _iterator(prepared, **kwargs):
   name, data_dir = prepared
   options = dict(global_batch_size=4, image_size=SIZE, process_index=0, process_count=1,

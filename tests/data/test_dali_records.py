@@ -17,16 +17,6 @@ from cnnjax.errors import DataError
 from data_helpers import smooth_image
 
 
-@pytest.fixture(scope="module")
-def prepared(folder_with_splits, tmp_path_factory) -> tuple[str, str]:
-  """(dataset name, data_dir): the 3-class JPEG folder prepared by cnnjax (15 train, 9 val)."""
-  import cnnjax.data
-  data_dir = str(tmp_path_factory.mktemp("dali_records_data"))
-  name = "image_folder:" + folder_with_splits
-  cnnjax.data.dataset_info(name, data_dir=data_dir)
-  return name, data_dir
-
-
 def test_parse_example_equals_tensorflows_serialization():
   features = {
       "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"\xff\xd8\x00binary", b""])),
