@@ -17,12 +17,13 @@ import json
 import os
 import re
 import struct
-import tempfile
 
 import google_crc32c
 import numpy as np
 
+from cnnjax._atomic import write_atomic
 from cnnjax.errors import DataError, close_matches
+from cnnjax.preprocessing.folders import ON_BAD_IMAGE, folder_root, scan_folder
 
 DIGITS_BUILDER = "cnnjax_digits"
 IMAGE_FOLDER_PREFIX = "image_folder:"
@@ -85,12 +86,15 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> str:
   return os.path.abspath(os.path.expanduser(os.fspath(chosen)))
 
 
+def _prepare_hint(dataset: str, root: str) -> str:
+  return ("The DALI input reads the TFRecords that tfds prepares; prepare it once on a machine "
+          f"with TensorFlow: python -c \"import cnnjax.data; cnnjax.data.dataset_info({dataset!r}, "
+          f"data_dir={root!r})\" (or `tfds build`), and copy the data_dir here.")
+
+
 def _not_prepared(dataset: str, root: str, looked: str) -> DataError:
-  return DataError(
-      f"dataset {dataset!r} is not prepared in data_dir {root} (looked for {looked}). The DALI "
-      "input reads the TFRecords that tfds prepares; prepare it once on a machine with "
-      f"TensorFlow: python -c \"import cnnjax.data; cnnjax.data.dataset_info({dataset!r}, "
-      f"data_dir={root!r})\" (or `tfds build`), and copy the data_dir here.")
+  return DataError(f"dataset {dataset!r} is not prepared in data_dir {root} (looked for {looked}). "
+                   + _prepare_hint(dataset, root))
 
 
 def _version_key(name: str) -> tuple[int, ...]:
@@ -117,22 +121,7 @@ def dataset_directory(dataset: str, data_dir: str | os.PathLike | None = None) -
   if os.path.isfile(os.path.join(os.fspath(dataset), "dataset_info.json")):
     return os.path.abspath(os.fspath(dataset))
   if dataset.startswith(IMAGE_FOLDER_PREFIX):
-    folder = os.path.abspath(os.path.expanduser(dataset[len(IMAGE_FOLDER_PREFIX):]))
-    if not os.path.isdir(folder):
-      raise DataError(f"image folder {folder} does not exist or is not a directory")
-    candidates = []
-    for metadata in glob.glob(os.path.join(root, IMAGE_FOLDER_BUILDER, "*", "*", "metadata.json")):
-      try:
-        with open(metadata) as f:
-          prepared_root = json.load(f).get("root")
-      except (OSError, ValueError):
-        continue
-      info = os.path.join(os.path.dirname(metadata), "dataset_info.json")
-      if prepared_root == folder and os.path.isfile(info):
-        candidates.append((os.path.getmtime(info), os.path.dirname(metadata)))
-    if not candidates:
-      raise _not_prepared(dataset, root, os.path.join(root, IMAGE_FOLDER_BUILDER, "<key>", "1.0.0"))
-    return max(candidates)[1]
+    return image_folder_directory(dataset[len(IMAGE_FOLDER_PREFIX):], root)
   name, _, version = dataset.partition(":")
   name = DIGITS_BUILDER if name == "digits" else name
   base = os.path.join(root, *name.split("/"))
@@ -153,6 +142,35 @@ def dataset_directory(dataset: str, data_dir: str | os.PathLike | None = None) -
     raise DataError(f"dataset {dataset!r} is prepared in several configurations in {base} "
                     f"({', '.join(sorted(configs))}); name one, e.g. '{name}/{sorted(configs)[0]}'")
   raise _not_prepared(dataset, root, os.path.join(base, "<version>"))
+
+
+def image_folder_directory(folder: str, root: str) -> str:
+  """The preparation of an image folder as it is now: the one whose key
+  (`cnnjax.preprocessing.folders`: every image's path, class, size and mtime)
+  is the folder's current key; DataError when only other states of it are prepared."""
+  folder = folder_root(folder)
+  prepared = []
+  for metadata in glob.glob(os.path.join(root, IMAGE_FOLDER_BUILDER, "*", "*", "metadata.json")):
+    try:
+      with open(metadata) as f:
+        if json.load(f).get("root") == folder:
+          prepared.append(os.path.dirname(metadata))
+    except (OSError, ValueError):
+      continue
+  looked = os.path.join(root, IMAGE_FOLDER_BUILDER, "<key>", "<version>")
+  if not prepared:
+    raise _not_prepared(IMAGE_FOLDER_PREFIX + folder, root, looked)
+  keys = set(scan_folder(folder, ON_BAD_IMAGE).keys.values())
+  current = [(os.path.getmtime(os.path.join(d, "dataset_info.json")), d) for d in prepared
+             if os.path.basename(os.path.dirname(d)) in keys
+             and os.path.isfile(os.path.join(d, "dataset_info.json"))]
+  if current:
+    return max(current)[1]
+  raise DataError(
+      f"image folder {folder} has changed since it was prepared: {', '.join(sorted(prepared))} "
+      "holds other files or classes than the folder now (an image added, removed, rewritten or "
+      "moved between classes), and its present state is not prepared. "
+      + _prepare_hint(IMAGE_FOLDER_PREFIX + folder, root))
 
 
 def _shard_name(template: str, name: str, split: str, file_format: str, index: int, count: int) -> str:
@@ -290,18 +308,9 @@ def _read_index(index_file: str, shard: str) -> np.ndarray | None:
     return None
 
 
-def _write_atomically(path: str, text: str) -> None:
+def _write_index(path: str, text: str) -> None:
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  handle, temporary = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp",
-                                       dir=os.path.dirname(path))
-  try:
-    with os.fdopen(handle, "w") as f:
-      f.write(text)
-    os.replace(temporary, path)
-  except BaseException:
-    if os.path.exists(temporary):
-      os.remove(temporary)
-    raise
+  write_atomic(path, text)
 
 
 def record_index(path: str, expected: int | None = None, index_dir: str | None = None) -> np.ndarray:
@@ -327,10 +336,10 @@ def record_index(path: str, expected: int | None = None, index_dir: str | None =
                     f"says {expected}; copy or prepare the dataset again")
   text = _shard_stamp(path) + "\n" + "".join(f"{o} {s}\n" for o, s in index.tolist())
   try:
-    _write_atomically(cached, text)
+    _write_index(cached, text)
   except OSError:
     if index_dir is None:  # beside the data failed after all (e.g. a read-only mount): the cache
-      _write_atomically(index_path(path, default_index_dir()), text)
+      _write_index(index_path(path, default_index_dir()), text)
     else:
       raise
   return index

@@ -35,8 +35,6 @@ and renames it when complete, so a failure leaves nothing behind.
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
-import hashlib
 import io
 import logging
 import os
@@ -45,87 +43,11 @@ import tensorflow_datasets as tfds
 
 from cnnjax.data import _tf_setup  # noqa: F401
 from cnnjax.errors import DataError
+from cnnjax.preprocessing.folders import (FLAT_LAYOUT_VAL_FRACTION, IMAGE_EXTENSIONS,  # noqa: F401
+                                          ON_BAD_IMAGE, SPLIT_FOLDER_NAMES, FolderLayout,
+                                          scan_folder)
 
-SPLIT_FOLDER_NAMES = ("train", "val", "validation", "test")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
-ON_BAD_IMAGE = ("raise", "skip")
-FLAT_LAYOUT_VAL_FRACTION = 10  # 1 image in 10 goes to "val" when there are no split folders.
 _CHUNK = 256
-
-
-@dataclasses.dataclass(frozen=True)
-class FolderLayout:
-  """The scanned folder: class names and, per split, (relative path, class) pairs."""
-  root: str
-  class_names: tuple[str, ...]
-  splits: dict[str, tuple[tuple[str, str], ...]]
-  key: str
-
-
-def _is_image(name: str) -> bool:
-  return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
-
-
-def _subfolders(path: str) -> list[str]:
-  return sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
-
-
-def scan_folder(root: str, on_bad_image: str = "raise") -> FolderLayout:
-  """Reads the directory structure (not the images); DataError for a bad layout."""
-  if on_bad_image not in ON_BAD_IMAGE:
-    raise DataError(f"on_bad_image must be one of {ON_BAD_IMAGE}, got {on_bad_image!r}")
-  if not root.strip():
-    # abspath("") is the working directory: an unset shell variable in
-    # "image_folder:$DATA" would otherwise train on whatever lies there.
-    raise DataError("image_folder: needs a path, e.g. 'image_folder:/data/my_images'")
-  root = os.path.abspath(os.path.expanduser(root))
-  if not os.path.isdir(root):
-    raise DataError(f"image folder {root} does not exist or is not a directory")
-  top = _subfolders(root)
-  if not top:
-    raise DataError(f"image folder {root} has no class sub-folders; expected "
-                    f"{root}/<class>/<image> or {root}/train/<class>/<image>")
-  split_folders = [name for name in top if name in SPLIT_FOLDER_NAMES]
-  signature = hashlib.sha256(f"{root}\0{on_bad_image}".encode())
-  splits: dict[str, list[tuple[str, str]]] = {}
-  classes: set[str] = set()
-
-  def scan_classes(folder: str, relative_prefix: str):
-    class_folders = _subfolders(folder)
-    if not class_folders:
-      raise DataError(f"image folder {folder} has no class sub-folders (expected {folder}/<class>/<image>)")
-    found = []
-    for class_name in class_folders:
-      class_dir = os.path.join(folder, class_name)
-      entries = sorted((e for e in os.scandir(class_dir) if e.is_file() and _is_image(e.name)),
-                       key=lambda e: e.name)
-      if not entries:
-        raise DataError(f"class folder {class_dir} has no images (looked for "
-                        f"{', '.join(IMAGE_EXTENSIONS)}); remove it or add images")
-      for entry in entries:
-        stat = entry.stat()
-        relative = os.path.join(relative_prefix, class_name, entry.name)
-        signature.update(f"{relative}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-        found.append((relative, class_name))
-      classes.add(class_name)
-    return found
-
-  if split_folders:
-    others = [name for name in top if name not in SPLIT_FOLDER_NAMES]
-    if others:
-      raise DataError(f"image folder {root} mixes split folders {split_folders} with other folders "
-                      f"{others}; put every class folder inside a split folder "
-                      f"({', '.join(SPLIT_FOLDER_NAMES)})")
-    for split in split_folders:
-      splits[split] = scan_classes(os.path.join(root, split), split)
-  else:
-    for relative, class_name in scan_classes(root, ""):
-      digest = int(hashlib.sha1(relative.encode()).hexdigest(), 16)
-      split = "val" if digest % FLAT_LAYOUT_VAL_FRACTION == 0 else "train"
-      splits.setdefault(split, []).append((relative, class_name))
-  return FolderLayout(root=root, class_names=tuple(sorted(classes)),
-                      splits={k: tuple(v) for k, v in splits.items()},
-                      key=signature.hexdigest()[:16])
 
 
 class BadImageError(Exception):

@@ -20,15 +20,16 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import sys
-import tempfile
 
 import numpy as np
 import tensorflow as tf
 
 from cnnjax import logs
+from cnnjax._atomic import write_atomic
 from cnnjax.data import _tf_setup  # noqa: F401
 from cnnjax.data.image_ops import center_crop_image, decode_image, resize_shorter_side_image
 from cnnjax.errors import DataError
@@ -155,16 +156,10 @@ def load_or_compute_stats(path: str, compute, source_identity: dict) -> ImageSta
                       "delete it and it will be recomputed") from error
   stats = compute()
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  handle, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=os.path.dirname(path))
-  try:
-    with os.fdopen(handle, "wb") as f:
-      np.savez(f, mean_rgb=stats.mean_rgb, std_rgb=stats.std_rgb, mean_image=stats.mean_image,
-               covariance=stats.covariance,
-               meta=np.array(json.dumps({"num_examples": stats.num_examples,
-                                         "source_identity": source_identity})))
-    os.replace(tmp_path, path)
-  except BaseException:
-    if os.path.exists(tmp_path):
-      os.remove(tmp_path)
-    raise
+  buffer = io.BytesIO()
+  np.savez(buffer, mean_rgb=stats.mean_rgb, std_rgb=stats.std_rgb, mean_image=stats.mean_image,
+           covariance=stats.covariance,
+           meta=np.array(json.dumps({"num_examples": stats.num_examples,
+                                     "source_identity": source_identity})))
+  write_atomic(path, buffer.getvalue())
   return stats

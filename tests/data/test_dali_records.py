@@ -211,3 +211,41 @@ def test_a_shard_rewritten_in_place_with_the_same_size_is_indexed_anew(tmp_path)
   assert dali.record_index(path, expected=2)[:, 1].tolist() == [36, 26]
   with open(path + ".idx") as f:
     assert f.readline().startswith(records.INDEX_STAMP)
+
+
+def test_an_image_folder_changed_since_it_was_prepared_is_not_read_stale(tmp_path, monkeypatch):
+  """An image moved to another class keeps its size and mtime; the preparation made before the
+  move labels it with the old class. DALI must name that, and read the new preparation once
+  there is one."""
+  import cnnjax.data
+  from cnnjax.data import sources
+  from data_helpers import write_image
+  folder, data_dir = tmp_path / "photos", str(tmp_path / "data")
+  rng = np.random.default_rng(0)
+  for class_name in ("ant", "bee"):
+    for i in range(3):
+      write_image(str(folder / "train" / class_name / f"{class_name}{i}.jpg"),
+                  smooth_image(rng, 40, 48), quality=90)
+  name = f"image_folder:{folder}"
+  cnnjax.data.dataset_info(name, data_dir=data_dir)
+  before = dali.prepared_split(name, data_dir)
+  os.rename(folder / "train" / "ant" / "ant0.jpg", folder / "train" / "bee" / "ant0.jpg")
+  with pytest.raises(DataError, match=r"image folder .*photos has changed since it was prepared"
+                                      r".*moved between classes.*dataset_info"):
+    dali.prepared_split(name, data_dir)
+  monkeypatch.setattr(sources, "_SOURCES", {})  # as a new process sees it
+  cnnjax.data.dataset_info(name, data_dir=data_dir)  # prepares the folder as it is now
+  after = dali.prepared_split(name, data_dir)
+  assert after.directory != before.directory and after.num_examples == 6
+
+  def labels(split):
+    out = {}
+    for path, count in zip(split.files, split.shard_lengths):
+      for offset, size in dali.record_index(path, count):
+        with open(path, "rb") as f:
+          f.seek(offset)
+          example = records.parse_example(records.record_payload(f.read(size)))
+        out[bytes(example["file_name"][0]).decode()] = example["label"][0]
+    return out
+  assert labels(after)[os.path.join("train", "bee", "ant0.jpg")] == 1  # bee
+  assert labels(before)[os.path.join("train", "ant", "ant0.jpg")] == 0  # the old copy: ant
