@@ -15,13 +15,6 @@ from cnnjax.dali.records import PreparedSplit, image_hw, parse_example, record_p
 from cnnjax.errors import ConfigError, DataError, close_matches
 from cnnjax.preprocessing import presets
 
-# The declared ops (cnnjax.preprocessing.presets) this back end implements: the crop plan's
-# draws (`Preset.plan`) and the DALI graph's decode, resize and mirror. The ops the device
-# runs from boundary uint8 on are the train step's (`cnnjax.preprocessing.device`).
-DALI_OPS = frozenset({"decode", "resize_shorter_side", "center_crop", "random_resize_shorter_side",
-                      "random_crop", "inception_crop", "random_resize", "flip"})
-PRESETS = presets.supported(lambda op: op in DALI_OPS or presets.OPS[op].on_device("dali"))
-PRESET_KWARGS = {name: set(presets.PRESETS[name].options) for name in PRESETS}
 INTERPOLATIONS = presets.INTERPOLATION_METHODS
 # numpy seed streams: the epoch permutation and the per-example draws never share a generator.
 _EPOCH_STREAM, _EXAMPLE_STREAM = 1, 2
@@ -118,6 +111,96 @@ def _region_plan(height: int, width: int, resized: tuple[int, int], top: int, le
                   flip=flip, interpolation="bilinear", window=window)
 
 
+@dataclasses.dataclass
+class _Geometry:
+  """Where a plan stands between two declared ops (`Preset.plan` runs them in order).
+
+  `box` (top, left, height, width) is the current region: in pixels of the
+  image resized to `resized`, or of the original while `resized` is None
+  (Inception: the window is decoded and resized to S x S by itself).
+  `window` is set where the host would normalise and moved by later crops
+  and flips, as `cnnjax.data.geometry`'s window record is.
+  """
+  box: tuple[int, int, int, int]
+  resized: tuple[int, int] | None = None
+  interpolation: str = "bilinear"
+  flip: bool = False
+  window: list[int] | None = None
+
+
+def _resize_to(g: _Geometry, height: int, width: int, target: int) -> None:
+  g.resized = shorter_side_size(height, width, target)
+  g.box = (0, 0) + g.resized
+
+
+def _resize_shorter_side(g, rng, p, height, width) -> None:
+  _resize_to(g, height, width, p.resize_size)
+
+
+def _random_resize_shorter_side(g, rng, p, height, width) -> None:
+  _resize_to(g, height, width, int(rng.integers(p.scale_min, p.scale_max + 1)))
+
+
+def _center_crop(g, rng, p, height, width) -> None:
+  top, left, h, w = g.box
+  side = p.resize_size
+  g.box = (top + (h - side) // 2, left + (w - side) // 2, side, side)
+
+
+def _random_crop(g, rng, p, height, width) -> None:
+  top, left, h, w = g.box
+  dy, dx = int(rng.integers(h - p.image_size + 1)), int(rng.integers(w - p.image_size + 1))
+  g.box = (top + dy, left + dx, p.image_size, p.image_size)
+  if g.window is not None:
+    g.window[1] += dy
+    g.window[2] += dx
+
+
+def _inception_crop(g, rng, p, height, width) -> None:
+  g.box = inception_window(rng, height, width, p.area_range, p.aspect_range, p.max_attempts)
+
+
+def _random_resize(g, rng, p, height, width) -> None:
+  g.interpolation = p.interpolations[int(rng.integers(len(p.interpolations)))]
+
+
+def _flip(g, rng, p, height, width) -> None:
+  g.flip = bool(p.flip and rng.random() < 0.5)
+  if g.window is not None:
+    g.window[3] = int(g.flip)
+
+
+def _normalize(g, rng, p, height, width) -> None:
+  """The device normalises; the window records the frame the host would have normalised."""
+  g.window = [p.image_size if g.resized is None else g.box[2], 0, 0, 0]
+
+
+def _on_device(g, rng, p, height, width) -> None:
+  """A colour op: the train step's (`cnnjax.preprocessing.device`), nothing to plan."""
+
+
+# The DALI plan's step of each declared op (cnnjax.preprocessing.presets.OPS): `Preset.plan`
+# runs a preset's steps in its declared order, so every draw comes in that order.
+DALI_OPS = {
+    "decode": lambda g, rng, p, height, width: None,  # the graph decodes the planned slice
+    "resize_shorter_side": _resize_shorter_side,
+    "center_crop": _center_crop,
+    "random_resize_shorter_side": _random_resize_shorter_side,
+    "random_crop": _random_crop,
+    "inception_crop": _inception_crop,
+    "random_resize": _random_resize,
+    "flip": _flip,
+    "photometric": _on_device,
+    "pca_lighting": _on_device,
+    "normalize": _normalize,
+}
+# The ops that resize the whole image (antialiased, as tf.data's shorter-side resize is);
+# a preset without one resizes its decoded window alone, without antialiasing (Inception).
+_WHOLE_IMAGE_RESIZES = frozenset({"resize_shorter_side", "random_resize_shorter_side"})
+PRESETS = presets.supported(lambda op: op in DALI_OPS)
+PRESET_KWARGS = {name: set(presets.PRESETS[name].options) for name in PRESETS}
+
+
 @dataclasses.dataclass(frozen=True)
 class Preset:
   """A training preset's geometry, with its options checked (`make_preset`)."""
@@ -133,36 +216,60 @@ class Preset:
   resize_size: int = 0
 
   @property
+  def ops(self) -> tuple[str, ...]:
+    return presets.PRESETS[self.name].ops
+
+  @property
   def antialias(self) -> bool:
-    return self.name != "inception"
+    return any(op in _WHOLE_IMAGE_RESIZES for op in self.ops)
 
   def plan(self, rng: np.random.Generator, height: int, width: int) -> CropPlan:
-    """The example's crop plan, drawn from `rng` (raises DataError when the image is too small)."""
-    size = self.image_size
-    if self.name == "inception":
-      top, left, h, w = inception_window(rng, height, width, self.area_range, self.aspect_range,
-                                         self.max_attempts)
-      method = self.interpolations[int(rng.integers(len(self.interpolations)))]
-      flip = bool(self.flip and rng.random() < 0.5)
+    """The example's crop plan: the declared ops' draws from `rng`, in order (ValueError
+    when the image is too small for a crop)."""
+    g = _Geometry(box=(0, 0, height, width))
+    for op in self.ops:
+      DALI_OPS[op](g, rng, self, height, width)
+    window = tuple(g.window) if g.window is not None else (self.image_size, 0, 0, 0)
+    top, left, h, w = g.box
+    if g.resized is None:  # a window of the original, resized by itself
       return CropPlan(anchor=(top, left), shape=(h, w), roi_start=(0.0, 0.0),
-                      roi_end=(float(h), float(w)), flip=flip, interpolation=method,
-                      window=(size, 0, 0, 0))
-    if self.name == "scale_jitter":
-      target = int(rng.integers(self.scale_min, self.scale_max + 1))
-      resized = shorter_side_size(height, width, target)
-      top = int(rng.integers(resized[0] - size + 1))
-      left = int(rng.integers(resized[1] - size + 1))
-      flip = bool(self.flip and rng.random() < 0.5)
-      return _region_plan(height, width, resized, top, left, size, flip, (size, 0, 0, 0))
-    # alexnet: the centre resize_size square of the resized image, then a random crop of it.
-    square = self.resize_size
-    resized = shorter_side_size(height, width, square)
-    center_top, center_left = (resized[0] - square) // 2, (resized[1] - square) // 2
-    top = int(rng.integers(square - size + 1))
-    left = int(rng.integers(square - size + 1))
-    flip = bool(self.flip and rng.random() < 0.5)
-    return _region_plan(height, width, resized, center_top + top, center_left + left, size, flip,
-                        (square, top, left, int(flip)))
+                      roi_end=(float(h), float(w)), flip=g.flip, interpolation=g.interpolation,
+                      window=window)
+    return _region_plan(height, width, g.resized, top, left, self.image_size, g.flip, window)
+
+
+def _checked_options(augment: str, image_size: int, options: dict[str, Any]) -> dict[str, Any]:
+  """The preset's options as `Preset` fields (ConfigError for a bad value)."""
+  fields = {}
+  if "flip" in options:
+    fields["flip"] = bool(options["flip"])
+  if "area_range" in options:
+    area, aspect = tuple(options["area_range"]), tuple(options["aspect_range"])
+    if len(area) != 2 or not 0 < area[0] <= area[1] <= 1:
+      raise ConfigError(f"area_range must be (min, max) with 0 < min <= max <= 1, got {area}")
+    if len(aspect) != 2 or not 0 < aspect[0] <= aspect[1]:
+      raise ConfigError(f"aspect_range must be (min, max) with 0 < min <= max, got {aspect}")
+    fields.update(area_range=(float(area[0]), float(area[1])),
+                  aspect_range=(float(aspect[0]), float(aspect[1])),
+                  max_attempts=int(options["max_attempts"]))
+  if "interpolations" in options:
+    methods = tuple(options["interpolations"])
+    bad = [m for m in methods if m not in INTERPOLATIONS]
+    if not methods or bad:
+      raise ConfigError(f"interpolations must be a non-empty subset of {INTERPOLATIONS}, got {methods}")
+    fields["interpolations"] = methods
+  if "scale_min" in options:
+    scale_min, scale_max = int(options["scale_min"]), int(options["scale_max"])
+    if not image_size <= scale_min <= scale_max:
+      raise ConfigError(f"{augment} needs image_size <= scale_min <= scale_max, got "
+                        f"{image_size}, [{scale_min}, {scale_max}]")
+    fields.update(scale_min=scale_min, scale_max=scale_max)
+  if "resize_size" in options:
+    fields["resize_size"] = int(options["resize_size"])
+    if fields["resize_size"] < image_size:
+      raise ConfigError(f"{augment}: resize_size {fields['resize_size']} must be >= image_size "
+                        f"{image_size}")
+  return fields
 
 
 def make_preset(augment: str, image_size: int, augment_kwargs: dict[str, Any] | None = None) -> Preset:
@@ -179,29 +286,7 @@ def make_preset(augment: str, image_size: int, augment_kwargs: dict[str, Any] | 
   if not isinstance(image_size, int) or image_size < 1:
     raise ConfigError(f"image_size must be a positive integer, got {image_size!r}")
   options = presets.resolve(augment, kwargs, image_size)
-  flip = bool(options["flip"])
-  if augment == "inception":
-    area, aspect = tuple(options["area_range"]), tuple(options["aspect_range"])
-    if len(area) != 2 or not 0 < area[0] <= area[1] <= 1:
-      raise ConfigError(f"area_range must be (min, max) with 0 < min <= max <= 1, got {area}")
-    if len(aspect) != 2 or not 0 < aspect[0] <= aspect[1]:
-      raise ConfigError(f"aspect_range must be (min, max) with 0 < min <= max, got {aspect}")
-    methods = tuple(options["interpolations"])
-    bad = [m for m in methods if m not in INTERPOLATIONS]
-    if not methods or bad:
-      raise ConfigError(f"interpolations must be a non-empty subset of {INTERPOLATIONS}, got {methods}")
-    return Preset("inception", image_size, flip, (float(area[0]), float(area[1])),
-                  (float(aspect[0]), float(aspect[1])), int(options["max_attempts"]), methods)
-  if augment == "scale_jitter":
-    scale_min, scale_max = int(options["scale_min"]), int(options["scale_max"])
-    if not image_size <= scale_min <= scale_max:
-      raise ConfigError(f"scale_jitter needs image_size <= scale_min <= scale_max, got "
-                        f"{image_size}, [{scale_min}, {scale_max}]")
-    return Preset("scale_jitter", image_size, flip, scale_min=scale_min, scale_max=scale_max)
-  resize_size = int(options["resize_size"])
-  if resize_size < image_size:
-    raise ConfigError(f"alexnet: resize_size {resize_size} must be >= image_size {image_size}")
-  return Preset("alexnet", image_size, flip, resize_size=resize_size)
+  return Preset(augment, image_size, **_checked_options(augment, image_size, options))
 
 
 # ----------------------------------------------------------------------------
