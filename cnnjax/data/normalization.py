@@ -60,25 +60,23 @@ def device_input(dataset: str, *, augment: str = "none", augment_kwargs: dict[st
   arrays = normalization_arrays(normalize, stats)
   mean, std = arrays if arrays is not None else (np.zeros(3, np.float32), None)
   options = presets.resolve(augment, augment_kwargs, image_size or 0)
-  parts: dict[str, Any] = {"mean": mean, "std": std}
   boundary = resolve_boundary(boundary, error=DataError)
-  for op in presets.PRESETS[augment].ops:  # the declaration's device ops, in its order
-    if not presets.OPS[op].on_device("canvas"):
-      continue
-    if op == "random_resize" and boundary == "canvas":
-      ops_lib.check_canvas(augment, augment_kwargs)
-      if image_size is None:
-        raise DataError("boundary 'canvas' needs the network input side (image_size)")
-      parts["resize"] = int(image_size)  # the flip is the crop's, resized with it
-    elif op == "photometric":
-      strengths = ops_lib.photometric_strengths(augment, augment_kwargs)
-      parts["photometric"] = None if strengths is None else Photometric(**strengths)
-    elif op == "pca_lighting":
-      pca = pca_for(augment_kwargs, stats)
-      parts["pca"] = None if pca is None else PcaLighting(
-          tuple(float(v) for v in np.reshape(pca[0], 3)),
-          tuple(tuple(float(v) for v in row) for row in np.reshape(pca[1], (3, 3))),
-          float(options["pca_alpha_std"]))
+  on_device = [op for op in presets.PRESETS[augment].ops  # the declaration's device ops, in order
+               if presets.OPS[op].on_device("uint8" if boundary == "float32" else boundary)]
+  parts: dict[str, Any] = {"mean": mean, "std": std, "ops": tuple(on_device)}
+  if "random_resize" in on_device:  # boundary "canvas": the step resizes (and mirrors) the crop
+    ops_lib.check_canvas(augment, augment_kwargs)
+    if image_size is None:
+      raise DataError("boundary 'canvas' needs the network input side (image_size)")
+    parts["resize"] = int(image_size)
+  if "photometric" in on_device:
+    strengths = ops_lib.photometric_strengths(augment, augment_kwargs)
+    parts["photometric"] = None if strengths is None else Photometric(**strengths)
+  pca = pca_for(augment_kwargs, stats) if "pca_lighting" in on_device else None
+  if pca is not None:
+    parts["pca"] = PcaLighting(tuple(float(v) for v in np.reshape(pca[0], 3)),
+                               tuple(tuple(float(v) for v in row) for row in np.reshape(pca[1], (3, 3))),
+                               float(options["pca_alpha_std"]))
   return DeviceInput(**parts)
 
 

@@ -41,11 +41,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cnnjax.preprocessing import presets
+
 # Folded into the state's rng (with the step): each colour operation draws
 # from its own stream, independent of dropout's.
 _PHOTOMETRIC_STREAM = 0x50484F54  # "PHOT"
 _PCA_STREAM = 0x50434131  # "PCA1"
 WINDOW_FIELDS = ("frame", "top", "left", "flipped")
+# Every op the device may run (declared with device_from), in the declarations' order: what a
+# `DeviceInput` built without a preset's ops runs.
+ALL_DEVICE_OPS = tuple(name for name, op in presets.OPS.items() if op.device_from is not None)
 
 
 # ----------------------------------------------------------------------------
@@ -251,6 +256,9 @@ class DeviceInput:
     pca: AlexNet's PCA lighting (training only), or None.
     resize: the network input side when training batches are canvases with
       a "crop" (boundary "canvas"), else None.
+    ops: the declared ops `train` runs, in order (`DEVICE_OPS`): the preset's
+      ops that run on the device at its boundary (`cnnjax.data.device_input`);
+      None: ALL_DEVICE_OPS. An op whose part is None does nothing.
 
   A static field of the train state: equality and hash go by value (the
   mean image by a digest of its bytes, computed once).
@@ -261,6 +269,7 @@ class DeviceInput:
   photometric: Photometric | None = None
   pca: PcaLighting | None = None
   resize: int | None = None
+  ops: tuple[str, ...] | None = None
 
   def __post_init__(self):
     mean = np.array(self.mean, np.float32)
@@ -272,9 +281,14 @@ class DeviceInput:
       std.setflags(write=False)
     object.__setattr__(self, "mean", mean)
     object.__setattr__(self, "std", std)
+    ops = ALL_DEVICE_OPS if self.ops is None else tuple(self.ops)
+    unknown = [op for op in ops if op not in DEVICE_OPS]
+    if unknown:
+      raise ValueError(f"the device runs no op {unknown[0]!r}; its ops: {', '.join(DEVICE_OPS)}")
+    object.__setattr__(self, "ops", ops)
     digest = hashlib.sha1(mean.tobytes() + str(mean.shape).encode()
                           + (b"-" if std is None else std.tobytes())).hexdigest()
-    object.__setattr__(self, "_key", (digest, self.photometric, self.pca, self.resize))
+    object.__setattr__(self, "_key", (digest, self.photometric, self.pca, self.resize, ops))
 
   def __eq__(self, other) -> bool:
     return isinstance(other, DeviceInput) and self._key == other._key
@@ -287,7 +301,8 @@ class DeviceInput:
             else f"mean {self.mean.round(3).tolist()}")
     std = "" if self.std is None else f", std {self.std.round(3).tolist()}"
     resize = "" if self.resize is None else f", resize={self.resize}"
-    return f"DeviceInput({mean}{std}, photometric={self.photometric}, pca={self.pca}{resize})"
+    ops = "" if self.ops == ALL_DEVICE_OPS else f", ops={self.ops}"
+    return f"DeviceInput({mean}{std}, photometric={self.photometric}, pca={self.pca}{resize}{ops})"
 
   # -- the steps' entry points ------------------------------------------------
   def train(self, images: jax.Array, rng: jax.Array, step: jax.Array,
@@ -300,17 +315,13 @@ class DeviceInput:
     """
     if images.dtype != jnp.uint8:
       return images
-    if crop is not None:
-      if self.resize is None:
-        raise ValueError("a batch of canvases with a 'crop' needs DeviceInput(resize=<side>)")
-      x = resize_crops(images, crop, self.resize)
-    else:
-      x = images.astype(jnp.float32)
-    if self.photometric is not None:
-      x = self.photometric(x, _stream_key(rng, _PHOTOMETRIC_STREAM, step))
-    if self.pca is not None:
-      x = self.pca(x, _stream_key(rng, _PCA_STREAM, step))
-    return self.normalize(x, window)
+    if crop is not None and (self.resize is None or "random_resize" not in self.ops):
+      raise ValueError("a batch of canvases with a 'crop' needs DeviceInput(resize=<side>) and "
+                       "the 'random_resize' op")
+    x = images if crop is not None else images.astype(jnp.float32)
+    for op in self.ops:  # the declared order (a canvas's resize and mirror first)
+      x = DEVICE_OPS[op](self, x, rng, step, window, crop)
+    return x
 
   def eval(self, images: jax.Array, window: jax.Array | None = None) -> jax.Array:
     """uint8 [B, H, W, 3] or multi-view [B, V, H, W, 3] -> normalised float32.
@@ -371,13 +382,34 @@ def _inside_frame(window: jax.Array, size: tuple[int, int]) -> jax.Array:
   return (inside_rows[:, :, None] & inside_columns[:, None, :])[..., None]
 
 
-# The declared ops the device may run (cnnjax.preprocessing.presets.OPS, device_from not None)
-# and what runs each in the step:
-# `DeviceInput` applies them in the declaration's order (a canvas's resize and mirror first).
+# The declared ops the device may run (cnnjax.preprocessing.presets.OPS, device_from not None):
+# each one's step of `DeviceInput.train`, (input, x, rng, step, window, crop) -> x.
+
+
+def _resize_step(d: DeviceInput, x, rng, step, window, crop):
+  return x if crop is None else resize_crops(x, crop, d.resize)
+
+
+def _flip_step(d: DeviceInput, x, rng, step, window, crop):
+  return x  # a canvas's crop is mirrored with its resize (`resize_crop`); else the host flipped
+
+
+def _photometric_step(d: DeviceInput, x, rng, step, window, crop):
+  return x if d.photometric is None else d.photometric(x, _stream_key(rng, _PHOTOMETRIC_STREAM, step))
+
+
+def _pca_step(d: DeviceInput, x, rng, step, window, crop):
+  return x if d.pca is None else d.pca(x, _stream_key(rng, _PCA_STREAM, step))
+
+
+def _normalize_step(d: DeviceInput, x, rng, step, window, crop):
+  return d.normalize(x, window)
+
+
 DEVICE_OPS = {
-    "random_resize": resize_crops,
-    "flip": resize_crops,
-    "photometric": Photometric,
-    "pca_lighting": PcaLighting,
-    "normalize": DeviceInput.normalize,
+    "random_resize": _resize_step,
+    "flip": _flip_step,
+    "photometric": _photometric_step,
+    "pca_lighting": _pca_step,
+    "normalize": _normalize_step,
 }

@@ -111,3 +111,38 @@ def test_evaluation_views_are_built_from_their_declarations():
   for name in presets.VIEWS:  # every declared view builds
     views.eval_op(name, image_size=32, native_size=None, normalize_op=colour.to_float(),
                   **({"scales": (40,)} if name in ("multiscale", "144crop", "150crop") else {}))
+
+
+def test_the_device_runs_the_declared_device_ops_in_the_declared_order():
+  import jax
+  import numpy as np
+  photometric = device.Photometric(brightness=32.0, contrast=0.5, saturation=0.5, hue=0.2)
+  pca = device.PcaLighting((20.0, 10.0, 5.0), ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)), 0.5)
+  images = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+  rng, step = jax.random.PRNGKey(3), 5
+
+  def by_hand(order):
+    x = images.astype(np.float32)
+    for op in order:
+      key = device._stream_key(rng, device._PCA_STREAM if op == "pca_lighting"  # pylint: disable=protected-access
+                               else device._PHOTOMETRIC_STREAM, step)  # pylint: disable=protected-access
+      x = (pca if op == "pca_lighting" else photometric)(x, key)
+    return np.asarray(x) - 100.0
+
+  for order in (("photometric", "pca_lighting"), ("pca_lighting", "photometric")):
+    finish = device.DeviceInput(mean=(100.0, 100.0, 100.0), photometric=photometric, pca=pca,
+                                ops=order + ("normalize",))
+    np.testing.assert_allclose(finish.train(images, rng, step), by_hand(order), atol=1e-3)
+  assert device.DeviceInput().ops == device.ALL_DEVICE_OPS
+  with pytest.raises(ValueError, match="no op 'pad'"):
+    device.DeviceInput(ops=("pad",))
+
+
+@pytest.mark.parametrize("boundary", ["uint8", "canvas"])
+def test_device_input_takes_the_presets_device_ops_in_order(digits_dir, boundary):
+  from cnnjax import data
+  finish = data.device_input("digits", augment="inception", data_dir=digits_dir, image_size=16,
+                             normalize="imagenet", boundary=boundary)
+  assert finish.ops == tuple(op for op in presets.PRESETS["inception"].ops
+                             if presets.OPS[op].on_device(boundary))
+  assert (finish.resize == 16) == (boundary == "canvas")
