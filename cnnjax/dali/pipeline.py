@@ -179,26 +179,16 @@ def train_iterator(dataset: str, *, global_batch_size: int, data_dir: str | os.P
   local_batch = local_batch_size(global_batch_size, process_count, ConfigError)
   if start_step < 0:
     raise ConfigError(f"start_step must be >= 0, got {start_step}")
-  if device not in ("auto", "gpu", "cpu"):
-    raise ConfigError(f"device must be 'auto', 'gpu' or 'cpu', got {device!r}")
-  _import_dali()
-  prepared = prepared_split(dataset, data_dir, split)
-  start, stop = share_bounds(prepared.num_examples, process_index, process_count)
-  if stop <= start:
-    raise DataError(f"dataset {dataset!r} split {split!r} has no examples for process "
-                    f"{process_index} of {process_count} ({prepared.num_examples} in all)")
-  indices = [record_index(f, n, index_dir) for f, n in zip(prepared.files, prepared.shard_lengths)]
-  if device == "auto":
-    import jax  # pylint: disable=import-outside-toplevel
-    device = "gpu" if jax.default_backend() == "gpu" else "cpu"
+  device = _resolve_device(device)
+  prepared, indices = _prepared_share(dataset, data_dir, split, process_index, process_count,
+                                      index_dir)
   num_threads = num_threads or max(1, min(8, os.cpu_count() or 1))
-  common = dict(seed=seed, process_index=process_index, process_count=process_count,
-                local_batch=local_batch, start_step=start_step)
-  if device == "gpu" and sharding is not None:
-    placements = _device_rows(sharding, global_batch_size, local_batch)
-  else:
-    placements = [(None, 0, local_batch)]
-  sources = [ExampleSource(prepared, indices, preset, row_offset=offset, **common)
+  on_devices = device == "gpu" and sharding is not None
+  placements = (_device_rows(sharding, global_batch_size, local_batch) if on_devices
+                else [(None, 0, local_batch)])
+  sources = [ExampleSource(prepared, indices, preset, row_offset=offset, seed=seed,
+                           process_index=process_index, process_count=process_count,
+                           local_batch=local_batch, start_step=start_step)
              for _, offset, _ in placements]
   pipelines = [build_pipeline(source, batch_size=rows, image_size=image_size,
                               antialias=preset.antialias, device=device,
@@ -206,7 +196,30 @@ def train_iterator(dataset: str, *, global_batch_size: int, data_dir: str | os.P
                               num_threads=num_threads, py_workers=py_workers, prefetch=prefetch)
                for source, (dev, _, rows) in zip(sources, placements)]
   return _batches(pipelines, sources, placements, start_step, sharding, global_batch_size,
-                  device == "gpu" and sharding is not None, prefetch)
+                  on_devices, prefetch)
+
+
+def _resolve_device(device: str) -> str:
+  """"gpu" or "cpu" (ConfigError for another value; "auto" follows JAX's default backend)."""
+  if device not in ("auto", "gpu", "cpu"):
+    raise ConfigError(f"device must be 'auto', 'gpu' or 'cpu', got {device!r}")
+  _import_dali()
+  if device == "auto":
+    import jax  # pylint: disable=import-outside-toplevel
+    device = "gpu" if jax.default_backend() == "gpu" else "cpu"
+  return device
+
+
+def _prepared_share(dataset: str, data_dir, split: str, process_index: int, process_count: int,
+                    index_dir: str | None):
+  """(the prepared split, its shards' record indices); DataError for an empty share."""
+  prepared = prepared_split(dataset, data_dir, split)
+  start, stop = share_bounds(prepared.num_examples, process_index, process_count)
+  if stop <= start:
+    raise DataError(f"dataset {dataset!r} split {split!r} has no examples for process "
+                    f"{process_index} of {process_count} ({prepared.num_examples} in all)")
+  return prepared, [record_index(f, n, index_dir)
+                    for f, n in zip(prepared.files, prepared.shard_lengths)]
 
 
 def _batches(pipelines, sources, placements, start_step: int, sharding, global_batch: int,

@@ -95,20 +95,34 @@ def train_iterator(dataset: str, *, data_dir: str | os.PathLike | None = None,
   if boundary == "dali":
     raise DataError("boundary 'dali' is the DALI pipeline's (cnnjax.dali.train_iterator); "
                     "tf.data stops at 'float32', 'uint8' or 'canvas'")
-  device = device_finishes(boundary)
   stats = stats_if_needed(original, stats_split, normalize, augment_kwargs)
-  ops = train_ops(augment, image_size=image_size, native_size=native,
-                  normalize_op=normalize_op(normalize, stats), pca=pca_for(augment_kwargs, stats),
-                  boundary=boundary, **augment_kwargs)
-  augmentation = compose(ops)
+  augmentation = compose(train_ops(
+      augment, image_size=image_size, native_size=native,
+      normalize_op=normalize_op(normalize, stats), pca=pca_for(augment_kwargs, stats),
+      boundary=boundary, **augment_kwargs))
   buffer = shuffle_buffer_size or _default_shuffle_buffer(source, split, num_local)
-  num_classes = source.num_classes
+  seeds = _stream_seeds(seed, process_index)
+  start_epoch, skip = divmod(start_step * local_batch, num_local)
+  ds = tf.data.Dataset.range(start_epoch, 2**62).flat_map(
+      _epoch_fn(source, share, num_local, buffer, seeds[0]))
+  ds = ds.skip(skip).map(
+      _example_fn(augmentation, source.num_classes, seeds[1], device_finishes(boundary),
+                  process_index),
+      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = _batched(ds, local_batch, image_size).prefetch(tf.data.AUTOTUNE).with_options(_options())
+  return _numpy_batches(ds, f"training data of {dataset!r} ({split})")
 
+
+def _stream_seeds(seed: int, process_index: int) -> tuple[tf.Tensor, tf.Tensor]:
+  """(epoch seeds, element seeds): the process's two independent seed streams."""
   base_seed = tf.random.experimental.stateless_fold_in(
       tf.constant([seed & 0x7FFFFFFF, (seed >> 31) & 0x7FFFFFFF], tf.int64), process_index)
-  epoch_seeds = tf.random.experimental.stateless_fold_in(base_seed, 1)
-  element_seeds = tf.random.experimental.stateless_fold_in(base_seed, 2)
+  return (tf.random.experimental.stateless_fold_in(base_seed, 1),
+          tf.random.experimental.stateless_fold_in(base_seed, 2))
 
+
+def _epoch_fn(source: Source, share, num_local: int, buffer: int, epoch_seeds: tf.Tensor):
+  """epoch e -> the share in that epoch's order, each element numbered e * n + position."""
   def epoch(e):
     shuffle_seed = tf.random.stateless_uniform(
         [], tf.random.experimental.stateless_fold_in(epoch_seeds, e),
@@ -116,7 +130,12 @@ def train_iterator(dataset: str, *, data_dir: str | os.PathLike | None = None,
     shuffled = source.read_epoch(share, shuffle_seed).shuffle(
         min(buffer, num_local), seed=shuffle_seed, reshuffle_each_iteration=False)
     return shuffled.enumerate().map(lambda i, ex: dict(ex, index=e * num_local + i))
+  return epoch
 
+
+def _example_fn(augmentation, num_classes: int, element_seeds: tf.Tensor, device: bool,
+                process_index: int):
+  """A numbered example -> the batch row: augmented with the seed of its number."""
   def process(ex):
     label = _checked_label(
         ex["label"], num_classes, ex["index"],
@@ -130,19 +149,16 @@ def train_iterator(dataset: str, *, data_dir: str | os.PathLike | None = None,
       if device and key in ex:
         out[key] = tf.cast(ex[key], tf.int32)
     return out
+  return process
 
-  start_epoch, skip = divmod(start_step * local_batch, num_local)
-  ds = tf.data.Dataset.range(start_epoch, 2**62).flat_map(epoch)
-  ds = ds.skip(skip)
-  ds = ds.map(process, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  if "crop" in ds.element_spec:  # boundary "canvas": the batching zero-pads each crop to the canvas
-    shapes = {key: spec.shape for key, spec in ds.element_spec.items()}
-    shapes["image"] = tf.TensorShape([image_size, image_size, 3])
-    ds = ds.padded_batch(local_batch, padded_shapes=shapes, drop_remainder=True)
-  else:
-    ds = ds.batch(local_batch, drop_remainder=True)
-  ds = ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
-  return _numpy_batches(ds, f"training data of {dataset!r} ({split})")
+
+def _batched(ds: tf.data.Dataset, local_batch: int, image_size: int) -> tf.data.Dataset:
+  if "crop" not in ds.element_spec:
+    return ds.batch(local_batch, drop_remainder=True)
+  # boundary "canvas": the batching zero-pads each crop to the canvas
+  shapes = {key: spec.shape for key, spec in ds.element_spec.items()}
+  shapes["image"] = tf.TensorShape([image_size, image_size, 3])
+  return ds.padded_batch(local_batch, padded_shapes=shapes, drop_remainder=True)
 
 
 def eval_iterator(dataset: str, *, data_dir: str | os.PathLike | None = None,

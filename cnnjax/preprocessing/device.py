@@ -47,7 +47,6 @@ from cnnjax.preprocessing import presets
 # from its own stream, independent of dropout's.
 _PHOTOMETRIC_STREAM = 0x50484F54  # "PHOT"
 _PCA_STREAM = 0x50434131  # "PCA1"
-WINDOW_FIELDS = ("frame", "top", "left", "flipped")
 # Every op the device may run (declared with device_from), in the declarations' order: what a
 # `DeviceInput` built without a preset's ops runs.
 ALL_DEVICE_OPS = tuple(name for name, op in presets.OPS.items() if op.device_from is not None)
