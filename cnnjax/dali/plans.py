@@ -133,14 +133,6 @@ def _resize_to(g: _Geometry, height: int, width: int, target: int) -> None:
   g.box = (0, 0) + g.resized
 
 
-def _resize_shorter_side(g, rng, p, height, width) -> None:
-  _resize_to(g, height, width, p.resize_size)
-
-
-def _random_resize_shorter_side(g, rng, p, height, width) -> None:
-  _resize_to(g, height, width, int(rng.integers(p.scale_min, p.scale_max + 1)))
-
-
 def _center_crop(g, rng, p, height, width) -> None:
   top, left, h, w = g.box
   side = p.resize_size
@@ -183,9 +175,11 @@ def _on_device(g, rng, p, height, width) -> None:
 # runs a preset's steps in its declared order, so every draw comes in that order.
 DALI_OPS = {
     "decode": lambda g, rng, p, height, width: None,  # the graph decodes the planned slice
-    "resize_shorter_side": _resize_shorter_side,
+    "resize_shorter_side": lambda g, rng, p, height, width: _resize_to(g, height, width,
+                                                                       p.resize_size),
     "center_crop": _center_crop,
-    "random_resize_shorter_side": _random_resize_shorter_side,
+    "random_resize_shorter_side": lambda g, rng, p, height, width: _resize_to(
+        g, height, width, int(rng.integers(p.scale_min, p.scale_max + 1))),
     "random_crop": _random_crop,
     "inception_crop": _inception_crop,
     "random_resize": _random_resize,
