@@ -23,10 +23,10 @@ import numpy as np
 
 from cnnjax._atomic import write_atomic
 from cnnjax.errors import DataError, close_matches
-from cnnjax.preprocessing.folders import ON_BAD_IMAGE, folder_root, scan_folder
+from cnnjax.preprocessing.folders import (IMAGE_FOLDER_PREFIX, ON_BAD_IMAGE, folder_root,  # noqa: F401
+                                          resolve_data_dir, scan_folder)
 
 DIGITS_BUILDER = "cnnjax_digits"
-IMAGE_FOLDER_PREFIX = "image_folder:"
 IMAGE_FOLDER_BUILDER = "cnnjax_image_folder"
 DEFAULT_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 RECORD_HEADER, RECORD_FOOTER = 12, 4  # uint64 length + uint32 crc; uint32 crc
@@ -78,12 +78,6 @@ class PreparedSplit:
   @property
   def num_examples(self) -> int:
     return int(sum(self.shard_lengths))
-
-
-def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> str:
-  """The argument, else $TFDS_DATA_DIR, else ~/tensorflow_datasets (as `cnnjax.data` resolves it)."""
-  chosen = data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
-  return os.path.abspath(os.path.expanduser(os.fspath(chosen)))
 
 
 def _prepare_hint(dataset: str, root: str) -> str:

@@ -36,9 +36,9 @@ from cnnjax import logs
 from cnnjax.data import _tf_setup  # noqa: F401
 from cnnjax.data.bounded import bounded_builder, check_bounded_source, check_max_resolution
 from cnnjax.errors import DataError, close_matches
+from cnnjax.preprocessing.folders import IMAGE_FOLDER_PREFIX, resolve_data_dir
 
 DIGITS = "digits"
-IMAGE_FOLDER_PREFIX = "image_folder:"
 
 # Remembered at import so we can tell when `tfds.testing.mock_data` has replaced
 # preparation with a no-op (then there is nothing to download or check).
@@ -61,12 +61,6 @@ _KNOWN_EVAL_SPLITS = {"imagenet2012": "validation", "imagenette": "validation",
 # Seconds the download hosts of a dataset that is not on disk get to accept a connection, in
 # all: without one, tfds would retry for minutes before failing (no network, a firewall).
 DOWNLOAD_CHECK_TIMEOUT_S = 20.0
-
-
-def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> str:
-  """The tfds data directory: the argument, else $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
-  chosen = data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
-  return os.path.abspath(os.path.expanduser(os.fspath(chosen)))
 
 
 @dataclasses.dataclass(frozen=True)

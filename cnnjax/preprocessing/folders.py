@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 from cnnjax.errors import DataError
 
+IMAGE_FOLDER_PREFIX = "image_folder:"
 SPLIT_FOLDER_NAMES = ("train", "val", "validation", "test")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 ON_BAD_IMAGE = ("raise", "skip")
@@ -38,6 +39,13 @@ class FolderLayout:
   @property
   def key(self) -> str:
     return next(iter(self.keys.values()))
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> str:
+  """The data directory both back ends read: the argument, else $TFDS_DATA_DIR, else
+  ~/tensorflow_datasets (tfds' own default)."""
+  chosen = data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
+  return os.path.abspath(os.path.expanduser(os.fspath(chosen)))
 
 
 def _is_image(name: str) -> bool:
