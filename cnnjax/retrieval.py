@@ -82,10 +82,55 @@ def nearest_neighbours(
   Raises:
     DataError: shapes disagree, k is out of range, or inputs are not finite.
   """
-  queries = _as_matrix(queries, "queries")
-  gallery = _as_matrix(gallery, "gallery")
+  queries, gallery = _checked_search(queries, gallery, k, gallery_chunk_size, query_chunk_size,
+                                     candidate_margin)
   num_queries, dim = queries.shape
   gallery_size = gallery.shape[0]
+  if num_queries == 0:
+    return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+
+  # The vectors are this process's numpy arrays: a mesh of its own devices.
+  devices = list(devices) if devices is not None else jax.local_devices()
+  mesh = sharding.make_mesh(devices)
+  replicated, by_query = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+
+  # Centring on the gallery mean leaves every distance unchanged and reduces
+  # the norms that the expansion's rounding error scales with.
+  centre = gallery.astype(np.float64).mean(axis=0).astype(np.float32)
+  gallery = gallery - centre
+  queries = queries - centre
+
+  gallery_chunk_size = min(gallery_chunk_size, gallery_size)
+  padded_gallery = _pad_rows(gallery, -(-gallery_size // gallery_chunk_size) * gallery_chunk_size)
+  gallery_on_device = jax.device_put(padded_gallery, replicated)
+  max_gallery_norm = float(np.sqrt((gallery.astype(np.float64) ** 2).sum(axis=1).max()))
+
+  num_candidates = min(gallery_size, k + candidate_margin)
+  search = _candidate_search(gallery_size, gallery_chunk_size, num_candidates, k, dim)
+
+  query_chunk_size = min(query_chunk_size, num_queries,
+                         max(1, _RERANK_BUDGET // (num_candidates * dim)))
+  query_chunk_size = _round_up(query_chunk_size, len(devices))
+  distances, indices, uncertified = _search_in_chunks(
+      search, queries, query_chunk_size, k, by_query, gallery_on_device, max_gallery_norm)
+  if uncertified:
+    rows = np.asarray(uncertified)
+    exact_distances, exact_indices = _brute_force(
+        queries[rows], padded_gallery, gallery_size, k, devices)
+    distances[rows] = exact_distances
+    indices[rows] = exact_indices
+
+  if not squared:
+    distances = np.sqrt(distances)
+  return distances, indices
+
+
+def _checked_search(queries: Any, gallery: Any, k: int, gallery_chunk_size: int,
+                    query_chunk_size: int, candidate_margin: int) -> tuple[np.ndarray, np.ndarray]:
+  """(queries, gallery) as float32 matrices; DataError for any argument out of range."""
+  queries = _as_matrix(queries, "queries")
+  gallery = _as_matrix(gallery, "gallery")
+  dim, gallery_size = queries.shape[1], gallery.shape[0]
   if gallery.shape[1] != dim:
     raise DataError(
         f"queries have dimension {dim} but gallery vectors have dimension {gallery.shape[1]}; "
@@ -102,34 +147,13 @@ def nearest_neighbours(
       raise DataError(f"{name} must be positive, got {value}.")
   if candidate_margin < 0:
     raise DataError(f"candidate_margin must be >= 0, got {candidate_margin}.")
-  if num_queries == 0:
-    return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+  return queries, gallery
 
-  # The vectors are this process's numpy arrays: a mesh of its own devices.
-  devices = list(devices) if devices is not None else jax.local_devices()
-  mesh = sharding.make_mesh(devices)
-  replicated = sharding.replicated(mesh)
-  by_query = sharding.batch_sharded(mesh)
 
-  # Centring on the gallery mean leaves every distance unchanged and reduces
-  # the norms that the expansion's rounding error scales with.
-  centre = gallery.astype(np.float64).mean(axis=0).astype(np.float32)
-  gallery = gallery - centre
-  queries = queries - centre
-
-  gallery_chunk_size = min(gallery_chunk_size, gallery_size)
-  num_gallery_chunks = -(-gallery_size // gallery_chunk_size)
-  padded_gallery = np.zeros((num_gallery_chunks * gallery_chunk_size, dim), np.float32)
-  padded_gallery[:gallery_size] = gallery
-  gallery_on_device = jax.device_put(padded_gallery, replicated)
-  max_gallery_norm = float(np.sqrt((gallery.astype(np.float64) ** 2).sum(axis=1).max()))
-
-  num_candidates = min(gallery_size, k + candidate_margin)
-  search = _candidate_search(gallery_size, gallery_chunk_size, num_candidates, k, dim)
-
-  query_chunk_size = min(query_chunk_size, num_queries,
-                         max(1, _RERANK_BUDGET // (num_candidates * dim)))
-  query_chunk_size = _round_up(query_chunk_size, len(devices))
+def _search_in_chunks(search, queries: np.ndarray, query_chunk_size: int, k: int, by_query,
+                      gallery_on_device, max_gallery_norm: float):
+  """(distances [Q, k], indices [Q, k], rows whose candidates were not certified exact)."""
+  num_queries = queries.shape[0]
   distances = np.empty((num_queries, k), np.float32)
   indices = np.empty((num_queries, k), np.int64)
   uncertified = []
@@ -142,17 +166,7 @@ def nearest_neighbours(
     distances[start:start + valid] = np.asarray(chunk_distances)[:valid]
     indices[start:start + valid] = np.asarray(chunk_indices)[:valid]
     uncertified.extend(start + np.flatnonzero(~np.asarray(certified)[:valid]))
-
-  if uncertified:
-    rows = np.asarray(uncertified)
-    exact_distances, exact_indices = _brute_force(
-        queries[rows], padded_gallery, gallery_size, k, devices)
-    distances[rows] = exact_distances
-    indices[rows] = exact_indices
-
-  if not squared:
-    distances = np.sqrt(distances)
-  return distances, indices
+  return distances, indices, uncertified
 
 
 def neighbour_label_agreement(query_labels: Any, gallery_labels: Any,

@@ -114,13 +114,20 @@ def shorter_side_size(height, width, target) -> tuple[tf.Tensor, tf.Tensor]:
   return tf.maximum(new_h, target_i), tf.maximum(new_w, target_i)
 
 
+def shorter_side_shape(shape: tuple[int, int], target: int) -> tuple[int, int]:
+  """`shorter_side_size` of a static (height, width), as Python ints."""
+  height, width = int(shape[0]), int(shape[1])
+  scale = target / min(height, width)
+  new_h = target if height <= width else max(target, int(round(height * scale)))
+  new_w = target if width < height else max(target, int(round(width * scale)))
+  return new_h, new_w
+
+
 def resize_shorter_side_image(image: tf.Tensor, target, method: str = "bilinear") -> tf.Tensor:
   static_h, static_w = image.shape[-3], image.shape[-2]
   if isinstance(target, int) and static_h is not None and static_w is not None:
     # Static sizes stay static (eager mode, fixed-size datasets).
-    scale = target / min(static_h, static_w)
-    new_h = target if static_h <= static_w else max(target, int(round(static_h * scale)))
-    new_w = target if static_w < static_h else max(target, int(round(static_w * scale)))
+    new_h, new_w = shorter_side_shape((static_h, static_w), target)
     resized = resize_image(image, new_h, new_w, method)
     resized.set_shape([new_h, new_w, 3])
     return resized

@@ -24,13 +24,13 @@ from cnnjax.data.stats import (DEFAULT_MAX_EXAMPLES, IMAGENET_MEAN_RGB, IMAGENET
                                load_or_compute_stats, stats_path, stats_resolution)
 from cnnjax.errors import DataError, close_matches
 from cnnjax.preprocessing import presets
+from cnnjax.preprocessing.imagenet import CAFFE_MEAN_RGB
 from cnnjax.preprocessing.boundary import device_finishes, resolve_boundary
 
 NORMALIZATIONS = ("per_channel", "per_channel_std", "per_pixel", "imagenet", "imagenet_mean",
                   "caffe_mean", "none")
 # The VGG and ResNet authors' Caffe ImageNet mean (RGB order, 0..255), which
 # their published weights (keras.applications' "caffe" mode) expect subtracted.
-CAFFE_MEAN_RGB = (123.68, 116.779, 103.939)
 
 
 def resolve_device_preprocessing(boundary: str = "auto") -> bool:

@@ -189,9 +189,11 @@ def eval_iterator(dataset: str, *, data_dir: str | os.PathLike | None = None,
   image_size, native = input_size(source, image_size)
   device = device_finishes(eval_boundary(resolve_boundary(boundary, error=DataError)))
   stats = stats_if_needed(source, stats_split, normalize, {})
+  if view == "dense_multiscale" and normalize == "per_pixel" and native is None:
+    device = False  # a mean image stretched to whole non-square images: the host's (float32)
   view_fn = eval_op(view, image_size=image_size, native_size=native,
                     normalize_op=normalize_op(normalize, stats), device=device,
-                    **dict(view_kwargs or {}))
+                    image_shape=source.image_shape[:2], **dict(view_kwargs or {}))
   num_classes = source.num_classes
 
   def process(index, ex):
@@ -210,7 +212,11 @@ def eval_iterator(dataset: str, *, data_dir: str | os.PathLike | None = None,
   for key, tensor_spec in spec.items():
     if not tensor_spec.shape.is_fully_defined():
       raise DataError(f"view {view!r} produced {key!r} with unknown shape {tensor_spec.shape}; "
-                      "evaluation batches need fixed shapes")
+                      "evaluation batches need fixed shapes" + (
+                          f" (the images of {dataset!r} vary in shape: score whole images one at "
+                          "a time with cnnjax.evaluate --views dense_multiscale, or "
+                          "cnnjax.data.views.whole_image_batches)" if view == "dense_multiscale"
+                          else ""))
   padding = {k: tf.zeros(s.shape, s.dtype) for k, s in spec.items()}
   pad_count = num_batches * local_batch - num_local
   ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat(pad_count))

@@ -33,17 +33,14 @@ from cnnjax._atomic import write_atomic
 from cnnjax.data import _tf_setup  # noqa: F401
 from cnnjax.data.image_ops import center_crop_image, decode_image, resize_shorter_side_image
 from cnnjax.errors import DataError
+from cnnjax.preprocessing import imagenet
 
-# ImageNet RGB constants on the 0..255 scale (torchvision / Caffe convention).
-IMAGENET_MEAN_RGB = np.array([123.675, 116.28, 103.53], np.float32)
-IMAGENET_STD_RGB = np.array([58.395, 57.12, 57.375], np.float32)
-# ImageNet RGB principal components: standard deviation along each axis (0..255
-# scale, i.e. 255 x the widely used [0.2175, 0.0188, 0.0045]) and the
-# eigenvectors as columns.
-IMAGENET_PCA_STD = np.array([55.46, 4.794, 1.148], np.float32)
-IMAGENET_PCA_EIGVEC = np.array([[-0.5675, 0.7192, 0.4009],
-                                [-0.5808, -0.0045, -0.8140],
-                                [-0.5836, -0.6948, 0.4203]], np.float32)
+
+# ImageNet's colour constants (cnnjax.preprocessing.imagenet) as float32 arrays.
+IMAGENET_MEAN_RGB = np.asarray(imagenet.IMAGENET_MEAN_RGB, np.float32)
+IMAGENET_STD_RGB = np.asarray(imagenet.IMAGENET_STD_RGB, np.float32)
+IMAGENET_PCA_STD = np.asarray(imagenet.IMAGENET_PCA_STD, np.float32)
+IMAGENET_PCA_EIGVEC = np.asarray(imagenet.IMAGENET_PCA_EIGVEC, np.float32)
 
 DEFAULT_MAX_EXAMPLES = 50_000
 VARIABLE_SIZE_RESOLUTION = 256

@@ -10,13 +10,15 @@ Output formats (per example; batches add a leading batch axis):
                (256), centre resize_size square, then the crops in this order:
                0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right, 4 centre,
                5..9 the same five mirrored left-right.
-  "multiscale" one key per scale Q, "image_q{Q}": [2, Q, Q, 3] (VGG dense
-               evaluation) for batches of one fixed shape: shorter side -> Q,
-               centre Q x Q square, and its mirror image (the whole image for
-               square datasets). Datasets of varying image sizes are densely
-               evaluated on whole images instead (`whole_image_op`). The model runs fully convolutionally on each key
-               and averages the class-score maps; keys are listed in
-               `multiscale_keys(scales)`.
+  "dense_multiscale"
+               one key per scale Q, "image_q{Q}": [2, Hq, Wq, 3] (VGG/ResNet
+               dense evaluation): the whole image with its shorter side
+               rescaled to Q, aspect kept (a 300x450 image gives 256x384 at
+               Q=256), and its mirror (`whole_image_op`). Batches need one
+               image shape: datasets whose images vary in shape are scored one
+               image at a time (`whole_image_batches`). The model runs fully
+               convolutionally on each key and averages the class-score maps;
+               keys are listed in `multiscale_keys(scales)`.
   "150crop"    image [150, 224, 224, 3] (VGG multi-crop): for each scale Q
                (default 256, 384, 512): shorter side -> Q, the whole image;
                a 5x5 regular grid of image_size crops and their mirrors
@@ -38,17 +40,18 @@ instead (the CIFAR recipe's `pad`-pixel zero padding, 4 by default):
                crop v is padded[top:top + N, left:left + N] with (top, left)
                = five_crop_offsets(N + 2 pad, N)[v % 5].
   "144crop"    the same 10 crops (there are no scales or squares to take).
-  "multiscale" one key "image_q{N}": the image and its mirror.
+  "dense_multiscale" one key "image_q{N}": the image and its mirror.
 Option `flip=False` (a net trained without mirroring, e.g. digits) drops
-the mirrored views (10crop/144crop: 5 crops; multiscale: [1, N, N, 3]), and
+the mirrored views (10crop/144crop: 5 crops; dense_multiscale: [1, N, N, 3]), and
 `pad=0` (trained without the padding) makes every crop the image itself;
 cnnjax.evaluate sets both from the run's training augmentation.
-An explicit resize_size (10crop) or scales (multiscale, 144crop) restores
+An explicit resize_size (10crop) or scales (dense_multiscale, 144crop) restores
 the rescaling views.
 
 All views normalise on the 0..255 scale like training (a per-pixel mean is
 subtracted at the resize_size square stage for "center" and "10crop", at
-the Q x Q square for "multiscale"). With `device=True` the images stay
+the whole rescaled image for "dense_multiscale", the mean image stretched
+to it; eval_iterator finishes those on the host). With `device=True` the images stay
 unnormalised and each image key gets its windows ("window" [4] or [V, 4],
 "window_q{Q}" [2, 4]): where its pixels lie in the square the host would
 have normalised (see `cnnjax.preprocessing.device`; the padded crops of
@@ -58,14 +61,16 @@ padding as the host does).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
 
 import tensorflow as tf
 
 from cnnjax.data import _tf_setup  # noqa: F401
 from cnnjax.data.image_ops import (Example, Op, center_crop_image, check_crop_fits, check_fits,
                                    check_named_options, decode_image,
-                                   image_hw, resize_image, resize_shorter_side_image, square_image)
+                                   image_hw, resize_image, resize_shorter_side_image, shorter_side_shape,
+                                   square_image)
 from cnnjax.data.normalization import normalize_op, stats_if_needed
 from cnnjax.data.sources import get_source, input_size
 from cnnjax.errors import DataError
@@ -74,14 +79,14 @@ from cnnjax.preprocessing import presets as declared
 # The views and their options, as declared (cnnjax.preprocessing.presets.VIEWS).
 VIEWS = tuple(declared.VIEWS)
 _VIEW_KWARGS = {name: set(view.options) for name, view in declared.VIEWS.items()}
-DEFAULT_MULTISCALE = declared.VIEWS["multiscale"].defaults["scales"]
+DEFAULT_DENSE_SCALES = declared.VIEWS["dense_multiscale"].defaults["scales"]
 GOOGLENET_SCALES = declared.VIEWS["144crop"].defaults["scales"]
 NATIVE_PAD = declared.VIEWS["10crop"].defaults["pad"]  # the CIFAR recipe's padding (ResNet Sec. 4.2)
 VGG_GRID = declared.VIEWS["150crop"].defaults["grid"]  # VGG Sec. 3.2: a 5x5 grid per scale
 CROP_FRACTION = declared.VIEWS["center"].defaults["crop_fraction"]  # 224 of 256
 
 
-def multiscale_keys(scales: Sequence[int] = DEFAULT_MULTISCALE) -> list[str]:
+def multiscale_keys(scales: Sequence[int] = DEFAULT_DENSE_SCALES) -> list[str]:
   return [f"image_q{q}" for q in scales]
 
 
@@ -111,117 +116,153 @@ def _windows(rows) -> tf.Tensor:
   return tf.constant(rows, tf.int32)
 
 
-def eval_op(view: str, *, image_size: int, native_size: int | None, normalize_op: Op,
-            device: bool = False, **kwargs) -> Op:
-  """The op turning a decoded-or-encoded example into `view`'s deterministic crops.
+@dataclasses.dataclass(frozen=True)
+class _ViewContext:
+  """What every view's builder needs (see `eval_op`)."""
+  image_size: int
+  native_size: int | None
+  image_shape: tuple[int, int] | None
+  normalize_op: Op
+  device: bool
+  kwargs: dict
 
-  device: leave the normalisation to the device and add the windows.
-  """
-  check_named_options("evaluation view", view, _VIEW_KWARGS, kwargs)
+  def normalized(self, image: tf.Tensor) -> tf.Tensor:
+    return image if self.device else self.normalize_op({"image": image})["image"]
 
-  def normalized(image):
-    return image if device else normalize_op({"image": image})["image"]
+  def decoded(self, ex: Example) -> tf.Tensor:
+    image = decode_image(ex["image"], self.native_size)
+    if self.image_shape is not None:
+      image.set_shape(list(self.image_shape) + [3])
+    return image
 
-  def with_windows(op: Op, windows: dict[str, list]) -> Op:
-    if not device:
+  def with_windows(self, op: Op, windows: dict[str, list]) -> Op:
+    """`op`, adding the windows of its image keys when the device normalises them."""
+    if not self.device:
       return op
     return lambda ex: dict(op(ex), **{key: _windows(rows) for key, rows in windows.items()})
 
-  if view == "center":
-    if native_size == image_size and "resize_size" not in kwargs and "crop_fraction" not in kwargs:
-      return with_windows(lambda ex: dict(ex, image=normalized(decode_image(ex["image"], native_size))),
-                          {"window": [image_size, 0, 0, 0]})
-    resize_size = kwargs.get("resize_size",
-                             int(round(image_size / kwargs.get("crop_fraction", CROP_FRACTION))))
-    check_crop_fits(image_size, resize_size, "center: resize_size")
+  @property
+  def flips(self) -> tuple[int, ...]:
+    return (0, 1) if bool(self.kwargs.get("flip", True)) else (0,)
 
-    def center(ex: Example) -> Example:
-      square = square_image(decode_image(ex["image"], native_size), resize_size)
-      return dict(ex, image=center_crop_image(normalized(square), image_size, image_size))
-    offset = (resize_size - image_size) // 2
-    return with_windows(center, {"window": [resize_size, offset, offset, 0]})
+  def native(self, *rescaling_options: str) -> bool:
+    """The images already are the network's size and no option asks to rescale them."""
+    return self.native_size == self.image_size and not set(rescaling_options) & set(self.kwargs)
 
-  if native_size == image_size and view in ("10crop", "144crop") and not (
-      {"resize_size", "scales"} & set(kwargs)):
-    pad = int(kwargs.get("pad", NATIVE_PAD))
-    flip = bool(kwargs.get("flip", True))
-    if pad < 0:
-      raise DataError(f"{view}: pad must be >= 0 pixels; got {pad}")
 
-    def padded_crops(ex: Example) -> Example:
-      image = normalized(decode_image(ex["image"], native_size))
-      padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
-      crops = five_crops(padded, image_size)
-      return dict(ex, image=tf.stack(with_mirrors(crops) if flip else crops))
-    return with_windows(padded_crops, {"window": [
-        [native_size, top - pad, left - pad, mirrored] for mirrored in ((0, 1) if flip else (0,))
-        for top, left in five_crop_offsets(image_size + 2 * pad, image_size)]})
+def _center(c: _ViewContext) -> Op:
+  if c.native("resize_size", "crop_fraction"):
+    return c.with_windows(lambda ex: dict(ex, image=c.normalized(c.decoded(ex))),
+                          {"window": [c.image_size, 0, 0, 0]})
+  resize_size = c.kwargs.get("resize_size",
+                             int(round(c.image_size / c.kwargs.get("crop_fraction", CROP_FRACTION))))
+  check_crop_fits(c.image_size, resize_size, "center: resize_size")
 
-  if view == "multiscale" and native_size == image_size and "scales" not in kwargs:
-    key = multiscale_keys([native_size])[0]
-    flip = bool(kwargs.get("flip", True))
+  def center(ex: Example) -> Example:
+    square = square_image(c.decoded(ex), resize_size)
+    return dict(ex, image=center_crop_image(c.normalized(square), c.image_size, c.image_size))
+  offset = (resize_size - c.image_size) // 2
+  return c.with_windows(center, {"window": [resize_size, offset, offset, 0]})
 
-    def native_dense(ex: Example) -> Example:
-      image = normalized(decode_image(ex["image"], native_size))
-      out = {k: v for k, v in ex.items() if k != "image"}
-      out[key] = tf.stack([image, tf.image.flip_left_right(image)] if flip else [image])
-      return out
-    return with_windows(native_dense, {"window" + key[len("image"):]: [
-        [native_size, 0, 0, mirrored] for mirrored in ((0, 1) if flip else (0,))]})
 
-  if view == "10crop":
-    resize_size = kwargs.get("resize_size", int(round(image_size / CROP_FRACTION)))
-    check_crop_fits(image_size, resize_size, "10crop: resize_size")
+def _padded_crops(c: _ViewContext, view: str) -> Op:
+  """10crop/144crop of images at the network's size: crops of the zero-padded image."""
+  pad, size = int(c.kwargs.get("pad", NATIVE_PAD)), c.image_size
+  if pad < 0:
+    raise DataError(f"{view}: pad must be >= 0 pixels; got {pad}")
 
-    def ten_crop(ex: Example) -> Example:
-      square = normalized(square_image(decode_image(ex["image"], native_size), resize_size))
-      return dict(ex, image=tf.stack(with_mirrors(five_crops(square, image_size))))
-    return with_windows(ten_crop, {"window": [[resize_size, top, left, mirrored] for mirrored in (0, 1)
-                                              for top, left in five_crop_offsets(resize_size, image_size)]})
+  def padded_crops(ex: Example) -> Example:
+    padded = tf.pad(c.normalized(c.decoded(ex)), [[pad, pad], [pad, pad], [0, 0]])
+    crops = five_crops(padded, size)
+    return dict(ex, image=tf.stack(with_mirrors(crops) if len(c.flips) == 2 else crops))
+  return c.with_windows(padded_crops, {"window": [
+      [c.native_size, top - pad, left - pad, mirrored] for mirrored in c.flips
+      for top, left in five_crop_offsets(size + 2 * pad, size)]})
 
-  if view == "multiscale":
-    scales = tuple(int(q) for q in kwargs.get("scales", DEFAULT_MULTISCALE))
-    if not scales:
-      raise DataError("multiscale view needs at least one scale")
 
-    def multiscale(ex: Example) -> Example:
-      image = decode_image(ex["image"], native_size)
-      out = {k: v for k, v in ex.items() if k != "image"}
-      for q, key in zip(scales, multiscale_keys(scales)):
-        square = normalized(square_image(image, q))
-        out[key] = tf.stack([square, tf.image.flip_left_right(square)])
-      return out
-    return with_windows(multiscale, {"window" + key[len("image"):]: [[q, 0, 0, 0], [q, 0, 0, 1]]
-                                     for q, key in zip(scales, multiscale_keys(scales))})
+def _ten_crop(c: _ViewContext) -> Op:
+  if c.native("resize_size", "scales"):
+    return _padded_crops(c, "10crop")
+  size = c.image_size
+  resize_size = c.kwargs.get("resize_size", int(round(size / CROP_FRACTION)))
+  check_crop_fits(size, resize_size, "10crop: resize_size")
 
-  if view == "150crop":
-    scales = tuple(int(q) for q in kwargs.get("scales", DEFAULT_MULTISCALE))
-    grid = int(kwargs.get("grid", VGG_GRID))
-    for q in scales:
-      check_crop_fits(image_size, q, "150crop: scale")
-    crops_op = grid_crops_op(scales, image_size, grid)
-    return with_windows(lambda ex: dict(ex, image=normalized(crops_op(ex)["image"])),
-                        {"window": [[image_size, 0, 0, 0]] * (len(scales) * grid * grid * 2)})
+  def ten_crop(ex: Example) -> Example:
+    square = c.normalized(square_image(c.decoded(ex), resize_size))
+    return dict(ex, image=tf.stack(with_mirrors(five_crops(square, size))))
+  return c.with_windows(ten_crop, {"window": [[resize_size, top, left, mirrored] for mirrored in (0, 1)
+                                              for top, left in five_crop_offsets(resize_size, size)]})
 
-  # 144crop
-  scales = tuple(int(q) for q in kwargs.get("scales", GOOGLENET_SCALES))
+
+def _dense(c: _ViewContext) -> Op:
+  """The whole image at each scale Q (shorter side -> Q, aspect kept) and its mirror."""
+  scales = ((c.native_size,) if c.native("scales") else
+            tuple(int(q) for q in c.kwargs.get("scales", DEFAULT_DENSE_SCALES)))
+  op = whole_image_op(scales, lambda ex: {"image": c.normalized(ex["image"])}, flip=len(c.flips) == 2, decode=c.decoded,
+                      rescale=not c.native("scales"))
+  windows = {}
+  for q, key in zip(scales, multiscale_keys(scales)):
+    frame = q if c.image_shape is None else max(shorter_side_shape(c.image_shape, q))
+    windows["window" + key[len("image"):]] = [[frame, 0, 0, mirrored] for mirrored in c.flips]
+  return c.with_windows(op, windows)
+
+
+def _grid_crops(c: _ViewContext) -> Op:
+  scales = tuple(int(q) for q in c.kwargs.get("scales", DEFAULT_DENSE_SCALES))
+  grid = int(c.kwargs.get("grid", VGG_GRID))
   for q in scales:
-    check_crop_fits(image_size, q, "144crop: scale")
+    check_crop_fits(c.image_size, q, "150crop: scale")
+  crops_op = grid_crops_op(scales, c.image_size, grid)
+  return c.with_windows(lambda ex: dict(ex, image=c.normalized(crops_op(
+      dict(ex, image=c.decoded(ex)))["image"])),
+                        {"window": [[c.image_size, 0, 0, 0]] * (len(scales) * grid * grid * 2)})
+
+
+def _googlenet_crops(c: _ViewContext) -> Op:
+  if c.native("resize_size", "scales"):
+    return _padded_crops(c, "144crop")
+  size = c.image_size
+  scales = tuple(int(q) for q in c.kwargs.get("scales", GOOGLENET_SCALES))
+  for q in scales:
+    check_crop_fits(size, q, "144crop: scale")
 
   def multi_crop(ex: Example) -> Example:
-    image = decode_image(ex["image"], native_size)
+    image = c.decoded(ex)
     per_scale = []
     for q in scales:
       squares = tf.cast(tf.stack(_three_squares(resize_shorter_side_image(image, q), q)),
                         tf.float32)                                    # [3, Q, Q, 3]
-      crops = five_crops(squares, image_size) + [resize_image(squares, image_size, image_size)]
+      crops = five_crops(squares, size) + [resize_image(squares, size, size)]
       crops = tf.stack(crops, axis=1)                                  # [3, 6, S, S, 3]
       mirrored = tf.stack([crops, tf.reverse(crops, axis=[-2])], axis=2)  # [3, 6, 2, S, S, 3]
-      per_scale.append(tf.reshape(mirrored, [-1, image_size, image_size, 3]))
+      per_scale.append(tf.reshape(mirrored, [-1, size, size, 3]))
     stacked = tf.concat(per_scale, axis=0)
-    stacked.set_shape([len(scales) * 36, image_size, image_size, 3])
-    return dict(ex, image=normalized(stacked))
-  return with_windows(multi_crop, {"window": [[image_size, 0, 0, 0]] * (len(scales) * 36)})
+    stacked.set_shape([len(scales) * 36, size, size, 3])
+    return dict(ex, image=c.normalized(stacked))
+  return c.with_windows(multi_crop, {"window": [[size, 0, 0, 0]] * (len(scales) * 36)})
+
+
+_BUILDERS = {"center": _center, "10crop": _ten_crop, "dense_multiscale": _dense,
+             "144crop": _googlenet_crops, "150crop": _grid_crops}
+assert set(_BUILDERS) == set(VIEWS), "every declared view has a builder"
+
+
+def eval_op(view: str, *, image_size: int, native_size: int | None, normalize_op: Op,
+            device: bool = False, image_shape: Sequence[int | None] | None = None,
+            **kwargs) -> Op:
+  """The op turning a decoded-or-encoded example into `view`'s deterministic crops.
+
+  native_size: the side of a dataset whose images are all that square size.
+  image_shape: (H, W) of a dataset whose images all have that shape (static
+    shapes for the whole-image dense view), else None.
+  device: leave the normalisation to the device and add the windows.
+  """
+  check_named_options("evaluation view", view, _VIEW_KWARGS, kwargs)
+  shape = None
+  if image_shape is not None and None not in tuple(image_shape)[:2]:
+    shape = (int(image_shape[0]), int(image_shape[1]))
+  return _BUILDERS[view](_ViewContext(image_size, native_size, shape, normalize_op, device,
+                                      dict(kwargs)))
 
 
 def apply_eval_view(image, view: str = "center", *, image_size: int,
@@ -241,7 +282,7 @@ def apply_eval_view(image, view: str = "center", *, image_size: int,
 
   Returns {key: float32 array}: "image" [S, S, 3] for "center", [V, S, S, 3]
   for the multi-crop views; "image_q{Q}" [2, Q, Q, 3] per scale for
-  "multiscale". The values equal those of `eval_iterator`'s float32 batches
+  "dense_multiscale". The values equal those of `eval_iterator`'s float32 batches
   (the host-finished boundary) for the same image and options.
   """
   import numpy as np  # pylint: disable=import-outside-toplevel
@@ -330,25 +371,30 @@ def _three_squares(image: tf.Tensor, size: int) -> list[tf.Tensor]:
 # ------------------------------------------------------- dense evaluation on whole images
 
 
-def whole_image_op(scales: Sequence[int], normalize_op: Op, native_size: int | None = None) -> Op:
+def whole_image_op(scales: Sequence[int], normalize_op: Op, native_size: int | None = None, *,
+                   flip: bool = True, decode: Callable[[Example], tf.Tensor] | None = None,
+                   rescale: bool = True) -> Op:
   """VGG Sec. 3.2 / ResNet Sec. 4: the whole image at each scale, for dense evaluation.
 
   Key "image_q{Q}" [2, Hq, Wq, 3]: the image with its shorter side rescaled
   to Q and the aspect ratio kept (no crop; a 300x450 image gives 256x384 at
-  Q=256), and its mirror. Shapes differ between images, so these examples
-  are scored one at a time (`whole_image_batches`).
+  Q=256), and its mirror ([1, Hq, Wq, 3] with flip=False). Images of one
+  fixed shape batch (`eval_iterator`'s "dense_multiscale"); images of varying
+  shapes are scored one at a time (`whole_image_batches`). rescale=False
+  keeps images already at the network's size as they are.
   """
   scales = tuple(int(q) for q in scales)
   if not scales:
     raise DataError("dense evaluation needs at least one scale")
+  decode = decode or (lambda ex: decode_image(ex["image"], native_size))
 
   def op(ex: Example) -> Example:
-    image = decode_image(ex["image"], native_size)
+    image = decode(ex)
     out = {k: v for k, v in ex.items() if k != "image"}
     for q, key in zip(scales, multiscale_keys(scales)):
-      rescaled = normalize_op({"image": tf.cast(resize_shorter_side_image(image, q),
-                                                tf.float32)})["image"]
-      out[key] = tf.stack([rescaled, tf.image.flip_left_right(rescaled)])
+      rescaled = tf.cast(resize_shorter_side_image(image, q) if rescale else image, tf.float32)
+      rescaled = normalize_op({"image": rescaled})["image"]
+      out[key] = tf.stack([rescaled, tf.image.flip_left_right(rescaled)] if flip else [rescaled])
     return out
   return op
 

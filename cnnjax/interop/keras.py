@@ -46,12 +46,11 @@ import numpy as np
 
 from cnnjax import models
 from cnnjax.errors import CheckpointError, ModelError, close_matches
+# Caffe's ImageNet mean, as keras.applications' preprocess_input subtracts it (BGR).
+from cnnjax.preprocessing.imagenet import CAFFE_MEAN_BGR, CAFFE_MEAN_RGB  # noqa: F401
 from cnnjax.interop.state_dict import (abstract_variables, flatten_tree,
                                        unflatten_tree)
 
-# Caffe's ImageNet mean, as keras.applications' preprocess_input subtracts it (BGR).
-CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
-CAFFE_MEAN_RGB = CAFFE_MEAN_BGR[::-1]
 KERAS_RESNET_BN_EPSILON = 1.001e-5
 
 VGG_BLOCKS = {"vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}

@@ -9,6 +9,7 @@
             when it crosses to the device (`HostBatch`)
   device    the accelerator's share: colour distortions, normalisation, the
             crop resize of the Inception preset, inside the jitted steps
+  imagenet  ImageNet's colour constants (means, std, PCA), declared once
 
 Needs no TensorFlow (the `presets` and `boundary` declarations need nothing
 but Python; `device` needs jax), so the train step, DALI hosts and other JAX

@@ -33,8 +33,8 @@ DENSE_KEY_PREFIX = "image_q"
 VIEWS = ("center", "10crop", "dense_multiscale", "144crop", "150crop", "dense+150crop")
 # Names of the same views in cnnjax.data.eval_iterator ("dense+150crop" reads
 # whole images one at a time: cnnjax.data.views.whole_image_batches).
-DATA_VIEWS = {"center": "center", "10crop": "10crop", "dense_multiscale": "multiscale",
-              "144crop": "144crop", "150crop": "150crop", "dense+150crop": "multiscale"}
+DATA_VIEWS = {"center": "center", "10crop": "10crop", "dense_multiscale": "dense_multiscale",
+              "144crop": "144crop", "150crop": "150crop", "dense+150crop": "dense_multiscale"}
 DENSE_VIEWS = ("dense_multiscale", "dense+150crop")
 
 
@@ -151,7 +151,7 @@ def check_layout(batch: Mapping[str, Any], view: str) -> None:
   if view == "dense_multiscale":
     if not dense:
       raise DataError("view 'dense_multiscale' takes batches with one 'image_q<Q>' key per "
-                      "scale; read the data with eval_iterator(view='multiscale').")
+                      "scale; read the data with eval_iterator(view='dense_multiscale').")
     return
   ndim = getattr(batch.get("image"), "ndim", None)
   expected = 4 if view == "center" else 5

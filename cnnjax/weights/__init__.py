@@ -40,10 +40,6 @@ import numpy as np
 from cnnjax.errors import ModelError
 from cnnjax.weights.catalogue import Convention, Source, get_source, sources
 
-DATA_VIEWS = {"center": "center", "10crop": "10crop", "144crop": "144crop",
-              "150crop": "150crop", "dense_multiscale": "multiscale"}
-
-
 def list_weights(model: str | None = None) -> list[str]:
   """Names of every published weights source (of one registered model, if given)."""
   if model is not None:
@@ -173,8 +169,9 @@ def image_view(image: Any, view: str = "center", *, image_size: int = 224, **vie
 
   See `Weights.view`; this is the same for any network input size.
   """
-  if view not in DATA_VIEWS:
-    raise ModelError(f"unknown view {view!r}; choose one of {', '.join(DATA_VIEWS)}")
+  from cnnjax.preprocessing.presets import VIEWS  # pylint: disable=import-outside-toplevel
+  if view not in VIEWS:
+    raise ModelError(f"unknown view {view!r}; choose one of {', '.join(VIEWS)}")
   try:
     # cnnjax.data first: it imports TensorFlow quietly and keeps it off the GPUs
     from cnnjax.data import normalization, views  # pylint: disable=import-outside-toplevel
@@ -182,18 +179,12 @@ def image_view(image: Any, view: str = "center", *, image_size: int = 224, **vie
   except ImportError as error:
     raise ModelError("the evaluation views need TensorFlow (cnnjax's input pipeline): "
                      "pip install tensorflow-cpu") from error
-  tensor = _image_tensor(tf, image)
-  as_float = normalization.normalize_op("none", None)
-  if view == "dense_multiscale":
-    scales = tuple(view_kwargs.pop("scales", (256, 384, 512)))
-    if view_kwargs:
-      raise ModelError(f"dense_multiscale takes only scales=; got {sorted(view_kwargs)}")
-    op = views.whole_image_op(scales, as_float)
-    out = op({"image": tensor})
+  op = views.eval_op(view, image_size=image_size, native_size=None,
+                     normalize_op=normalization.normalize_op("none", None), **view_kwargs)
+  out = op({"image": _image_tensor(tf, image)})
+  if view == "dense_multiscale":  # the whole image at each scale: one key per scale
     return {key: np.asarray(value) for key, value in out.items() if key.startswith("image_q")}
-  op = views.eval_op(DATA_VIEWS[view], image_size=image_size, native_size=None,
-                     normalize_op=as_float, **view_kwargs)
-  return np.asarray(tf.cast(op({"image": tensor})["image"], tf.float32))
+  return np.asarray(tf.cast(out["image"], tf.float32))
 
 
 def _image_tensor(tf, image: Any):

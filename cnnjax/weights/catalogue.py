@@ -12,16 +12,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from cnnjax.errors import ModelError, close_matches
+from cnnjax.preprocessing.imagenet import CAFFE_MEAN_RGB, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
 
 ORIGINS = ("torchvision", "keras")
 # torchvision: RGB scaled to [0, 1], minus (0.485, 0.456, 0.406), divided by
 # (0.229, 0.224, 0.225); here on the 0..255 scale.
-TORCHVISION_MEAN = (123.675, 116.28, 103.53)
-TORCHVISION_STD = (58.395, 57.12, 57.375)
-# Keras "caffe" mode: BGR, minus Caffe's ImageNet mean (103.939, 116.779, 123.68),
-# no scaling. The import turns the first convolution to RGB input, so the mean
-# is subtracted in RGB order (cnnjax.interop.keras).
-CAFFE_MEAN_RGB = (123.68, 116.779, 103.939)
+TORCHVISION_MEAN = IMAGENET_MEAN_RGB
+TORCHVISION_STD = IMAGENET_STD_RGB
+# Keras "caffe" mode: BGR, minus Caffe's ImageNet mean, no scaling. The import turns
+# the first convolution to RGB input, so the mean is subtracted in RGB order
+# (cnnjax.interop.keras).
 # torchvision's weights whose evaluation resize differs from 256 (weights.transforms()).
 TORCHVISION_RESIZE = {"resnet50.IMAGENET1K_V2": 232, "resnet101.IMAGENET1K_V2": 232,
                       "resnet152.IMAGENET1K_V2": 232}

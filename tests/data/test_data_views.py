@@ -60,15 +60,19 @@ def test_center_view_is_identity_at_native_size_and_crops_otherwise():
   np.testing.assert_array_equal(out, big[4:60, 12:68])  # 56 / 0.875 = 64: no resize needed
 
 
-def test_multiscale_shapes_and_mirrors():
+def test_dense_view_is_the_whole_image_at_each_scale_and_its_mirror():
+  """VGG Sec. 3.2 / ResNet Sec. 4: shorter side -> Q, aspect kept, no crop."""
   image = _distinct_image(30, 45)
-  op = views.eval_op("multiscale", image_size=24, native_size=None, normalize_op=IDENTITY,
+  op = views.eval_op("dense_multiscale", image_size=24, native_size=None, normalize_op=IDENTITY,
                      scales=(30, 36))
   out = _apply(op, image)
   assert set(out) == {"image_q30", "image_q36", "label"} == set(views.multiscale_keys((30, 36))) | {"label"}
-  assert out["image_q30"].shape == (2, 30, 30, 3) and out["image_q36"].shape == (2, 36, 36, 3)
-  np.testing.assert_array_equal(out["image_q30"][0], image[:, 7:37])
-  np.testing.assert_array_equal(out["image_q30"][1], image[:, 7:37][:, ::-1])
+  assert out["image_q30"].shape == (2, 30, 45, 3) and out["image_q36"].shape == (2, 36, 54, 3)
+  np.testing.assert_array_equal(out["image_q30"][0], image)  # already at Q: untouched
+  np.testing.assert_array_equal(out["image_q30"][1], image[:, ::-1])
+  whole = views.whole_image_op((30, 36), IDENTITY)({"image": tf.constant(image)})
+  for key in ("image_q30", "image_q36"):  # one implementation: the single-image form agrees
+    np.testing.assert_array_equal(np.asarray(whole[key]), out[key])
 
 
 def test_144_crop_layout():
@@ -128,13 +132,13 @@ def test_native_ten_crop_cuts_the_zero_padded_image_without_rescaling():
 
 def test_native_multiscale_is_the_image_and_its_mirror_at_its_own_size():
   image = _distinct_image(32, 32)
-  op = views.eval_op("multiscale", image_size=32, native_size=32, normalize_op=IDENTITY)
+  op = views.eval_op("dense_multiscale", image_size=32, native_size=32, normalize_op=IDENTITY)
   out = _apply(op, image)
   assert [k for k in out if k.startswith("image")] == ["image_q32"]
   np.testing.assert_array_equal(out["image_q32"], np.stack([image, image[:, ::-1]]))
 
 
-@pytest.mark.parametrize("view", ["10crop", "multiscale"])
+@pytest.mark.parametrize("view", ["10crop", "dense_multiscale"])
 def test_native_views_finish_on_the_device_as_on_the_host(digits_dir, view):
   """The padded crops' windows reach outside the frame: the device zeroes that padding."""
   import jax.numpy as jnp
@@ -163,7 +167,7 @@ def test_native_views_without_flips_or_padding():
   op = views.eval_op("10crop", image_size=32, native_size=32, normalize_op=IDENTITY, flip=False,
                      pad=0)
   np.testing.assert_array_equal(_apply(op, image)["image"], np.stack([image] * 5))
-  op = views.eval_op("multiscale", image_size=32, native_size=32, normalize_op=IDENTITY,
+  op = views.eval_op("dense_multiscale", image_size=32, native_size=32, normalize_op=IDENTITY,
                      flip=False)
   np.testing.assert_array_equal(_apply(op, image)["image_q32"], image[None])
 
@@ -192,3 +196,47 @@ def test_apply_eval_view_equals_the_pipelines_batches(tmp_path, view, kwargs):
     assert set(single) == {"image"} and single["image"].dtype == np.float32
     assert single["image"].shape == batch["image"].shape[1:]
     assert any(np.array_equal(single["image"], row) for row in batch["image"]), path
+
+
+def _folder(tmp_path, shapes) -> str:
+  from data_helpers import smooth_image, write_image
+  rng = np.random.default_rng(5)
+  for split in ("train", "val"):
+    for i, (height, width) in enumerate(shapes):
+      write_image(str(tmp_path / "imgs" / split / f"c{i % 2}" / f"{i}.png"),
+                  smooth_image(rng, height, width))
+  return f"image_folder:{tmp_path / 'imgs'}"
+
+
+@pytest.mark.parametrize("normalize", ["per_channel", "per_pixel"])
+def test_dense_view_batches_whole_images_of_one_fixed_shape(tmp_path, normalize):
+  """A dataset of one non-square shape batches the whole rescaled images (30x45 -> 24x36 at
+  Q=24), host- and device-finished alike."""
+  import jax.numpy as jnp
+
+  from cnnjax.data.sources import get_source
+  dataset = _folder(tmp_path, [(30, 45)] * 4)
+  # An image folder does not declare a shape (tfds datasets such as celeb_a do): declare it on
+  # the process's prepared source, which every reader of the dataset shares.
+  source = get_source(dataset, str(tmp_path / "data"))
+  assert get_source(dataset, str(tmp_path / "data")) is source
+  source.image_shape = (30, 45, 3)
+  args = dict(data_dir=str(tmp_path / "data"), split="val", global_batch_size=4,
+              view="dense_multiscale", view_kwargs={"scales": (24, 30)}, image_size=24,
+              normalize=normalize, process_index=0, process_count=1)
+  want = next(cnnjax.data.eval_iterator(dataset, boundary="float32", **args))
+  assert want["image_q24"].shape == (4, 2, 24, 36, 3) and want["image_q30"].shape == (4, 2, 30, 45, 3)
+  batch = next(cnnjax.data.eval_iterator(dataset, boundary="uint8", **args))
+  finish = cnnjax.data.device_input(dataset, normalize=normalize, data_dir=str(tmp_path / "data"))
+  got = finish.eval_batch({k: jnp.asarray(v) for k, v in batch.items()})
+  for key in ("image_q24", "image_q30"):
+    np.testing.assert_allclose(np.asarray(got[key]), want[key], atol=0.51 + 1e-3 * 255)
+
+
+def test_dense_view_of_images_of_varying_shapes_names_the_whole_image_reader(tmp_path):
+  dataset = _folder(tmp_path, [(30, 45), (40, 32)])
+  with pytest.raises(DataError, match="vary in shape.*whole_image_batches"):
+    next(cnnjax.data.eval_iterator(dataset, data_dir=str(tmp_path / "data"), split="val",
+                                   global_batch_size=2, view="dense_multiscale",
+                                   view_kwargs={"scales": (24,)}, image_size=24,
+                                   process_index=0, process_count=1, boundary="float32"))

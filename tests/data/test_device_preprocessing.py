@@ -23,7 +23,7 @@ PRESET_OPTIONS = {"none": {}, "cifar": {}, "alexnet": {}, "scale_jitter": {},
 COLOUR_OPTIONS = {"alexnet": {"pca_color": True}, "scale_jitter": {"pca_color": "imagenet"},
                   "inception": {}}
 VIEW_OPTIONS = [("center", {}), ("center", {"resize_size": 28}), ("10crop", {}),
-                ("multiscale", {"scales": (24, 40)}), ("144crop", {"scales": (24, 28)})]
+                ("dense_multiscale", {"scales": (24, 40)}), ("144crop", {"scales": (24, 28)})]
 
 
 def _scale(normalize: str, digits_dir: str) -> np.ndarray:

@@ -104,13 +104,13 @@ def test_evaluation_views_are_built_from_their_declarations():
   from cnnjax.data import views
   assert views.VIEWS == tuple(presets.VIEWS)
   assert views._VIEW_KWARGS == {n: set(v.options) for n, v in presets.VIEWS.items()}  # pylint: disable=protected-access
-  assert (views.DEFAULT_MULTISCALE, views.GOOGLENET_SCALES) == (presets.VGG_SCALES,
+  assert (views.DEFAULT_DENSE_SCALES, views.GOOGLENET_SCALES) == (presets.VGG_SCALES,
                                                                 presets.GOOGLENET_SCALES)
   assert views.NATIVE_PAD == presets.OPTIONS["pad"].default
   assert views.CROP_FRACTION == presets.VIEWS["center"].defaults["crop_fraction"]
   for name in presets.VIEWS:  # every declared view builds
     views.eval_op(name, image_size=32, native_size=None, normalize_op=colour.to_float(),
-                  **({"scales": (40,)} if name in ("multiscale", "144crop", "150crop") else {}))
+                  **({"scales": (40,)} if name in ("dense_multiscale", "144crop", "150crop") else {}))
 
 
 def test_the_device_runs_the_declared_device_ops_in_the_declared_order():

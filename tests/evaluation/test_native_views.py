@@ -37,11 +37,16 @@ def test_multi_crop_views_of_native_size_digits_do_not_hurt(digits_dir, tmp_path
   center = errors["center"]["top1_error"]
   assert errors["center"]["num_examples"] == 300
   assert center < 0.3, f"the run should have learned the digits; centre error {center:.3f}"
+  # The bug this guards against (crops of digits rescaled to 37 pixels) cost 8 points of
+  # top-1 (0.67% -> 8.67% on the quickstart). A 200-step net's views differ by a few points
+  # of noise either way (10crop +3.3, dense +0.7 points with jax 0.10.2; -1 before), so 4
+  # points of slack.
   for view in ("10crop", "144crop"):
-    assert errors[view]["top1_error"] <= center + 0.005, (view, errors[view], center)
+    assert errors[view]["top1_error"] <= center + 0.04, (view, errors[view], center)
   # Dense evaluation keeps the images' own size: one scale, 32, no upsampling.
   assert errors["dense_multiscale"]["scales"] == [32]
-  assert errors["dense_multiscale"]["top1_error"] <= center + 0.005
+  assert errors["dense_multiscale"]["top1_error"] <= center + 0.04, (errors["dense_multiscale"],
+                                                                     center)
 
 
 def test_views_follow_a_run_trained_without_padding_or_flips(digits_dir):
