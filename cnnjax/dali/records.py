@@ -108,7 +108,7 @@ def dataset_directory(dataset: str, data_dir: str | os.PathLike | None = None) -
   """The prepared folder (with dataset_info.json) of a dataset name, an image folder or a path.
 
   Names: "imagenet2012", "imagenet2012:5.1.0", "name/config[:version]",
-  "digits", "image_folder:<path>" (the folder as cnnjax last prepared it),
+  "digits", "image_folder:<path>" (its preparation of the folder as it is now),
   or the path of a prepared version folder itself.
   """
   root = resolve_data_dir(data_dir)
