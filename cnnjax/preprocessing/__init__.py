@@ -10,6 +10,9 @@
   device    the accelerator's share: colour distortions, normalisation, the
             crop resize of the Inception preset, inside the jitted steps
   imagenet  ImageNet's colour constants (means, std, PCA), declared once
+  folders   an image folder's layout and content key from its directory tree,
+            and the data_dir both back ends read (`cnnjax.data` prepares by
+            that key, `cnnjax.dali` opens by it)
 
 Needs no TensorFlow (the `presets` and `boundary` declarations need nothing
 but Python; `device` needs jax), so the train step, DALI hosts and other JAX
