@@ -26,6 +26,7 @@ from cnnjax.errors import CheckpointError, CnnjaxError, ModelError  # noqa: E402
 from cnnjax.interop import torchvision as tv  # noqa: E402
 from cnnjax.models import layers  # noqa: E402
 from cnnjax.models.googlenet import AuxiliaryHead  # noqa: E402
+from torch_fill import fill_randomly  # noqa: E402  (tests/)
 
 TOLERANCE = 1e-4
 # These forward passes run once each: LLVM's optimisations would cost more
@@ -40,37 +41,6 @@ def one_torch_thread():
   torch.set_num_threads(1)
   yield
   torch.set_num_threads(previous)
-
-
-def randomise_batch_norm(module: "torch.nn.Module", generator: "torch.Generator") -> None:
-  """Non-trivial running statistics and affine parameters in every BN layer."""
-  for layer in module.modules():
-    if isinstance(layer, torch.nn.BatchNorm2d):
-      size = layer.num_features
-      layer.running_mean.copy_(torch.randn(size, generator=generator) * 0.2)
-      layer.running_var.copy_(torch.rand(size, generator=generator) * 1.5 + 0.5)
-      layer.weight.data.copy_(torch.rand(size, generator=generator) * 0.5 + 0.75)
-      layer.bias.data.copy_(torch.randn(size, generator=generator) * 0.1)
-
-
-def fill_randomly(model, seed: int):
-  """Random weights (std 1/sqrt(fan_in)) and BatchNorm statistics, in eval mode.
-
-  Networks are built on the meta device and filled here: torchvision's own
-  initialisers (truncated normals, Kaiming) cost seconds for the big ones and
-  are beside the point of a conversion test.
-  """
-  model = model.to_empty(device="cpu").eval()
-  generator = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for parameter in model.parameters():
-      fan_in = parameter[0].numel() if parameter.ndim > 1 else 1
-      parameter.copy_(torch.randn(parameter.shape, generator=generator) / fan_in ** 0.5)
-    for buffer_name, buffer in model.named_buffers():
-      if buffer_name.endswith("num_batches_tracked"):
-        buffer.zero_()
-    randomise_batch_norm(model, generator)
-  return model
 
 
 def build_torch(name: str, seed: int = 0, **kwargs):

@@ -23,26 +23,17 @@ import torch  # noqa: E402
 import torchvision  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from torch_fill import fill_randomly  # noqa: E402  (tests/)
+
 
 def main(arch, variant, image_size, out_dir):
   image_size = int(image_size)
   torch.set_num_threads(1)
   weights = torchvision.models.get_model_weights(arch)[variant]
-  generator = torch.Generator().manual_seed(0)
   with torch.device("meta"):
     model = getattr(torchvision.models, arch)(weights=None)
-  model = model.to_empty(device="cpu").eval()
-  with torch.no_grad():
-    for parameter in model.parameters():
-      fan_in = parameter[0].numel() if parameter.ndim > 1 else 1
-      parameter.copy_(torch.randn(parameter.shape, generator=generator) / fan_in ** 0.5)
-    for name, buffer in model.named_buffers():
-      if name.endswith("running_var"):
-        buffer.copy_(torch.rand(buffer.shape, generator=generator) * 1.5 + 0.5)
-      elif name.endswith("running_mean"):
-        buffer.copy_(torch.randn(buffer.shape, generator=generator) * 0.2)
-      else:
-        buffer.zero_()
+  model = fill_randomly(model, seed=0)
   state = model.state_dict()
   checkpoints = os.path.join(torch.hub.get_dir(), "checkpoints")
   os.makedirs(checkpoints, exist_ok=True)
