@@ -29,8 +29,11 @@ Needs nothing but Python.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+import numbers
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+from cnnjax.errors import close_matches
 
 UINT8, CANVAS = "uint8", "canvas"
 # The boundaries at which an op with `device_from` runs on the device.
@@ -39,12 +42,19 @@ _DEVICE_AT = {UINT8: ("uint8", "canvas", "dali"), CANVAS: ("canvas",)}
 INTERPOLATION_METHODS = ("bilinear", "area", "nearest", "bicubic")
 
 
+# An option's check: (value, the preset's resolved options, input side S) -> None when the
+# value is good, else (what it must be, how to fix it or "").
+Check = Callable[[Any, Mapping[str, Any], int], "tuple[str, str] | None"]
+
+
 @dataclasses.dataclass(frozen=True)
 class Option:
-  """A preset option: its default (a value, or a function of the input side S) and meaning."""
+  """A preset option: its default (a value, or a function of the input side S), meaning and
+  check (see `check_options`)."""
   name: str
   default: Any
   doc: str
+  check: Check
 
   def value(self, given: Mapping[str, Any], image_size: int) -> Any:
     """The option as given, else its default for input side `image_size`."""
@@ -53,33 +63,95 @@ class Option:
     return self.default(image_size) if callable(self.default) else self.default
 
 
+def _is_int(v) -> bool:
+  return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_real(v) -> bool:
+  return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _integer(low: int) -> Check:
+  return lambda v, o, s: None if _is_int(v) and v >= low else (f"an integer >= {low}", "")
+
+
+def _boolean(v, o, s):
+  return None if isinstance(v, bool) else ("True or False", "")
+
+
+def _strength(v, o, s):
+  return None if _is_real(v) and v >= 0 else ("a number >= 0", "")
+
+
+def _range(low: float, high: float | None) -> Check:
+  """(min, max) with low < min <= max (<= high)."""
+  def check(v, o, s):
+    ok = isinstance(v, (tuple, list)) and len(v) == 2 and all(_is_real(x) for x in v) and (
+        low < v[0] <= v[1] and (high is None or v[1] <= high))
+    bound = f"<= {high}" if high is not None else ""
+    return None if ok else (f"(min, max) with {low} < min <= max {bound}".rstrip(), "")
+  return check
+
+
+def _at_least_input_side(v, o, s):
+  """A shorter side the S x S crop fits in."""
+  if _is_int(v) and v >= s:
+    return None
+  return (f"an integer >= image_size={s}",
+          f"{v!r} is smaller than the {s}x{s} crop, which must fit inside the resized image")
+
+
+def _scale_max(v, o, s):
+  if _is_int(v) and _is_int(o["scale_min"]) and v >= o["scale_min"]:
+    return None
+  return (f"an integer with scale_min <= scale_max (scale_min={o['scale_min']!r})",
+          "scale jittering draws the shorter side from [scale_min, scale_max]")
+
+
+def _interpolations(v, o, s):
+  ok = isinstance(v, (tuple, list)) and v and all(m in INTERPOLATION_METHODS for m in v)
+  return None if ok else (f"a non-empty sequence of {INTERPOLATION_METHODS}", "")
+
+
+def _photometric(v, o, s):
+  return None if isinstance(v, bool) else (
+      "True or False", "where the distortions run is the boundary's choice: boundary='uint8' "
+      "runs them in the train step")
+
+
+def _pca_color(v, o, s):
+  ok = v is None or isinstance(v, bool) or v == "imagenet"
+  return None if ok else ("True, False or 'imagenet'", "")
+
+
 def _options(*options: Option) -> dict[str, Option]:
   return {o.name: o for o in options}
 
 
 OPTIONS: dict[str, Option] = _options(
     Option("resize_size", lambda s: int(round(s / 0.875)),
-           "the shorter side before the centre square (S / 0.875: 224 -> 256)"),
+           "the shorter side before the centre square (S / 0.875: 224 -> 256)",
+           _at_least_input_side),
     Option("scale_min", lambda s: int(round(s * 256 / 224)),
-           "scale jittering's smallest shorter side (VGG: 256 at S = 224)"),
+           "scale jittering's smallest shorter side (VGG: 256 at S = 224)", _at_least_input_side),
     Option("scale_max", lambda s: int(round(s * 512 / 224)),
-           "scale jittering's largest shorter side (VGG: 512 at S = 224)"),
-    Option("pad", 4, "zero padding on every side before the random crop (pixels)"),
-    Option("area_range", (0.08, 1.0), "the crop's fraction of the image area"),
-    Option("aspect_range", (3 / 4, 4 / 3), "the crop's width / height"),
-    Option("max_attempts", 10, "draws of a crop before the whole image is used"),
-    Option("interpolations", INTERPOLATION_METHODS,
-           "resize methods, one drawn per example"),
-    Option("flip", True, "mirror left-right with probability 1/2"),
+           "scale jittering's largest shorter side (VGG: 512 at S = 224)", _scale_max),
+    Option("pad", 4, "zero padding on every side before the random crop (pixels)", _integer(0)),
+    Option("area_range", (0.08, 1.0), "the crop's fraction of the image area", _range(0.0, 1.0)),
+    Option("aspect_range", (3 / 4, 4 / 3), "the crop's width / height", _range(0.0, None)),
+    Option("max_attempts", 10, "draws of a crop before the whole image is used", _integer(1)),
+    Option("interpolations", INTERPOLATION_METHODS, "resize methods, one drawn per example",
+           _interpolations),
+    Option("flip", True, "mirror left-right with probability 1/2", _boolean),
     Option("photometric", True, "the Inception colour distortions (brightness, contrast, "
-           "saturation, hue, in that order)"),
-    Option("brightness", 32.0, "added brightness, U[-b, b] on the 0..255 scale"),
-    Option("contrast", 0.5, "contrast factor U[1 - c, 1 + c]"),
-    Option("saturation", 0.5, "saturation factor U[1 - s, 1 + s]"),
-    Option("hue", 0.2, "hue shift U[-h, h] of a turn"),
+           "saturation, hue, in that order)", _photometric),
+    Option("brightness", 32.0, "added brightness, U[-b, b] on the 0..255 scale", _strength),
+    Option("contrast", 0.5, "contrast factor U[1 - c, 1 + c]", _strength),
+    Option("saturation", 0.5, "saturation factor U[1 - s, 1 + s]", _strength),
+    Option("hue", 0.2, "hue shift U[-h, h] of a turn", _strength),
     Option("pca_color", False, "AlexNet's PCA colour lighting: True (the dataset's own PCA), "
-           "'imagenet' (the published constants) or False"),
-    Option("pca_alpha_std", 0.1, "the PCA lighting's alpha standard deviation"),
+           "'imagenet' (the published constants) or False", _pca_color),
+    Option("pca_alpha_std", 0.1, "the PCA lighting's alpha standard deviation", _strength),
 )
 
 PHOTOMETRIC_STRENGTHS = ("brightness", "contrast", "saturation", "hue")
@@ -195,11 +267,33 @@ def preset(name: str) -> Preset:
 
 
 def resolve(name: str, given: Mapping[str, Any], image_size: int) -> dict[str, Any]:
-  """Every option of preset `name`: those given, the others at their defaults for `image_size`.
-
-  Unknown options are the caller's to refuse (with its own error class).
-  """
+  """Every option of preset `name`: those given, the others at their defaults for `image_size`
+  (unchecked: `check_options` checks)."""
   return {o: OPTIONS[o].value(given, image_size) for o in PRESETS[name].options}
+
+
+def check_options(name: str, given: Mapping[str, Any], image_size: int, *,
+                  error: type[Exception], choices: Sequence[str] | None = None,
+                  where: str = "") -> dict[str, Any]:
+  """`resolve`, after refusing (with `error`, one message whichever back end asks) an unknown
+  preset (of `choices`, default all; `where` says which back end), an option the preset does
+  not take, or a value its option's check refuses. image_size 0: the checks against the input
+  side pass (a caller that has no input side)."""
+  choices = tuple(PRESETS) if choices is None else tuple(choices)
+  if name not in choices:
+    raise error(f"unknown augmentation preset {name!r}{where}: {close_matches(name, choices)}")
+  unknown = unknown_options(name, given)
+  if unknown:
+    raise error(f"augmentation preset {name!r} does not take {unknown}; "
+                f"it takes {sorted(PRESETS[name].options)}")
+  options = resolve(name, given, image_size)
+  for option, value in options.items():
+    problem = OPTIONS[option].check(value, options, image_size)
+    if problem is not None:
+      must, fix = problem
+      raise error(f"augmentation preset {name!r}: {option} must be {must}, got {value!r}"
+                  + (f" ({fix})" if fix else ""))
+  return options
 
 
 def unknown_options(name: str, given: Mapping[str, Any]) -> list[str]:
