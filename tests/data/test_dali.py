@@ -109,8 +109,8 @@ def test_resize_then_crop_presets_match_tf(preset):
     plan = settings.plan(np.random.default_rng(k), height, width)
     examples.append((encoded, plan))
     draws = np.random.default_rng(k)  # the same draws, in the order Preset.plan makes them
-    target = (int(draws.integers(settings.scale_min, settings.scale_max + 1))
-              if preset == "scale_jitter" else settings.resize_size)
+    target = (int(draws.integers(settings.options["scale_min"], settings.options["scale_max"] + 1))
+              if preset == "scale_jitter" else settings.options["resize_size"])
     new_h, new_w = dali.shorter_side_size(height, width, target)
     image = tf.image.resize(tf.cast(tf.image.decode_jpeg(encoded, channels=3,
                                                          dct_method="INTEGER_ACCURATE"), tf.float32),
@@ -122,7 +122,7 @@ def test_resize_then_crop_presets_match_tf(preset):
     flip = bool(draws.random() < 0.5)
     assert flip == plan.flip
     if preset == "alexnet":
-      assert plan.window == (settings.resize_size, top, left, int(flip))
+      assert plan.window == (settings.options["resize_size"], top, left, int(flip))
     image = image[top:top + SIZE, left:left + SIZE]
     references.append(_round(image[:, ::-1] if flip else image))
   ours = dali.render_plans(examples, image_size=SIZE, antialias=True).astype(np.int32)
