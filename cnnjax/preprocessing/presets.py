@@ -15,7 +15,8 @@ inside the jitted step (`cnnjax.preprocessing.device`):
 The back ends are built from these declarations: `cnnjax.data.augment`
 (tf.data) maps each op name to its TensorFlow op, `cnnjax.dali.plans` to its
 numpy draw of the crop plan, `cnnjax.preprocessing.device` to its JAX op;
-their option tables are generated from here, and tests/data/test_presets.py
+their option tables are generated from here, every back end checks options
+with `check_options` (each option's declared check), and tests/data/test_presets.py
 walks the declarations and checks that every back end implements each op it
 claims, with these defaults. A new preset is one PRESETS entry (and new ops
 only when it needs them).
@@ -207,9 +208,6 @@ class Preset:
     """The options this preset takes: those of its ops, in declaration order."""
     return tuple(dict.fromkeys(o for op in self.ops for o in OPS[op].options))
 
-  def defaults(self, image_size: int) -> dict[str, Any]:
-    return {name: OPTIONS[name].value({}, image_size) for name in self.options}
-
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("none", ("decode", "center_view", "normalize"),
@@ -259,11 +257,6 @@ VIEWS: dict[str, View] = {v.name: v for v in (
     View("150crop", {"scales": VGG_SCALES, "grid": 5},
          "VGG multi-crop: a 5 x 5 grid of crops per scale and their mirrors"),
 )}
-
-
-def preset(name: str) -> Preset:
-  """The declaration of `name` (KeyError for an unknown one: back ends name the choices)."""
-  return PRESETS[name]
 
 
 def resolve(name: str, given: Mapping[str, Any], image_size: int) -> dict[str, Any]:
