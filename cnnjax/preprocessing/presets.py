@@ -43,15 +43,25 @@ _DEVICE_AT = {UINT8: ("uint8", "canvas", "dali"), CANVAS: ("canvas",)}
 INTERPOLATION_METHODS = ("bilinear", "area", "nearest", "bicubic")
 
 
-# An option's check: (value, the preset's resolved options, input side S) -> None when the
-# value is good, else (what it must be, how to fix it or "").
-Check = Callable[[Any, Mapping[str, Any], int], "tuple[str, str] | None"]
+@dataclasses.dataclass(frozen=True)
+class Check:
+  """An option's check: `ok(value, the preset's resolved options, input side S)`; else the
+  value must be `must`, and `fix` says how (both formatted with v, o and s)."""
+  ok: Callable[[Any, Mapping[str, Any], int], bool]
+  must: str
+  fix: str = ""
+
+  def problem(self, v: Any, o: Mapping[str, Any], s: int) -> str | None:
+    if self.ok(v, o, s):
+      return None
+    fix = self.fix.format(v=v, o=o, s=s)
+    return self.must.format(v=v, o=o, s=s) + f", got {v!r}" + (f" ({fix})" if fix else "")
 
 
 @dataclasses.dataclass(frozen=True)
 class Option:
   """A preset option: its default (a value, or a function of the input side S), meaning and
-  check (see `check_options`)."""
+  check (`check_options` applies it)."""
   name: str
   default: Any
   doc: str
@@ -64,65 +74,27 @@ class Option:
     return self.default(image_size) if callable(self.default) else self.default
 
 
-def _is_int(v) -> bool:
+def _int(v) -> bool:
   return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
-def _is_real(v) -> bool:
+def _real(v) -> bool:
   return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
-def _integer(low: int) -> Check:
-  return lambda v, o, s: None if _is_int(v) and v >= low else (f"an integer >= {low}", "")
-
-
-def _boolean(v, o, s):
-  return None if isinstance(v, bool) else ("True or False", "")
-
-
-def _strength(v, o, s):
-  return None if _is_real(v) and v >= 0 else ("a number >= 0", "")
-
-
-def _range(low: float, high: float | None) -> Check:
+def _pair(low: float, high: float | None = None) -> Check:
   """(min, max) with low < min <= max (<= high)."""
-  def check(v, o, s):
-    ok = isinstance(v, (tuple, list)) and len(v) == 2 and all(_is_real(x) for x in v) and (
-        low < v[0] <= v[1] and (high is None or v[1] <= high))
-    bound = f"<= {high}" if high is not None else ""
-    return None if ok else (f"(min, max) with {low} < min <= max {bound}".rstrip(), "")
-  return check
+  def ok(v, o, s):
+    return (isinstance(v, (tuple, list)) and len(v) == 2 and all(_real(x) for x in v)
+            and low < v[0] <= v[1] and (high is None or v[1] <= high))
+  return Check(ok, f"(min, max) with {low} < min <= max" + (f" <= {high}" if high else ""))
 
 
-def _at_least_input_side(v, o, s):
-  """A shorter side the S x S crop fits in."""
-  if _is_int(v) and v >= s:
-    return None
-  return (f"an integer >= image_size={s}",
-          f"{v!r} is smaller than the {s}x{s} crop, which must fit inside the resized image")
-
-
-def _scale_max(v, o, s):
-  if _is_int(v) and _is_int(o["scale_min"]) and v >= o["scale_min"]:
-    return None
-  return (f"an integer with scale_min <= scale_max (scale_min={o['scale_min']!r})",
-          "scale jittering draws the shorter side from [scale_min, scale_max]")
-
-
-def _interpolations(v, o, s):
-  ok = isinstance(v, (tuple, list)) and v and all(m in INTERPOLATION_METHODS for m in v)
-  return None if ok else (f"a non-empty sequence of {INTERPOLATION_METHODS}", "")
-
-
-def _photometric(v, o, s):
-  return None if isinstance(v, bool) else (
-      "True or False", "where the distortions run is the boundary's choice: boundary='uint8' "
-      "runs them in the train step")
-
-
-def _pca_color(v, o, s):
-  ok = v is None or isinstance(v, bool) or v == "imagenet"
-  return None if ok else ("True, False or 'imagenet'", "")
+_BOOL = Check(lambda v, o, s: isinstance(v, bool), "True or False")
+_STRENGTH = Check(lambda v, o, s: _real(v) and v >= 0, "a number >= 0")
+_FITS_CROP = Check(lambda v, o, s: _int(v) and v >= s, "an integer >= image_size={s}",
+                   "{v!r} is smaller than the {s}x{s} crop, which must fit inside the resized "
+                   "image")
 
 
 def _options(*options: Option) -> dict[str, Option]:
@@ -131,28 +103,38 @@ def _options(*options: Option) -> dict[str, Option]:
 
 OPTIONS: dict[str, Option] = _options(
     Option("resize_size", lambda s: int(round(s / 0.875)),
-           "the shorter side before the centre square (S / 0.875: 224 -> 256)",
-           _at_least_input_side),
+           "the shorter side before the centre square (S / 0.875: 224 -> 256)", _FITS_CROP),
     Option("scale_min", lambda s: int(round(s * 256 / 224)),
-           "scale jittering's smallest shorter side (VGG: 256 at S = 224)", _at_least_input_side),
+           "scale jittering's smallest shorter side (VGG: 256 at S = 224)", _FITS_CROP),
     Option("scale_max", lambda s: int(round(s * 512 / 224)),
-           "scale jittering's largest shorter side (VGG: 512 at S = 224)", _scale_max),
-    Option("pad", 4, "zero padding on every side before the random crop (pixels)", _integer(0)),
-    Option("area_range", (0.08, 1.0), "the crop's fraction of the image area", _range(0.0, 1.0)),
-    Option("aspect_range", (3 / 4, 4 / 3), "the crop's width / height", _range(0.0, None)),
-    Option("max_attempts", 10, "draws of a crop before the whole image is used", _integer(1)),
+           "scale jittering's largest shorter side (VGG: 512 at S = 224)",
+           Check(lambda v, o, s: _int(v) and _int(o["scale_min"]) and v >= o["scale_min"],
+                 "an integer with scale_min <= scale_max (scale_min={o[scale_min]!r})",
+                 "scale jittering draws the shorter side from [scale_min, scale_max]")),
+    Option("pad", 4, "zero padding on every side before the random crop (pixels)",
+           Check(lambda v, o, s: _int(v) and v >= 0, "an integer >= 0")),
+    Option("area_range", (0.08, 1.0), "the crop's fraction of the image area", _pair(0.0, 1.0)),
+    Option("aspect_range", (3 / 4, 4 / 3), "the crop's width / height", _pair(0.0)),
+    Option("max_attempts", 10, "draws of a crop before the whole image is used",
+           Check(lambda v, o, s: _int(v) and v >= 1, "an integer >= 1")),
     Option("interpolations", INTERPOLATION_METHODS, "resize methods, one drawn per example",
-           _interpolations),
-    Option("flip", True, "mirror left-right with probability 1/2", _boolean),
+           Check(lambda v, o, s: isinstance(v, (tuple, list)) and len(v) > 0 and all(
+               m in INTERPOLATION_METHODS for m in v),
+                 f"a non-empty sequence of {INTERPOLATION_METHODS}")),
+    Option("flip", True, "mirror left-right with probability 1/2", _BOOL),
     Option("photometric", True, "the Inception colour distortions (brightness, contrast, "
-           "saturation, hue, in that order)", _photometric),
-    Option("brightness", 32.0, "added brightness, U[-b, b] on the 0..255 scale", _strength),
-    Option("contrast", 0.5, "contrast factor U[1 - c, 1 + c]", _strength),
-    Option("saturation", 0.5, "saturation factor U[1 - s, 1 + s]", _strength),
-    Option("hue", 0.2, "hue shift U[-h, h] of a turn", _strength),
+           "saturation, hue, in that order)",
+           Check(_BOOL.ok, "True or False", "where the distortions run is the boundary's choice: "
+                 "boundary='uint8' runs them in the train step")),
+    Option("brightness", 32.0, "added brightness, U[-b, b] on the 0..255 scale", _STRENGTH),
+    Option("contrast", 0.5, "contrast factor U[1 - c, 1 + c]", _STRENGTH),
+    Option("saturation", 0.5, "saturation factor U[1 - s, 1 + s]", _STRENGTH),
+    Option("hue", 0.2, "hue shift U[-h, h] of a turn", _STRENGTH),
     Option("pca_color", False, "AlexNet's PCA colour lighting: True (the dataset's own PCA), "
-           "'imagenet' (the published constants) or False", _pca_color),
-    Option("pca_alpha_std", 0.1, "the PCA lighting's alpha standard deviation", _strength),
+           "'imagenet' (the published constants) or False",
+           Check(lambda v, o, s: v is None or isinstance(v, bool) or v == "imagenet",
+                 "True, False or 'imagenet'")),
+    Option("pca_alpha_std", 0.1, "the PCA lighting's alpha standard deviation", _STRENGTH),
 )
 
 PHOTOMETRIC_STRENGTHS = ("brightness", "contrast", "saturation", "hue")
@@ -281,11 +263,9 @@ def check_options(name: str, given: Mapping[str, Any], image_size: int, *,
                 f"it takes {sorted(PRESETS[name].options)}")
   options = resolve(name, given, image_size)
   for option, value in options.items():
-    problem = OPTIONS[option].check(value, options, image_size)
+    problem = OPTIONS[option].check.problem(value, options, image_size)
     if problem is not None:
-      must, fix = problem
-      raise error(f"augmentation preset {name!r}: {option} must be {must}, got {value!r}"
-                  + (f" ({fix})" if fix else ""))
+      raise error(f"augmentation preset {name!r}: {option} must be {problem}")
   return options
 
 
