@@ -159,9 +159,7 @@ def train_ops(preset: str, *, image_size: int, native_size: int | None,
     preset: one of PRESETS.
     image_size: side of the square network input.
     native_size: the dataset's fixed square image side, or None when sizes vary.
-    normalize_op: the mean/std subtraction, placed where the declaration puts
-      it (AlexNet: on the 256x256 image, before the 224 crop; CIFAR: before
-      the zero padding, so that padding is the mean colour).
+    normalize_op: the mean/std subtraction, run where the preset declares "normalize".
     pca: (pca_std, pca_eigvec) used when kwargs["pca_color"] is true.
     boundary: a resolved boundary (`cnnjax.preprocessing.boundary`):
       "float32" runs every op; "uint8" stops at uint8 with a window (see the
