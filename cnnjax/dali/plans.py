@@ -6,16 +6,15 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from cnnjax.dali.records import PreparedSplit, image_hw, parse_example, record_payload
-from cnnjax.errors import ConfigError, DataError, close_matches
+from cnnjax.errors import ConfigError, DataError
 from cnnjax.preprocessing import presets
 
-INTERPOLATIONS = presets.INTERPOLATION_METHODS
 # numpy seed streams: the epoch permutation and the per-example draws never share a generator.
 _EPOCH_STREAM, _EXAMPLE_STREAM = 1, 2
 
@@ -135,7 +134,7 @@ def _resize_to(g: _Geometry, height: int, width: int, target: int) -> None:
 
 def _center_crop(g, rng, p, height, width) -> None:
   top, left, h, w = g.box
-  side = p.resize_size
+  side = p.options["resize_size"]
   g.box = (top + (h - side) // 2, left + (w - side) // 2, side, side)
 
 
@@ -149,15 +148,18 @@ def _random_crop(g, rng, p, height, width) -> None:
 
 
 def _inception_crop(g, rng, p, height, width) -> None:
-  g.box = inception_window(rng, height, width, p.area_range, p.aspect_range, p.max_attempts)
+  o = p.options
+  g.box = inception_window(rng, height, width, o["area_range"], o["aspect_range"],
+                           o["max_attempts"])
 
 
 def _random_resize(g, rng, p, height, width) -> None:
-  g.interpolation = p.interpolations[int(rng.integers(len(p.interpolations)))]
+  methods = p.options["interpolations"]
+  g.interpolation = methods[int(rng.integers(len(methods)))]
 
 
 def _flip(g, rng, p, height, width) -> None:
-  g.flip = bool(p.flip and rng.random() < 0.5)
+  g.flip = bool(p.options["flip"] and rng.random() < 0.5)
   if g.window is not None:
     g.window[3] = int(g.flip)
 
@@ -176,10 +178,10 @@ def _on_device(g, rng, p, height, width) -> None:
 DALI_OPS = {
     "decode": lambda g, rng, p, height, width: None,  # the graph decodes the planned slice
     "resize_shorter_side": lambda g, rng, p, height, width: _resize_to(g, height, width,
-                                                                       p.resize_size),
+                                                                       p.options["resize_size"]),
     "center_crop": _center_crop,
     "random_resize_shorter_side": lambda g, rng, p, height, width: _resize_to(
-        g, height, width, int(rng.integers(p.scale_min, p.scale_max + 1))),
+        g, height, width, int(rng.integers(p.options["scale_min"], p.options["scale_max"] + 1))),
     "random_crop": _random_crop,
     "inception_crop": _inception_crop,
     "random_resize": _random_resize,
@@ -192,22 +194,14 @@ DALI_OPS = {
 # a preset without one resizes its decoded window alone, without antialiasing (Inception).
 _WHOLE_IMAGE_RESIZES = frozenset({"resize_shorter_side", "random_resize_shorter_side"})
 PRESETS = presets.supported(lambda op: op in DALI_OPS)
-PRESET_KWARGS = {name: set(presets.PRESETS[name].options) for name in PRESETS}
 
 
 @dataclasses.dataclass(frozen=True)
 class Preset:
-  """A training preset's geometry, with its options checked (`make_preset`)."""
+  """A training preset with its options resolved and checked (`make_preset`)."""
   name: str
   image_size: int
-  flip: bool = True
-  area_range: tuple[float, float] = (0.08, 1.0)
-  aspect_range: tuple[float, float] = (3 / 4, 4 / 3)
-  max_attempts: int = 10
-  interpolations: tuple[str, ...] = INTERPOLATIONS
-  scale_min: int = 0
-  scale_max: int = 0
-  resize_size: int = 0
+  options: Mapping[str, Any]
 
   @property
   def ops(self) -> tuple[str, ...]:
@@ -232,55 +226,14 @@ class Preset:
     return _region_plan(height, width, g.resized, top, left, self.image_size, g.flip, window)
 
 
-def _checked_options(augment: str, image_size: int, options: dict[str, Any]) -> dict[str, Any]:
-  """The preset's options as `Preset` fields (ConfigError for a bad value)."""
-  fields = {}
-  if "flip" in options:
-    fields["flip"] = bool(options["flip"])
-  if "area_range" in options:
-    area, aspect = tuple(options["area_range"]), tuple(options["aspect_range"])
-    if len(area) != 2 or not 0 < area[0] <= area[1] <= 1:
-      raise ConfigError(f"area_range must be (min, max) with 0 < min <= max <= 1, got {area}")
-    if len(aspect) != 2 or not 0 < aspect[0] <= aspect[1]:
-      raise ConfigError(f"aspect_range must be (min, max) with 0 < min <= max, got {aspect}")
-    fields.update(area_range=(float(area[0]), float(area[1])),
-                  aspect_range=(float(aspect[0]), float(aspect[1])),
-                  max_attempts=int(options["max_attempts"]))
-  if "interpolations" in options:
-    methods = tuple(options["interpolations"])
-    bad = [m for m in methods if m not in INTERPOLATIONS]
-    if not methods or bad:
-      raise ConfigError(f"interpolations must be a non-empty subset of {INTERPOLATIONS}, got {methods}")
-    fields["interpolations"] = methods
-  if "scale_min" in options:
-    scale_min, scale_max = int(options["scale_min"]), int(options["scale_max"])
-    if not image_size <= scale_min <= scale_max:
-      raise ConfigError(f"{augment} needs image_size <= scale_min <= scale_max, got "
-                        f"{image_size}, [{scale_min}, {scale_max}]")
-    fields.update(scale_min=scale_min, scale_max=scale_max)
-  if "resize_size" in options:
-    fields["resize_size"] = int(options["resize_size"])
-    if fields["resize_size"] < image_size:
-      raise ConfigError(f"{augment}: resize_size {fields['resize_size']} must be >= image_size "
-                        f"{image_size}")
-  return fields
-
-
 def make_preset(augment: str, image_size: int, augment_kwargs: dict[str, Any] | None = None) -> Preset:
   """The checked geometry of a preset (ConfigError naming the bad name or option)."""
-  kwargs = dict(augment_kwargs or {})
-  if augment not in PRESETS:
-    raise ConfigError(f"the DALI input has no augmentation preset {augment!r}: "
-                      f"{close_matches(augment, PRESETS)} (others run on tf.data: "
-                      "cnnjax.data.train_iterator)")
-  unknown = sorted(set(kwargs) - PRESET_KWARGS[augment])
-  if unknown:
-    raise ConfigError(f"augmentation preset {augment!r} takes no option {unknown[0]!r}; its options: "
-                      f"{', '.join(sorted(PRESET_KWARGS[augment]))}")
   if not isinstance(image_size, int) or image_size < 1:
     raise ConfigError(f"image_size must be a positive integer, got {image_size!r}")
-  options = presets.resolve(augment, kwargs, image_size)
-  return Preset(augment, image_size, **_checked_options(augment, image_size, options))
+  options = presets.check_options(
+      augment, dict(augment_kwargs or {}), image_size, error=ConfigError, choices=PRESETS,
+      where=" for the DALI input (the others run on tf.data: cnnjax.data.train_iterator)")
+  return Preset(augment, image_size, options)
 
 
 # ----------------------------------------------------------------------------

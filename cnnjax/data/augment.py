@@ -35,8 +35,7 @@ from cnnjax.data.geometry import (INTERPOLATION_METHODS, center_crop, decode, fi
                                   random_flip_left_right, random_interpolation_resize,
                                   random_resize_shorter_side, record_flip, resize,
                                   resize_shorter_side)
-from cnnjax.data.image_ops import (DATA_ERROR_MARKER, Example, Op, check_crop_fits, check_named_options,
-                                   decode_image)
+from cnnjax.data.image_ops import DATA_ERROR_MARKER, Example, Op, decode_image
 from cnnjax.errors import DataError
 from cnnjax.preprocessing import presets as presets_lib
 
@@ -67,23 +66,14 @@ def compose(ops: Sequence[Op]) -> Op:
 
 
 PRESETS = tuple(presets_lib.PRESETS)
-PRESET_KWARGS = {name: set(p.options) for name, p in presets_lib.PRESETS.items()}
 
 
-def check_preset(preset: str, kwargs) -> None:
-  """DataError for an unknown preset, an option it does not take or a bad photometric."""
-  check_named_options("augmentation preset", preset, PRESET_KWARGS, kwargs)
-  if kwargs.get("photometric", True) not in (True, False):
-    raise DataError(f"inception: photometric must be True or False, got {kwargs['photometric']!r} "
-                    "(where the distortions run is the boundary's choice: boundary='uint8' runs "
-                    "them in the train step)")
-
-
-def photometric_strengths(preset: str, kwargs) -> dict[str, float] | None:
-  """The Inception distortions' strengths the preset applies, or None when it applies none."""
-  if "photometric" not in presets_lib.PRESETS[preset].ops or kwargs.get("photometric", True) is False:
+def photometric_strengths(preset: str, options) -> dict[str, float] | None:
+  """The Inception distortions' strengths the preset applies (from its resolved `options`),
+  or None when it applies none."""
+  if "photometric" not in presets_lib.PRESETS[preset].ops or not options["photometric"]:
     return None
-  return {k: float(presets_lib.OPTIONS[k].value(kwargs, 0)) for k in presets_lib.PHOTOMETRIC_STRENGTHS}
+  return {k: float(options[k]) for k in presets_lib.PHOTOMETRIC_STRENGTHS}
 
 
 def check_canvas(preset: str, kwargs) -> None:
@@ -107,26 +97,6 @@ class _Context:
   pca: tuple[np.ndarray, np.ndarray] | None
   device: bool  # stop at uint8: the DEVICE ops are the train step's
   canvas: bool  # stop before the resize: it, the flip and the colour are the train step's
-
-
-def _center_view(c: _Context) -> list[Op]:
-  if c.native_size == c.image_size:
-    return []
-  check_crop_fits(c.image_size, c.options["resize_size"], f"{c.preset}: resize_size")
-  return [resize_shorter_side(c.options["resize_size"]), center_crop(c.image_size)]
-
-
-def _resize_shorter_side(c: _Context) -> list[Op]:
-  check_crop_fits(c.image_size, c.options["resize_size"], f"{c.preset}: resize_size")
-  return [resize_shorter_side(c.options["resize_size"])]
-
-
-def _random_resize_shorter_side(c: _Context) -> list[Op]:
-  low, high = c.options["scale_min"], c.options["scale_max"]
-  if low > high:
-    raise DataError(f"scale jittering needs scale_min <= scale_max, got [{low}, {high}]")
-  check_crop_fits(c.image_size, low, f"{c.preset}: scale_min")
-  return [random_resize_shorter_side(low, high)]
 
 
 def _flip(c: _Context) -> list[Op]:
@@ -157,15 +127,18 @@ TF_OPS: dict[str, Callable[[_Context], list[Op]]] = {
     "decode": lambda c: [decode(c.native_size)],
     "fit_input": lambda c: ([] if c.native_size == c.image_size else
                             [resize_shorter_side(c.image_size), center_crop(c.image_size)]),
-    "center_view": _center_view,
-    "resize_shorter_side": _resize_shorter_side,
+    "center_view": lambda c: ([] if c.native_size == c.image_size else
+                              [resize_shorter_side(c.options["resize_size"]),
+                               center_crop(c.image_size)]),
+    "resize_shorter_side": lambda c: [resize_shorter_side(c.options["resize_size"])],
     "center_crop": lambda c: [center_crop(c.options["resize_size"])],
-    "random_resize_shorter_side": _random_resize_shorter_side,
+    "random_resize_shorter_side": lambda c: [random_resize_shorter_side(
+        c.options["scale_min"], c.options["scale_max"])],
     "pad": lambda c: [pad(c.options["pad"])],
     "random_crop": lambda c: [random_crop(c.image_size)],
     "inception_crop": lambda c: [inception_crop(tuple(c.options["area_range"]),
                                                 tuple(c.options["aspect_range"]),
-                                                int(c.options["max_attempts"]))],
+                                                c.options["max_attempts"])],
     "random_resize": lambda c: [fit_to_canvas(c.image_size) if c.canvas else
                                 random_interpolation_resize(c.image_size,
                                                             c.options["interpolations"])],
@@ -186,16 +159,14 @@ def train_ops(preset: str, *, image_size: int, native_size: int | None,
     preset: one of PRESETS.
     image_size: side of the square network input.
     native_size: the dataset's fixed square image side, or None when sizes vary.
-    normalize_op: the mean/std subtraction, placed where the declaration puts
-      it (AlexNet: on the 256x256 image, before the 224 crop; CIFAR: before
-      the zero padding, so that padding is the mean colour).
+    normalize_op: the mean/std subtraction, run where the preset declares "normalize".
     pca: (pca_std, pca_eigvec) used when kwargs["pca_color"] is true.
     boundary: a resolved boundary (`cnnjax.preprocessing.boundary`):
       "float32" runs every op; "uint8" stops at uint8 with a window (see the
       module docstring); "canvas" stops at the crop (the train step resizes).
-    **kwargs: preset options (`presets.OPTIONS`).
+    **kwargs: preset options (`presets.OPTIONS`; DataError for one it refuses).
   """
-  check_preset(preset, kwargs)
+  options = presets_lib.check_options(preset, kwargs, image_size, error=DataError)
   if boundary not in ("float32", "uint8", "canvas"):
     raise DataError(f"the tf.data pipeline stops at boundary 'float32', 'uint8' or 'canvas', "
                     f"got {boundary!r}")
@@ -203,7 +174,6 @@ def train_ops(preset: str, *, image_size: int, native_size: int | None,
   if canvas:
     check_canvas(preset, kwargs)
   device = boundary != "float32"
-  options = presets_lib.resolve(preset, kwargs, image_size)
   context = _Context(preset, image_size, native_size, options, normalize_op, pca, device, canvas)
   ops = [op for name in presets_lib.PRESETS[preset].ops for op in TF_OPS[name](context)]
   return ops + [to_uint8()] if device and not canvas else ops

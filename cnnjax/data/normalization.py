@@ -54,12 +54,11 @@ def device_input(dataset: str, *, augment: str = "none", augment_kwargs: dict[st
   from cnnjax.preprocessing.device import (DeviceInput, PcaLighting,  # pylint: disable=import-outside-toplevel
                                          Photometric)
   augment_kwargs = dict(augment_kwargs or {})
-  ops_lib.check_preset(augment, augment_kwargs)
+  options = presets.check_options(augment, augment_kwargs, image_size or 0, error=DataError)
   source = get_source(dataset, data_dir, on_bad_image=on_bad_image)
   stats = stats_if_needed(source, stats_split, normalize, augment_kwargs)
   arrays = normalization_arrays(normalize, stats)
   mean, std = arrays if arrays is not None else (np.zeros(3, np.float32), None)
-  options = presets.resolve(augment, augment_kwargs, image_size or 0)
   boundary = resolve_boundary(boundary, error=DataError)
   on_device = [op for op in presets.PRESETS[augment].ops  # the declaration's device ops, in order
                if presets.OPS[op].on_device("uint8" if boundary == "float32" else boundary)]
@@ -70,7 +69,7 @@ def device_input(dataset: str, *, augment: str = "none", augment_kwargs: dict[st
       raise DataError("boundary 'canvas' needs the network input side (image_size)")
     parts["resize"] = int(image_size)
   if "photometric" in on_device:
-    strengths = ops_lib.photometric_strengths(augment, augment_kwargs)
+    strengths = ops_lib.photometric_strengths(augment, options)
     parts["photometric"] = None if strengths is None else Photometric(**strengths)
   pca = pca_for(augment_kwargs, stats) if "pca_lighting" in on_device else None
   if pca is not None:
@@ -152,12 +151,9 @@ def channel_normalization(dataset: str, *, normalize: str, data_dir: str | os.Pa
 
 
 def pca_for(augment_kwargs: dict[str, Any], stats: ImageStats | None):
-  """pca_color: True (the dataset's own PCA) or "imagenet" (published constants)."""
+  """pca_color (checked by `presets.check_options`): True (the dataset's own PCA) or
+  "imagenet" (published constants)."""
   choice = augment_kwargs.get("pca_color", False)
   if choice is False or choice is None:
     return None
-  if choice == "imagenet":
-    return IMAGENET_PCA_STD, IMAGENET_PCA_EIGVEC
-  if choice is True:
-    return stats.pca
-  raise DataError(f"pca_color must be True, False or 'imagenet', got {choice!r}")
+  return (IMAGENET_PCA_STD, IMAGENET_PCA_EIGVEC) if choice == "imagenet" else stats.pca

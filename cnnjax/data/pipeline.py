@@ -39,6 +39,7 @@ from cnnjax.data.normalization import (NORMALIZATIONS, normalize_op, pca_for,  #
 from cnnjax.data.sources import Source, check_training_classes, get_source, input_size
 from cnnjax.data.views import eval_op
 from cnnjax.errors import DataError
+from cnnjax.preprocessing import presets
 from cnnjax.preprocessing.boundary import (HostBatch, device_finishes, eval_boundary,
                                            resolve_boundary)
 
@@ -91,6 +92,7 @@ def train_iterator(dataset: str, *, data_dir: str | os.PathLike | None = None,
                     f"{process_index} of {process_count}")
   image_size, native = input_size(original, image_size)
   augment_kwargs = dict(augment_kwargs or {})
+  presets.check_options(augment, augment_kwargs, image_size, error=DataError)  # before statistics
   boundary = resolve_boundary(boundary, error=DataError)
   if boundary == "dali":
     raise DataError("boundary 'dali' is the DALI pipeline's (cnnjax.dali.train_iterator); "

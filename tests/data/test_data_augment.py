@@ -195,7 +195,8 @@ def test_preset_errors():
   with pytest.raises(DataError, match="does not take"):
     augment.train_ops("cifar", image_size=32, native_size=32, normalize_op=identity, scale_min=3)
   with pytest.raises(DataError, match="area_range"):
-    augment.inception_crop(area_range=(0.5, 0.2))
+    augment.train_ops("inception", image_size=32, native_size=None, normalize_op=identity,
+                      area_range=(0.5, 0.2))
 
 
 @pytest.mark.parametrize("preset", augment.PRESETS)

@@ -35,7 +35,6 @@ def test_tf_data_implements_every_op_with_the_declared_options(name):
   assert name in augment.PRESETS
   for op in presets.PRESETS[name].ops:
     assert op in augment.TF_OPS, (name, op)
-  assert augment.PRESET_KWARGS[name] - {"resize"} == set(presets.PRESETS[name].options)
   ops = augment.train_ops(name, image_size=32, native_size=None, normalize_op=colour.to_float())
   assert ops and all(callable(op) for op in ops)
 
@@ -60,16 +59,9 @@ def test_dali_supports_exactly_the_presets_whose_host_ops_it_implements():
 
 @pytest.mark.parametrize("name", list(plans.PRESETS))
 def test_dali_takes_the_declared_options_and_defaults(name):
-  assert plans.PRESET_KWARGS[name] == set(presets.PRESETS[name].options)
   for op in presets.PRESETS[name].ops:
     assert op in plans.DALI_OPS or op in device.DEVICE_OPS, (name, op)
-  made = plans.make_preset(name, 224)
-  for option, value in presets.resolve(name, {}, 224).items():
-    if hasattr(made, option):
-      assert getattr(made, option) == value, (name, option)
-  fields = {f.name: f.default for f in dataclasses.fields(plans.Preset)}
-  for option in ("area_range", "aspect_range", "max_attempts", "interpolations", "flip"):
-    assert fields[option] == presets.OPTIONS[option].default, option
+  assert plans.make_preset(name, 224).options == presets.resolve(name, {}, 224)
 
 
 def test_the_device_implements_every_device_op_with_the_declared_defaults():
@@ -98,6 +90,54 @@ def test_options_resolve_relative_to_the_input_side():
   assert presets.resolve("scale_jitter", {}, 224)[("scale_min")] == 256
   assert presets.resolve("scale_jitter", {"scale_max": 300}, 224)["scale_max"] == 300
   assert presets.unknown_options("cifar", {"pad": 2, "hue": 0.1}) == ["hue"]
+
+
+def test_every_default_passes_its_check():
+  for name in presets.PRESETS:
+    for size in (32, 224):
+      assert presets.check_options(name, {}, size, error=ValueError) == presets.resolve(
+          name, {}, size)
+
+
+@pytest.mark.parametrize("given, message", [
+    ({"area_range": (0.5, 0.2)},
+     r"'inception': area_range must be \(min, max\) with 0.0 < min <= max <= 1.0, "
+     r"got \(0.5, 0.2\)"),
+    ({"area_range": (0.0, 1.0)}, "area_range must be"),
+    ({"area_range": (0.1, 1.5)}, "area_range must be"),
+    ({"aspect_range": (0.5,)}, "aspect_range must be"),
+    ({"aspect_range": (-1.0, 2.0)}, "aspect_range must be"),
+    ({"max_attempts": 0}, "max_attempts must be an integer >= 1, got 0"),
+    ({"max_attempts": 2.5}, "max_attempts must be an integer"),
+    ({"interpolations": ()}, "interpolations must be a non-empty sequence"),
+    ({"interpolations": ("bilinear", "lanczos")}, "interpolations must be"),
+    ({"interpolations": "bilinear"}, "interpolations must be"),
+    ({"flip": "no"}, "flip must be True or False, got 'no'"),
+    ({"photometric": 0}, "photometric must be True or False, got 0 \\(where the distortions"),
+    ({"hue": -0.1}, "hue must be a number >= 0"),
+])
+def test_one_check_per_option_names_the_option_and_the_value(given, message):
+  with pytest.raises(KeyError, match=message):  # raised with the caller's error class
+    presets.check_options("inception", given, 224, error=KeyError)
+
+
+def test_checks_against_the_input_side_and_between_options():
+  def refused(name, given, size=224):
+    with pytest.raises(ValueError) as info:
+      presets.check_options(name, given, size, error=ValueError)
+    return str(info.value)
+  assert "scale_min <= scale_max" in refused("scale_jitter", {"scale_min": 512, "scale_max": 256})
+  assert "smaller than the 224x224 crop" in refused("scale_jitter", {"scale_min": 200})
+  assert "smaller than the 224x224 crop" in refused("alexnet", {"resize_size": 200})
+  assert "pad must be an integer >= 0, got -1" in refused("cifar", {"pad": -1}, 32)
+  assert "does not take ['hue']" in refused("cifar", {"hue": 0.1}, 32)
+  assert "pca_color must be True, False or 'imagenet'" in refused("alexnet", {"pca_color": "yes"})
+  assert "pca_alpha_std must be a number >= 0" in refused("alexnet", {"pca_alpha_std": "0.1"})
+  assert "did you mean 'inception'" in refused("inceptoin", {})
+  # image_size 0: a caller without an input side checks everything but the side
+  assert presets.check_options("alexnet", {"resize_size": 8}, 0, error=ValueError)
+  assert presets.check_options("scale_jitter", {"scale_min": 300}, 224,
+                               error=ValueError)["scale_max"] == 512
 
 
 def test_evaluation_views_are_built_from_their_declarations():
