@@ -91,22 +91,8 @@ def train_step_fn(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str
       step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
       ema_params=ema_params, lr_control=rules.lr_control.after_train_batch(state.lr_control, top1))
 
-  loss_bad = jnp.logical_not(jnp.isfinite(total))
-  grad_bad, grad_leaf = _first_nonfinite_leaf(grads)
-  stats_bad, stats_leaf = _first_nonfinite_leaf(batch_stats)
-  params_bad, params_leaf = _first_nonfinite_leaf(params)
-  nonfinite = jnp.select([loss_bad, grad_bad, stats_bad, params_bad], [1, 2, 3, 4], 0)
-  nonfinite_leaf = jnp.select([loss_bad, grad_bad, stats_bad, params_bad],
-                              [0, grad_leaf, stats_leaf, params_leaf], 0)
-  # A step applies only while no step of the run has failed: after the first
-  # NaN/Inf the state stays the last finite one until the loop looks.
-  first_failure = (nonfinite != 0) & (state.first_nonfinite[0] == 0)
-  apply = (nonfinite == 0) & (state.first_nonfinite[0] == 0)
-  new_state = jax.tree_util.tree_map(lambda new, old: jnp.where(apply, new, old), new_state, state)
-  record = jnp.stack([state.step + 1, nonfinite, nonfinite_leaf]).astype(jnp.int32)
-  new_state = new_state.replace(
-      first_nonfinite=jnp.where(first_failure, record, state.first_nonfinite))
-
+  new_state, nonfinite, nonfinite_leaf = _applied_if_finite(state, new_state, total, grads,
+                                                            batch_stats, params)
   step_metrics = {
       "loss": main,
       "total_loss": total,
@@ -120,6 +106,31 @@ def train_step_fn(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str
       "nonfinite_leaf": nonfinite_leaf.astype(jnp.int32),
   }
   return new_state, step_metrics
+
+
+def _applied_if_finite(state: TrainState, new_state: TrainState, total: jax.Array, grads,
+                       batch_stats, params) -> tuple[TrainState, jax.Array, jax.Array]:
+  """(the state after the step, what was non-finite, which leaf).
+
+  What: 0 all finite, 1 the loss, 2 a gradient, 3 a BN statistic, 4 a parameter.
+  A step applies only while no step of the run has failed: after the first
+  NaN/Inf the state stays the last finite one until the loop looks, and
+  `first_nonfinite` records (step, what, leaf) of that first failure.
+  """
+  loss_bad = jnp.logical_not(jnp.isfinite(total))
+  grad_bad, grad_leaf = _first_nonfinite_leaf(grads)
+  stats_bad, stats_leaf = _first_nonfinite_leaf(batch_stats)
+  params_bad, params_leaf = _first_nonfinite_leaf(params)
+  nonfinite = jnp.select([loss_bad, grad_bad, stats_bad, params_bad], [1, 2, 3, 4], 0)
+  nonfinite_leaf = jnp.select([loss_bad, grad_bad, stats_bad, params_bad],
+                              [0, grad_leaf, stats_leaf, params_leaf], 0)
+  first_failure = (nonfinite != 0) & (state.first_nonfinite[0] == 0)
+  apply = (nonfinite == 0) & (state.first_nonfinite[0] == 0)
+  new_state = jax.tree_util.tree_map(lambda new, old: jnp.where(apply, new, old), new_state, state)
+  record = jnp.stack([state.step + 1, nonfinite, nonfinite_leaf]).astype(jnp.int32)
+  return (new_state.replace(first_nonfinite=jnp.where(first_failure, record,
+                                                      state.first_nonfinite)),
+          nonfinite, nonfinite_leaf)
 
 
 def eval_step_fn(state: TrainState, batch: Batch, use_ema: bool = False) -> dict[str, jax.Array]:
