@@ -32,8 +32,9 @@ SEEDS = (0, 1) if REDUCED else (0, 1, 2)
 if REDUCED and "JAX_DISABLE_MOST_OPTIMIZATIONS" not in os.environ:
   # A reduced run is mostly XLA compilation (a handful of steps per compiled setting):
   # compiling without most of XLA's optimisations costs less CPU (a process compiling a
-  # quarter-width ResNet-56 train step: 56 -> 25 CPU-seconds; notebook 07's reduced run:
-  # 135 -> 107), for steps that run slower. Same graphs, same code;
+  # quarter-width ResNet-56 train step: 56 -> 25 CPU-seconds; the reduced runs of notebook
+  # 07: 135 -> 107, of 09: 137 -> 75, 160 -> 120 s wall, on a loaded 2-core machine), for
+  # steps that run slower. Same graphs, same code;
   # JAX_DISABLE_MOST_OPTIMIZATIONS=0 keeps the optimised compilation.
   jax.config.update("jax_disable_most_optimizations", True)
 
