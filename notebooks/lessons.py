@@ -9,8 +9,8 @@ posteriors averaged over views, as the papers did). Every seed of one
 setting reuses one compiled step, so a setting costs one compilation.
 
 `REDUCED` (CNNJAX_SMOKE=1, set by notebooks/conftest.py for CI) makes every
-notebook run the same code with fewer steps and seeds; its numbers are only
-a check that the code runs.
+notebook run the same code with fewer steps and seeds, compiled with most of
+XLA's optimisations off; its numbers are only a check that the code runs.
 """
 
 from __future__ import annotations
@@ -29,6 +29,14 @@ import optax
 
 REDUCED = os.environ.get("CNNJAX_SMOKE") == "1"
 SEEDS = (0, 1) if REDUCED else (0, 1, 2)
+if REDUCED and "JAX_DISABLE_MOST_OPTIMIZATIONS" not in os.environ:
+  # A reduced run is mostly XLA compilation (a handful of steps per compiled setting):
+  # compiling without most of XLA's optimisations costs less CPU (a process compiling a
+  # quarter-width ResNet-56 train step: 56 -> 25 CPU-seconds; the reduced runs of notebook
+  # 07: 135 -> 107, of 09: 137 -> 75, 160 -> 120 s wall, on a loaded 2-core machine), for
+  # steps that run slower. Same graphs, same code;
+  # JAX_DISABLE_MOST_OPTIMIZATIONS=0 keeps the optimised compilation.
+  jax.config.update("jax_disable_most_optimizations", True)
 
 
 def steps(full: int) -> int:
