@@ -3,14 +3,16 @@
 The file records what `cnnjax.train.config.validate` saw for each recipe
 while the settings were one flat dict; test_recipe_equivalence.py checks that
 the grouped settings of the same recipes hold the same values. Run once from
-the repository root: `python tests/train/make_recipes_before.py`.
+the repository root: `python tests/train/make_recipes_before.py` (it wrote the file while the
+settings were flat; run now, it would write the nested tree).
 """
+
+from __future__ import annotations
 
 import json
 import os
 
 from cnnjax.configs import get_recipe
-from cnnjax.train.config import as_plain_dict
 
 # (recipe, argument) pairs: each docstring's documented arguments.
 CASES = [
@@ -33,12 +35,15 @@ CASES = [
 ]
 
 
+def case_key(name: str, arg: str | None) -> str:
+  return name if arg is None else f"{name}:{arg}"
+
+
 def resolve() -> dict:
-  out = {}
-  for name, arg in CASES:
-    key = name if arg is None else f"{name}:{arg}"
-    out[key] = as_plain_dict(get_recipe(name, arg))
-  return out
+  """Each case's recipe as plain JSON values (as the flat layout's validate saw it)."""
+  return {case_key(name, arg): json.loads(json.dumps(get_recipe(name, arg).to_dict(),
+                                                     default=list))
+          for name, arg in CASES}
 
 
 if __name__ == "__main__":
