@@ -83,6 +83,28 @@ def optimizer_settings(**overrides):
   return optimizer, schedule, loss, tree["run"]["batch_size"]
 
 
+def settings_with(**overrides):
+  """The base config's Settings with `overrides` (see `set_values`), checked as
+  `validate` checks them (no devices, no ml_collections needed)."""
+  from cnnjax.train import checks
+  from cnnjax.train import config as config_lib
+  tree = config_lib.defaults()
+  set_values(tree, {"run.num_steps": 10, **overrides})
+  return checks.build(config_lib.Settings, tree, "")
+
+
+def run_objects(settings, num_devices=1, steps_per_epoch=10, total_steps=100):
+  """(model, optimiser, step rules) of `settings`, as the loop makes them."""
+  from cnnjax.train import optim, setup
+  batch_size = settings.run.batch_size
+  model = setup.create_model(settings.model, batch_size=batch_size, num_devices=num_devices)
+  tx = optim.create_optimizer(settings.optimizer, batch_size)
+  rules = setup.step_rules(settings.optimizer, settings.schedule, settings.loss,
+                           batch_size=batch_size, steps_per_epoch=steps_per_epoch,
+                           total_steps=total_steps)
+  return model, tx, rules
+
+
 def step_rules(steps_per_epoch=10, total_steps=100, **overrides):
   """The StepRules of `optimizer_settings(**overrides)`."""
   from cnnjax.train import setup
