@@ -2,7 +2,7 @@ r"""AlexNet (Krizhevsky, Sutskever & Hinton, NIPS 2012) on ILSVRC-2012.
 
 Run:
   python train.py --config cnnjax/configs/alexnet_imagenet.py \
-      --workdir workdirs/alexnet --config.data_dir=/path/to/tensorflow_datasets
+      --workdir workdirs/alexnet --config.input.data_dir=/path/to/tensorflow_datasets
 
 Hardware assumed: one host with 8 GPUs (16 GiB each is plenty; the paper
 used two 3 GB GTX 580s for five to six days). The global batch of 128 is

@@ -12,8 +12,8 @@ Arguments (comma-separated key=value): `weights=` a published source
 cache), `dataset=` a tfds name or image_folder:<path> (default: the offline
 digits, to try the recipe).
 
-What it does: the network of those weights (config.model and the options
-they need, e.g. Keras's v1 ResNets) starts from them (config.init_from):
+What it does: the network of those weights (config.model.name and the options
+they need, e.g. Keras's v1 ResNets) starts from them (config.model.init_from):
 every layer whose shape matches is copied, the classifier is new when the
 dataset has another number of classes, and the run's log names both. Inputs
 are normalised as the weights were trained: torchvision's mean/std
@@ -23,7 +23,7 @@ warm-up then cosine, weight decay 1e-4 on kernels, batch 64, 10 epochs,
 Inception-style random crops at 224 and flips; validation on the centre crop.
 
 Hardware: one GPU fits batch 64 of ResNet-50 or VGG-16 at 224 px; on a CPU
-shorten it (--config.image_size=64 --config.num_steps=20) to see it run.
+shorten it (--config.input.image_size=64 --config.run.num_steps=20) to see it run.
 Result: not measured here (it depends on the dataset); tests/weights/test_imported_resnet18.py
 fine-tunes ResNet-18 on a 2-class folder and checks that the loss falls and
 every layer but the classifier starts from the weights.

@@ -14,10 +14,10 @@ Inception-style crops of 8-100% of the area, aspect 3/4..4/3, photometric
 distortions.
 
 For a faster run on more devices use a larger batch with the linear scaling
-rule: `--config.batch_size=256 --config.lr_scaling=linear`.
+rule: `--config.run.batch_size=256 --config.optimizer.lr_scaling=linear`.
 With an accelerator the photometric distortions and the normalisation run
 in the train step (`input_boundary` "auto" is "uint8" there: 1.57x the images
-per host core); `--config.input_boundary=canvas` also leaves the crop's resize
+per host core); `--config.input.boundary=canvas` also leaves the crop's resize
 and flip to the step.
 
 Aims at: top-5 validation error ~11.1% (top-1 ~31.3%), one model, centre

@@ -8,7 +8,7 @@ Run (argument: depth, then options):
   plain    no shortcuts (the degradation study: 20/32/44/56)
   test     validate on the 10k test set instead of the 45k/5k split
 
-Hardware assumed: one GPU (the paper used two; set `--config.bn_group_size=64`
+Hardware assumed: one GPU (the paper used two; set `--config.model.bn_group_size=64`
 to reproduce its per-GPU statistics on one device). ResNet-20 takes about
 an hour on an A100-class GPU; ResNet-1202 needs remat or ~16 GiB.
 

@@ -25,7 +25,7 @@ Recipe. Paper (Section 3.4): SGD, batch 256, momentum 0.9, weight decay
 epochs); shorter side random in [256, 480], random 224 crop, flip,
 per-pixel mean subtracted, AlexNet's colour augmentation.
 Ours: the same, with the divisions at epochs 30, 60 and 90 (where the
-paper's plateaus fell; `--config.schedule=plateau` follows the validation
+paper's plateaus fell; `--config.schedule.name=plateau` follows the validation
 error instead), and a per-channel mean (`normalize="per_channel"`).
 Why the mean differs: the per-pixel mean is AlexNet's 256x256 image; with
 scale augmentation a 224 crop comes from anywhere in a 256..480 image, so

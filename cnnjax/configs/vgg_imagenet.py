@@ -17,7 +17,7 @@ for one configuration, in order (Section 3.1, "Training image size"):
   jitter   scale jitter S in [256, 512] (default: fixed S=256)
   S=384    fixed training scale 384 instead of 256
   init_from=<workdir>
-           warm start (equivalently `--config.init_from=<workdir>`): from a
+           warm start (equivalently `--config.model.init_from=<workdir>`): from a
            trained net of the same configuration every layer is copied (steps
            2 and 3); from a trained net A into a deeper net, the first four
            conv layers and the last three FC layers (step 1), the rest random.

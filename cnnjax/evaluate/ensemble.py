@@ -78,7 +78,7 @@ def load_member(workdir: str, *, which: str = "latest", use_ema: bool | None = N
   Args:
     which: "latest" checkpoint or the "best" by validation error.
     use_ema: evaluate the Polyak/EMA parameters; None (default) uses them
-      whenever the run kept them (config.ema_decay > 0).
+      whenever the run kept them (config.optimizer.ema_decay > 0).
   """
   from cnnjax.train import checkpoint  # pylint: disable=import-outside-toplevel
   if use_ema is None:

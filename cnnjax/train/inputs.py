@@ -141,7 +141,7 @@ def open_inputs(settings: InputSettings, evaluation: EvalSettings, mesh, *, batc
 
 
 # A dataset whose typical image side is this many times smaller or larger than
-# the network input gets a one-line note naming config.image_size.
+# the network input gets a one-line note naming config.input.image_size.
 SIZE_NOTE_RATIO = 1.5
 _SIZE_SAMPLE = 32
 

@@ -176,7 +176,7 @@ def test_restore_for_evaluation_refuses_a_damaged_checkpoint(copy_of_reference, 
   workdir = copy_of_reference("evaluation")
   _, best_meta = checkpoint.restore_variables(workdir, which="best")
   best_step = best_meta["step"]
-  assert best_step % KILL_RUN["eval_every_steps"] == 0  # a validated step
+  assert best_step % KILL_RUN["eval.every_steps"] == 0  # a validated step
   _truncate(_largest_file(os.path.join(workdir, checkpoint.LATEST_DIR, str(best_step)), "params"))
   with pytest.raises(CheckpointError, match=rf"{best_step}.*params"):
     checkpoint.restore_variables(workdir, which="best")
