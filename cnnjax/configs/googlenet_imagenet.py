@@ -16,7 +16,7 @@ distortions.
 For a faster run on more devices use a larger batch with the linear scaling
 rule: `--config.run.batch_size=256 --config.optimizer.lr_scaling=linear`.
 With an accelerator the photometric distortions and the normalisation run
-in the train step (`input_boundary` "auto" is "uint8" there: 1.57x the images
+in the train step (`input.boundary` "auto" is "uint8" there: 1.57x the images
 per host core); `--config.input.boundary=canvas` also leaves the crop's resize
 and flip to the step.
 

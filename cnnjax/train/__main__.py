@@ -122,7 +122,8 @@ def _override_error(argv: Sequence[str], error: Exception):
 def _path_error(arg: str, parts: list[str], value: str, reference: dict, said: str,
                 free_form: Sequence[str]) -> str | None:
   """What is wrong with the path of one --config.<path>=<value> flag; None if nothing."""
-  from cnnjax.train.config import FLAT_TO_NESTED  # pylint: disable=g-import-not-at-top
+  from cnnjax.train.config import (  # pylint: disable=g-import-not-at-top
+      FLAT_TO_NESTED, REMOVED_KEYS)
   node, walked = reference, []
   for i, part in enumerate(parts):
     where = ".".join(walked)
@@ -138,6 +139,8 @@ def _path_error(arg: str, parts: list[str], value: str, reference: dict, said: s
     if not isinstance(node, dict):
       return f"{arg}: config.{where} is a {type(node).__name__} and has no sub-keys"
     if part not in node:
+      if not walked and part in REMOVED_KEYS:
+        return f"{arg}: config.{part} was removed; use config.{REMOVED_KEYS[part]}"
       if not walked and part in FLAT_TO_NESTED:
         return (f"{arg}: config.{part} is now config.{FLAT_TO_NESTED[part][0]} (the settings "
                 "are grouped by subsystem)")

@@ -481,7 +481,7 @@ def _eval_source(workdir: epath.Path, which: str, step: int | None) -> tuple[epa
     if best is None:
       raise CheckpointError(
           f"no best checkpoint in {directory}: no validation has run yet (train longer, or "
-          "with eval_every set), or pass which='latest'")
+          "with eval.every_steps or eval.every_epochs set), or pass which='latest'")
     return directory, _checked(directory, which, best, steps)
   if not steps:
     raise CheckpointError(

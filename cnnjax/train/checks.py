@@ -125,8 +125,8 @@ def build(cls, given: Any, path: str, *, strict: bool = True):
   of an older version).
   """
   if not is_mapping(given):
-    raise ConfigError(f"config.{path or '<root>'} must be a group of settings, got {type(given).__name__} "
-                      f"{given!r}")
+    raise ConfigError(f"config.{path or '<root>'} must be a group of settings, got "
+                      f"{type(given).__name__} {given!r}")
   given = plain(given)
   fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
   for key in given:

@@ -63,7 +63,7 @@ class RunSettings(checks.Section):
   num_steps: int = -1  # the length: steps win over epochs (see cnnjax.train.durations)
   num_epochs: float = -1.0
   log_every_steps: int = 50
-  profile_steps: tuple = ()  # (first, last): trace these steps with jax.profiler into <workdir>/profile
+  profile_steps: tuple = ()  # (first, last): trace these steps with jax.profiler (<workdir>/profile)
   compilation_cache_dir: str = ""  # "": $CNNJAX_COMPILATION_CACHE_DIR or ~/.cache/cnnjax/jax
   progress_bar: bool = True
 

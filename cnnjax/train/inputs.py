@@ -46,7 +46,7 @@ SYNTHETIC_EVAL_BATCHES = 2
 class InputSettings(checks.Section):
   """config.input: which images, read and prepared how."""
 
-  dataset: str = "digits"  # a tfds name, "image_folder:<path>", "synthetic" or the embedded "digits"
+  dataset: str = "digits"  # a tfds name, "image_folder:<path>", "synthetic" or the embedded digits
   data_dir: str = ""  # "": tfds default
   train_split: str = ""  # "": the dataset's training split
   eval_split: str = ""  # "": the dataset's validation split

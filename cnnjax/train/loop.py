@@ -163,7 +163,8 @@ def resolve_facts(settings: config_lib.Settings, inputs: inputs_lib.RunInputs,
         f"{inputs.num_classes} classes of {inputs.dataset!r}: labels >= {model.num_classes} "
         "would have no output; use 0 (the dataset's count) or more")
   steps_per_epoch = max(inputs.num_train_examples // run_settings.batch_size, 1)
-  every = lambda steps, epochs, name: to_steps(steps, epochs, steps_per_epoch, name=name)  # noqa: E731
+  every = lambda steps, epochs, name: to_steps(  # noqa: E731
+      steps, epochs, steps_per_epoch, name=name)
   return RunFacts(
       image_size=image_size, num_classes=model.num_classes or inputs.num_classes,
       num_devices=jax.device_count(), batch_size=run_settings.batch_size,

@@ -93,7 +93,6 @@ class MultistepSettings(checks.Section):
   factor: float = 0.1
 
   def check(self) -> None:
-    _check_factor("schedule.multistep.factor", self.factor)
     steps = list(self.boundaries_steps)
     require(all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= checks.INT32_RANGE[1]
                 for v in steps), "schedule.multistep.boundaries_steps", steps,
@@ -116,7 +115,6 @@ class PlateauSettings(checks.Section):
   factor: float = 0.1
 
   def check(self) -> None:
-    _check_factor("schedule.plateau.factor", self.factor)
     require(self.patience >= 1, "schedule.plateau.patience", self.patience, ">= 1")
     require(0 < self.rtol < 1, "schedule.plateau.rtol", self.rtol, "0 < rtol < 1")
     require(self.max_reductions >= 0, "schedule.plateau.max_reductions", self.max_reductions,
@@ -132,7 +130,6 @@ class ExponentialSettings(checks.Section):
   factor: float = 0.1
 
   def check(self) -> None:
-    _check_factor("schedule.exponential.factor", self.factor)
     durations.check_pair(self.every_steps, self.every_epochs, "schedule.exponential.every")
 
 
@@ -169,6 +166,8 @@ class ScheduleSettings(checks.Section):
   def check(self) -> None:
     checks.choose("schedule.name", self.name, SCHEDULES)
     durations.check_pair(self.warmup_steps, self.warmup_epochs, "schedule.warmup")
+    if self.name in ("multistep", "plateau", "exponential"):  # the factor of the one chosen
+      _check_factor(f"schedule.{self.name}.factor", getattr(self, self.name).factor)
     if self.name == "multistep":
       m = self.multistep
       require(bool(m.boundaries_steps or m.boundaries_epochs),
@@ -269,8 +268,9 @@ def learning_rate_schedule(settings: ScheduleSettings, peak: float, steps_per_ep
     schedule = optax.constant_schedule(peak)
   elif kind == "multistep":
     m = settings.multistep
-    boundaries = durations.boundaries_to_steps(m.boundaries_steps, m.boundaries_epochs,
-                                               steps_per_epoch, name="schedule.multistep.boundaries")
+    boundaries = durations.boundaries_to_steps(
+        m.boundaries_steps, m.boundaries_epochs, steps_per_epoch,
+        name="schedule.multistep.boundaries")
     scales: dict[int, float] = {}
     for b in boundaries:
       scales[b] = scales.get(b, 1.0) * float(m.factor)

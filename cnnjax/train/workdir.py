@@ -92,7 +92,8 @@ def check_init_from(model: ModelSettings, workdir: str) -> None:
     return
   if not ckpt_lib.has_checkpoint(source):
     raise CheckpointError(
-        f"config.model.init_from={source!r} holds no checkpoint (expected {source}/checkpoints/<step>): "
+        f"config.model.init_from={source!r} holds no checkpoint (expected "
+        f"{source}/checkpoints/<step>): "
         "train there first (VGG: net A)")
   stored = config_lib.load(ckpt_lib.read_workdir_config(source)).model.name
   if stored not in models.list_models():

@@ -48,6 +48,8 @@ def _train(*args, timeout=120):
     ("--config.learning_rate=0.1",
      "config.learning_rate is now config.optimizer.learning_rate"),
     ("--config.learning_rat=0.1", "did you mean config.optimizer.learning_rate"),
+    ("--config.input_pipeline=dali",
+     "config.input_pipeline was removed; use config.input.boundary"),
 ])
 def test_config_mistakes_fail_before_any_compute(flag, message, tmp_path):
   import re
@@ -107,7 +109,8 @@ def test_overrides_are_literals_never_code(tmp_path):
 
 TINY = ["--config.model.kwargs={'stage_sizes': (1, 1, 1), 'width_multiplier': 0.25}",
         "--config.input.image_size=16", "--config.run.batch_size=16", "--config.eval.num_batches=1",
-        "--config.schedule.name=constant", "--config.schedule.warmup_steps=-1", "--config.run.log_every_steps=1",
+        "--config.schedule.name=constant", "--config.schedule.warmup_steps=-1",
+        "--config.run.log_every_steps=1",
         "--config.checkpoint.every_steps=-1", "--config.eval.every_steps=-1",
         "--config.run.progress_bar=false"]
 
@@ -178,9 +181,11 @@ def _module_train(*args, cwd, timeout=120):
 
 def test_recipes_are_found_by_name_from_any_directory(tmp_path):
   """`--config resnet_cifar10:110` outside the checkout reaches the run (which refuses -3 steps)."""
-  result = _module_train("--config", "resnet_cifar10:110", "--config.run.num_steps=-3", cwd=tmp_path)
+  result = _module_train("--config", "resnet_cifar10:110", "--config.run.num_steps=-3",
+                         cwd=tmp_path)
   assert result.returncode == 1, result.stderr[-2000:]
-  assert "ConfigError: " in result.stderr and "run.num_steps" in result.stderr, result.stderr[-2000:]
+  assert "ConfigError: " in result.stderr and "run.num_steps" in result.stderr, (
+      result.stderr[-2000:])
   assert "Traceback" not in result.stderr
 
 

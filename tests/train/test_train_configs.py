@@ -115,7 +115,7 @@ def _with(config, **values):
     ("optimizer.learning_rate", float("nan"), "learning_rate"),
     ("schedule.multistep.boundaries_steps", (1.5,), "boundaries_steps"),
     ("schedule.multistep.boundaries_epochs", (60.0, 30.0), "increasing"),
-    ("schedule.plateau.factor", 1.5, "schedule.plateau.factor"),
+    ("schedule.multistep.factor", 1.5, "schedule.multistep.factor"),
     ("schedule.exponential.every_steps", -2, "every_steps"),
     ("input.on_bad_image", "ignore", "on_bad_image"),
     ("input.boundary", "gpu", "input.boundary"),
@@ -124,9 +124,17 @@ def _with(config, **values):
     ("loss.name", "hinge", "loss.name"),
 ])
 def test_bad_values_are_named(path, value, fragment):
-  config = _with(get_recipe("quickstart").to_dict(), **{path: value})
+  config = _with(get_recipe("resnet_cifar10", "20").to_dict(), **{path: value})
   with pytest.raises(ConfigError, match=fragment):
     config_lib.validate(config, num_devices=1, model_names=_model_names())
+
+
+def test_only_the_chosen_schedule_needs_a_factor_below_one():
+  config = get_recipe("quickstart").to_dict()  # warmup_cosine: no factor read
+  config_lib.validate(_with(config, **{"schedule.plateau.factor": 1.5}), num_devices=1)
+  with pytest.raises(ConfigError, match="schedule.plateau.factor=1.5"):
+    config_lib.validate(_with(config, **{"schedule.plateau.factor": 1.5, "schedule.name": "plateau",
+                                         "eval.every_steps": 10}), num_devices=1)
 
 
 def test_unknown_key_missing_key_and_wrong_type():
