@@ -208,6 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   xla_cpu.configure_process()
   from cnnjax import _cli, logs  # pylint: disable=g-import-not-at-top
   from cnnjax.errors import CnnjaxError  # pylint: disable=g-import-not-at-top
+  if not _cli.asks_verbose(argv):  # a recipe's defaults import JAX, whose C++ logs read the
+    logs.set_up()  # quiet environment as it loads: set before the flags (and recipe) are read
   try:
     argv = resolve_recipe_names(argv)
   except CnnjaxError as error:

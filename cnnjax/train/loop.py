@@ -153,10 +153,10 @@ class Prepared:
     return jax.process_index() == 0
 
 
-def resolve_facts(settings: config_lib.Settings, inputs: inputs_lib.RunInputs,
-                  image_size: int) -> RunFacts:
+def resolve_facts(model: setup.ModelSettings, run_settings: config_lib.RunSettings,
+                  evaluation: inputs_lib.EvalSettings, checkpoint: config_lib.CheckpointSettings,
+                  inputs: inputs_lib.RunInputs, image_size: int) -> RunFacts:
   """The run's facts from its settings and what its inputs found."""
-  model, run_settings = settings.model, settings.run
   if model.num_classes and model.num_classes < inputs.num_classes:
     raise ConfigError(
         f"config.model.num_classes={model.num_classes} is smaller than the "
@@ -170,9 +170,8 @@ def resolve_facts(settings: config_lib.Settings, inputs: inputs_lib.RunInputs,
       num_devices=jax.device_count(), batch_size=run_settings.batch_size,
       steps_per_epoch=steps_per_epoch,
       total_steps=every(run_settings.num_steps, run_settings.num_epochs, "run.num"),
-      eval_every=every(settings.eval.every_steps, settings.eval.every_epochs, "eval.every"),
-      checkpoint_every=every(settings.checkpoint.every_steps, settings.checkpoint.every_epochs,
-                             "checkpoint.every"))
+      eval_every=every(evaluation.every_steps, evaluation.every_epochs, "eval.every"),
+      checkpoint_every=every(checkpoint.every_steps, checkpoint.every_epochs, "checkpoint.every"))
 
 
 def prepare(settings: config_lib.Settings, workdir: str) -> Prepared:
@@ -190,7 +189,7 @@ def prepare(settings: config_lib.Settings, workdir: str) -> Prepared:
   if inputs.skipped_images:
     log(f"skipped {inputs.skipped_images} unreadable image(s) of {s.input.dataset} "
         "(on_bad_image='skip')")
-  facts = resolve_facts(s, inputs, image_size)
+  facts = resolve_facts(s.model, s.run, s.eval, s.checkpoint, inputs, image_size)
   resolved = s.resolved(image_size=facts.image_size, num_classes=facts.num_classes)
   workdir_lib.check_workdir_compatible(workdir, resolved.model)
   model = setup.create_model(s.model, batch_size=facts.batch_size,
