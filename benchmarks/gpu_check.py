@@ -132,6 +132,7 @@ def run_config(p: dict[str, Any], batch_size: int, schedule: str):
                     num_classes=p["num_classes"], dtype=p["dtype"], cpu_kernels="off")
   c["schedule"]["name"] = schedule
   c["schedule"]["plateau"]["patience"] = 1
+  c["eval"]["every_steps"] = 100  # plateau follows validations (the rows feed them by hand)
   c["run"].update(batch_size=batch_size, num_steps=10_000)
   return checks.build(config_lib.Settings, c, "")
 
