@@ -31,14 +31,11 @@ MOMENTUM = 0.9
 WEIGHT_DECAY = 1e-4
 
 
-def _optimizer_config(batch_size: int) -> dict[str, Any]:
-  """The keys `cnnjax.train.optim.create_optimizer` reads, for plain SGD + momentum + wd."""
-  return {
-      "optimizer": "sgd", "learning_rate": LEARNING_RATE, "lr_scaling": "none",
-      "batch_size": batch_size, "lr_base_batch_size": 256, "momentum": MOMENTUM,
-      "nesterov": False, "weight_decay": WEIGHT_DECAY, "weight_decay_mask": "kernels",
-      "grad_clip_norm": 0.0,
-  }
+def _optimizer_settings():
+  """config.optimizer for plain SGD + momentum + weight decay on the kernels."""
+  from cnnjax.train import optim  # pylint: disable=import-outside-toplevel
+  return optim.OptimizerSettings(learning_rate=LEARNING_RATE, momentum=MOMENTUM,
+                                 weight_decay=WEIGHT_DECAY, weight_decay_mask="kernels")
 
 
 # Copies of cnnjax.data's IMAGENET_MEAN_RGB / IMAGENET_STD_RGB and
@@ -61,7 +58,7 @@ def _real_train_step(model, batch_size: int, image_shape, device_photometric: bo
   from cnnjax.train import optim, state as state_lib, steps  # pylint: disable=import-outside-toplevel
   from cnnjax.preprocessing.device import DeviceInput, Photometric  # pylint: disable=import-outside-toplevel
 
-  tx = optim.create_optimizer(_optimizer_config(batch_size))
+  tx = optim.create_optimizer(_optimizer_settings(), batch_size)
   photometric = None
   if device_photometric:
     photometric = DeviceInput(mean=_IMAGENET_MEAN_RGB, std=_IMAGENET_STD_RGB,
@@ -247,7 +244,7 @@ class JaxRunner:
     from cnnjax import models  # pylint: disable=import-outside-toplevel
     rss_after_import = _common.current_rss_bytes()
     self._jax = jax
-    # What train.py's create_model passes (config.cpu_kernels="auto"), as the variants edit it.
+    # What train.py's create_model passes (config.model.cpu_kernels="auto"), as the variants edit it.
     parts = _variants.model_parts(applied_patches, jax.default_backend())
 
     device = jax.devices()[0]

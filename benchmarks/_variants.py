@@ -2,7 +2,7 @@
 
 A jax worker starts as train.py does: `cnnjax.xla_cpu.configure_process()`
 (tuned XLA:CPU flags, malloc settings) and the model parts of
-config.cpu_kernels="auto" (`cnnjax.models.cpu.parts()` on the CPU backend).
+config.model.cpu_kernels="auto" (`cnnjax.models.cpu.parts()` on the CPU backend).
 Each variant changes one of these, or swaps one building block, inside its
 worker process only, keeping the variable tree (names, shapes) unchanged, so
 the same step, state and batch run with and without it. A variant that
@@ -25,7 +25,7 @@ class Variant:
   # Environment variables the worker process starts with: the harness sets them
   # when it spawns the worker, so settings read at start-up (glibc, XLA) take effect.
   environment: tuple[tuple[str, str], ...] = ()
-  # The worker's config.cpu_kernels policy ("auto" unless a variant sets it).
+  # The worker's config.model.cpu_kernels policy ("auto" unless a variant sets it).
   cpu_kernels: str | None = None
   # Edits the model parts the worker passes to cnnjax.models.create.
   edit_parts: Callable[[Parts], Parts] | None = None
@@ -155,7 +155,7 @@ def check(names: list[str]) -> list[str]:
 
 def model_parts(names: list[str], backend: str) -> Parts:
   """The parts a worker passes to cnnjax.models.create under the named variants:
-  config.cpu_kernels's rule ("auto" unless a variant sets it), then each
+  config.model.cpu_kernels's rule ("auto" unless a variant sets it), then each
   variant's edit. Called after JAX is imported, before a model is built."""
   from cnnjax.models import cpu  # pylint: disable=import-outside-toplevel
   policy = "auto"

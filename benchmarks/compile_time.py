@@ -43,7 +43,7 @@ def measure(model_name: str, variant: str, batch_size: int, image_size: int | No
 
   spec = models.get_spec(model_name)
   size = image_size or spec.image_size
-  # The model train.py builds (config.cpu_kernels="auto").
+  # The model train.py builds (config.model.cpu_kernels="auto").
   parts = models.cpu.parts() if models.cpu.wanted("auto", jax.default_backend()) else {}
   model = models.create(model_name, scan_blocks="scanned" in variant,
                         remat="remat" in variant, **parts)

@@ -120,25 +120,21 @@ class CompileCounter:
                for name in self.names)
 
 
-def run_config(p: dict[str, Any], batch_size: int, schedule: str) -> dict[str, Any]:
-  """The keys of cnnjax/configs/base.py that setup and optim read, as a plain dict
-  (ml_collections is not needed): SGD + momentum + weight decay, ResNet-style."""
-  return {
-      "model": p["model"], "model_kwargs": dict(p["model_kwargs"]),
-      "num_classes": p["num_classes"], "dtype": p["dtype"], "batch_size": batch_size,
-      "bn_group_size": 0, "optimizer": "sgd", "learning_rate": 0.1, "lr_scaling": "none",
-      "lr_base_batch_size": 256, "momentum": 0.9, "nesterov": False, "weight_decay": 1e-4,
-      "weight_decay_mask": "kernels", "grad_clip_norm": 0.0, "schedule": schedule,
-      "lr_decay_factor": 0.1, "lr_boundaries_steps": (), "lr_boundaries_epochs": (),
-      "lr_decay_every_steps": -1, "lr_decay_every_epochs": -1.0, "warmup_steps": -1,
-      "warmup_epochs": -1.0, "plateau_patience": 1, "plateau_rtol": 1e-3,
-      "plateau_max_reductions": 3, "error_warmup_factor": 0.0, "error_warmup_threshold": 0.8,
-      "loss": "categorical_cross_entropy", "label_smoothing": 0.0, "aux_loss_weight": 0.3,
-      "ema_decay": 0.0,
-      # The model's default parts on every backend: the smoke run on a CPU builds
-      # the program a GPU runs, not the CPU-tuned one.
-      "cpu_kernels": "off",
-  }
+def run_config(p: dict[str, Any], batch_size: int, schedule: str):
+  """The Settings setup and optim read (ml_collections is not needed): SGD + momentum +
+  weight decay, ResNet-style, the base config's defaults otherwise."""
+  from cnnjax.train import checks  # pylint: disable=import-outside-toplevel
+  from cnnjax.train import config as config_lib  # pylint: disable=import-outside-toplevel
+  c = config_lib.defaults()
+  # cpu_kernels "off": the model's default parts on every backend, so the smoke run on
+  # a CPU builds the program a GPU runs, not the CPU-tuned one.
+  c["model"].update(name=p["model"], kwargs=dict(p["model_kwargs"]),
+                    num_classes=p["num_classes"], dtype=p["dtype"], cpu_kernels="off")
+  c["schedule"]["name"] = schedule
+  c["schedule"]["plateau"]["patience"] = 1
+  c["eval"]["every_steps"] = 100  # plateau follows validations (the rows feed them by hand)
+  c["run"].update(batch_size=batch_size, num_steps=10_000)
+  return checks.build(config_lib.Settings, c, "")
 
 
 class Training:
@@ -155,10 +151,12 @@ class Training:
     self.mesh = sharding.make_mesh()
     self.num_devices = jax.device_count()
     self.batch_size = p["batch_per_device"] * self.num_devices
-    config = run_config(p, self.batch_size, schedule)
-    self.model = setup.create_model(config, num_devices=self.num_devices)
-    tx = optim.create_optimizer(config)
-    rules = setup.step_rules(config, steps_per_epoch=100, total_steps=10_000)
+    s = run_config(p, self.batch_size, schedule)
+    self.model = setup.create_model(s.model, batch_size=self.batch_size,
+                                    num_devices=self.num_devices)
+    tx = optim.create_optimizer(s.optimizer, self.batch_size)
+    rules = setup.step_rules(s.optimizer, s.schedule, s.loss, batch_size=self.batch_size,
+                             steps_per_epoch=100, total_steps=10_000)
     self.image_shape = (p["image_size"], p["image_size"], 3)
     self.init = setup.state_initializer(self.model, tx, rules, self.image_shape)
     self.train, self.evaluate, self.after_validation = steps.jit_for_mesh(self.mesh)

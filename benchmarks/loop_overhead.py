@@ -35,16 +35,19 @@ DEFAULT_MODEL_KWARGS = {"width_multiplier": 0.25}
 
 def _config(model: str, batch_size: int, image_size: int, steps: int, dataset: str,
             model_kwargs: dict[str, Any] | None, dtype: str, log_every: int) -> dict[str, Any]:
-  """The quickstart's optimiser and schedule around the given model and batch (a plain
-  dict: no ml_collections, as on a bare accelerator image)."""
-  from cnnjax.configs import base  # pylint: disable=import-outside-toplevel
-  return dict(
-      base.default_values(), model=model, model_kwargs=dict(model_kwargs or {}), dataset=dataset,
-      num_classes=10 if dataset == "digits" else 1000, batch_size=batch_size,
-      eval_batch_size=max(batch_size, 64), eval_num_batches=1, image_size=image_size,
-      num_steps=steps, learning_rate=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
-      schedule="warmup_cosine", warmup_steps=min(30, steps // 2), log_every_steps=log_every,
-      progress_bar=False, dtype=dtype, compilation_cache_dir="")
+  """The quickstart's optimiser and schedule around the given model and batch (nested
+  plain dicts: no ml_collections, as on a bare accelerator image)."""
+  from cnnjax.train import config as config_lib  # pylint: disable=import-outside-toplevel
+  c = config_lib.defaults()
+  c["model"].update(name=model, kwargs=dict(model_kwargs or {}), dtype=dtype,
+                    num_classes=10 if dataset == "digits" else 1000)
+  c["input"].update(dataset=dataset, image_size=image_size)
+  c["eval"].update(batch_size=max(batch_size, 64), num_batches=1)
+  c["optimizer"].update(learning_rate=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+  c["schedule"].update(name="warmup_cosine", warmup_steps=min(30, steps // 2))
+  c["run"].update(batch_size=batch_size, num_steps=steps, log_every_steps=log_every,
+                  progress_bar=False, compilation_cache_dir="")
+  return c
 
 
 def bare_images_per_s(config: dict[str, Any], steps: int) -> float:
@@ -53,16 +56,22 @@ def bare_images_per_s(config: dict[str, Any], steps: int) -> float:
   import jax  # pylint: disable=import-outside-toplevel
 
   from cnnjax import sharding  # pylint: disable=import-outside-toplevel
+  from cnnjax.train import config as config_lib  # pylint: disable=import-outside-toplevel
   from cnnjax.train import inputs, optim, setup  # pylint: disable=import-outside-toplevel
   from cnnjax.train import steps as steps_lib  # pylint: disable=import-outside-toplevel
-  c = dict(config, dataset=inputs.SYNTHETIC_DATASET)
+  s = config_lib.validate(dict(config, input=dict(config["input"],
+                                                  dataset=inputs.SYNTHETIC_DATASET)))
   mesh = sharding.make_mesh()
-  model = setup.create_model(c, num_devices=jax.device_count())
-  tx = optim.create_optimizer(c)
-  rules = setup.step_rules(c, steps_per_epoch=100, total_steps=steps)
-  init = setup.state_initializer(model, tx, rules, (c["image_size"], c["image_size"], 3))
-  state = setup.create_state(init, mesh, c["seed"])
-  batch = next(inputs.open_inputs(c, mesh).train_batches(0))
+  batch_size, size = s.run.batch_size, s.input.image_size
+  model = setup.create_model(s.model, batch_size=batch_size, num_devices=jax.device_count())
+  tx = optim.create_optimizer(s.optimizer, batch_size)
+  rules = setup.step_rules(s.optimizer, s.schedule, s.loss, batch_size=batch_size,
+                           steps_per_epoch=100, total_steps=steps)
+  init = setup.state_initializer(model, tx, rules, (size, size, 3))
+  state = setup.create_state(init, mesh, s.run.seed)
+  batch = next(inputs.open_inputs(s.input, s.eval, mesh, batch_size=batch_size, seed=s.run.seed,
+                                  image_size=size, num_classes=s.model.num_classes)
+               .train_batches(0))
   train = steps_lib.jit_for_mesh(mesh)[0]
   for _ in range(3):
     state, metrics = train(state, batch)
@@ -71,7 +80,7 @@ def bare_images_per_s(config: dict[str, Any], steps: int) -> float:
   for _ in range(steps):
     state, metrics = train(state, batch)
   jax.block_until_ready((state, metrics))
-  return steps * c["batch_size"] / (time.perf_counter() - started)
+  return steps * batch_size / (time.perf_counter() - started)
 
 
 def loop_images_per_s(config) -> float:

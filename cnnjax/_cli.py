@@ -75,6 +75,19 @@ def define_verbose(flag_values: flags.FlagValues) -> None:
                     "absl, orbax); by default only their errors print", flag_values=flag_values)
 
 
+def asks_verbose(argv: Sequence[str]) -> bool:
+  """Whether `argv` turns --verbose on, read before the flags are parsed (for what must
+  precede the libraries' imports, which parsing a recipe may already cause)."""
+  verbose = False
+  for arg in argv[1:]:
+    name, _, value = arg.lstrip("-").partition("=")
+    if name == "verbose":
+      verbose = value.lower() not in ("false", "0")
+    elif name == "noverbose":
+      verbose = False
+  return verbose
+
+
 def _launch(target: str) -> int:
   """Runs the command `module:function`; a missing extra is one line, not a traceback."""
   import importlib  # pylint: disable=g-import-not-at-top

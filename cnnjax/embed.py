@@ -170,7 +170,7 @@ def embed_workdir(workdir: str, *, split: str | None = None, batch_size: int = 2
   """Embeddings of a split with a trained workdir's model and data settings."""
   from cnnjax import evaluate  # pylint: disable=import-outside-toplevel
   member = evaluate.load_member(workdir, which=which, use_ema=use_ema)
-  settings = evaluate.data_settings(member.config, split=split, data_dir=data_dir)
+  settings = evaluate.data_settings(member.config["input"], split=split, data_dir=data_dir)
   return embed_dataset(member.model, member.variables, settings.dataset, split=settings.split,
                        batch_size=batch_size, data_dir=settings.data_dir,
                        image_size=settings.image_size, normalize=settings.normalize,

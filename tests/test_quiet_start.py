@@ -36,10 +36,10 @@ THIRD_PARTY_MARKERS = (
     "has no dataset_info.json",  # tfds, preparing a dataset
     "cache_dataset_ops",  # tf.data, a cache read partly (eval)
 )
-TINY = ("--config.num_steps=2",
-        "--config.model_kwargs={'stage_sizes': (1, 1, 1), 'width_multiplier': 0.25}",
-        "--config.image_size=16", "--config.batch_size=16", "--config.eval_num_batches=1",
-        "--config.compilation_cache_dir=none")  # the progress bar on: a pipe must not get it
+TINY = ("--config.run.num_steps=2",
+        "--config.model.kwargs={'stage_sizes': (1, 1, 1), 'width_multiplier': 0.25}",
+        "--config.input.image_size=16", "--config.run.batch_size=16", "--config.eval.num_batches=1",
+        "--config.run.compilation_cache_dir=none")  # the progress bar on: a pipe must not get it
 
 
 def _user_environment() -> dict[str, str]:
@@ -64,7 +64,7 @@ def test_first_run_prints_no_library_notices_unless_verbose(tmp_path, verbose):
   environ["PYTHONPATH"] = REPOSITORY_ROOT + os.pathsep + environ.get("PYTHONPATH", "")
   result = subprocess.run(
       [sys.executable, "-m", "cnnjax.train", "--config", "quickstart", *flags,
-       f"--config.data_dir={tmp_path / 'data'}", *TINY], env=environ, capture_output=True,
+       f"--config.input.data_dir={tmp_path / 'data'}", *TINY], env=environ, capture_output=True,
       text=True, timeout=240, cwd=tmp_path)  # not the checkout: recipes are found by name
   output = result.stdout + result.stderr
   assert result.returncode == 0, output
@@ -108,7 +108,7 @@ batches = list(data.eval_iterator("image_folder:{folder}", global_batch_size=4,
 config, model, variables = restore_for_eval("{workdir}")
 report = ev.evaluate([ev.load_member("{workdir}")], "digits", data_dir="{digits_dir}",
                      progress=False, split="test[:32]")
-print("DONE", info.num_classes, len(batches), config["model"], report["num_examples"])
+print("DONE", info.num_classes, len(batches), config.model.name, report["num_examples"])
 """
 
 
@@ -136,9 +136,9 @@ def _notebook_sees_no_library_lines(tmp_path, workdir: str, digits_dir: str) -> 
 
 
 def test_cnnjax_error_still_prints(tmp_path):
-  result = _train(f"--workdir={tmp_path}", "--config.num_steps=-3", timeout=120)
+  result = _train(f"--workdir={tmp_path}", "--config.run.num_steps=-3", timeout=120)
   assert result.returncode != 0
-  assert "ConfigError: " in result.stderr and "num_steps" in result.stderr, result.stderr
+  assert "ConfigError: " in result.stderr and "run.num_steps" in result.stderr, result.stderr
 
 
 def test_traceback_of_a_bug_still_prints(tmp_path):

@@ -1,8 +1,10 @@
 """Training recipes, one `get_config(arg=None)` per file.
 
-Every recipe starts from `base.get_base_config()`, which declares every key
-the trainer understands with its type and default, and overrides the values
-its paper used. The docstring of each recipe carries the command that runs it,
+Every recipe starts from `base.get_base_config()`, every setting the trainer
+understands with its default, grouped by subsystem (`config.model.name`,
+`config.optimizer.learning_rate`, ...; cnnjax/train/config.py lists the
+groups), and overrides the values its paper used.
+The docstring of each recipe carries the command that runs it,
 the hardware it assumes and the published result it aims at.
 
 | file | recipe |
@@ -15,7 +17,8 @@ the hardware it assumes and the published result it aims at.
 | `resnet_cifar10.py` | CIFAR-10 ResNets 20..1202 and plain nets (arg: `110`, `56,plain`) |
 | `finetune.py` | published ImageNet weights fine-tuned on any dataset (arg: `weights=keras/vgg16,path=...,dataset=image_folder:...`) |
 
-Importing this package imports only `ml_collections`.
+Importing this package imports nothing heavy; building a recipe imports
+ml_collections and the training code, where the defaults are declared.
 """
 
 import os

@@ -2,7 +2,7 @@ r"""AlexNet (Krizhevsky, Sutskever & Hinton, NIPS 2012) on ILSVRC-2012.
 
 Run:
   python train.py --config cnnjax/configs/alexnet_imagenet.py \
-      --workdir workdirs/alexnet --config.data_dir=/path/to/tensorflow_datasets
+      --workdir workdirs/alexnet --config.input.data_dir=/path/to/tensorflow_datasets
 
 Hardware assumed: one host with 8 GPUs (16 GiB each is plenty; the paper
 used two 3 GB GTX 580s for five to six days). The global batch of 128 is
@@ -26,23 +26,23 @@ from cnnjax.configs import base
 def get_config(arg=None):
   del arg
   c = base.get_base_config()
-  c.model = "alexnet"
-  c.dataset = "imagenet2012"
-  c.normalize = "per_pixel"
-  c.augment = "alexnet"
-  c.augment_kwargs = {"pca_color": True, "pca_alpha_std": 0.1}
-  c.image_size = 224
-  c.batch_size = 128
-  c.num_epochs = 90.0
-  c.learning_rate = 0.01
-  c.momentum = 0.9
-  c.weight_decay = 5e-4
-  c.weight_decay_mask = "kernels"
-  c.schedule = "plateau"
-  c.lr_decay_factor = 0.1
-  c.plateau_patience = 2
-  c.plateau_max_reductions = 3
-  c.eval_every_epochs = 1.0
-  c.checkpoint_every_epochs = 1.0
-  c.log_every_steps = 100
+  c.model.name = "alexnet"
+  c.input.dataset = "imagenet2012"
+  c.input.normalize = "per_pixel"
+  c.input.augment = "alexnet"
+  c.input.augment_kwargs = {"pca_color": True, "pca_alpha_std": 0.1}
+  c.input.image_size = 224
+  c.run.batch_size = 128
+  c.run.num_epochs = 90.0
+  c.optimizer.learning_rate = 0.01
+  c.optimizer.momentum = 0.9
+  c.optimizer.weight_decay = 5e-4
+  c.optimizer.weight_decay_mask = "kernels"
+  c.schedule.name = "plateau"
+  c.schedule.plateau.factor = 0.1
+  c.schedule.plateau.patience = 2
+  c.schedule.plateau.max_reductions = 3
+  c.eval.every_epochs = 1.0
+  c.checkpoint.every_epochs = 1.0
+  c.run.log_every_steps = 100
   return base.finalize(c)

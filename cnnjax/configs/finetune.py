@@ -12,8 +12,8 @@ Arguments (comma-separated key=value): `weights=` a published source
 cache), `dataset=` a tfds name or image_folder:<path> (default: the offline
 digits, to try the recipe).
 
-What it does: the network of those weights (config.model and the options
-they need, e.g. Keras's v1 ResNets) starts from them (config.init_from):
+What it does: the network of those weights (config.model.name and the options
+they need, e.g. Keras's v1 ResNets) starts from them (config.model.init_from):
 every layer whose shape matches is copied, the classifier is new when the
 dataset has another number of classes, and the run's log names both. Inputs
 are normalised as the weights were trained: torchvision's mean/std
@@ -23,7 +23,7 @@ warm-up then cosine, weight decay 1e-4 on kernels, batch 64, 10 epochs,
 Inception-style random crops at 224 and flips; validation on the centre crop.
 
 Hardware: one GPU fits batch 64 of ResNet-50 or VGG-16 at 224 px; on a CPU
-shorten it (--config.image_size=64 --config.num_steps=20) to see it run.
+shorten it (--config.input.image_size=64 --config.run.num_steps=20) to see it run.
 Result: not measured here (it depends on the dataset); tests/weights/test_imported_resnet18.py
 fine-tunes ResNet-18 on a 2-class folder and checks that the loss falls and
 every layer but the classifier starts from the weights.
@@ -45,24 +45,24 @@ def get_config(arg=None):
   from cnnjax.weights import catalogue  # pylint: disable=import-outside-toplevel
   source = catalogue.get_source(pairs.get("weights", DEFAULT_WEIGHTS))
   c = base.get_base_config()
-  c.model = source.model
-  c.model_kwargs = dict(source.model_kwargs)
-  c.init_from = source.name + (f":{pairs['path']}" if pairs.get("path") else "")
-  c.dataset = pairs.get("dataset", "digits")
-  c.normalize = source.convention.pipeline_normalize
-  c.image_size = source.image_size
-  c.augment = "inception"
-  c.eval_view = "center"
-  c.batch_size = 64
-  c.num_epochs = 10.0
-  c.learning_rate = 0.01
-  c.momentum = 0.9
-  c.nesterov = True
-  c.weight_decay = 1e-4
-  c.weight_decay_mask = "kernels"
-  c.schedule = "warmup_cosine"
-  c.warmup_epochs = 1.0
-  c.eval_every_epochs = 1.0
-  c.checkpoint_every_epochs = 1.0
-  c.log_every_steps = 10
+  c.model.name = source.model
+  c.model.kwargs = dict(source.model_kwargs)
+  c.model.init_from = source.name + (f":{pairs['path']}" if pairs.get("path") else "")
+  c.input.dataset = pairs.get("dataset", "digits")
+  c.input.normalize = source.convention.pipeline_normalize
+  c.input.image_size = source.image_size
+  c.input.augment = "inception"
+  c.eval.view = "center"
+  c.run.batch_size = 64
+  c.run.num_epochs = 10.0
+  c.optimizer.learning_rate = 0.01
+  c.optimizer.momentum = 0.9
+  c.optimizer.nesterov = True
+  c.optimizer.weight_decay = 1e-4
+  c.optimizer.weight_decay_mask = "kernels"
+  c.schedule.name = "warmup_cosine"
+  c.schedule.warmup_epochs = 1.0
+  c.eval.every_epochs = 1.0
+  c.checkpoint.every_epochs = 1.0
+  c.run.log_every_steps = 10
   return base.finalize(c)

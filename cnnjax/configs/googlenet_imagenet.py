@@ -14,10 +14,10 @@ Inception-style crops of 8-100% of the area, aspect 3/4..4/3, photometric
 distortions.
 
 For a faster run on more devices use a larger batch with the linear scaling
-rule: `--config.batch_size=256 --config.lr_scaling=linear`.
+rule: `--config.run.batch_size=256 --config.optimizer.lr_scaling=linear`.
 With an accelerator the photometric distortions and the normalisation run
-in the train step (`input_boundary` "auto" is "uint8" there: 1.57x the images
-per host core); `--config.input_boundary=canvas` also leaves the crop's resize
+in the train step (`input.boundary` "auto" is "uint8" there: 1.57x the images
+per host core); `--config.input.boundary=canvas` also leaves the crop's resize
 and flip to the step.
 
 Aims at: top-5 validation error ~11.1% (top-1 ~31.3%), one model, centre
@@ -36,24 +36,24 @@ from cnnjax.configs import base
 def get_config(arg=None):
   del arg
   c = base.get_base_config()
-  c.model = "googlenet"
-  c.dataset = "imagenet2012"
-  c.normalize = "per_channel"
-  c.augment = "inception"
-  c.image_size = 224
-  c.batch_size = 32
-  c.num_epochs = 250.0
-  c.learning_rate = 0.01
-  c.lr_base_batch_size = 32
-  c.momentum = 0.9
-  c.weight_decay = 2e-4
-  c.weight_decay_mask = "kernels"
-  c.schedule = "exponential"
-  c.lr_decay_factor = 0.96
-  c.lr_decay_every_epochs = 8.0
-  c.ema_decay = 0.9999
-  c.aux_loss_weight = 0.3
-  c.eval_every_epochs = 1.0
-  c.checkpoint_every_epochs = 1.0
-  c.log_every_steps = 200
+  c.model.name = "googlenet"
+  c.input.dataset = "imagenet2012"
+  c.input.normalize = "per_channel"
+  c.input.augment = "inception"
+  c.input.image_size = 224
+  c.run.batch_size = 32
+  c.run.num_epochs = 250.0
+  c.optimizer.learning_rate = 0.01
+  c.optimizer.lr_base_batch_size = 32
+  c.optimizer.momentum = 0.9
+  c.optimizer.weight_decay = 2e-4
+  c.optimizer.weight_decay_mask = "kernels"
+  c.schedule.name = "exponential"
+  c.schedule.exponential.factor = 0.96
+  c.schedule.exponential.every_epochs = 8.0
+  c.optimizer.ema_decay = 0.9999
+  c.loss.aux_weight = 0.3
+  c.eval.every_epochs = 1.0
+  c.checkpoint.every_epochs = 1.0
+  c.run.log_every_steps = 200
   return base.finalize(c)

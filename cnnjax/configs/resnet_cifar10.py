@@ -8,7 +8,7 @@ Run (argument: depth, then options):
   plain    no shortcuts (the degradation study: 20/32/44/56)
   test     validate on the 10k test set instead of the 45k/5k split
 
-Hardware assumed: one GPU (the paper used two; set `--config.bn_group_size=64`
+Hardware assumed: one GPU (the paper used two; set `--config.model.bn_group_size=64`
 to reproduce its per-GPU statistics on one device). ResNet-20 takes about
 an hour on an A100-class GPU; ResNet-1202 needs remat or ~16 GiB.
 
@@ -37,29 +37,29 @@ def get_config(arg="20"):
         "(20, 32, 44, 56, 110, 1202), then optional 'plain', 'test'")
   depth = depths[0]
   c = base.get_base_config()
-  c.model = ("cifar_plain" if "plain" in options else "cifar_resnet") + str(depth)
+  c.model.name = ("cifar_plain" if "plain" in options else "cifar_resnet") + str(depth)
   if depth >= 110:
-    c.model_kwargs = {"scan_blocks": True}
-  c.dataset = "cifar10"
-  c.normalize = "per_pixel"
-  c.augment = "cifar"
+    c.model.kwargs = {"scan_blocks": True}
+  c.input.dataset = "cifar10"
+  c.input.normalize = "per_pixel"
+  c.input.augment = "cifar"
   if "test" in options:
-    c.train_split, c.eval_split = "train", "test"
+    c.input.train_split, c.input.eval_split = "train", "test"
   else:
-    c.train_split, c.eval_split = "train[:45000]", "train[45000:]"
-  c.batch_size = 128
-  c.num_steps = 64_000
-  c.learning_rate = 0.1
-  c.momentum = 0.9
-  c.weight_decay = 1e-4
-  c.weight_decay_mask = "kernels"
-  c.schedule = "multistep"
-  c.lr_boundaries_steps = (32_000, 48_000)
-  c.lr_decay_factor = 0.1
+    c.input.train_split, c.input.eval_split = "train[:45000]", "train[45000:]"
+  c.run.batch_size = 128
+  c.run.num_steps = 64_000
+  c.optimizer.learning_rate = 0.1
+  c.optimizer.momentum = 0.9
+  c.optimizer.weight_decay = 1e-4
+  c.optimizer.weight_decay_mask = "kernels"
+  c.schedule.name = "multistep"
+  c.schedule.multistep.boundaries_steps = (32_000, 48_000)
+  c.schedule.multistep.factor = 0.1
   if depth >= 110:
-    c.error_warmup_factor = 0.1
-    c.error_warmup_threshold = 0.8
-  c.eval_every_steps = 2_000
-  c.checkpoint_every_steps = 2_000
-  c.log_every_steps = 100
+    c.schedule.error_warmup.factor = 0.1
+    c.schedule.error_warmup.threshold = 0.8
+  c.eval.every_steps = 2_000
+  c.checkpoint.every_steps = 2_000
+  c.run.log_every_steps = 100
   return base.finalize(c)

@@ -25,7 +25,7 @@ Recipe. Paper (Section 3.4): SGD, batch 256, momentum 0.9, weight decay
 epochs); shorter side random in [256, 480], random 224 crop, flip,
 per-pixel mean subtracted, AlexNet's colour augmentation.
 Ours: the same, with the divisions at epochs 30, 60 and 90 (where the
-paper's plateaus fell; `--config.schedule=plateau` follows the validation
+paper's plateaus fell; `--config.schedule.name=plateau` follows the validation
 error instead), and a per-channel mean (`normalize="per_channel"`).
 Why the mean differs: the per-pixel mean is AlexNet's 256x256 image; with
 scale augmentation a 224 crop comes from anywhere in a 256..480 image, so
@@ -71,30 +71,30 @@ def get_config(arg="50"):
         "then optional 'plain' or one shortcut option 'A', 'B' or 'C', 'v1', 'bf16'")
   depth = depths[0]
   c = base.get_base_config()
-  c.model = ("plain" if "plain" in options else "resnet") + str(depth)
+  c.model.name = ("plain" if "plain" in options else "resnet") + str(depth)
   model_kwargs = {}
   if "v1" in options:
     model_kwargs["version"] = "1"
   if shortcuts:
     model_kwargs["shortcut"] = shortcuts[0]
   if model_kwargs:
-    c.model_kwargs = model_kwargs
-  c.dtype = "bfloat16" if "bf16" in options else "float32"
-  c.dataset = "imagenet2012"
-  c.normalize = "per_channel"
-  c.augment = "scale_jitter"
-  c.augment_kwargs = {"scale_min": 256, "scale_max": 480, "pca_color": True}
-  c.image_size = 224
-  c.batch_size = 256
-  c.num_steps = 600_000
-  c.learning_rate = 0.1
-  c.momentum = 0.9
-  c.weight_decay = 1e-4
-  c.weight_decay_mask = "kernels"
-  c.schedule = "multistep"
-  c.lr_boundaries_epochs = (30.0, 60.0, 90.0)
-  c.lr_decay_factor = 0.1
-  c.eval_every_epochs = 1.0
-  c.checkpoint_every_epochs = 1.0
-  c.log_every_steps = 100
+    c.model.kwargs = model_kwargs
+  c.model.dtype = "bfloat16" if "bf16" in options else "float32"
+  c.input.dataset = "imagenet2012"
+  c.input.normalize = "per_channel"
+  c.input.augment = "scale_jitter"
+  c.input.augment_kwargs = {"scale_min": 256, "scale_max": 480, "pca_color": True}
+  c.input.image_size = 224
+  c.run.batch_size = 256
+  c.run.num_steps = 600_000
+  c.optimizer.learning_rate = 0.1
+  c.optimizer.momentum = 0.9
+  c.optimizer.weight_decay = 1e-4
+  c.optimizer.weight_decay_mask = "kernels"
+  c.schedule.name = "multistep"
+  c.schedule.multistep.boundaries_epochs = (30.0, 60.0, 90.0)
+  c.schedule.multistep.factor = 0.1
+  c.eval.every_epochs = 1.0
+  c.checkpoint.every_epochs = 1.0
+  c.run.log_every_steps = 100
   return base.finalize(c)

@@ -17,7 +17,7 @@ for one configuration, in order (Section 3.1, "Training image size"):
   jitter   scale jitter S in [256, 512] (default: fixed S=256)
   S=384    fixed training scale 384 instead of 256
   init_from=<workdir>
-           warm start (equivalently `--config.init_from=<workdir>`): from a
+           warm start (equivalently `--config.model.init_from=<workdir>`): from a
            trained net of the same configuration every layer is copied (steps
            2 and 3); from a trained net A into a deeper net, the first four
            conv layers and the last three FC layers (step 1), the rest random.
@@ -64,30 +64,30 @@ def get_config(arg="A"):
         "optional 'jitter', 'S=<scale>', 'init_from=<workdir>'; "
         f"not understood: {unknown or letters}")
   c = base.get_base_config()
-  c.model = "vgg_" + letter.lower()
-  c.dataset = "imagenet2012"
-  c.normalize = "per_channel"
-  c.augment = "scale_jitter"
+  c.model.name = "vgg_" + letter.lower()
+  c.input.dataset = "imagenet2012"
+  c.input.normalize = "per_channel"
+  c.input.augment = "scale_jitter"
   scale = int(pairs.get("S", 256))
   if "jitter" in options:
-    c.augment_kwargs = {"scale_min": 256, "scale_max": 512, "pca_color": True}
+    c.input.augment_kwargs = {"scale_min": 256, "scale_max": 512, "pca_color": True}
   else:
-    c.augment_kwargs = {"scale_min": scale, "scale_max": scale, "pca_color": True}
-  c.image_size = 224
-  c.init_from = pairs.get("init_from", "")
-  c.batch_size = 256
-  c.num_epochs = 74.0
+    c.input.augment_kwargs = {"scale_min": scale, "scale_max": scale, "pca_color": True}
+  c.input.image_size = 224
+  c.model.init_from = pairs.get("init_from", "")
+  c.run.batch_size = 256
+  c.run.num_epochs = 74.0
   # The paper's fine-tuning steps (S=384, jitter) start at lr 1e-3.
-  fine_tune = bool(c.init_from) and ("jitter" in options or scale != 256)
-  c.learning_rate = 1e-3 if fine_tune else 0.01
-  c.momentum = 0.9
-  c.weight_decay = 5e-4
-  c.weight_decay_mask = "kernels"
-  c.schedule = "plateau"
-  c.lr_decay_factor = 0.1
-  c.plateau_patience = 2
-  c.plateau_max_reductions = 3
-  c.eval_every_epochs = 1.0
-  c.checkpoint_every_epochs = 1.0
-  c.log_every_steps = 100
+  fine_tune = bool(c.model.init_from) and ("jitter" in options or scale != 256)
+  c.optimizer.learning_rate = 1e-3 if fine_tune else 0.01
+  c.optimizer.momentum = 0.9
+  c.optimizer.weight_decay = 5e-4
+  c.optimizer.weight_decay_mask = "kernels"
+  c.schedule.name = "plateau"
+  c.schedule.plateau.factor = 0.1
+  c.schedule.plateau.patience = 2
+  c.schedule.plateau.max_reductions = 3
+  c.eval.every_epochs = 1.0
+  c.checkpoint.every_epochs = 1.0
+  c.run.log_every_steps = 100
   return base.finalize(c)

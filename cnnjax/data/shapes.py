@@ -17,7 +17,7 @@ larger set are the n examples of a smaller one (examples are drawn in
 blocks of `BLOCK` from per-block seeds). Classes are balanced exactly
 within each block of 1,000.
 
-As a dataset name (`config.dataset`, `cnnjax.data.dataset_info`):
+As a dataset name (`config.input.dataset`, `cnnjax.data.dataset_info`):
 "shapes" is 10,000 training and 2,000 test images of 32x32; options follow a
 colon, e.g. "shapes:train=1000,test=2000,size=32,seed=0" (the small-training-set
 mode in which networks overfit). The name is prepared once into the data_dir

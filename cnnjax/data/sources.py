@@ -511,7 +511,7 @@ def not_prepared_message(name: str, builder, root: str) -> str:
       f"python -c \"import tensorflow_datasets as tfds; tfds.builder({name!r}, "
       f"data_dir='/path/to/data_dir').download_and_prepare()\" (or `tfds build {name} "
       f"--data_dir=/path/to/data_dir`), then copy its folder /path/to/data_dir/{builder.name} "
-      f"to {folder}, or point config.data_dir (or $TFDS_DATA_DIR) at a directory where it is "
+      f"to {folder}, or point config.input.data_dir (or $TFDS_DATA_DIR) at a directory where it is "
       "prepared. No other dataset is used in its place; the offline default dataset is 'digits'.")
 
 

@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "(each repeatable for an ensemble)")
     members = [load_member(workdir, which=args.which, use_ema=use_ema)
                for workdir in args.workdir or []]
-    dataset = args.dataset or (members[0].config["dataset"] if members else None)
+    dataset = args.dataset or (members[0].config["input"]["dataset"] if members else None)
     if dataset is None:
       raise ConfigError("--weights needs --dataset (a tfds name or image_folder:<path>)")
     members += [weights_member(source, dataset) for source in args.weights or []]

@@ -55,9 +55,11 @@ DEFAULT_IMAGES_PER_DEVICE = 64
 class Member:
   """One network of an ensemble: module, variables and where they came from.
 
-  `config` is the training config (a plain dict) when the member was
-  restored from a workdir; it supplies the data settings (dataset,
-  normalisation, image size) and the dense-evaluation scales.
+  `config` is the training settings as nested plain dicts (a workdir's
+  config.json: {"model": {...}, "input": {...}, ...}) when the member was
+  restored from a workdir or made from published weights; its "input"
+  subtree supplies the data settings (dataset, normalisation, image size)
+  and the dense-evaluation scales, its "model" subtree the network's name.
   """
 
   model: nn.Module
@@ -76,14 +78,13 @@ def load_member(workdir: str, *, which: str = "latest", use_ema: bool | None = N
   Args:
     which: "latest" checkpoint or the "best" by validation error.
     use_ema: evaluate the Polyak/EMA parameters; None (default) uses them
-      whenever the run kept them (config.ema_decay > 0).
+      whenever the run kept them (config.optimizer.ema_decay > 0).
   """
   from cnnjax.train import checkpoint  # pylint: disable=import-outside-toplevel
-  stored = checkpoint.read_workdir_config(workdir)
   if use_ema is None:
-    use_ema = float(stored.get("ema_decay", 0.0) or 0.0) > 0.0
-  config, model, variables = checkpoint.restore_for_eval(workdir, which=which, use_ema=use_ema)
-  plain = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    use_ema = checkpoint.read_settings(workdir).optimizer.ema_decay > 0.0
+  settings, model, variables = checkpoint.restore_for_eval(workdir, which=which, use_ema=use_ema)
+  plain = settings.to_dict()
   name = os.path.basename(os.path.normpath(workdir)) + (" (EMA)" if use_ema else "")
   return Member(model=model, variables=variables, name=name, config=plain)
 
@@ -113,19 +114,25 @@ def check_ensemble(members: Sequence[Member]) -> None:
 # ---------------------------------------------------------- view and model
 
 
-def _spec(model: nn.Module, config: Mapping[str, Any] | None = None):
-  """The registry's spec of a member's network (its family's evaluation hooks)."""
+def _subtree(config: Mapping[str, Any] | None, name: str) -> Mapping[str, Any]:
+  """One subtree ("model", "input") of a member's training settings; {} without them."""
+  return (config or {}).get(name) or {}
+
+
+def _spec(model: nn.Module, name: str | None = None):
+  """The registry's spec of a member's network (its family's evaluation hooks);
+  name: config.model.name of its training, when known."""
   from cnnjax import models  # pylint: disable=import-outside-toplevel
-  if config and config.get("model") in models.list_models():
-    return models.get_spec(config["model"])
+  if name in models.list_models():
+    return models.get_spec(name)
   return models.registry.spec_of(model)
 
 
-def model_for_view(model: nn.Module, view: str, config: Mapping[str, Any] | None = None
-                   ) -> nn.Module:
+def model_for_view(model: nn.Module, view: str, name: str | None = None) -> nn.Module:
   """The module that evaluates `view`: for dense views the family's fully
   convolutional form (`ModelSpec.dense`: VGG's FC layers as convolutions).
 
+  name: config.model.name of its training, when known.
   Raises ModelError for a view the architecture cannot take.
   """
   if view not in VIEWS:
@@ -133,30 +140,33 @@ def model_for_view(model: nn.Module, view: str, config: Mapping[str, Any] | None
   if view not in DENSE_VIEWS:
     return model
   from cnnjax import models  # pylint: disable=import-outside-toplevel
-  return models.dense_form(model, (config or {}).get("model"))
+  return models.dense_form(model, name)
 
 
-def dense_scales(model: nn.Module, config: Mapping[str, Any] | None = None,
-                 image_size: int | None = None) -> tuple[int, ...]:
-  """The test scales Q of dense evaluation for this model and training config
-  (`ModelSpec.dense_scales`: VGG {S-32, S, S+32} or {Smin, (Smin+Smax)/2, Smax},
-  ResNet {224, 256, 384, 480, 640}, both scaled with image_size / 224)."""
-  config = config or {}
-  image_size = int(image_size or config.get("image_size") or REFERENCE_SIZE)
-  model_for_view(model, "dense_multiscale", config)  # the named error for other families
-  return tuple(_spec(model, config).dense_scales(config, image_size))
+def dense_scales(model: nn.Module, input_settings: Mapping[str, Any] | None = None,
+                 image_size: int | None = None, name: str | None = None) -> tuple[int, ...]:
+  """The test scales Q of dense evaluation for this model and its training's
+  config.input (`ModelSpec.dense_scales`: VGG {S-32, S, S+32} or {Smin,
+  (Smin+Smax)/2, Smax}, ResNet {224, 256, 384, 480, 640}, both scaled with
+  image_size / 224); name: config.model.name, when known."""
+  input_settings = input_settings or {}
+  image_size = int(image_size or input_settings.get("image_size") or REFERENCE_SIZE)
+  model_for_view(model, "dense_multiscale", name)  # the named error for other families
+  return tuple(_spec(model, name).dense_scales(input_settings, image_size))
 
 
 def _view_scales(member: Member, view: str, image_size: int | None) -> tuple[int, ...]:
   """Scales Q of a dense or 150crop view: the family's dense scales (VGG's from
   its training S); for 150crop on other families VGG's (256, 384, 512) scaled
   with image_size / 224."""
+  name = _subtree(member.config, "model").get("name")
+  input_settings = _subtree(member.config, "input")
   if view == "150crop":
-    spec = _spec(member.model, member.config)
+    spec = _spec(member.model, name)
     if spec is None or spec.dense is None:
-      size = int(image_size or (member.config or {}).get("image_size") or REFERENCE_SIZE)
+      size = int(image_size or input_settings.get("image_size") or REFERENCE_SIZE)
       return tuple(int(round(q * size / REFERENCE_SIZE)) for q in (256, 384, 512))
-  return dense_scales(member.model, member.config, image_size)
+  return dense_scales(member.model, input_settings, image_size, name)
 
 
 def _make_step(models: Sequence[nn.Module], mesh, device_input=None):
@@ -190,13 +200,13 @@ class DataSettings:
   stats_split: str | None = None
 
 
-def data_settings(config: Mapping[str, Any], **overrides: Any) -> DataSettings:
-  """Dataset, split, image size and normalisation a training config implies."""
+def data_settings(input_settings: Mapping[str, Any], **overrides: Any) -> DataSettings:
+  """Dataset, split, image size and normalisation a training's config.input implies."""
+  c = input_settings
   settings = DataSettings(
-      dataset=config["dataset"], data_dir=config.get("data_dir") or None,
-      split=config.get("eval_split") or None, image_size=config.get("image_size") or None,
-      normalize=config.get("normalize", "per_channel"),
-      stats_split=config.get("train_split") or None)
+      dataset=c["dataset"], data_dir=c.get("data_dir") or None,
+      split=c.get("eval_split") or None, image_size=c.get("image_size") or None,
+      normalize=c.get("normalize", "per_channel"), stats_split=c.get("train_split") or None)
   return dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -204,11 +214,11 @@ def _check_same_data(members: Sequence[Member]) -> None:
   """Members restored from workdirs must agree on how their inputs look."""
   configured = [m for m in members if m.config is not None]
   for key in ("dataset", "normalize", "image_size"):
-    values = {m.name: m.config.get(key) for m in configured}
+    values = {m.name: _subtree(m.config, "input").get(key) for m in configured}
     if len(set(map(str, values.values()))) > 1:
       listing = ", ".join(f"{name!r}: {value!r}" for name, value in values.items())
       raise ConfigError(
-          f"ensemble members were trained with different config.{key} ({listing}); one "
+          f"ensemble members were trained with different config.input.{key} ({listing}); one "
           "evaluation stream cannot feed them all. Evaluate them separately.")
 
 
@@ -254,7 +264,8 @@ def evaluate(members: Sequence[Member | tuple[nn.Module, Any]],
   members = [_as_member(item, index) for index, item in enumerate(members)]
   check_ensemble(members)
   _check_same_data(members)
-  models = [model_for_view(member.model, view, member.config) for member in members]
+  models = [model_for_view(member.model, view, _subtree(member.config, "model").get("name"))
+            for member in members]
   mesh = mesh or sharding.make_mesh()
   num_devices = mesh.devices.size
 
@@ -279,8 +290,8 @@ def evaluate(members: Sequence[Member | tuple[nn.Module, Any]],
   total, device_input = None, None
   if isinstance(data, (str, DataSettings)):
     if isinstance(data, str):
-      base = data_settings(members[0].config, dataset=data) if members[0].config else (
-          DataSettings(dataset=data))
+      base = (data_settings(_subtree(members[0].config, "input"), dataset=data)
+              if members[0].config else DataSettings(dataset=data))
     else:
       base = data
     settings = dataclasses.replace(base, **{k: v for k, v in {
@@ -296,7 +307,7 @@ def evaluate(members: Sequence[Member | tuple[nn.Module, Any]],
     else:
       batches, resolved_split, total, device_input, used_kwargs = _eval_batches(
           settings, view, view_kwargs, batch_size, auto_scales=not scales,
-          train_geometry=train_geometry(members[0].config))
+          train_geometry=train_geometry(_subtree(members[0].config, "input")))
     report.update(dataset=settings.dataset, split=resolved_split)
     if "scales" in report:
       report["scales"] = list(used_kwargs.get("scales", [settings.image_size or _native_side(
@@ -338,16 +349,16 @@ def _whole_image_batches(settings: DataSettings, scales: Sequence[int], rows: in
   return batches, split, info.splits.get(split)
 
 
-def train_geometry(config: Mapping[str, Any] | None) -> dict[str, Any]:
-  """The crops' padding and mirroring a run was trained with, for the views of
-  images already at the network's size: the CIFAR preset's `pad` (4 by
-  default), no padding for other presets; mirrors unless the run trained
+def train_geometry(input_settings: Mapping[str, Any] | None) -> dict[str, Any]:
+  """The crops' padding and mirroring a run was trained with (from its config.input),
+  for the views of images already at the network's size: the CIFAR preset's `pad`
+  (4 by default), no padding for other presets; mirrors unless the run trained
   without flips (augment "none", or augment_kwargs flip=False). {} without a
   training config (the views' CIFAR defaults: pad 4, mirrors)."""
-  if not config:
+  if not input_settings:
     return {}
-  augment = config.get("augment", "none")
-  options = dict(config.get("augment_kwargs") or {})
+  augment = input_settings.get("augment", "none")
+  options = dict(input_settings.get("augment_kwargs") or {})
   return {"pad": int(options.get("pad", 4)) if augment == "cifar" else 0,
           "flip": augment != "none" and bool(options.get("flip", True))}
 

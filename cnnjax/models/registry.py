@@ -38,7 +38,7 @@ class ModelSpec:
   # the module that evaluates densely (fully convolutionally) over whole images,
   # from the trained one (same variables); None: the family cannot.
   dense: Callable[[nn.Module], nn.Module] | None = None
-  # (training config, image size) -> the paper's test scales Q for dense evaluation.
+  # (the training's config.input, image size) -> the paper's test scales Q for dense evaluation.
   dense_scales: Callable[[Mapping[str, Any], int], tuple[int, ...]] | None = None
   # (fresh variables, a trained shallower net's variables) -> (variables with
   # the trained layers copied in, {destination: source}); VGG's start from net A.

@@ -377,9 +377,9 @@ def dense_module(model: ResNet) -> ResNet:
   return model
 
 
-def dense_scales(config: Mapping[str, Any], image_size: int) -> tuple[int, ...]:
-  """The paper's test scales, scaled with the image size."""
-  del config
+def dense_scales(input_settings: Mapping[str, Any], image_size: int) -> tuple[int, ...]:
+  """The paper's test scales, scaled with the image size (whatever the training's input)."""
+  del input_settings
   return tuple(int(round(q * image_size / 224)) for q in DENSE_SCALES)
 
 

@@ -184,13 +184,13 @@ def dense_module(model: VGG) -> VGG:
   return model.clone(fully_convolutional=True)
 
 
-def dense_scales(config: Mapping[str, Any], image_size: int) -> tuple[int, ...]:
-  """The paper's test scales Q for a training config (S from its scale_jitter
+def dense_scales(input_settings: Mapping[str, Any], image_size: int) -> tuple[int, ...]:
+  """The paper's test scales Q for a training's config.input (S from its scale_jitter
   augment_kwargs, else the 256-equivalent of the crop)."""
   ratio = image_size / REFERENCE_SIZE
-  kwargs = dict(config.get("augment_kwargs") or {})
+  kwargs = dict(input_settings.get("augment_kwargs") or {})
   default_s = int(round(256 * ratio))
-  if config.get("augment") == "scale_jitter":
+  if input_settings.get("augment") == "scale_jitter":
     smin = int(kwargs.get("scale_min", default_s))
     smax = int(kwargs.get("scale_max", int(round(512 * ratio))))
   else:

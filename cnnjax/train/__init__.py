@@ -7,7 +7,7 @@ Submodules are layered so an accelerator host runs the whole loop without
 ml_collections, and imports TensorFlow only where data is read:
   losses, metrics, optim, durations, state, steps, checkpoint   jax, flax, optax, orbax
   setup, memory                                                 + cnnjax.models
-  config (validation, RunConfig), loop (run), inputs            + cnnjax.data for tfds datasets
+  config (validate -> Settings), loop (run), inputs             + cnnjax.data for tfds datasets
 
 `run` and `restore_for_eval` are imported lazily, on first use.
 """

@@ -3,21 +3,23 @@ r"""Train a cnnjax recipe: `cnnjax-train` or `python -m cnnjax.train` (flags -> 
   cnnjax-train                                       # offline quickstart (digits, ResNet-20, CPU)
   cnnjax-train --config resnet_cifar10:110 --workdir workdirs/r110
   cnnjax-train --config vgg_imagenet:D,jitter --workdir workdirs/vgg_d \
-      --config.batch_size=512 --config.lr_scaling=linear
+      --config.run.batch_size=512 --config.optimizer.lr_scaling=linear
   cnnjax-train --config my_recipe.py:arg             # a recipe file of your own, by path
 
 `--config` takes a recipe by name (quickstart, alexnet_imagenet, vgg_imagenet,
 googlenet_imagenet, resnet_imagenet, resnet_cifar10), from any directory, or
-a file by path, each optionally with `:arg`. `--config.<key>=<value>`
-overrides any key of cnnjax/configs/base.py; values are Python literals
-(never evaluated); free-form dicts take a whole dict literal:
---config.model_kwargs="{'width_multiplier': 0.5}". Multi-host: add
+a file by path, each optionally with `:arg`. `--config.<group>.<key>=<value>`
+overrides any setting (groups: model, input, optimizer, schedule, loss, eval,
+checkpoint, run; cnnjax/train/config.py lists them); values are Python
+literals (never evaluated); free-form dicts take a whole dict literal:
+--config.model.kwargs="{'width_multiplier': 0.5}". Multi-host: add
 --multihost to every process (docs/training.md).
 """
 
 from __future__ import annotations
 
 import ast
+import difflib
 import os
 import sys
 import time
@@ -96,37 +98,61 @@ def _library_words(error: BaseException) -> str:
 
 
 def _override_error(argv: Sequence[str], error: Exception):
-  """ml_collections' own words for a --config.<key> it could not set, plus what they lack.
+  """ml_collections' own words for a --config.<path> it could not set, plus what they lack.
 
-  ml_collections says "Did you mean ..." for an unknown key, but only "'depth'"
-  for a key inside a free-form dict (model_kwargs, ...), which takes a whole
-  dict literal, and a TypeError for a sub-key of a plain value: those two
-  explanations are the only words added here.
+  ml_collections says "Did you mean ..." for an unknown key at any level, but
+  only "'depth'" for a key inside a free-form dict (model.kwargs, ...), which
+  takes a whole dict literal, a TypeError for a sub-key of a plain value, and
+  nothing about a name of the flat layout (--config.learning_rate, now
+  --config.optimizer.learning_rate): those explanations are added here.
   """
   from cnnjax.configs import base  # pylint: disable=g-import-not-at-top
   from cnnjax.errors import ConfigError  # pylint: disable=g-import-not-at-top
-  reference = base.get_base_config()
+  reference = base.get_base_config().to_dict()
   said = _library_words(error)
   for arg in argv[1:]:
-    if not arg.startswith("--config."):
-      continue
-    path, _, value = arg[len("--config."):].partition("=")
-    key, _, rest = path.partition(".")
-    if key not in reference:
-      return ConfigError(f"{arg}: unknown config key {said}")
-    if rest and key in base.FREE_FORM_KEYS:
+    if arg.startswith("--config."):
+      path, _, value = arg[len("--config."):].partition("=")
+      found = _path_error(arg, path.split("."), value, reference, said, base.free_form_keys())
+      if found is not None:
+        return ConfigError(found)
+  return ConfigError(f"a --config.<key> override could not be applied: {said}")
+
+
+def _path_error(arg: str, parts: list[str], value: str, reference: dict, said: str,
+                free_form: Sequence[str]) -> str | None:
+  """What is wrong with the path of one --config.<path>=<value> flag; None if nothing."""
+  from cnnjax.train.config import (  # pylint: disable=g-import-not-at-top
+      FLAT_TO_NESTED, REMOVED_KEYS)
+  node, walked = reference, []
+  for i, part in enumerate(parts):
+    where = ".".join(walked)
+    if where in free_form:
+      rest = ".".join(parts[i:])
       try:  # a number, True, a tuple... stays as typed; a bare word becomes a string
         ast.literal_eval(value)
         literal = value
       except (ValueError, SyntaxError):
         literal = repr(value) if value else "..."
-      return ConfigError(
-          f"{arg}: config.{key} is a free-form dict; pass it whole as a literal, e.g. "
-          f"--config.{key}=\"{{'{rest}': {literal}}}\"")
-    if rest and not hasattr(reference[key], "keys"):
-      return ConfigError(f"{arg}: config.{key} is a {type(reference[key]).__name__} and has no "
-                         "sub-keys")
-  return ConfigError(f"a --config.<key> override could not be applied: {said}")
+      return (f"{arg}: config.{where} is a free-form dict; pass it whole as a literal, e.g. "
+              f"--config.{where}=\"{{'{rest}': {literal}}}\"")
+    if not isinstance(node, dict):
+      return f"{arg}: config.{where} is a {type(node).__name__} and has no sub-keys"
+    if part not in node:
+      if not walked and part in REMOVED_KEYS:
+        return f"{arg}: config.{part} was removed; use config.{REMOVED_KEYS[part]}"
+      if not walked and part in FLAT_TO_NESTED:
+        return (f"{arg}: config.{part} is now config.{FLAT_TO_NESTED[part][0]} (the settings "
+                "are grouped by subsystem)")
+      if not walked:  # perhaps a misspelt name of the flat layout: its new place
+        close = difflib.get_close_matches(part, FLAT_TO_NESTED, n=3, cutoff=0.75)
+        if close:
+          return (f"{arg}: unknown config key {part!r}; did you mean "
+                  + " or ".join(f"config.{FLAT_TO_NESTED[c][0]}" for c in close) + "?")
+      return f"{arg}: unknown config key {said}"
+    node = node[part]
+    walked.append(part)
+  return None
 
 
 # What ml_collections raises, outside absl's flags.Error, for an override it cannot apply
@@ -182,6 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   xla_cpu.configure_process()
   from cnnjax import _cli, logs  # pylint: disable=g-import-not-at-top
   from cnnjax.errors import CnnjaxError  # pylint: disable=g-import-not-at-top
+  if not _cli.asks_verbose(argv):  # a recipe's defaults import JAX, whose C++ logs read the
+    logs.set_up()  # quiet environment as it loads: set before the flags (and recipe) are read
   try:
     argv = resolve_recipe_names(argv)
   except CnnjaxError as error:
@@ -208,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           config_flags.get_config_filename(flag_values["config"])))[0]
       workdir = os.path.join(WORKDIRS, recipe)
     from cnnjax.train import loop  # pylint: disable=g-import-not-at-top
-    loop.enable_compilation_cache(config.compilation_cache_dir or None)  # before the first jit
+    loop.enable_compilation_cache(config.run.compilation_cache_dir or None)  # before the first jit
     summary = loop.run(config, workdir)
   except (CnnjaxError, ImportError) as error:
     if isinstance(error, ImportError) and "cnnjax[" not in str(error):

@@ -2,8 +2,8 @@
 
 Layout of a workdir (a local path or any `etils.epath` path, e.g. gs://bucket/run):
 
-  config.json              the resolved run config (model, num_classes, steps, ...)
-  checkpoints/<step>/      the latest `keep_checkpoints` states, plus the one with the
+  config.json              the run's settings by subtree, image size and classes resolved
+  checkpoints/<step>/      the latest `checkpoint.keep` states, plus the one with the
                            lowest validation top-1 error so far (orbax preservation
                            policies LatestN + BestN in one manager)
     params/                orbax pytree: float32 parameters
@@ -423,6 +423,12 @@ def read_workdir_config(workdir: epath.PathLike) -> dict[str, Any]:
     raise CheckpointError(f"{path} is unreadable ({type(error).__name__}: {error})") from error
 
 
+def read_settings(workdir: epath.PathLike):
+  """The `Settings` of a workdir's config.json (either layout: see cnnjax.train.config)."""
+  from cnnjax.train import config as config_lib  # pylint: disable=g-import-not-at-top
+  return config_lib.load(read_workdir_config(workdir))
+
+
 def _single_device_target(metadata_tree) -> Any:
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   return jax.tree_util.tree_map(
@@ -475,7 +481,7 @@ def _eval_source(workdir: epath.Path, which: str, step: int | None) -> tuple[epa
     if best is None:
       raise CheckpointError(
           f"no best checkpoint in {directory}: no validation has run yet (train longer, or "
-          "with eval_every set), or pass which='latest'")
+          "with eval.every_steps or eval.every_epochs set), or pass which='latest'")
     return directory, _checked(directory, which, best, steps)
   if not steps:
     raise CheckpointError(
@@ -529,7 +535,8 @@ def restore_variables(workdir: epath.PathLike, *, which: str = "latest", use_ema
 def restore_for_eval(workdir: epath.PathLike, *, which: str = "latest", use_ema: bool = False):
   """(config, model, variables) of a trained workdir, ready for `model.apply`.
 
-  config is the run's resolved config (a RunConfig, from config.json), model the flax
+  config is the run's `Settings` (from config.json, of either layout; image size and
+  classes resolved), model the flax
   module built from it (float32 compute unless the run used another dtype),
   variables {"params", "batch_stats"?} on the default device. Example:
 
@@ -537,8 +544,7 @@ def restore_for_eval(workdir: epath.PathLike, *, which: str = "latest", use_ema:
     logits = model.apply(variables, images, train=False)
   """
   from cnnjax.train import setup  # pylint: disable=g-import-not-at-top
-  from cnnjax.train.config import RunConfig  # pylint: disable=g-import-not-at-top
-  config = RunConfig(read_workdir_config(workdir))
-  model = setup.create_model(config, num_devices=1)
+  config = read_settings(workdir)
+  model = setup.create_model(config.model, batch_size=config.run.batch_size, num_devices=1)
   variables, _ = restore_variables(workdir, which=which, use_ema=use_ema)
   return config, model, variables

@@ -33,7 +33,7 @@ def enable_compilation_cache(path: str | None = None) -> str | None:
       raise PermissionError(f"{path} is not writable")
   except OSError as e:
     raise ConfigError(
-        f"config.compilation_cache_dir={path!r} is not usable ({e}); choose a writable "
+        f"config.run.compilation_cache_dir={path!r} is not usable ({e}); choose a writable "
         f"directory (or ${COMPILATION_CACHE_ENV}), or 'none' to turn the cache off") from e
   jax.config.update("jax_compilation_cache_dir", path)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

@@ -1,10 +1,11 @@
 """The one place that turns durations into optimiser steps.
 
 Recipes speak the paper's unit: AlexNet and VGG count epochs, the CIFAR
-ResNets count iterations. A duration `<name>` is the config pair
-`<name>_steps` (int, -1 = unset) / `<name>_epochs` (float, -1 = unset); the
-step count wins when both are set, so `--config.num_steps=100` shortens any
-recipe. Needs no ml_collections: any mapping with these keys works.
+ResNets count iterations. A duration is a pair of settings `<name>_steps`
+(int, -1 = unset) / `<name>_epochs` (float, -1 = unset) in its subtree
+(`run.num_steps` / `run.num_epochs`, `eval.every_steps` / `eval.every_epochs`,
+...); the step count wins when both are set, so `--config.run.num_steps=100`
+shortens any recipe.
 """
 
 from __future__ import annotations
@@ -25,13 +26,13 @@ def _checked(steps: float, key: str, value: Any) -> int:
   return int(steps)
 
 
-def to_steps(config: Any, name: str, steps_per_epoch: int, *, default: int = 0) -> int:
+def to_steps(steps: int, epochs: float, steps_per_epoch: int, *, name: str,
+             default: int = 0) -> int:
   """The duration `<name>_steps` / `<name>_epochs` in optimiser steps.
 
+  name: the settings' path without the suffix ("run.num", "eval.every"), for errors.
   The step count wins when both are set; `default` when neither is.
   """
-  steps = config[f"{name}_steps"]
-  epochs = config[f"{name}_epochs"]
   if steps >= 0:
     return _checked(steps, f"{name}_steps", steps)
   if epochs >= 0:
@@ -40,9 +41,18 @@ def to_steps(config: Any, name: str, steps_per_epoch: int, *, default: int = 0) 
   return default
 
 
-def boundaries_to_steps(config: Any, steps_per_epoch: int) -> tuple[int, ...]:
-  """`lr_boundaries_steps`, or `lr_boundaries_epochs` converted like `to_steps`."""
-  if config["lr_boundaries_steps"]:
-    return tuple(_checked(s, "lr_boundaries_steps", s) for s in config["lr_boundaries_steps"])
+def boundaries_to_steps(steps: tuple[int, ...], epochs: tuple[float, ...], steps_per_epoch: int,
+                        *, name: str) -> tuple[int, ...]:
+  """Boundaries in steps, or in epochs converted like `to_steps`."""
+  if steps:
+    return tuple(_checked(s, f"{name}_steps", s) for s in steps)
   return tuple(_checked(math.ceil(e * steps_per_epoch) if math.isfinite(e) else e,
-                        "lr_boundaries_epochs", e) for e in config["lr_boundaries_epochs"])
+                        f"{name}_epochs", e) for e in epochs)
+
+
+def check_pair(steps: int, epochs: float, name: str) -> None:
+  """A duration pair holds -1 (unset) or a count >= 0."""
+  if steps < -1:
+    raise ConfigError(f"config.{name}_steps={steps!r} is not allowed: -1 (unset) or >= 0")
+  if not (epochs == -1 or epochs >= 0):
+    raise ConfigError(f"config.{name}_epochs={epochs!r} is not allowed: -1 (unset) or >= 0")

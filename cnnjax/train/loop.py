@@ -17,7 +17,7 @@ calls `train_and_evaluate`, which reads as the run goes:
 3. the held-out evaluation of the last step, saved once (as the best when
    it is).
 
-`log_every_steps` is the trade-off: every boundary waits for the devices
+`run.log_every_steps` is the trade-off: every boundary waits for the devices
 to finish the steps before it, so a small value (1) costs a sync per step
 (tens of microseconds on a GPU, a real share of a 10-20 ms step), a large
 one delays the NaN check and the progress line by that many steps.
@@ -27,13 +27,14 @@ return; running the same command again continues exactly where it stopped.
 
 Outputs in the workdir: config.json, metrics.jsonl, tensorboard/,
 checkpoints/ (the latest N and the best by validation error, one orbax
-manager), profile/ (when `profile_steps` is set), and LOCK / LOCK.owner.
+manager), profile/ (when `run.profile_steps` is set), and LOCK / LOCK.owner.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import os
 import sys
 import time
@@ -66,7 +67,8 @@ def run(config: Any, workdir: str, *, stop_after_steps: int | None = None) -> di
   """Trains `config` in `workdir` (resuming if it holds a checkpoint); returns a summary.
 
   Args:
-    config: a ConfigDict (or mapping) with the keys of cnnjax/configs/base.py.
+    config: a ConfigDict (or nested mapping) with the settings of
+      `cnnjax.configs.base.get_base_config()`, or a validated `Settings`.
     workdir: where checkpoints, config.json, metrics.jsonl and TensorBoard
       events go. Created if missing.
     stop_after_steps: train at most this many steps in this call, then save
@@ -82,13 +84,15 @@ def run(config: Any, workdir: str, *, stop_after_steps: int | None = None) -> di
     WorkdirLockedError, DataError.
   """
   from cnnjax import models  # pylint: disable=import-outside-toplevel
-  config_lib.validate(config, num_devices=jax.device_count(), model_names=models.list_models())
-  config = config_lib.RunConfig(config)
-  workdir_lib.check_init_from(config, workdir)
+  if isinstance(config, config_lib.Settings):
+    config = config.to_dict()
+  settings = config_lib.validate(config, num_devices=jax.device_count(),
+                                 model_names=models.list_models())
+  workdir_lib.check_init_from(settings.model, workdir)
   if stop_after_steps is not None and stop_after_steps < 0:
     raise ConfigError(f"stop_after_steps must be >= 0, got {stop_after_steps}")
-  if config.compilation_cache_dir:  # train.py turns the default cache on; here only when named
-    enable_compilation_cache(config.compilation_cache_dir)
+  if settings.run.compilation_cache_dir:  # train.py turns the default cache on; here if named
+    enable_compilation_cache(settings.run.compilation_cache_dir)
   found = workdir_lib.entries(workdir)
   try:
     os.makedirs(workdir, exist_ok=True)
@@ -97,7 +101,8 @@ def run(config: Any, workdir: str, *, stop_after_steps: int | None = None) -> di
   try:
     with acquire_for_run(workdir) as lock:  # every process hears a refusal at once
       try:
-        return train_and_evaluate(config, workdir, stop_after_steps=stop_after_steps, lock=lock)
+        return train_and_evaluate(settings, workdir, stop_after_steps=stop_after_steps,
+                                  lock=lock)
       except BaseException as error:
         if jax.process_index() == 0:  # a failed start leaves the workdir as it found it
           workdir_lib.remove_unused(workdir, found, error)
@@ -111,22 +116,33 @@ def run(config: Any, workdir: str, *, stop_after_steps: int | None = None) -> di
 # Preparation: everything fixed for the run, before the first step.
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
+class RunFacts:
+  """What the run finds out before its first step; fixed from then on."""
+
+  image_size: int  # the network's input side (config.input.image_size, or the model's)
+  num_classes: int  # the model's outputs (config.model.num_classes, or the dataset's)
+  num_devices: int  # over every process
+  batch_size: int  # global (config.run.batch_size)
+  steps_per_epoch: int
+  total_steps: int
+  eval_every: int  # steps; 0: only at the end
+  checkpoint_every: int  # steps; 0: only at the end
+
+
+@dataclasses.dataclass(frozen=True)
 class Prepared:
   """The fixed parts of a run, made by `prepare`."""
 
-  config: config_lib.RunConfig
+  settings: config_lib.Settings
+  facts: RunFacts
   workdir: str
   inputs: inputs_lib.RunInputs
   mesh: Any
   rules: Any
   store: ckpt_lib.CheckpointStore
   start_step: int
-  best_error: float
-  steps_per_epoch: int
-  total_steps: int
-  eval_every: int
-  checkpoint_every: int
+  best_error: float  # the best validation error of the checkpoints found (inf: none)
   init_fn: Any
   abstract: Any  # the state's shapes, dtypes and shardings
   first_batch: Any
@@ -137,74 +153,94 @@ class Prepared:
     return jax.process_index() == 0
 
 
-def prepare(config: config_lib.RunConfig, workdir: str) -> Prepared:
+def resolve_facts(model: setup.ModelSettings, run_settings: config_lib.RunSettings,
+                  evaluation: inputs_lib.EvalSettings, checkpoint: config_lib.CheckpointSettings,
+                  inputs: inputs_lib.RunInputs, image_size: int) -> RunFacts:
+  """The run's facts from its settings and what its inputs found."""
+  if model.num_classes and model.num_classes < inputs.num_classes:
+    raise ConfigError(
+        f"config.model.num_classes={model.num_classes} is smaller than the "
+        f"{inputs.num_classes} classes of {inputs.dataset!r}: labels >= {model.num_classes} "
+        "would have no output; use 0 (the dataset's count) or more")
+  steps_per_epoch = max(inputs.num_train_examples // run_settings.batch_size, 1)
+  every = lambda steps, epochs, name: to_steps(  # noqa: E731
+      steps, epochs, steps_per_epoch, name=name)
+  return RunFacts(
+      image_size=image_size, num_classes=model.num_classes or inputs.num_classes,
+      num_devices=jax.device_count(), batch_size=run_settings.batch_size,
+      steps_per_epoch=steps_per_epoch,
+      total_steps=every(run_settings.num_steps, run_settings.num_epochs, "run.num"),
+      eval_every=every(evaluation.every_steps, evaluation.every_epochs, "eval.every"),
+      checkpoint_every=every(checkpoint.every_steps, checkpoint.every_epochs, "checkpoint.every"))
+
+
+def prepare(settings: config_lib.Settings, workdir: str) -> Prepared:
   """Resolves the dataset, model, schedule and resume point; computes nothing yet."""
   from cnnjax import models  # pylint: disable=import-outside-toplevel
-  c = config
+  s = settings
   mesh = sharding.make_mesh()
-  c.image_size, size_note = inputs_lib.resolve_image_size(c, models.get_spec(c.model).image_size)
+  image_size, size_note = inputs_lib.resolve_image_size(s.input,
+                                                         models.get_spec(s.model.name).image_size)
   if size_note:
     log(size_note)
-  inputs = inputs_lib.open_inputs(c, mesh)
+  inputs = inputs_lib.open_inputs(s.input, s.eval, mesh, batch_size=s.run.batch_size,
+                                  seed=s.run.seed, image_size=image_size,
+                                  num_classes=s.model.num_classes)
   if inputs.skipped_images:
-    log(f"skipped {inputs.skipped_images} unreadable image(s) of {c.dataset} "
+    log(f"skipped {inputs.skipped_images} unreadable image(s) of {s.input.dataset} "
         "(on_bad_image='skip')")
-  if c.num_classes == 0:
-    c.num_classes = inputs.num_classes
-  elif c.num_classes < inputs.num_classes:
-    raise ConfigError(
-        f"config.num_classes={c.num_classes} is smaller than the {inputs.num_classes} classes of "
-        f"{c.dataset!r}: labels >= {c.num_classes} would have no output; use 0 (the dataset's "
-        "count) or more")
-  workdir_lib.check_workdir_compatible(workdir, c)
-  steps_per_epoch = max(inputs.num_train_examples // c.batch_size, 1)
-  total_steps = to_steps(c, "num", steps_per_epoch)
-  model = setup.create_model(c, num_devices=jax.device_count())
-  tx = optim.create_optimizer(c)
-  rules = dataclasses.replace(setup.step_rules(c, steps_per_epoch, total_steps),
-                               device_input=inputs.device_input)
-  store = ckpt_lib.CheckpointStore(workdir, c.keep_checkpoints)
+  facts = resolve_facts(s.model, s.run, s.eval, s.checkpoint, inputs, image_size)
+  resolved = s.resolved(image_size=facts.image_size, num_classes=facts.num_classes)
+  workdir_lib.check_workdir_compatible(workdir, resolved.model)
+  model = setup.create_model(s.model, batch_size=facts.batch_size,
+                             num_devices=facts.num_devices, num_classes=facts.num_classes)
+  rules = dataclasses.replace(
+      setup.step_rules(s.optimizer, s.schedule, s.loss, batch_size=facts.batch_size,
+                       steps_per_epoch=facts.steps_per_epoch, total_steps=facts.total_steps),
+      device_input=inputs.device_input)
+  store = ckpt_lib.CheckpointStore(workdir, s.checkpoint.keep)
   latest = store.newest_restorable_step()
-  start_step = int(latest or 0)
   meta = store.read_meta(latest) if latest is not None else {}
-
-  train_batches = inputs.train_batches(start_step)
+  train_batches = inputs.train_batches(int(latest or 0))
   first_batch = next(train_batches)
-  image_shape = first_batch["image"].shape[1:]
-  init_fn = setup.state_initializer(model, tx, rules, image_shape)
+  init_fn = setup.state_initializer(model, optim.create_optimizer(s.optimizer, facts.batch_size),
+                                    rules, first_batch["image"].shape[1:])
+  abstract = _abstract_state(init_fn, mesh, s.model, s.run.seed, first_batch["image"].shape[1:])
+  if jax.process_index() == 0:
+    workdir_lib.write_whole(os.path.join(workdir, ckpt_lib.CONFIG_FILE),
+                            json.dumps(resolved.to_dict(), indent=2, sort_keys=True) + "\n")
+  return Prepared(
+      settings=s, facts=facts, workdir=workdir, inputs=inputs, mesh=mesh, rules=rules,
+      store=store, start_step=int(latest or 0),
+      best_error=float(meta.get("best_eval_error", float("inf"))), init_fn=init_fn,
+      abstract=abstract, first_batch=first_batch, train_batches=train_batches)
+
+
+def _abstract_state(init_fn, mesh, model: setup.ModelSettings, seed: int, image_shape):
+  """The state's shapes and shardings; a model refusing its options is a ConfigError."""
   try:
-    abstract = sharding.abstract_replicated(init_fn, mesh, jax.random.PRNGKey(c.seed))
+    return sharding.abstract_replicated(init_fn, mesh, jax.random.PRNGKey(seed))
   except CnnjaxError:
     raise
   except Exception as e:  # pylint: disable=broad-except  (the model refused its options)
     raise ConfigError(
-        f"config.model={c.model!r} / config.model_kwargs={c.model_kwargs} cannot "
+        f"config.model.name={model.name!r} / config.model.kwargs={dict(model.kwargs)} cannot "
         f"be built for {tuple(image_shape)} images: {type(e).__name__}: {e}") from e
-  if jax.process_index() == 0:
-    workdir_lib.write_whole(os.path.join(workdir, ckpt_lib.CONFIG_FILE),
-                            c.to_json(indent=2, sort_keys=True) + "\n")
-  return Prepared(
-      config=c, workdir=workdir, inputs=inputs, mesh=mesh, rules=rules, store=store,
-      start_step=start_step, best_error=float(meta.get("best_eval_error", float("inf"))),
-      steps_per_epoch=steps_per_epoch, total_steps=total_steps,
-      eval_every=to_steps(c, "eval_every", steps_per_epoch),
-      checkpoint_every=to_steps(c, "checkpoint_every", steps_per_epoch),
-      init_fn=init_fn, abstract=abstract, first_batch=first_batch, train_batches=train_batches)
 
 
 def initial_state(r: Prepared):
   """(state, how it was made): restored, warm-started or fresh, placed on the mesh."""
-  c = r.config
+  model = r.settings.model
   if r.start_step > 0:
     arrays, _ = r.store.restore(r.abstract.arrays(), r.start_step)
     return setup.rebuild_state(r.abstract, arrays), f"resumed from step {r.start_step}"
-  state = setup.create_state(r.init_fn, r.mesh, c.seed)
-  if not c.init_from:
+  state = setup.create_state(r.init_fn, r.mesh, r.settings.run.seed)
+  if not model.init_from:
     return state, "fresh start"
   target = {"params": state.params}
   if state.batch_stats:
     target["batch_stats"] = state.batch_stats
-  merged, how = workdir_lib.warm_start(c, jax.tree_util.tree_map(np.asarray, target))
+  merged, how = workdir_lib.warm_start(model, jax.tree_util.tree_map(np.asarray, target))
   put = lambda tree: jax.device_put(tree, sharding.replicated(r.mesh))  # noqa: E731
   params = put(merged["params"])
   state = state.replace(params=params, batch_stats=put(merged.get("batch_stats", {})),
@@ -216,115 +252,160 @@ def initial_state(r: Prepared):
 # The loop.
 
 
-def train_and_evaluate(config: config_lib.RunConfig, workdir: str, *,
+@dataclasses.dataclass
+class _Progress:
+  """What changes as the loop runs (the loop's own, never shared)."""
+
+  step: int
+  saved_step: int
+  best_error: float
+  window: list = dataclasses.field(default_factory=list)  # per-step metrics, still on device
+  window_start: float = dataclasses.field(default_factory=time.perf_counter)
+  last_eval: tuple[int, dict[str, Any]] | None = None
+  profiling: bool = False
+
+
+def train_and_evaluate(settings: config_lib.Settings, workdir: str, *,
                        stop_after_steps: int | None = None, lock=None) -> dict[str, Any]:
-  """Trains to the config's end (or `stop_after_steps` more steps) and evaluates.
+  """Trains to the settings' end (or `stop_after_steps` more steps) and evaluates.
 
   lock: the run's WorkdirLock; a lease taken over by another run stops this one
   at the next step, before it writes anything (WorkdirLeaseLostError).
   """
-  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-  r = prepare(config, workdir)
-  c = r.config
+  r = prepare(settings, workdir)
   state, how = initial_state(r)
-  log(f"cnnjax: {c.model} on {c.dataset} ({r.inputs.train_split} -> {r.inputs.eval_split}), "
-      f"{jax.device_count()} device(s), global batch {c.batch_size}, "
-      f"{r.total_steps} steps ({r.steps_per_epoch} per epoch); {how}")
+  log(f"cnnjax: {settings.model.name} on {settings.input.dataset} ({r.inputs.train_split} -> "
+      f"{r.inputs.eval_split}), {r.facts.num_devices} device(s), global batch "
+      f"{r.facts.batch_size}, {r.facts.total_steps} steps ({r.facts.steps_per_epoch} per "
+      f"epoch); {how}")
   train_step, eval_step, after_validation = steps.jit_for_mesh(r.mesh)
   log("compiling the train step (XLA; a rerun of the same config reads it from the "
       "compilation cache) ...")
   compile_started = time.perf_counter()
-  train_step = memory.compile_checked(train_step, r.abstract, r.first_batch, r.mesh, c)
+  train_step = memory.compile_checked(train_step, r.abstract, r.first_batch, r.mesh,
+                                      model=settings.model.name, image_size=r.facts.image_size)
   log(f"compiled in {time.perf_counter() - compile_started:.1f} s; training")
   writer = MetricWriter(workdir, enabled=r.is_main, resume_step=r.start_step)
-  end_step = r.total_steps
+  end_step = r.facts.total_steps
   if stop_after_steps is not None:
     end_step = min(end_step, r.start_step + stop_after_steps)
-  bar = tqdm(total=r.total_steps, initial=r.start_step,
-             disable=not (c.progress_bar and r.is_main and logs.progress_bars_shown(sys.stdout)),
-             dynamic_ncols=True, mininterval=1.0, unit="step", file=sys.stdout)
-  batches = sharding.prefetch_to_device(itertools.chain([r.first_batch], r.train_batches),
-                                        r.mesh, depth=c.prefetch_batches)
-  stop = StopRequest()
-  profile = tuple(c.profile_steps) if c.profile_steps and r.is_main else None
+  bar = _progress_bar(r)
   summary: dict[str, Any] = {"workdir": workdir, "interrupted": False,
                              "skipped_images": r.inputs.skipped_images}
-  window: list[dict[str, jax.Array]] = []  # this window's per-step metrics, still on the device
-  window_start = time.perf_counter()
-  last_eval: tuple[int, dict[str, Any]] | None = None
-  profiling = False
-  step = saved_step = r.start_step
+  p = _Progress(step=r.start_step, saved_step=r.start_step, best_error=r.best_error)
+  stop = StopRequest()
   try:
     with stop.installed():
-      while step < end_step:
-        if profile and step + 1 == profile[0]:
-          jax.profiler.start_trace(os.path.join(workdir, "profile"))
-          profiling = True
-        state, step_metrics = train_step(state, next(batches))
-        step += 1
-        if lock is not None:
-          lock.check()  # still this run's workdir (a lease can be taken over)
-        window.append(step_metrics)
-        if profiling and step == profile[1]:
-          jax.block_until_ready(state)
-          jax.profiler.stop_trace()
-          profiling = False
-          log(f"profile of steps {profile[0]}..{profile[1]} written to {workdir}/profile")
-        bar.update(1)
-
-        stopping = agree_to_stop(bool(stop), step, c.log_every_steps)
-        do_eval = (r.eval_every > 0 and step % r.eval_every == 0) or step == r.total_steps
-        do_ckpt = ((r.checkpoint_every > 0 and step % r.checkpoint_every == 0)
-                   or step == end_step or stopping)
-        if step % c.log_every_steps == 0 or do_eval or do_ckpt:
-          write_train_row(r, writer, bar, state, window, step, window_start)
-          window = []
-        best = False
-        if do_eval:
-          results = validate(r, writer, state, eval_step, step)
-          state = after_validation(state, jnp.float32(results["eval"]["top1_error"]))
-          last_eval = (step, results)
-          best = results["eval"]["top1_error"] < r.best_error
-          if best:
-            r.best_error = results["eval"]["top1_error"]
-        if do_ckpt or best:  # one save per step, tagged when it is the best so far
-          writer.flush()  # the step's rows are stored before its checkpoint
-          save(r, state, step, best=best)
-          saved_step = step
-        if not window:  # a boundary: validation and saving stay out of the next window's rate
-          window_start = time.perf_counter()
-        if stopping:
-          summary["interrupted"] = True
-          log(f"{stop.signal_name or 'stop request'}: saved step {step} in {workdir}; run the "
-              "same command again to resume")
-          break
-      bar.close()
-      if step < r.total_steps:
+      state = _train(r, p, state, (train_step, eval_step, after_validation), writer, bar,
+                     end_step, lock, stop, summary)
+      if p.step < r.facts.total_steps:
         summary["interrupted"] = True  # stopped, or stop_after_steps reached
       else:  # the last step was validated in the loop, unless a finished run was resumed
-        results = last_eval[1] if last_eval and last_eval[0] == step else validate(
-            r, writer, state, eval_step, step)
-        summary.update(results)
-        log(f"final held-out error ({r.inputs.eval_split}, "
-            f"{results['eval']['num_examples']} examples, step {step}): top-1 "
-            f"{100 * results['eval']['top1_error']:.2f}%, top-5 "
-            f"{100 * results['eval']['top5_error']:.2f}%")
-      if step > r.start_step and saved_step != step:
+        summary.update(_final_results(r, p, writer, state, eval_step))
+      if p.step > r.start_step and p.saved_step != p.step:
         writer.flush()
-        save(r, state, step)
+        save(r, state, p.step, best_error=p.best_error)
   finally:
-    if profiling:
+    if p.profiling:
       jax.profiler.stop_trace()
     bar.close()
     r.store.wait()
     summary["checkpoints"] = {"latest": r.store.latest_step(), "best": r.store.best_step()}
     r.store.close()
     writer.close()
-  summary["step"] = step
+  summary["step"] = p.step
   summary["variables"] = state.variables()
   if state.ema_params is not None:
     summary["ema_variables"] = state.variables(use_ema=True)
   return summary
+
+
+def _progress_bar(r: Prepared):
+  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+  shown = r.settings.run.progress_bar and r.is_main and logs.progress_bars_shown(sys.stdout)
+  return tqdm(total=r.facts.total_steps, initial=r.start_step, disable=not shown,
+              dynamic_ncols=True, mininterval=1.0, unit="step", file=sys.stdout)
+
+
+def _train(r: Prepared, p: _Progress, state, step_fns, writer: MetricWriter, bar, end_step: int,
+           lock, stop: StopRequest, summary: dict[str, Any]):
+  """The steps from p.step to `end_step`, with their boundaries; returns the last state."""
+  train_step, eval_step, after_validation = step_fns
+  run_settings = r.settings.run
+  batches = sharding.prefetch_to_device(itertools.chain([r.first_batch], r.train_batches),
+                                        r.mesh, depth=r.settings.input.prefetch_batches)
+  profile = tuple(run_settings.profile_steps) if run_settings.profile_steps and r.is_main else None
+  while p.step < end_step:
+    _profile_boundary(r, p, state, profile, starting=True)
+    state, step_metrics = train_step(state, next(batches))
+    p.step += 1
+    if lock is not None:
+      lock.check()  # still this run's workdir (a lease can be taken over)
+    p.window.append(step_metrics)
+    _profile_boundary(r, p, state, profile, starting=False)
+    bar.update(1)
+    stopping = agree_to_stop(bool(stop), p.step, run_settings.log_every_steps)
+    state = _boundary(r, p, state, eval_step, after_validation, writer, bar,
+                      stopping or p.step == end_step)
+    if stopping:
+      summary["interrupted"] = True
+      log(f"{stop.signal_name or 'stop request'}: saved step {p.step} in {r.workdir}; run the "
+          "same command again to resume")
+      break
+  bar.close()
+  return state
+
+
+def _profile_boundary(r: Prepared, p: _Progress, state, profile, *, starting: bool) -> None:
+  """Starts the jax.profiler trace before the first profiled step, stops it after the last."""
+  if not profile:
+    return
+  if starting and p.step + 1 == profile[0]:
+    jax.profiler.start_trace(os.path.join(r.workdir, "profile"))
+    p.profiling = True
+  elif not starting and p.profiling and p.step == profile[1]:
+    jax.block_until_ready(state)
+    jax.profiler.stop_trace()
+    p.profiling = False
+    log(f"profile of steps {profile[0]}..{profile[1]} written to {r.workdir}/profile")
+
+
+def _boundary(r: Prepared, p: _Progress, state, eval_step, after_validation,
+              writer: MetricWriter, bar, must_save: bool):
+  """After a step: its metrics row, validation and checkpoint, when they are due."""
+  f = r.facts
+  do_eval = (f.eval_every > 0 and p.step % f.eval_every == 0) or p.step == f.total_steps
+  do_ckpt = (f.checkpoint_every > 0 and p.step % f.checkpoint_every == 0) or must_save
+  if p.step % r.settings.run.log_every_steps == 0 or do_eval or do_ckpt:
+    write_train_row(r, writer, bar, state, p.window, p.step, p.window_start)
+    p.window = []
+  best = False
+  if do_eval:
+    results = validate(r, writer, state, eval_step, p.step)
+    state = after_validation(state, jnp.float32(results["eval"]["top1_error"]))
+    p.last_eval = (p.step, results)
+    best = results["eval"]["top1_error"] < p.best_error
+    if best:
+      p.best_error = results["eval"]["top1_error"]
+  if do_ckpt or best:  # one save per step, tagged when it is the best so far
+    writer.flush()  # the step's rows are stored before its checkpoint
+    save(r, state, p.step, best=best, best_error=p.best_error)
+    p.saved_step = p.step
+  if not p.window:  # a boundary: validation and saving stay out of the next window's rate
+    p.window_start = time.perf_counter()
+  return state
+
+
+def _final_results(r: Prepared, p: _Progress, writer: MetricWriter, state,
+                   eval_step) -> dict[str, Any]:
+  """The last step's validation (from the loop, or run now) and its log line."""
+  results = p.last_eval[1] if p.last_eval and p.last_eval[0] == p.step else validate(
+      r, writer, state, eval_step, p.step)
+  log(f"final held-out error ({r.inputs.eval_split}, "
+      f"{results['eval']['num_examples']} examples, step {p.step}): top-1 "
+      f"{100 * results['eval']['top1_error']:.2f}%, top-5 "
+      f"{100 * results['eval']['top5_error']:.2f}%")
+  return results
 
 
 # ---------------------------------------------------------------------------
@@ -355,8 +436,8 @@ def write_train_row(r: Prepared, writer: MetricWriter, bar, state, window: list[
   for key in ("nonfinite", "nonfinite_leaf"):
     averaged.pop(key, None)
   averaged["learning_rate"] = rows[-1]["learning_rate"]
-  averaged["images_per_sec"] = len(rows) * r.config.batch_size / max(seconds, 1e-9)
-  averaged["epoch"] = step / r.steps_per_epoch
+  averaged["images_per_sec"] = len(rows) * r.facts.batch_size / max(seconds, 1e-9)
+  averaged["epoch"] = step / r.facts.steps_per_epoch
   writer.write(step, "train", averaged)
   bar.set_postfix(epoch=f"{averaged['epoch']:.2f}", loss=f"{averaged['loss']:.4f}",
                   lr=f"{averaged['learning_rate']:.3g}",
@@ -400,7 +481,7 @@ def validate(r: Prepared, writer: MetricWriter, state, eval_step, step: int) -> 
     split = r.inputs.eval_split if key == "eval" else f"{r.inputs.eval_split}_ema"
     writer.write(step, split, dict(
         values, learning_rate=learning_rate, images_per_sec=values["num_examples"] / seconds,
-        epoch=step / r.steps_per_epoch))
+        epoch=step / r.facts.steps_per_epoch))
   ema_text = (f", EMA top-1 error {100 * results['eval_ema']['top1_error']:.2f}%"
               if "eval_ema" in results else "")
   log(f"step {step}: {r.inputs.eval_split} loss {results['eval']['loss']:.4f}, top-1 error "
@@ -409,10 +490,12 @@ def validate(r: Prepared, writer: MetricWriter, state, eval_step, step: int) -> 
   return results
 
 
-def save(r: Prepared, state, step: int, *, best: bool = False) -> None:
-  """An asynchronous checkpoint of `state` at `step` (into best/ too when `best`)."""
-  meta = {"step": step, "data_position": step, "epoch": step / r.steps_per_epoch,
-          "best_eval_error": r.best_error, "model": r.config.model,
-          "num_classes": int(r.config.num_classes), "dataset": r.config.dataset,
-          "time": time.time()}
+def save(r: Prepared, state, step: int, *, best: bool = False,
+         best_error: float | None = None) -> None:
+  """An asynchronous checkpoint of `state` at `step` (into best/ too when `best`);
+  best_error: the best validation error so far (None: the one the run started with)."""
+  meta = {"step": step, "data_position": step, "epoch": step / r.facts.steps_per_epoch,
+          "best_eval_error": r.best_error if best_error is None else best_error,
+          "model": r.settings.model.name, "num_classes": int(r.facts.num_classes),
+          "dataset": r.settings.input.dataset, "time": time.time()}
   r.store.save(state.arrays(), meta, best=best)

@@ -53,8 +53,10 @@ def step_bytes(compiled) -> dict[str, int] | None:
           "total": int(stats.temp_size_in_bytes + resident)}
 
 
-def check_fits(needed: Mapping[str, int], config: Mapping[str, Any], mesh) -> None:
-  """ConfigError when the step's memory exceeds what its devices have free."""
+def check_fits(needed: Mapping[str, int], mesh, *, batch_size: int, image_size: int,
+               model: str) -> None:
+  """ConfigError when the step's memory exceeds what its devices have free (batch_size:
+  the global batch; image_size: the run's input side; model: its name, for the message)."""
   local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
   free, what = available_bytes(local[0])
   if free is None:
@@ -67,24 +69,25 @@ def check_fits(needed: Mapping[str, int], config: Mapping[str, Any], mesh) -> No
   # state (parameters, optimiser, statistics) does not.
   room = HEADROOM * free / sharing - needed["resident"]
   share = room / max(needed["temporaries"], 1)
-  batch, size = int(config["batch_size"]), int(config["image_size"])
+  batch, size = int(batch_size), int(image_size)
   devices = mesh.devices.size
   fitting_batch = max(devices, int(batch * share) // devices * devices) if share > 0 else 0
   fitting_size = int(size * math.sqrt(share)) if share > 0 else 0
-  advice = (f"use config.batch_size={fitting_batch} (or config.image_size={fitting_size})"
-            if share > 0 else "the parameters and optimiser state alone do not fit: use a "
-            "smaller model (model_kwargs width_multiplier) or more devices")
+  advice = (f"use config.run.batch_size={fitting_batch} (or config.input.image_size="
+            f"{fitting_size})" if share > 0 else "the parameters and optimiser state alone do "
+            "not fit: use a smaller model (model.kwargs width_multiplier) or more devices")
   raise ConfigError(
-      f"the train step of {config['model']} at batch {batch} and image size {size} needs "
+      f"the train step of {model} at batch {batch} and image size {size} needs "
       f"~{_gib(total)} ({_gib(needed['temporaries'] * sharing)} of activations and temporaries, "
       f"{_gib(needed['resident'] * sharing)} of state and batch), but the {what} has "
       f"{_gib(free)} free; {advice}")
 
 
-def compile_checked(train_step, abstract_state, batch: Mapping[str, Any], mesh,
-                    config: Mapping[str, Any]):
+def compile_checked(train_step, abstract_state, batch: Mapping[str, Any], mesh, *, model: str,
+                    image_size: int):
   """The train step compiled for these shapes, after checking that it fits; the
-  step itself when it cannot be compiled ahead of time (a wrapped function)."""
+  step itself when it cannot be compiled ahead of time (a wrapped function).
+  batch: this process's first batch; model and image_size name the run in the error."""
   if not hasattr(train_step, "lower"):
     return train_step
   from cnnjax import sharding  # pylint: disable=import-outside-toplevel
@@ -96,5 +99,6 @@ def compile_checked(train_step, abstract_state, batch: Mapping[str, Any], mesh,
   compiled = train_step.lower(abstract_state, abstract_batch).compile()
   needed = step_bytes(compiled)
   if needed is not None:
-    check_fits(needed, config, mesh)
+    global_batch = next(iter(abstract_batch.values())).shape[0]
+    check_fits(needed, mesh, batch_size=global_batch, image_size=image_size, model=model)
   return compiled

@@ -23,13 +23,15 @@ applies it (w -= lr v), Caffe folds the rate into the buffer (v = m v + lr g).
 The two agree while the rate is constant and differ for a few steps after
 each drop.
 
-Needs only jax and optax; the config may be any mapping with the keys of
-`cnnjax/configs/base.py`.
+The settings: `OptimizerSettings` (config.optimizer) and `ScheduleSettings`
+(config.schedule, with one subtree per schedule holding only its own
+settings). Needs only jax and optax.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -38,9 +40,143 @@ import jax.numpy as jnp
 import optax
 import optax.contrib
 
-from cnnjax.train import durations
+from cnnjax.train import checks, durations
+from cnnjax.train.checks import require
 
 WEIGHT_DECAY_MASKS = ("kernels", "kernels_and_biases", "all", "none")
+SCHEDULES = ("constant", "multistep", "plateau", "exponential", "warmup_cosine")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSettings(checks.Section):
+  """config.optimizer: the update rule and its hyperparameters."""
+
+  name: str = "sgd"  # the only optimiser implemented
+  learning_rate: float = 0.1  # the peak rate (after lr_scaling)
+  lr_scaling: str = "none"  # "linear": lr = learning_rate * run.batch_size / lr_base_batch_size
+  lr_base_batch_size: int = 256
+  momentum: float = 0.9
+  nesterov: bool = False
+  weight_decay: float = 1e-4
+  # Which parameters decay: conv/dense "kernels" (modern default), also their
+  # biases ("kernels_and_biases"), every parameter incl. BN ("all", Caffe's
+  # default as used by AlexNet/VGG/GoogLeNet), or "none".
+  weight_decay_mask: str = "kernels"
+  grad_clip_norm: float = 0.0  # 0: no clipping
+  ema_decay: float = 0.0  # Polyak/EMA averaging of params, evaluated separately; 0: off
+
+  def check(self) -> None:
+    checks.choose("optimizer.name", self.name, ("sgd",))
+    checks.choose("optimizer.lr_scaling", self.lr_scaling, ("none", "linear"))
+    checks.choose("optimizer.weight_decay_mask", self.weight_decay_mask, WEIGHT_DECAY_MASKS)
+    require(self.learning_rate > 0, "optimizer.learning_rate", self.learning_rate, "> 0")
+    require(self.lr_base_batch_size >= 1, "optimizer.lr_base_batch_size",
+            self.lr_base_batch_size, ">= 1")
+    require(0 <= self.momentum < 1, "optimizer.momentum", self.momentum, "0 <= momentum < 1")
+    require(self.weight_decay >= 0, "optimizer.weight_decay", self.weight_decay, ">= 0")
+    require(self.grad_clip_norm >= 0, "optimizer.grad_clip_norm", self.grad_clip_norm,
+            ">= 0 (0: off)")
+    require(0 <= self.ema_decay < 1, "optimizer.ema_decay", self.ema_decay,
+            "0 (off) <= decay < 1")
+
+
+def _check_factor(path: str, factor: float) -> None:
+  require(0 < factor < 1, path, factor, "0 < factor < 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class MultistepSettings(checks.Section):
+  """config.schedule.multistep: lr x factor at each boundary (steps win over epochs)."""
+
+  boundaries_steps: tuple = ()
+  boundaries_epochs: tuple = ()
+  factor: float = 0.1
+
+  def check(self) -> None:
+    steps = list(self.boundaries_steps)
+    require(all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= checks.INT32_RANGE[1]
+                for v in steps), "schedule.multistep.boundaries_steps", steps,
+            "positive integers")
+    for key in ("boundaries_steps", "boundaries_epochs"):
+      values = list(getattr(self, key))
+      path = f"schedule.multistep.{key}"
+      require(all(checks.is_number(v) and math.isfinite(v) and v > 0 for v in values), path,
+              values, "positive numbers")
+      require(values == sorted(values), path, values, "increasing boundaries")
+
+
+@dataclasses.dataclass(frozen=True)
+class PlateauSettings(checks.Section):
+  """config.schedule.plateau: lr x factor when the validation error stops improving."""
+
+  patience: int = 2  # evaluations without improvement before a reduction
+  rtol: float = 1e-3  # relative improvement that counts
+  max_reductions: int = 3
+  factor: float = 0.1
+
+  def check(self) -> None:
+    require(self.patience >= 1, "schedule.plateau.patience", self.patience, ">= 1")
+    require(0 < self.rtol < 1, "schedule.plateau.rtol", self.rtol, "0 < rtol < 1")
+    require(self.max_reductions >= 0, "schedule.plateau.max_reductions", self.max_reductions,
+            ">= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExponentialSettings(checks.Section):
+  """config.schedule.exponential: lr x factor every `every` steps (or epochs)."""
+
+  every_steps: int = -1
+  every_epochs: float = -1.0
+  factor: float = 0.1
+
+  def check(self) -> None:
+    durations.check_pair(self.every_steps, self.every_epochs, "schedule.exponential.every")
+
+
+@dataclasses.dataclass(frozen=True)
+class ErrorWarmupSettings(checks.Section):
+  """config.schedule.error_warmup: ResNet-110's warm-up, lr x factor until a training
+  batch's top-1 error drops below threshold. factor 0: off."""
+
+  factor: float = 0.0
+  threshold: float = 0.8
+
+  def check(self) -> None:
+    require(0 <= self.factor <= 1, "schedule.error_warmup.factor", self.factor, "0 (off) .. 1")
+    require(0 < self.threshold <= 1, "schedule.error_warmup.threshold", self.threshold,
+            "0 < threshold <= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleSettings(checks.Section):
+  """config.schedule: which learning-rate schedule, its warm-up, each schedule's settings.
+
+  constant | multistep | plateau | exponential | warmup_cosine (linear
+  warm-up, cosine to 0); the subtree of the schedule chosen is the one read.
+  """
+
+  name: str = "constant"
+  warmup_steps: int = -1  # linear warm-up from 0 (any schedule)
+  warmup_epochs: float = -1.0
+  multistep: MultistepSettings = dataclasses.field(default_factory=MultistepSettings)
+  plateau: PlateauSettings = dataclasses.field(default_factory=PlateauSettings)
+  exponential: ExponentialSettings = dataclasses.field(default_factory=ExponentialSettings)
+  error_warmup: ErrorWarmupSettings = dataclasses.field(default_factory=ErrorWarmupSettings)
+
+  def check(self) -> None:
+    checks.choose("schedule.name", self.name, SCHEDULES)
+    durations.check_pair(self.warmup_steps, self.warmup_epochs, "schedule.warmup")
+    if self.name in ("multistep", "plateau", "exponential"):  # the factor of the one chosen
+      _check_factor(f"schedule.{self.name}.factor", getattr(self, self.name).factor)
+    if self.name == "multistep":
+      m = self.multistep
+      require(bool(m.boundaries_steps or m.boundaries_epochs),
+              "schedule.multistep.boundaries_steps", m.boundaries_steps,
+              "schedule 'multistep' needs boundaries_steps or boundaries_epochs")
+    if self.name == "exponential":
+      e = self.exponential
+      require(e.every_steps > 0 or e.every_epochs > 0, "schedule.exponential.every_steps",
+              e.every_steps, "schedule 'exponential' needs every_steps or every_epochs > 0")
 
 
 def _is_normalisation_param(path, siblings: Mapping[str, Any]) -> bool:
@@ -98,48 +234,53 @@ def _sgd_chain(learning_rate, momentum, weight_decay, *, nesterov: bool, mask: C
   return optax.chain(*parts)
 
 
-def base_learning_rate(config: Mapping[str, Any]) -> float:
+def base_learning_rate(settings: OptimizerSettings, batch_size: int) -> float:
   """The recipe's peak rate, after the linear scaling rule lr * batch / base_batch if chosen."""
-  lr = float(config["learning_rate"])
-  if config["lr_scaling"] == "linear":
-    lr *= config["batch_size"] / config["lr_base_batch_size"]
+  lr = float(settings.learning_rate)
+  if settings.lr_scaling == "linear":
+    lr *= batch_size / settings.lr_base_batch_size
   return lr
 
 
-def create_optimizer(config: Mapping[str, Any]) -> optax.GradientTransformation:
+def create_optimizer(settings: OptimizerSettings, batch_size: int) -> optax.GradientTransformation:
   """SGD with momentum (Nesterov optional), masked weight decay, injected learning rate."""
-  if config["optimizer"] != "sgd":
-    raise ValueError(f"unknown optimizer {config['optimizer']!r}; only 'sgd' is implemented")
-  which = config["weight_decay_mask"]
+  if settings.name != "sgd":
+    raise ValueError(f"unknown optimizer {settings.name!r}; only 'sgd' is implemented")
+  which = settings.weight_decay_mask
   return optax.inject_hyperparams(
       _sgd_chain, static_args=("nesterov", "mask", "clip_norm"))(
-          learning_rate=base_learning_rate(config),
-          momentum=float(config["momentum"]),
-          weight_decay=float(config["weight_decay"]),
-          nesterov=bool(config["nesterov"]),
+          learning_rate=base_learning_rate(settings, batch_size),
+          momentum=float(settings.momentum),
+          weight_decay=float(settings.weight_decay),
+          nesterov=bool(settings.nesterov),
           mask=lambda params: weight_decay_mask(params, which),
-          clip_norm=float(config["grad_clip_norm"]))
+          clip_norm=float(settings.grad_clip_norm))
 
 
-def learning_rate_schedule(config: Mapping[str, Any], steps_per_epoch: int,
+def learning_rate_schedule(settings: ScheduleSettings, peak: float, steps_per_epoch: int,
                            total_steps: int) -> optax.Schedule:
-  """The step-only part of the learning rate (see the module docstring)."""
-  peak = base_learning_rate(config)
-  kind = config["schedule"]
-  factor = float(config["lr_decay_factor"])
-  warmup = durations.to_steps(config, "warmup", steps_per_epoch)
+  """The step-only part of the learning rate (see the module docstring); `peak`: the
+  optimiser's `base_learning_rate`."""
+  kind = settings.name
+  warmup = durations.to_steps(settings.warmup_steps, settings.warmup_epochs, steps_per_epoch,
+                              name="schedule.warmup")
   if kind in ("constant", "plateau"):
     schedule = optax.constant_schedule(peak)
   elif kind == "multistep":
-    boundaries = durations.boundaries_to_steps(config, steps_per_epoch)
+    m = settings.multistep
+    boundaries = durations.boundaries_to_steps(
+        m.boundaries_steps, m.boundaries_epochs, steps_per_epoch,
+        name="schedule.multistep.boundaries")
     scales: dict[int, float] = {}
     for b in boundaries:
-      scales[b] = scales.get(b, 1.0) * factor
+      scales[b] = scales.get(b, 1.0) * float(m.factor)
     schedule = optax.piecewise_constant_schedule(peak, scales)
   elif kind == "exponential":
-    every = durations.to_steps(config, "lr_decay_every", steps_per_epoch)
-    schedule = optax.exponential_decay(peak, transition_steps=max(every, 1), decay_rate=factor,
-                                       staircase=True)
+    e = settings.exponential
+    every = durations.to_steps(e.every_steps, e.every_epochs, steps_per_epoch,
+                               name="schedule.exponential.every")
+    schedule = optax.exponential_decay(peak, transition_steps=max(every, 1),
+                                       decay_rate=float(e.factor), staircase=True)
   elif kind == "warmup_cosine":
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=peak, warmup_steps=warmup,
@@ -153,13 +294,13 @@ def learning_rate_schedule(config: Mapping[str, Any], steps_per_epoch: int,
   return lambda step: jnp.where(step < warmup, ramp(step), schedule(step))
 
 
-def plateau_transform(config: Mapping[str, Any]) -> optax.GradientTransformationExtraArgs:
+def plateau_transform(settings: PlateauSettings) -> optax.GradientTransformationExtraArgs:
   """optax's reduce-on-plateau, fed one validation error per evaluation."""
-  factor = float(config["lr_decay_factor"])
+  factor = float(settings.factor)
   return optax.contrib.reduce_on_plateau(
-      factor=factor, patience=int(config["plateau_patience"]), rtol=float(config["plateau_rtol"]),
+      factor=factor, patience=int(settings.patience), rtol=float(settings.rtol),
       atol=0.0, cooldown=0, accumulation_size=1,
-      min_scale=factor ** int(config["plateau_max_reductions"]) * (1 - 1e-6))
+      min_scale=factor ** int(settings.max_reductions) * (1 - 1e-6))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,11 +312,11 @@ class LearningRateControl:
   error_warmup_threshold: float = 0.8
 
   @classmethod
-  def from_config(cls, config: Mapping[str, Any]) -> LearningRateControl:
+  def from_settings(cls, settings: ScheduleSettings) -> LearningRateControl:
     return cls(
-        plateau=plateau_transform(config) if config["schedule"] == "plateau" else None,
-        error_warmup_factor=float(config["error_warmup_factor"]),
-        error_warmup_threshold=float(config["error_warmup_threshold"]))
+        plateau=plateau_transform(settings.plateau) if settings.name == "plateau" else None,
+        error_warmup_factor=float(settings.error_warmup.factor),
+        error_warmup_threshold=float(settings.error_warmup.threshold))
 
   def init(self) -> dict[str, Any]:
     state = {}

@@ -19,21 +19,24 @@ from typing import Any
 from cnnjax._atomic import write_atomic
 from cnnjax.errors import CheckpointError, ConfigError, WorkdirLockedError
 from cnnjax.train import checkpoint as ckpt_lib
+from cnnjax.train import checks
 from cnnjax.train import config as config_lib
 from cnnjax.train.config import check_init_from_source, init_from_weights
+from cnnjax.train.setup import ModelSettings
 
-# Keys that define what the parameters mean; a workdir's checkpoint must agree.
-MODEL_KEYS = ("model", "model_kwargs", "num_classes")
-
-
-def _model_identity(config: Mapping[str, Any]) -> dict[str, Any]:
-  plain = config_lib.as_plain_dict(config)
-  return {k: plain.get(k) for k in MODEL_KEYS}
+# Settings of config.model that define what the parameters mean; a workdir's
+# checkpoint must agree.
+MODEL_KEYS = ("name", "kwargs", "num_classes")
 
 
-def check_workdir_compatible(workdir: str, config: Mapping[str, Any]) -> None:
+def _model_identity(model: ModelSettings) -> dict[str, Any]:
+  return {k: checks.plain(getattr(model, k)) for k in MODEL_KEYS}
+
+
+def check_workdir_compatible(workdir: str, model: ModelSettings) -> None:
   """CheckpointError when the workdir's checkpoints belong to another model.
 
+  model: this run's config.model, num_classes resolved.
   A config.json that exists but cannot be read (torn by a crash of the
   machine) only loses this early, friendly check: restoring compares the
   checkpoint's own shapes with the model, and the file is rewritten whole.
@@ -48,61 +51,63 @@ def check_workdir_compatible(workdir: str, config: Mapping[str, Any]) -> None:
     logging.getLogger(__name__).warning(
         "%s; relying on the checkpoint's own shapes to match this model", error)
     return
-  stored = _model_identity(stored_config)
-  current = _model_identity(config)
+  stored = _model_identity(config_lib.load(stored_config).model)
+  current = _model_identity(model)
   different = {k: (stored[k], current[k]) for k in MODEL_KEYS if stored[k] != current[k]}
   if different:
-    details = "; ".join(f"{k}: checkpoint {a!r}, this run {b!r}" for k, (a, b) in different.items())
+    details = "; ".join(f"model.{k}: checkpoint {a!r}, this run {b!r}"
+                        for k, (a, b) in different.items())
     raise CheckpointError(
         f"{workdir} holds checkpoints of a different model ({details}). Use a fresh --workdir, "
         "or the config the checkpoints were trained with")
 
 
-def check_init_from(config: Mapping[str, Any], workdir: str) -> None:
-  """The warm-start source (config.init_from) is usable, before anything compiles.
+def check_init_from(model: ModelSettings, workdir: str) -> None:
+  """The warm-start source (config.model.init_from) is usable, before anything compiles.
 
   A workdir must hold a checkpoint and be another than --workdir; any model's
   checkpoint will do (layers are copied where path and shapes match). Published
   weights must be of this run's network: the same registered architecture, built
   with the options those weights need (e.g. Keras's ResNets: version "1").
   """
-  source = config["init_from"]
+  source = model.init_from
   if not source:
     return
-  check_init_from_source(config)
+  check_init_from_source(source)
   weights = init_from_weights(source)
   from cnnjax import models  # pylint: disable=import-outside-toplevel
   if weights is not None:
     from cnnjax.weights import catalogue  # pylint: disable=import-outside-toplevel
     spec = catalogue.get_source(weights[0])
-    if models.get_spec(config["model"]) != models.get_spec(spec.model):
+    if models.get_spec(model.name) != models.get_spec(spec.model):
       raise ConfigError(
-          f"config.init_from={source!r} holds a {spec.model}; this run trains "
-          f"{config['model']!r}. Set config.model={spec.model!r}.")
-    kwargs = dict(config["model_kwargs"] or {})
+          f"config.model.init_from={source!r} holds a {spec.model}; this run trains "
+          f"{model.name!r}. Set config.model.name={spec.model!r}.")
+    kwargs = checks.plain(model.kwargs or {})
     wrong = {key: value for key, value in spec.model_kwargs.items() if kwargs.get(key) != value}
     if wrong:
       raise ConfigError(
-          f"config.init_from={source!r} needs the network built as those weights were: "
-          f"config.model_kwargs must include {wrong} (it has {kwargs}).")
+          f"config.model.init_from={source!r} needs the network built as those weights were: "
+          f"config.model.kwargs must include {wrong} (it has {kwargs}).")
     return
   if not ckpt_lib.has_checkpoint(source):
     raise CheckpointError(
-        f"config.init_from={source!r} holds no checkpoint (expected {source}/checkpoints/<step>): "
+        f"config.model.init_from={source!r} holds no checkpoint (expected "
+        f"{source}/checkpoints/<step>): "
         "train there first (VGG: net A)")
-  stored = ckpt_lib.read_workdir_config(source)
-  if str(stored.get("model", "")) not in models.list_models():
+  stored = config_lib.load(ckpt_lib.read_workdir_config(source)).model.name
+  if stored not in models.list_models():
     raise CheckpointError(
-        f"config.init_from={source!r} was trained with model {stored.get('model')!r}, which "
+        f"config.model.init_from={source!r} was trained with model {stored!r}, which "
         "this version of cnnjax does not know")
   if os.path.abspath(source) == os.path.abspath(workdir):
-    raise ConfigError("config.init_from must be another workdir than --workdir")
+    raise ConfigError("config.model.init_from must be another workdir than --workdir")
 
 
-def warm_start(config: Mapping[str, Any], target: Mapping[str, Any]) -> tuple[dict, str]:
+def warm_start(model: ModelSettings, target: Mapping[str, Any]) -> tuple[dict, str]:
   """(target variables with the source's layers copied in, a description for the log).
 
-  The source is config.init_from: another run's workdir or published weights
+  The source is config.model.init_from: another run's workdir or published weights
   (`cnnjax.weights`). Layers are copied where the source has the same layer
   path and shapes, batch statistics with their layer; the rest (a classifier
   for another number of classes) keeps its fresh initialisation. A VGG whose
@@ -111,7 +116,7 @@ def warm_start(config: Mapping[str, Any], target: Mapping[str, Any]) -> tuple[di
   """
   from cnnjax import models  # pylint: disable=import-outside-toplevel
   from cnnjax.models import warm_start as warm_start_lib  # pylint: disable=import-outside-toplevel
-  source_name = config["init_from"]
+  source_name = model.init_from
   weights = init_from_weights(source_name)
   paper_chain = False
   if weights is not None:
@@ -119,8 +124,8 @@ def warm_start(config: Mapping[str, Any], target: Mapping[str, Any]) -> tuple[di
     source = weights_lib.load(weights[0], path=weights[1]).variables
   else:
     source, _ = ckpt_lib.restore_variables(source_name)
-    stored_model = str(ckpt_lib.read_workdir_config(source_name).get("model", ""))
-    target_spec = models.get_spec(config["model"])
+    stored_model = config_lib.load(ckpt_lib.read_workdir_config(source_name)).model.name
+    target_spec = models.get_spec(model.name)
     paper_chain = (target_spec.warm_start is not None
                    and models.get_spec(stored_model).family == target_spec.family
                    and not warm_start_lib.same_architecture(source["params"], target["params"])

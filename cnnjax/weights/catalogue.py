@@ -78,15 +78,16 @@ class Source:
   classes: str = "imagenet"
   published: str = ""
   # How the weights were trained, as far as evaluation needs it (dense scales
-  # follow the training scales): config keys of cnnjax/configs/base.py.
+  # follow the training scales): settings of config.input (augment, augment_kwargs).
   training: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
   def eval_config(self, dataset: str) -> dict[str, Any]:
-    """A training-config stand-in for `cnnjax.evaluate`: the data settings and
-    training scales these weights imply."""
-    return {"model": self.model, "model_kwargs": dict(self.model_kwargs), "dataset": dataset,
-            "normalize": self.convention.pipeline_normalize, "image_size": self.image_size,
-            "augment": "none", "augment_kwargs": {}, **dict(self.training)}
+    """A stand-in for a training's settings, for `cnnjax.evaluate`: the model, and the
+    data settings and training scales these weights imply (config.input)."""
+    return {"model": {"name": self.model, "kwargs": dict(self.model_kwargs)},
+            "input": {"dataset": dataset, "normalize": self.convention.pipeline_normalize,
+                      "image_size": self.image_size, "augment": "none", "augment_kwargs": {},
+                      **dict(self.training)}}
 
   @property
   def crop_fraction(self) -> float:

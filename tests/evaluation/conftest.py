@@ -17,16 +17,17 @@ def trained_workdir(digits_dir, tmp_path_factory) -> str:
   """The quickstart recipe shrunk to a few steps of a narrow ResNet-8, with EMA kept."""
   from cnnjax.configs import quickstart
   from cnnjax.train import run
-  config = quickstart.get_config()
-  overrides = dict(
-      data_dir=digits_dir, model="cifar_resnet20",
-      model_kwargs={"stage_sizes": (1, 1, 1), "width_multiplier": 0.25},
-      image_size=16, batch_size=16, eval_batch_size=64, eval_num_batches=1, num_steps=3,
-      schedule="constant", warmup_steps=-1, log_every_steps=1, eval_every_steps=-1,
-      checkpoint_every_steps=-1, ema_decay=0.5, progress_bar=False,
-      compilation_cache_dir="none")
-  for key, value in overrides.items():
-    config[key] = value
+  c = quickstart.get_config()
+  c.input.data_dir, c.input.image_size = digits_dir, 16
+  c.model.name = "cifar_resnet20"
+  c.model.kwargs = {"stage_sizes": (1, 1, 1), "width_multiplier": 0.25}
+  c.run.batch_size, c.run.num_steps, c.run.log_every_steps = 16, 3, 1
+  c.eval.batch_size, c.eval.num_batches, c.eval.every_steps = 64, 1, -1
+  c.schedule.name, c.schedule.warmup_steps = "constant", -1
+  c.checkpoint.every_steps = -1
+  c.optimizer.ema_decay = 0.5
+  c.run.progress_bar, c.run.compilation_cache_dir = False, "none"
+  config = c
   workdir = str(tmp_path_factory.mktemp("quickstart_run"))
   run(config, workdir)
   return workdir

@@ -22,14 +22,15 @@ def test_multi_crop_views_of_native_size_digits_do_not_hurt(digits_dir, tmp_path
   from cnnjax import evaluate
   from cnnjax.train import run
   # The CIFAR recipe (pad 4, random 32 crop, flips) at the digits' own 32x32 size, 200 steps.
-  config = make_tiny_config(
-      digits_dir, image_size=32, num_steps=200, batch_size=32, learning_rate=0.1,
-      schedule="warmup_cosine", warmup_steps=20, nesterov=True, augment="cifar",
+  config = make_tiny_config(digits_dir, **{
+      "input.image_size": 32, "run.num_steps": 200, "run.batch_size": 32,
+      "optimizer.learning_rate": 0.1, "schedule.name": "warmup_cosine",
+      "schedule.warmup_steps": 20, "optimizer.nesterov": True, "input.augment": "cifar",
       # BN scales 1 (residual_scale_init=1.0): the initialisation this run was sized
       # with (centre error 13%); the CIFAR default, 1/sqrt(blocks), gave 18% in these
       # 200 steps, where a 3-digit difference between views decides the test.
-      model_kwargs={"stage_sizes": (1, 1, 1), "width_multiplier": 0.5,
-                    "residual_scale_init": 1.0})
+      "model.kwargs": {"stage_sizes": (1, 1, 1), "width_multiplier": 0.5,
+                       "residual_scale_init": 1.0}})
   run(config, str(tmp_path))
   member = evaluate.load_member(str(tmp_path))
   errors = {view: evaluate.evaluate([member], "digits", view=view, progress=False)
@@ -56,15 +57,16 @@ def test_views_follow_a_run_trained_without_padding_or_flips(digits_dir):
 
   from cnnjax import evaluate, models
   from cnnjax.configs import quickstart
-  assert evaluate.ensemble.train_geometry(quickstart.get_config().to_dict()) == {
+  assert evaluate.ensemble.train_geometry(quickstart.get_config().to_dict()["input"]) == {
       "pad": 0, "flip": False}
   assert evaluate.ensemble.train_geometry(
       {"augment": "cifar", "augment_kwargs": {}}) == {"pad": 4, "flip": True}
   model = models.create("cifar_resnet20", num_classes=10, stage_sizes=(1, 1, 1),
                         width_multiplier=0.25)
   variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False)
-  config = {"dataset": "digits", "data_dir": digits_dir, "image_size": 32,
-            "normalize": "per_channel", "augment": "none", "model": "cifar_resnet20"}
+  config = {"input": {"dataset": "digits", "data_dir": digits_dir, "image_size": 32,
+                      "normalize": "per_channel", "augment": "none"},
+            "model": {"name": "cifar_resnet20"}}
   member = evaluate.Member(model=model, variables=variables, config=config)
   reports = {view: evaluate.evaluate([member], "digits", view=view, progress=False)
              for view in ("center", "10crop", "dense_multiscale")}

@@ -72,14 +72,14 @@ def _launch(commands: list[list[str]], env: dict[str, str], timeout: float):
 
 def _train_py_command(workdir: str, data_dir: str, cache_dir: str, num_steps: int,
                       keep: int) -> list[str]:
-  return [sys.executable, TRAIN, f"--workdir={workdir}", f"--config.data_dir={data_dir}",
-          "--config.model_kwargs={'stage_sizes': (1, 1, 1), 'width_multiplier': 0.25}",
-          "--config.image_size=16", "--config.batch_size=16", "--config.eval_batch_size=64",
-          "--config.eval_num_batches=1", "--config.schedule=constant",
-          "--config.warmup_steps=-1", "--config.log_every_steps=1",
-          "--config.checkpoint_every_steps=2", "--config.eval_every_steps=-1",
-          f"--config.keep_checkpoints={keep}", "--config.progress_bar=false",
-          f"--config.num_steps={num_steps}", f"--config.compilation_cache_dir={cache_dir}"]
+  return [sys.executable, TRAIN, f"--workdir={workdir}", f"--config.input.data_dir={data_dir}",
+          "--config.model.kwargs={'stage_sizes': (1, 1, 1), 'width_multiplier': 0.25}",
+          "--config.input.image_size=16", "--config.run.batch_size=16", "--config.eval.batch_size=64",
+          "--config.eval.num_batches=1", "--config.schedule.name=constant",
+          "--config.schedule.warmup_steps=-1", "--config.run.log_every_steps=1",
+          "--config.checkpoint.every_steps=2", "--config.eval.every_steps=-1",
+          f"--config.checkpoint.keep={keep}", "--config.run.progress_bar=false",
+          f"--config.run.num_steps={num_steps}", f"--config.run.compilation_cache_dir={cache_dir}"]
 
 
 def _two_process_commands(*args, **kwargs) -> list[list[str]]:

@@ -21,32 +21,36 @@ PHASE_HOOKS = os.path.join(HERE, "phase_hooks")
 # CIFAR ResNet-8 at a quarter of the width on the 32x32 digits: compiles in a
 # few seconds, runs a step in milliseconds.
 TINY = {
-    "model": "cifar_resnet20",
-    "model_kwargs": {"stage_sizes": (1, 1, 1), "width_multiplier": 0.25},
-    "dataset": "digits",
-    "image_size": 32,
-    "batch_size": 16,
-    "eval_batch_size": 64,
-    "eval_num_batches": 2,
-    "num_steps": 6,
-    "schedule": "constant",
-    "warmup_steps": -1,
-    "learning_rate": 0.05,
-    "log_every_steps": 1,
-    "eval_every_steps": -1,
-    "checkpoint_every_steps": -1,
-    "keep_checkpoints": 2,
-    "progress_bar": False,
+    "model.name": "cifar_resnet20",
+    "model.kwargs": {"stage_sizes": (1, 1, 1), "width_multiplier": 0.25},
+    "input.dataset": "digits",
+    "input.image_size": 32,
+    "run.batch_size": 16,
+    "eval.batch_size": 64,
+    "eval.num_batches": 2,
+    "run.num_steps": 6,
+    "schedule.name": "constant",
+    "schedule.warmup_steps": -1,
+    "optimizer.learning_rate": 0.05,
+    "run.log_every_steps": 1,
+    "eval.every_steps": -1,
+    "checkpoint.every_steps": -1,
+    "checkpoint.keep": 2,
+    "run.progress_bar": False,
 }
 
 # The run the kill tests interrupt (and that the determinism and checkpoint
 # tests reuse): every phase comes round often.
-KILL_RUN = dict(num_steps=40, checkpoint_every_steps=3, eval_every_steps=4)
+KILL_RUN = {"run.num_steps": 40, "checkpoint.every_steps": 3, "eval.every_steps": 4}
 
 
 def overrides(data_dir: str, cache_dir: str, **extra: Any) -> dict[str, Any]:
-  values = dict(TINY, data_dir=data_dir, compilation_cache_dir=cache_dir)
-  values.update(extra)
+  """TINY with the data and cache directories and `extra`, by setting path."""
+  from cnnjax.train.config import FLAT_TO_NESTED
+  values = dict(TINY, **{"input.data_dir": data_dir, "run.compilation_cache_dir": cache_dir})
+  for key, value in extra.items():  # a flat name goes to its place (FLAT_TO_NESTED)
+    for path in FLAT_TO_NESTED.get(key, (key,)):
+      values[path] = value
   return values
 
 
@@ -54,8 +58,12 @@ def make_config(data_dir: str, cache_dir: str, **extra: Any):
   """The quickstart recipe with TINY (and `extra`) applied: a locked ConfigDict."""
   from cnnjax.configs import quickstart
   config = quickstart.get_config()
-  for key, value in overrides(data_dir, cache_dir, **extra).items():
-    config[key] = value
+  for path, value in overrides(data_dir, cache_dir, **extra).items():
+    *parents, leaf = path.split(".")
+    node = config
+    for name in parents:
+      node = node[name]
+    node[leaf] = value
   return config
 
 

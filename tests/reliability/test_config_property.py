@@ -68,61 +68,61 @@ names = lambda *good: st.one_of(st.sampled_from(list(good) + _typos(*good) + [""
 dicts = lambda *options: st.one_of(st.sampled_from(list(options)), WRONG_TYPES)  # noqa: E731
 
 MUTATIONS = {
-    "model": names("cifar_resnet20", "resnet18", "vgg_a", "alexnet"),
-    "model_kwargs": dicts(
+    "model.name": names("cifar_resnet20", "resnet18", "vgg_a", "alexnet"),
+    "model.kwargs": dicts(
         {}, {"stage_sizes": (1, 1, 1)}, {"width_multiplier": 0.25, "stage_sizes": (1, 1, 1)},
         {"width_multiplier": 0}, {"width_multiplier": -0.5}, {"width_multiplier": "wide"},
         {"stage_sizes": (1, 1)}, {"stage_sizes": (0, 1, 1)}, {"stage_sizes": "111"},
         {"bogus_option": 1}, {"block": "triple"}, {"bn_group_size": 3}),
-    "num_classes": ints(-2, 12),
-    "dtype": names("float32", "bfloat16", "float16"),
-    "bn_group_size": ints(-3, 20),
-    "dataset": st.sampled_from(["digits", "digit", "Digits", "", "image_folder:/nonexistent",
+    "model.num_classes": ints(-2, 12),
+    "model.dtype": names("float32", "bfloat16", "float16"),
+    "model.bn_group_size": ints(-3, 20),
+    "input.dataset": st.sampled_from(["digits", "digit", "Digits", "", "image_folder:/nonexistent",
                                 "image_folder:", "cifar1O"]),
-    "train_split": st.sampled_from(["", "train", "train[:50%]", "tarin", "train[:0]", "test"]),
-    "eval_split": st.sampled_from(["", "test", "tset", "train[:10]"]),
-    "image_size": ints(-3, 72),
-    "normalize": names("per_channel", "per_pixel", "none", "imagenet"),
-    "augment": names("none", "cifar", "alexnet", "scale_jitter", "inception"),
-    "augment_kwargs": dicts({}, {"pad": 4}, {"scale_min": 36, "scale_max": 48},
+    "input.train_split": st.sampled_from(["", "train", "train[:50%]", "tarin", "train[:0]", "test"]),
+    "input.eval_split": st.sampled_from(["", "test", "tset", "train[:10]"]),
+    "input.image_size": ints(-3, 72),
+    "input.normalize": names("per_channel", "per_pixel", "none", "imagenet"),
+    "input.augment": names("none", "cifar", "alexnet", "scale_jitter", "inception"),
+    "input.augment_kwargs": dicts({}, {"pad": 4}, {"scale_min": 36, "scale_max": 48},
                             {"scale_min": 48, "scale_max": 36}, {"pca_color": True},
                             {"pca_color": "yes"}, {"area_range": (0.5, 0.1)}, {"bogus": 1},
                             {"photometric": "device"}, {"photometric": "device", "pca_color": True},
                             {"photometric": "gpu"}),
-    "eval_view": names("center", "10crop"),
-    "eval_view_kwargs": dicts({}, {"resize_size": 40}, {"resize_size": -1}, {"bogus": 1}),
-    "eval_batch_size": ints(-2, 70),
-    "eval_num_batches": ints(-1, 3),
-    "batch_size": ints(-2, 48),
-    "num_steps": ints(-3, 3),
-    "num_epochs": floats(-2.0, 1.0),
-    "learning_rate": floats(-1.0, 1.0),
-    "momentum": floats(-0.5, 1.5),
-    "weight_decay": floats(-1e-3, 1e-3),
-    "weight_decay_mask": names("kernels", "kernels_and_biases", "all", "none"),
-    "grad_clip_norm": floats(-1.0, 5.0),
-    "schedule": names("constant", "multistep", "plateau", "exponential", "warmup_cosine"),
-    "lr_decay_factor": floats(-0.5, 1.5),
-    "lr_boundaries_steps": st.one_of(st.lists(st.integers(-2, 5), max_size=3).map(tuple),
+    "eval.view": names("center", "10crop"),
+    "eval.view_kwargs": dicts({}, {"resize_size": 40}, {"resize_size": -1}, {"bogus": 1}),
+    "eval.batch_size": ints(-2, 70),
+    "eval.num_batches": ints(-1, 3),
+    "run.batch_size": ints(-2, 48),
+    "run.num_steps": ints(-3, 3),
+    "run.num_epochs": floats(-2.0, 1.0),
+    "optimizer.learning_rate": floats(-1.0, 1.0),
+    "optimizer.momentum": floats(-0.5, 1.5),
+    "optimizer.weight_decay": floats(-1e-3, 1e-3),
+    "optimizer.weight_decay_mask": names("kernels", "kernels_and_biases", "all", "none"),
+    "optimizer.grad_clip_norm": floats(-1.0, 5.0),
+    "schedule.name": names("constant", "multistep", "plateau", "exponential", "warmup_cosine"),
+    "schedule.multistep.factor": floats(-0.5, 1.5),
+    "schedule.multistep.boundaries_steps": st.one_of(st.lists(st.integers(-2, 5), max_size=3).map(tuple),
                                      WRONG_TYPES),
-    "lr_boundaries_epochs": st.one_of(st.lists(st.floats(-1, 2), max_size=2).map(tuple),
+    "schedule.multistep.boundaries_epochs": st.one_of(st.lists(st.floats(-1, 2), max_size=2).map(tuple),
                                       WRONG_TYPES),
-    "warmup_steps": ints(-3, 5),
-    "lr_decay_every_steps": ints(-3, 5),
-    "plateau_patience": ints(-1, 3),
-    "ema_decay": floats(-0.5, 1.5),
-    "label_smoothing": floats(-0.5, 1.5),
-    "loss": names("categorical_cross_entropy", "binary_cross_entropy", "mean_squared_error"),
-    "optimizer": names("sgd", "adam"),
-    "seed": st.one_of(st.integers(-5, 5), st.integers(2**31, 2**70), WRONG_TYPES),
-    "log_every_steps": ints(-1, 3),
-    "eval_every_steps": ints(-3, 3),
-    "checkpoint_every_steps": ints(-3, 3),
-    "keep_checkpoints": ints(-1, 3),
-    "profile_steps": st.sampled_from([(), (1, 2), (2, 1), (1,), "1,2"]),
-    "init_from": st.sampled_from(["", "/nonexistent/workdir"]),
-    "on_bad_image": names("raise", "skip"),
-    "compilation_cache_dir": st.sampled_from(["none", "/proc/no/cache/here"]),
+    "schedule.warmup_steps": ints(-3, 5),
+    "schedule.exponential.every_steps": ints(-3, 5),
+    "schedule.plateau.patience": ints(-1, 3),
+    "optimizer.ema_decay": floats(-0.5, 1.5),
+    "loss.label_smoothing": floats(-0.5, 1.5),
+    "loss.name": names("categorical_cross_entropy", "binary_cross_entropy", "mean_squared_error"),
+    "optimizer.name": names("sgd", "adam"),
+    "run.seed": st.one_of(st.integers(-5, 5), st.integers(2**31, 2**70), WRONG_TYPES),
+    "run.log_every_steps": ints(-1, 3),
+    "eval.every_steps": ints(-3, 3),
+    "checkpoint.every_steps": ints(-3, 3),
+    "checkpoint.keep": ints(-1, 3),
+    "run.profile_steps": st.sampled_from([(), (1, 2), (2, 1), (1,), "1,2"]),
+    "model.init_from": st.sampled_from(["", "/nonexistent/workdir"]),
+    "input.on_bad_image": names("raise", "skip"),
+    "run.compilation_cache_dir": st.sampled_from(["none", "/proc/no/cache/here"]),
 }
 UNKNOWN_KEYS = st.sampled_from(["modle", "learning_rat", "batchsize", "lr"])
 
@@ -132,40 +132,54 @@ def mutated_configs(draw):
   keys = draw(st.lists(st.sampled_from(sorted(MUTATIONS)), min_size=1, max_size=3, unique=True))
   changes = {key: draw(MUTATIONS[key]) for key in keys}
   extra = draw(st.one_of(st.none(), UNKNOWN_KEYS))
-  missing = draw(st.one_of(st.none(), st.sampled_from(["model", "batch_size", "seed"])))
+  missing = draw(st.one_of(st.none(), st.sampled_from(["model.name", "run.batch_size",
+                                                        "run.seed"])))
   return changes, extra, missing
 
 
 @pytest.fixture(scope="module")
 def base_config(digits_dir, cache_dir):
-  config = plain_config(digits_dir, cache_dir, num_steps=1, compilation_cache_dir="none")
+  config = plain_config(digits_dir, cache_dir, **{"run.num_steps": 1,
+                                                  "run.compilation_cache_dir": "none"})
   return config
 
 
 # Configs that once ended in a traceback from deep inside JAX, the model or
 # os.makedirs (found by a wider run of this generator); kept as regressions.
 FOUND = [
-    {"seed": 2**70},  # OverflowError converting the PRNG seed
-    {"seed": 2**32},  # silently the same key as seed 0
-    {"model_kwargs": {"width_multiplier": "wide"}},  # TypeError in the model
-    {"model_kwargs": {"stage_sizes": "111"}},  # TypeError in the model
-    {"model_kwargs": {"width": 0, "stage_sizes": (1, 1, 1)}},  # ZeroDivisionError
-    {"warmup_epochs": 1e9},  # OverflowError: int32 step inside jit
-    {"num_classes": 2**31},  # OverflowError in the classifier
-    {"num_classes": 5},  # digits has 10 classes: labels 5..9 would train on zero targets
-    {"compilation_cache_dir": "/proc/no/cache/here"},  # FileNotFoundError
+    {"run.seed": 2**70},  # OverflowError converting the PRNG seed
+    {"run.seed": 2**32},  # silently the same key as seed 0
+    {"model.kwargs": {"width_multiplier": "wide"}},  # TypeError in the model
+    {"model.kwargs": {"stage_sizes": "111"}},  # TypeError in the model
+    {"model.kwargs": {"width": 0, "stage_sizes": (1, 1, 1)}},  # ZeroDivisionError
+    {"schedule.warmup_epochs": 1e9},  # OverflowError: int32 step inside jit
+    {"model.num_classes": 2**31},  # OverflowError in the classifier
+    {"model.num_classes": 5},  # digits has 10 classes: labels 5..9 would train on zero targets
+    {"run.compilation_cache_dir": "/proc/no/cache/here"},  # FileNotFoundError
 ]
+
+
+def _changed(base_config, changes):
+  """A deep copy of the nested `base_config` with `changes` set by path ("run.seed")."""
+  config = json.loads(json.dumps(base_config))
+  for path, value in changes.items():
+    *parents, leaf = path.split(".")
+    node = config
+    for name in parents:
+      node = node[name]
+    node[leaf] = value
+  return config
 
 
 def _run_mutated(mutation, base_config, monkeypatch) -> str:
   """"ran" or "rejected": what one generated config did (anything else fails the test)."""
   changes, extra, missing = mutation
-  config = json.loads(json.dumps(base_config))
-  config.update(changes)
+  config = _changed(base_config, changes)
   if extra is not None:
     config[extra] = 1
   if missing is not None and missing not in changes:
-    del config[missing]
+    group, key = missing.split(".")
+    del config[group][key]
   note(f"config changes: {changes!r}, unknown key: {extra!r}, missing key: {missing!r}")
   monkeypatch.setattr(loop, "initial_state", _abstract_train)
   workdir = tempfile.mkdtemp(prefix="config_property_")
@@ -201,8 +215,7 @@ def test_a_run_that_fails_before_its_first_step_leaves_the_workdir_as_it_found_i
     base_config, tmp_path):
   """An unknown dataset: no workdir left behind holding only LOCK; an existing one keeps
   exactly what it had."""
-  config = json.loads(json.dumps(base_config))
-  config["dataset"] = "cifar1O"
+  config = _changed(base_config, {"input.dataset": "cifar1O"})
   fresh = str(tmp_path / "fresh")
   with pytest.raises(CnnjaxError, match="cifar1O"):
     loop.run(config, fresh)
@@ -220,8 +233,7 @@ def test_a_run_that_fails_before_its_first_step_leaves_the_workdir_as_it_found_i
 def test_configs_that_once_crashed_are_config_errors_naming_the_key(changes, base_config,
                                                                    monkeypatch):
   monkeypatch.setattr(loop, "initial_state", _abstract_train)
-  config = json.loads(json.dumps(base_config))
-  config.update(changes)
+  config = _changed(base_config, changes)
   workdir = tempfile.mkdtemp(prefix="config_found_")
   try:
     with pytest.raises(ConfigError, match=f"config.{next(iter(changes))}"):
@@ -233,11 +245,12 @@ def test_configs_that_once_crashed_are_config_errors_naming_the_key(changes, bas
 # --------------------------------------------------------------------- flags
 
 @pytest.mark.parametrize("flag, names", [
-    ("--config.learning_rat=0.1", ["learning_rate"]),
-    ("--config.batch_size=abc", ["batch_size", "int"]),
-    ("--config.batch_size=1.5", ["batch_size", "int"]),
-    ("--config.model_kwargs.width=8", ["model_kwargs", "dict"]),
-    ("--config.lr_boundaries_steps=[1,", ["lr_boundaries_steps"]),
+    ("--config.optimizer.learning_rat=0.1", ["learning_rate"]),
+    ("--config.learning_rat=0.1", ["optimizer.learning_rate"]),
+    ("--config.run.batch_size=abc", ["batch_size", "int"]),
+    ("--config.run.batch_size=1.5", ["batch_size", "int"]),
+    ("--config.model.kwargs.width=8", ["model.kwargs", "dict"]),
+    ("--config.schedule.multistep.boundaries_steps=[1,", ["boundaries_steps"]),
     ("--config=cnnjax/configs/no_such_recipe.py", ["no_such_recipe"]),
 ])
 def test_bad_flags_fail_fast_naming_the_key(flag, names):

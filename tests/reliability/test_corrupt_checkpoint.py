@@ -176,7 +176,7 @@ def test_restore_for_evaluation_refuses_a_damaged_checkpoint(copy_of_reference, 
   workdir = copy_of_reference("evaluation")
   _, best_meta = checkpoint.restore_variables(workdir, which="best")
   best_step = best_meta["step"]
-  assert best_step % KILL_RUN["eval_every_steps"] == 0  # a validated step
+  assert best_step % KILL_RUN["eval.every_steps"] == 0  # a validated step
   _truncate(_largest_file(os.path.join(workdir, checkpoint.LATEST_DIR, str(best_step)), "params"))
   with pytest.raises(CheckpointError, match=rf"{best_step}.*params"):
     checkpoint.restore_variables(workdir, which="best")
@@ -365,7 +365,7 @@ def test_torn_config_json_does_not_block_the_resume(copy_of_reference, tiny_conf
   assert summary["step"] == NEWEST
   assert any("config.json" in r.getMessage() for r in caplog.records)
   with open(path) as f:
-    assert json.load(f)["model"] == "cifar_resnet20"  # rewritten whole
+    assert json.load(f)["model"]["name"] == "cifar_resnet20"  # rewritten whole
 
 
 def test_config_json_is_replaced_whole(reference_run, tiny_config, tmp_path, monkeypatch):
@@ -391,7 +391,7 @@ def test_config_json_is_replaced_whole(reference_run, tiny_config, tmp_path, mon
   with pytest.raises(SystemExit):
     run(tiny_config(**KILL_RUN), workdir, stop_after_steps=0)
   monkeypatch.setattr(os, "replace", real_replace)
-  assert renamed and json.loads(renamed[0])["model"] == "cifar_resnet20"  # written in full
+  assert renamed and json.loads(renamed[0])["model"]["name"] == "cifar_resnet20"  # written in full
   with open(path) as f:
     assert f.read() == before
   assert not [n for n in os.listdir(workdir) if n.endswith(".partial")]

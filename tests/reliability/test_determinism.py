@@ -34,7 +34,7 @@ def short_runs(tmp_path_factory, digits_dir, cache_dir):
 def test_same_seed_writes_identical_losses(reference_run, short_runs):
   reference, _ = reference_run
   expected = _losses(reference)
-  assert len(expected) >= SHORT + SHORT // KILL_RUN["eval_every_steps"]  # train rows + val rows
+  assert len(expected) >= SHORT + SHORT // KILL_RUN["eval.every_steps"]  # train rows + val rows
   assert _losses(short_runs["same_seed"]) == expected
 
 

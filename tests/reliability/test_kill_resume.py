@@ -118,7 +118,7 @@ def _assert_same_as_uninterrupted(workdir: str, reference_dir: str) -> None:
   """Nothing lost: the same parameters and validation results as without kills."""
   ours, meta = checkpoint.restore_variables(workdir)
   theirs, reference_meta = checkpoint.restore_variables(reference_dir)
-  assert meta["step"] == reference_meta["step"] == KILL_RUN["num_steps"]
+  assert meta["step"] == reference_meta["step"] == KILL_RUN["run.num_steps"]
   for a, b in zip(leaves(ours), leaves(theirs)):
     np.testing.assert_array_equal(a, b)
   # metrics.jsonl: the uninterrupted run's rows, each once and in its order (rows

@@ -24,6 +24,7 @@ from cnnjax.errors import NonFiniteError
 from cnnjax.train import checkpoint, workdir_lock
 from cnnjax.train import checkpoint_integrity as integrity
 from cnnjax import sharding
+from cnnjax.train import config as config_lib
 from cnnjax.train import optim, run, setup, steps
 from cnnjax.train.writer import read_metrics
 
@@ -54,18 +55,11 @@ class Probe(nn.Module):
 @pytest.fixture(scope="module")
 def probe():
   """(initial state, the train step jitted once for all cases)."""
-  config = {"optimizer": "sgd", "learning_rate": 0.1, "lr_scaling": "none", "batch_size": 8,
-            "lr_base_batch_size": 256, "momentum": 0.9, "nesterov": False,
-            "weight_decay": 1e-4, "weight_decay_mask": "kernels", "grad_clip_norm": 0.0,
-            "schedule": "constant", "lr_decay_factor": 0.1, "lr_boundaries_steps": (),
-            "lr_boundaries_epochs": (), "lr_decay_every_steps": -1,
-            "lr_decay_every_epochs": -1.0, "warmup_steps": -1, "warmup_epochs": -1.0,
-            "plateau_patience": 1, "plateau_rtol": 1e-3, "plateau_max_reductions": 3,
-            "error_warmup_factor": 0.0, "error_warmup_threshold": 0.8,
-            "loss": "categorical_cross_entropy", "label_smoothing": 0.0, "aux_loss_weight": 0.3,
-            "ema_decay": 0.0}
-  tx = optim.create_optimizer(config)
-  rules = setup.step_rules(config, steps_per_epoch=10, total_steps=100)
+  # The defaults of config.optimizer, config.schedule and config.loss: SGD at lr 0.1.
+  settings = config_lib.Settings()
+  tx = optim.create_optimizer(settings.optimizer, batch_size=8)
+  rules = setup.step_rules(settings.optimizer, settings.schedule, settings.loss, batch_size=8,
+                           steps_per_epoch=10, total_steps=100)
   init = setup.state_initializer(Probe(), tx, rules, (8, 8, 3))
   return setup.create_state(init, sharding.make_mesh(), 0), jax.jit(steps.train_step_fn)
 
@@ -141,8 +135,8 @@ def test_loop_stops_at_the_poisoned_step_and_keeps_the_last_good_checkpoint(
                   r"statistic of batch_stats/\S+) is NaN/Inf", message), message
   # Saved before the bad step: every checkpoint step, and the validation step 4 as
   # the best so far; the newest of them is the last good one.
-  saves = [s for s in range(1, POISONED_STEP) if s % KILL_RUN["checkpoint_every_steps"] == 0
-           or s % KILL_RUN["eval_every_steps"] == 0]
+  saves = [s for s in range(1, POISONED_STEP) if s % KILL_RUN["checkpoint.every_steps"] == 0
+           or s % KILL_RUN["eval.every_steps"] == 0]
   last_good = max(saves)
   assert f"last good checkpoint is step {last_good}" in message, message
 

@@ -92,12 +92,12 @@ def test_torch_weights_are_loaded_weights_only(tmp_path):
 
 
 @pytest.mark.parametrize("template", [
-    "--config.model=__import__('pathlib').Path({marker!r}).touch()",
-    "--config.dataset=image_folder:{marker}';__import__('pathlib').Path({marker!r}).touch();'",
-    "--config.model_kwargs={{'width_multiplier': __import__('pathlib').Path({marker!r}).touch()}}",
-    "--config.lr_boundaries_steps=(__import__('pathlib').Path({marker!r}).touch(),)",
-    "--config.batch_size=__import__('pathlib').Path({marker!r}).touch()",
-    "--config.learning_rate=exec('import pathlib; pathlib.Path({marker!r}).touch()')",
+    "--config.model.name=__import__('pathlib').Path({marker!r}).touch()",
+    "--config.input.dataset=image_folder:{marker}';__import__('pathlib').Path({marker!r}).touch();'",
+    "--config.model.kwargs={{'width_multiplier': __import__('pathlib').Path({marker!r}).touch()}}",
+    "--config.schedule.multistep.boundaries_steps=(__import__('pathlib').Path({marker!r}).touch(),)",
+    "--config.run.batch_size=__import__('pathlib').Path({marker!r}).touch()",
+    "--config.optimizer.learning_rate=exec('import pathlib; pathlib.Path({marker!r}).touch()')",
 ])
 def test_command_line_overrides_are_never_evaluated(template, tmp_path):
   marker = str(tmp_path / "evaluated")
@@ -113,11 +113,13 @@ def test_command_line_overrides_are_never_evaluated(template, tmp_path):
     return
   parsed = json.loads(match.group(1))
   key, _, raw = flag[len("--config."):].partition("=")
-  value = parsed[key]
+  value = parsed
+  for name in key.split("."):
+    value = value[name]
   # Kept as the text it was given: the whole string, or strings inside a tuple.
   assert value == raw or (isinstance(value, list) and all(isinstance(v, str) for v in value)
                           and "".join(value) in raw), (key, value)
-  if key != "dataset":  # not a model name, not a number: validation refuses it
+  if key != "input.dataset":  # not a model name, not a number: validation refuses it
     with pytest.raises(ConfigError, match=f"config.{key}"):
       config_lib.validate(parsed, model_names=["cifar_resnet20"])
 

@@ -28,20 +28,22 @@ if MODE == "multi":
                              process_id=int(sys.argv[4]), initialization_timeout=60)
 
 from cnnjax import sharding  # noqa: E402
-from cnnjax.train import checkpoint, optim, setup, steps  # noqa: E402
+from cnnjax.train import checkpoint, setup, steps  # noqa: E402
 
 GLOBAL_BATCH = 16
 NUM_STEPS = 3
 IMAGE_SHAPE = (16, 16, 3)
 
 
-def make_config(bn_group_size: int) -> dict:
+def make_config(bn_group_size: int):
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-  from train_helpers import optimizer_config  # pylint: disable=g-import-not-at-top
-  return optimizer_config(
-      model="cifar_resnet20", model_kwargs={"stage_sizes": (1, 1, 1), "width_multiplier": 0.25},
-      num_classes=10, dtype="float32", bn_group_size=bn_group_size, batch_size=GLOBAL_BATCH,
-      learning_rate=0.1, ema_decay=0.9)
+  from train_helpers import settings_with  # pylint: disable=g-import-not-at-top
+  return settings_with(**{
+      "model.name": "cifar_resnet20",
+      "model.kwargs": {"stage_sizes": (1, 1, 1), "width_multiplier": 0.25},
+      "model.num_classes": 10, "model.dtype": "float32", "model.bn_group_size": bn_group_size,
+      "run.batch_size": GLOBAL_BATCH, "optimizer.learning_rate": 0.1,
+      "optimizer.ema_decay": 0.9})
 
 
 def batches():
@@ -53,11 +55,9 @@ def batches():
 
 def train(devices, bn_group_size: int):
   """(state, mesh) after NUM_STEPS steps on a mesh of `devices` (this process feeds its rows)."""
-  config = make_config(bn_group_size)
   mesh = sharding.make_mesh(devices)
-  model = setup.create_model(config, num_devices=len(devices))
-  tx = optim.create_optimizer(config)
-  rules = setup.step_rules(config, steps_per_epoch=10, total_steps=100)
+  from train_helpers import run_objects  # pylint: disable=g-import-not-at-top
+  model, tx, rules = run_objects(make_config(bn_group_size), num_devices=len(devices))
   init = setup.state_initializer(model, tx, rules, IMAGE_SHAPE)
   state = setup.create_state(init, mesh, seed=0)
   train_fn, _, _ = steps.jit_for_mesh(mesh)

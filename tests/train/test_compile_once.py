@@ -40,8 +40,9 @@ def two_runs(digits_dir, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("compile_once"))
   # Plateau schedule with patience 1: the validation error feeds the learning
   # rate through after_validation, which changes lr_control arrays in the state.
-  config = make_tiny_config(digits_dir, num_steps=8, schedule="plateau", plateau_patience=1,
-                            eval_every_steps=2, checkpoint_every_steps=2, log_every_steps=1)
+  config = make_tiny_config(digits_dir, **{
+      "run.num_steps": 8, "schedule.name": "plateau", "schedule.plateau.patience": 1,
+      "eval.every_steps": 2, "checkpoint.every_steps": 2, "run.log_every_steps": 1})
   with CompileCounter() as first:
     first_summary = run(config, workdir, stop_after_steps=5)
   first_summary["checkpoints"] = _checkpoints(workdir)

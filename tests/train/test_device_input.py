@@ -181,7 +181,7 @@ def test_the_train_and_eval_steps_apply_the_rules_device_input():
 
 @pytest.mark.slow
 def test_a_run_on_uint8_batches_resumes_exactly(tmp_path, digits_dir, monkeypatch):
-  # input_boundary="uint8" ships uint8 even on the CPU backend.
+  # input.boundary="uint8" ships uint8 even on the CPU backend.
   traced = []
   original = di.DeviceInput.train
 
@@ -189,9 +189,9 @@ def test_a_run_on_uint8_batches_resumes_exactly(tmp_path, digits_dir, monkeypatc
     traced.append((str(images.dtype), window is not None, self.photometric.hue, self.pca is not None))
     return original(self, images, rng, step, window, crop)
   monkeypatch.setattr(di.DeviceInput, "train", spy)
-  settings = dict(augment="inception", normalize="per_channel_std", num_steps=4,
-                  checkpoint_every_steps=2, log_every_steps=2,
-                  input_boundary="uint8", augment_kwargs={"hue": 0.1, "pca_color": True})
+  settings = {"input.augment": "inception", "input.normalize": "per_channel_std",
+              "run.num_steps": 4, "checkpoint.every_steps": 2, "run.log_every_steps": 2,
+              "input.boundary": "uint8", "input.augment_kwargs": {"hue": 0.1, "pca_color": True}}
   straight = str(tmp_path / "straight")
   run(make_tiny_config(digits_dir, **settings), straight)
   resumed = str(tmp_path / "resumed")

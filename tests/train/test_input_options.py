@@ -1,4 +1,4 @@
-"""The run's input options: config.max_resolution (bounded copy) and config.input_boundary."""
+"""The run's input options: config.input.max_resolution (bounded copy) and config.input.boundary."""
 
 from __future__ import annotations
 
@@ -6,25 +6,26 @@ import os
 
 import numpy as np
 import pytest
+from train_helpers import set_values
 
-from cnnjax.configs import base
 from cnnjax.errors import ConfigError
 from cnnjax.train import config as config_lib
 from cnnjax.train import inputs
 
 
-def _config(**overrides):
-  c = base.default_values()
-  c.update(num_steps=1)
-  c.update(overrides)
+def _config(**input_settings):
+  """The base config with a length and these config.input settings (nested dicts)."""
+  c = config_lib.defaults()
+  c["run"]["num_steps"] = 1
+  c["input"].update(input_settings)
   return c
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"max_resolution": 8}, r"max_resolution=8 .* >= 32"),
-    ({"input_boundary": "dali", "max_resolution": 320}, r"0 with input_boundary='dali'"),
-    ({"input_boundary": "torch"}, r"input_boundary"),
-    ({"input_boundary": "on"}, r"input_boundary"),
+    ({"max_resolution": 8}, r"input.max_resolution=8 .* >= 32"),
+    ({"boundary": "dali", "max_resolution": 320}, r"0 with input.boundary='dali'"),
+    ({"boundary": "torch"}, r"input.boundary"),
+    ({"boundary": "on"}, r"input.boundary"),
 ])
 def test_bad_input_options_are_refused_before_anything_runs(overrides, message):
   with pytest.raises(ConfigError, match=message):
@@ -43,14 +44,17 @@ def photo_folder(tmp_path_factory) -> str:
 
 
 def _first_batch(config):
-  return next(iter(inputs.open_inputs(config, mesh=None).train_batches(0)))
+  settings = config_lib.validate(config)
+  opened = inputs.open_inputs(settings.input, settings.eval, mesh=None, batch_size=4, seed=0,
+                              image_size=settings.input.image_size)
+  return next(iter(opened.train_batches(0)))
 
 
 def test_max_resolution_trains_on_the_prepared_copy(photo_folder, tmp_path):
   c = _config(dataset=f"image_folder:{photo_folder}", data_dir=str(tmp_path), augment="inception",
-              normalize="imagenet", image_size=32, batch_size=4)
+              normalize="imagenet", image_size=32)
   original = _first_batch(c)
-  bounded = _first_batch(dict(c, max_resolution=64))
+  bounded = _first_batch(_config(**dict(c["input"], max_resolution=64)))
   assert os.listdir(os.path.join(tmp_path, "cnnjax_bounded"))  # prepared beside the original
   assert bounded["image"].shape == original["image"].shape == (4, 32, 32, 3)
   np.testing.assert_array_equal(bounded["label"], original["label"])  # same order and draws
@@ -60,7 +64,7 @@ def test_max_resolution_trains_on_the_prepared_copy(photo_folder, tmp_path):
 def test_dali_pipeline_feeds_the_run(photo_folder, tmp_path):
   pytest.importorskip("nvidia.dali", reason="DALI is the optional [dali] extra")
   c = _config(dataset=f"image_folder:{photo_folder}", data_dir=str(tmp_path), augment="inception",
-              normalize="imagenet", image_size=32, batch_size=4, input_boundary="dali")
+              normalize="imagenet", image_size=32, boundary="dali")
   config_lib.validate(c)
   batch = _first_batch(c)
   assert batch["image"].dtype == np.uint8 and batch["image"].shape == (4, 32, 32, 3)
@@ -133,12 +137,12 @@ def test_a_run_trains_on_device_resized_crops(photo_folder, tmp_path):
   """Through the loop: the step gets "crop" and resizes; the state is finite."""
   import jax
   from cnnjax.train.loop import run
-  config = dict(_config(dataset=f"image_folder:{photo_folder}", data_dir=str(tmp_path / "data"),
-                        augment="inception", normalize="imagenet", image_size=32, batch_size=4,
-                        num_steps=3, model="cifar_resnet20", input_boundary="canvas",
-                        model_kwargs={"stage_sizes": (1, 1, 1), "width_multiplier": 0.25},
-                        eval_split="train", eval_num_batches=1, progress_bar=False,
-                        compilation_cache_dir="", max_resolution=64))
+  config = _config(dataset=f"image_folder:{photo_folder}", data_dir=str(tmp_path / "data"),
+                   augment="inception", normalize="imagenet", image_size=32, boundary="canvas",
+                   eval_split="train", max_resolution=64)
+  set_values(config, {"run.batch_size": 4, "run.num_steps": 3, "model.name": "cifar_resnet20",
+                      "model.kwargs": {"stage_sizes": (1, 1, 1), "width_multiplier": 0.25},
+                      "eval.num_batches": 1, "run.progress_bar": False})
   result = run(config, str(tmp_path / "run"))
   assert result["step"] == 3 and np.isfinite(result["eval"]["loss"])
   leaves = jax.tree_util.tree_leaves(result["variables"])
@@ -157,8 +161,9 @@ def test_a_one_class_folder_is_refused_before_anything_compiles(tmp_path, monkey
     for i in range(3):
       write_image(str(tmp_path / "one" / split / "cat" / f"{i}.jpg"), smooth_image(rng, 40, 40))
   monkeypatch.setattr(steps, "train_step", lambda *a, **k: pytest.fail("compiled a step"))
-  config = dict(_config(dataset=f"image_folder:{tmp_path / 'one'}", data_dir=str(tmp_path / "d"),
-                        image_size=16, batch_size=2, model="cifar_resnet20", progress_bar=False,
-                        compilation_cache_dir=""))
+  config = _config(dataset=f"image_folder:{tmp_path / 'one'}", data_dir=str(tmp_path / "d"),
+                   image_size=16)
+  set_values(config, {"run.batch_size": 2, "model.name": "cifar_resnet20",
+                      "run.progress_bar": False})
   with pytest.raises(DataError, match="has 1 class.*at least 2"):
     run(config, str(tmp_path / "run"))

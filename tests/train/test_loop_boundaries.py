@@ -32,7 +32,7 @@ def test_metrics_reach_the_host_only_at_boundaries(tiny_config, tmp_path, monkey
   calls = []
   real_to_host = metrics_lib.to_host
   monkeypatch.setattr(metrics_lib, "to_host", lambda tree: calls.append(1) or real_to_host(tree))
-  config = tiny_config(num_steps=12, log_every_steps=4, eval_every_steps=-1)
+  config = tiny_config(**{"run.num_steps": 12, "run.log_every_steps": 4, "eval.every_steps": -1})
   with jax.transfer_guard_device_to_host("disallow"):
     summary = run(config, str(tmp_path / "guarded"))
   assert summary["step"] == 12
@@ -43,17 +43,19 @@ def test_metrics_reach_the_host_only_at_boundaries(tiny_config, tmp_path, monkey
 
 
 def test_run_returns_the_final_variables(tiny_config, tmp_path):
-  config = tiny_config(num_steps=2)
+  config = tiny_config(**{"run.num_steps": 2})
   summary = run(config, str(tmp_path / "variables"))
-  model = models.create(config.model, num_classes=10, **config.model_kwargs)
-  images = np.zeros((2, config.image_size, config.image_size, 3), np.float32)
+  model = models.create(config.model.name, num_classes=10, **config.model.kwargs)
+  size = config.input.image_size
+  images = np.zeros((2, size, size, 3), np.float32)
   logits = model.apply(summary["variables"], images)
   assert logits.shape == (2, 10) and np.isfinite(np.asarray(logits)).all()
   assert set(summary["variables"]) == {"params", "batch_stats"}
 
 
 def test_synthetic_dataset_runs_the_loop_without_host_input(tiny_config, tmp_path):
-  config = tiny_config(dataset="synthetic", num_classes=10, num_steps=4, log_every_steps=2)
+  config = tiny_config(**{"input.dataset": "synthetic", "model.num_classes": 10,
+                          "run.num_steps": 4, "run.log_every_steps": 2})
   summary = run(config, str(tmp_path / "synthetic"))
   assert summary["step"] == 4 and summary["eval"]["num_examples"] > 0
 
@@ -66,8 +68,8 @@ def test_prefetch_keeps_order_and_refuses_a_depth_below_one(tiny_config, tmp_pat
   assert all(isinstance(b["image"], jax.Array) for b in placed)
   with pytest.raises(ValueError, match="depth"):
     next(sharding.prefetch_to_device(iter(batches), mesh, depth=0))
-  with pytest.raises(ConfigError, match="prefetch_batches"):
-    run(tiny_config(prefetch_batches=0), str(tmp_path / "no_prefetch"))
+  with pytest.raises(ConfigError, match="input.prefetch_batches"):
+    run(tiny_config(**{"input.prefetch_batches": 0}), str(tmp_path / "no_prefetch"))
 
 
 def test_the_whole_loop_runs_without_tensorflow_or_ml_collections(tmp_path):
@@ -77,11 +79,12 @@ def test_the_whole_loop_runs_without_tensorflow_or_ml_collections(tmp_path):
   script = f"""
 import sys
 sys.modules.update(tensorflow=None, tensorflow_datasets=None, ml_collections=None)
-from cnnjax.configs import base
-from cnnjax.train import run
-config = dict(base.default_values(), dataset="synthetic", num_classes=10, image_size=16,
-              batch_size=8, num_steps=2, log_every_steps=1, progress_bar=False,
-              model_kwargs={{"stage_sizes": (1, 1, 1), "width_multiplier": 0.25}})
+from cnnjax.train import config as config_lib, run
+config = config_lib.defaults()
+config["input"].update(dataset="synthetic", image_size=16)
+config["model"].update(num_classes=10,
+                       kwargs={{"stage_sizes": (1, 1, 1), "width_multiplier": 0.25}})
+config["run"].update(batch_size=8, num_steps=2, log_every_steps=1, progress_bar=False)
 summary = run(config, {str(tmp_path / "bare")!r})
 assert summary["step"] == 2, summary
 print("OK", sorted(m for m, module in sys.modules.items()
@@ -94,8 +97,9 @@ print("OK", sorted(m for m, module in sys.modules.items()
 
 
 def test_boundary_uint8_ships_uint8_through_the_loop(tiny_config, tmp_path):
-  config = tiny_config(input_boundary="uint8", augment="cifar", num_steps=4)
-  prepared = loop.prepare(loop.config_lib.RunConfig(config), str(tmp_path / "uint8"))
+  config = tiny_config(**{"input.boundary": "uint8", "input.augment": "cifar",
+                          "run.num_steps": 4})
+  prepared = loop.prepare(loop.config_lib.validate(config), str(tmp_path / "uint8"))
   assert prepared.first_batch["image"].dtype == np.uint8  # a quarter of float32's bytes
   assert prepared.rules.device_input is not None
   summary = run(config, str(tmp_path / "uint8_run"))

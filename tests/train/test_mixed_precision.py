@@ -1,6 +1,6 @@
 """Mixed precision, read from the program XLA receives.
 
-config.dtype="bfloat16" builds the model with dtype=bfloat16 and
+config.model.dtype="bfloat16" builds the model with dtype=bfloat16 and
 param_dtype=float32 (`setup.create_model`). The train step's HLO, as jit
 lowers it for any backend, must then run every convolution and matmul in
 bfloat16 while BatchNorm normalises in float32 and the loss (log-softmax)
@@ -33,7 +33,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import pytest
-from train_helpers import optimizer_config
+from train_helpers import run_objects, settings_with
 
 from cnnjax.errors import ConfigError
 from cnnjax.train import optim, setup, steps
@@ -50,11 +50,13 @@ INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?[\w.\-]+ = (\w+)\[([\d,]*)\]\S* ([\w-
 
 
 def run_config(dtype: str, batch_size: int = 8, num_devices: int = 1):
-  """The keys setup and optim read (a plain dict), for the small CIFAR ResNet."""
+  """The Settings setup and optim read, for the small CIFAR ResNet."""
   del num_devices
   # cpu_kernels "off": the program every backend gets, not the CPU-tuned variant.
-  return optimizer_config(model=MODEL, model_kwargs=dict(MODEL_KWARGS), num_classes=NUM_CLASSES,
-                          dtype=dtype, batch_size=batch_size, bn_group_size=0, cpu_kernels="off")
+  return settings_with(**{"model.name": MODEL, "model.kwargs": dict(MODEL_KWARGS),
+                          "model.num_classes": NUM_CLASSES, "model.dtype": dtype,
+                          "run.batch_size": batch_size, "model.bn_group_size": 0,
+                          "model.cpu_kernels": "off"})
 
 
 def instructions(hlo: str, opcode: str) -> list[tuple[str, str]]:
@@ -63,10 +65,7 @@ def instructions(hlo: str, opcode: str) -> list[tuple[str, str]]:
 
 
 def _step_program(dtype: str):
-  config = run_config(dtype)
-  model = setup.create_model(config, num_devices=1)
-  tx = optim.create_optimizer(config)
-  rules = setup.step_rules(config, steps_per_epoch=10, total_steps=100)
+  model, tx, rules = run_objects(run_config(dtype))
   init = setup.state_initializer(model, tx, rules, IMAGE_SHAPE)
   state = jax.eval_shape(init, jax.random.PRNGKey(0))
   batch = {"image": jax.ShapeDtypeStruct((8,) + IMAGE_SHAPE, jnp.float32),
@@ -142,12 +141,10 @@ import jax, jax.numpy as jnp
 from cnnjax import sharding
 from cnnjax.train import optim, setup, steps
 from test_mixed_precision import IMAGE_SHAPE, run_config
+from train_helpers import run_objects
 
-config = run_config("bfloat16", batch_size=16)
 mesh = sharding.make_mesh()
-model = setup.create_model(config, num_devices=8)
-tx = optim.create_optimizer(config)
-rules = setup.step_rules(config, steps_per_epoch=10, total_steps=100)
+model, tx, rules = run_objects(run_config("bfloat16", batch_size=16), num_devices=8)
 init = setup.state_initializer(model, tx, rules, IMAGE_SHAPE)
 state = sharding.abstract_replicated(init, mesh, jax.random.PRNGKey(0))
 rows = sharding.batch_sharded(mesh)
@@ -206,10 +203,10 @@ def test_gradient_all_reduce_dtypes_on_8_devices(tmp_path):
 
 def test_float16_is_refused_with_a_pointer_to_bfloat16(tiny_config, tmp_path):
   from cnnjax.train import config as config_lib
-  config = tiny_config(dtype="float16")
+  config = tiny_config(**{"model.dtype": "float16"})
   with pytest.raises(ConfigError, match="bfloat16") as error:
     config_lib.validate(config, num_devices=1)
-  assert "config.dtype='float16'" in str(error.value) and "loss scaling" in str(error.value)
+  assert "config.model.dtype='float16'" in str(error.value) and "loss scaling" in str(error.value)
   from cnnjax.train import run
   with pytest.raises(ConfigError, match="float16"):
     run(config, str(tmp_path / "workdir"))

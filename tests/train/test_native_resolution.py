@@ -33,22 +33,29 @@ def colour_folder(tmp_path_factory) -> str:
 
 
 def test_default_image_size_is_the_models_native_resolution(colour_folder, tmp_path, capsys):
-  config = make_tiny_config(str(tmp_path / "data"), dataset=f"image_folder:{colour_folder}",
-                            image_size=0, num_steps=30, batch_size=16, eval_num_batches=0,
-                            learning_rate=0.05)
+  config = make_tiny_config(str(tmp_path / "data"), **{
+      "input.dataset": f"image_folder:{colour_folder}", "input.image_size": 0,
+      "run.num_steps": 30, "run.batch_size": 16, "eval.num_batches": 0,
+      "optimizer.learning_rate": 0.05})
   workdir = str(tmp_path / "run")
   summary = run(config, workdir)
   with open(os.path.join(workdir, "config.json")) as f:
-    assert json.load(f)["image_size"] == 32  # cifar_resnet20's, not 224
+    assert json.load(f)["input"]["image_size"] == 32  # cifar_resnet20's, not 224
   assert summary["eval"]["top1_error"] <= 0.10, summary["eval"]
   out = capsys.readouterr().out
   note = [line for line in out.splitlines() if line.startswith("note:")]
-  assert len(note) == 1 and "config.image_size" in note[0] and "32" in note[0], out
+  assert len(note) == 1 and "config.input.image_size" in note[0] and "32" in note[0], out
+
+
+def _input(config):
+  from cnnjax.train import config as config_lib
+  return config_lib.validate(config).input
 
 
 def test_no_note_when_the_images_fit(colour_folder, digits_dir):
-  config = make_tiny_config(digits_dir, image_size=0)
-  assert inputs.resolve_image_size(config, 32) == (32, None)  # digits are 32x32
-  size, note = inputs.resolve_image_size(
-      make_tiny_config(digits_dir, dataset=f"image_folder:{colour_folder}", image_size=64), 32)
+  config = make_tiny_config(digits_dir, **{"input.image_size": 0})
+  assert inputs.resolve_image_size(_input(config), 32) == (32, None)  # digits are 32x32
+  size, note = inputs.resolve_image_size(_input(make_tiny_config(
+      digits_dir, **{"input.dataset": f"image_folder:{colour_folder}", "input.image_size": 64})),
+                                         32)
   assert size == 64 and note is None  # ~80-pixel images at 64: close enough

@@ -12,13 +12,13 @@ from cnnjax.errors import ConfigError
 ])
 def test_shortcut_and_version_options(arg, kwargs):
   config = resnet_imagenet.get_config(arg)
-  assert dict(config.get("model_kwargs") or {}) == kwargs
-  assert config.model == "resnet" + arg.split(",")[0]
+  assert dict(config.model.kwargs or {}) == kwargs
+  assert config.model.name == "resnet" + arg.split(",")[0]
 
 
 def test_shortcut_options_build_the_papers_networks():
   from cnnjax import models
-  a = models.create("resnet34", num_classes=10, **resnet_imagenet.get_config("34,A").model_kwargs)
+  a = models.create("resnet34", num_classes=10, **resnet_imagenet.get_config("34,A").model.kwargs)
   assert a.shortcut == "A"
 
 

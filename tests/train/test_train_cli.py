@@ -31,17 +31,25 @@ def _train(*args, timeout=120):
 
 @pytest.mark.parametrize("flag,message", [
     # ml_collections' own words, on one line
-    ("--config.learning_rat=0.1",
-     "ConfigError: --config.learning_rat=0.1: unknown config key 'learning_rat'.*Did you mean "
-     "\"learning_rate\""),
+    ("--config.optimizer.learning_rat=0.1",
+     "ConfigError: --config.optimizer.learning_rat=0.1: unknown config key 'learning_rat'.*Did "
+     "you mean \"learning_rate\""),
+    ("--config.schedule.plateau.paitence=3", "Did you mean \"patience\""),
     # what ml_collections cannot say: the form a free-form dict takes ...
-    ("--config.model_kwargs.depth=3",
-     "ConfigError: .*free-form dict.*--config.model_kwargs=\"{'depth': 3}\""),
+    ("--config.model.kwargs.depth=3",
+     "ConfigError: .*free-form dict.*--config.model.kwargs=\"{'depth': 3}\""),
     # ... a bare word suggested as a quoted string, the form that parses ...
-    ("--config.augment_kwargs.photometric=device",
-     "--config.augment_kwargs=\"{'photometric': 'device'}\""),
-    # ... and that a plain value has no sub-keys
-    ("--config.model.depth=3", "ConfigError: --config.model.depth=3: config.model is a str"),
+    ("--config.input.augment_kwargs.photometric=device",
+     "--config.input.augment_kwargs=\"{'photometric': 'device'}\""),
+    # ... that a plain value has no sub-keys ...
+    ("--config.model.name.depth=3",
+     "ConfigError: --config.model.name.depth=3: config.model.name is a str"),
+    # ... and where a name of the flat layout went
+    ("--config.learning_rate=0.1",
+     "config.learning_rate is now config.optimizer.learning_rate"),
+    ("--config.learning_rat=0.1", "did you mean config.optimizer.learning_rate"),
+    ("--config.input_pipeline=dali",
+     "config.input_pipeline was removed; use config.input.boundary"),
 ])
 def test_config_mistakes_fail_before_any_compute(flag, message, tmp_path):
   import re
@@ -53,8 +61,8 @@ def test_config_mistakes_fail_before_any_compute(flag, message, tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--config.batch_size=big"],
-     "Flags parsing error: flag --config.batch_size=big: invalid literal for int"),
+    (["--config.run.batch_size=big"],
+     "Flags parsing error: flag --config.run.batch_size=big: invalid literal for int"),
     (["--config=cnnjax/configs/vgg_imagenet.py:Z"], "ConfigError: vgg_imagenet.py argument 'Z'"),
     (["--num_processes=two"], "Flags parsing error: flag --num_processes=two"),
 ])
@@ -87,32 +95,33 @@ runpy.run_path({TRAIN!r}, run_name='__main__')
 
 
 def test_bad_value_is_named_by_run(tmp_path):
-  result = _train(f"--workdir={tmp_path / 'w'}", "--config.augment=cifar100")
+  result = _train(f"--workdir={tmp_path / 'w'}", "--config.input.augment=cifar100")
   assert result.returncode == 1
-  assert "ConfigError: config.augment='cifar100' is not one of" in result.stderr
+  assert "ConfigError: config.input.augment='cifar100' is not one of" in result.stderr
 
 
 def test_overrides_are_literals_never_code(tmp_path):
-  result = _train(f"--workdir={tmp_path / 'w'}", "--config.dataset=__import__('os').getcwd()",
-                  "--config.model=cifar_resnet2O")
+  result = _train(f"--workdir={tmp_path / 'w'}", "--config.input.dataset=__import__('os').getcwd()",
+                  "--config.model.name=cifar_resnet2O")
   assert result.returncode == 1
   assert "cifar_resnet20" in result.stderr  # the suggestion for the typo, nothing executed
 
 
-TINY = ["--config.model_kwargs={'stage_sizes': (1, 1, 1), 'width_multiplier': 0.25}",
-        "--config.image_size=16", "--config.batch_size=16", "--config.eval_num_batches=1",
-        "--config.schedule=constant", "--config.warmup_steps=-1", "--config.log_every_steps=1",
-        "--config.checkpoint_every_steps=-1", "--config.eval_every_steps=-1",
-        "--config.progress_bar=false"]
+TINY = ["--config.model.kwargs={'stage_sizes': (1, 1, 1), 'width_multiplier': 0.25}",
+        "--config.input.image_size=16", "--config.run.batch_size=16", "--config.eval.num_batches=1",
+        "--config.schedule.name=constant", "--config.schedule.warmup_steps=-1",
+        "--config.run.log_every_steps=1",
+        "--config.checkpoint.every_steps=-1", "--config.eval.every_steps=-1",
+        "--config.run.progress_bar=false"]
 
 
 @pytest.mark.slow
 def test_sigterm_saves_and_the_same_command_resumes(tmp_path, digits_dir):
   workdir = str(tmp_path / "w")
   # The second run finds its programs in the persistent compilation cache.
-  cache = f"--config.compilation_cache_dir={tmp_path / 'jax_cache'}"
-  args = [sys.executable, TRAIN, f"--workdir={workdir}", f"--config.data_dir={digits_dir}",
-          "--config.num_steps=100000", *TINY, cache, "--config.profile_steps=(2, 2)"]
+  cache = f"--config.run.compilation_cache_dir={tmp_path / 'jax_cache'}"
+  args = [sys.executable, TRAIN, f"--workdir={workdir}", f"--config.input.data_dir={digits_dir}",
+          "--config.run.num_steps=100000", *TINY, cache, "--config.run.profile_steps=(2, 2)"]
   proc = subprocess.Popen(args, cwd=REPO, env=_env(), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
   try:
@@ -136,7 +145,7 @@ def test_sigterm_saves_and_the_same_command_resumes(tmp_path, digits_dir):
   assert not os.path.exists(os.path.join(workdir, "LOCK.owner"))  # released
   assert os.path.isdir(os.path.join(workdir, "profile"))
 
-  result = subprocess.run(args[:4] + [f"--config.num_steps={saved + 2}"] + args[5:-1], cwd=REPO,
+  result = subprocess.run(args[:4] + [f"--config.run.num_steps={saved + 2}"] + args[5:-1], cwd=REPO,
                           env=_env(), capture_output=True, text=True, timeout=240)
   assert result.returncode == 0, result.stderr[-3000:]
   assert f"resumed from step {saved}" in result.stdout
@@ -172,9 +181,11 @@ def _module_train(*args, cwd, timeout=120):
 
 def test_recipes_are_found_by_name_from_any_directory(tmp_path):
   """`--config resnet_cifar10:110` outside the checkout reaches the run (which refuses -3 steps)."""
-  result = _module_train("--config", "resnet_cifar10:110", "--config.num_steps=-3", cwd=tmp_path)
+  result = _module_train("--config", "resnet_cifar10:110", "--config.run.num_steps=-3",
+                         cwd=tmp_path)
   assert result.returncode == 1, result.stderr[-2000:]
-  assert "ConfigError: " in result.stderr and "num_steps" in result.stderr, result.stderr[-2000:]
+  assert "ConfigError: " in result.stderr and "run.num_steps" in result.stderr, (
+      result.stderr[-2000:])
   assert "Traceback" not in result.stderr
 
 
@@ -188,7 +199,7 @@ def test_an_unknown_recipe_name_suggests_the_close_ones(tmp_path):
 def test_recipe_names_and_paths_resolve():
   from cnnjax.configs import recipe_path
   from cnnjax.train.__main__ import resolve_recipe_names
-  argv = ["cnnjax-train", "--config", "quickstart", "--config.num_steps=3"]
+  argv = ["cnnjax-train", "--config", "quickstart", "--config.run.num_steps=3"]
   assert resolve_recipe_names(argv)[2] == recipe_path("quickstart")
   assert resolve_recipe_names(["p", "--config=vgg_imagenet:D,jitter"])[1] == (
       "--config=" + recipe_path("vgg_imagenet") + ":D,jitter")

@@ -18,8 +18,9 @@ from cnnjax.train.writer import read_metrics
 
 # Plateau schedule, EMA and mid-run evaluations make the resume test cover
 # every piece of state that is not a parameter.
-RESUME_SETTINGS = dict(num_steps=8, eval_every_steps=4, checkpoint_every_steps=4,
-                       schedule="plateau", plateau_patience=1, ema_decay=0.9, log_every_steps=4)
+RESUME_SETTINGS = {"run.num_steps": 8, "eval.every_steps": 4, "checkpoint.every_steps": 4,
+                   "schedule.name": "plateau", "schedule.plateau.patience": 1,
+                   "optimizer.ema_decay": 0.9, "run.log_every_steps": 4}
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,9 @@ def test_run_writes_metrics_checkpoints_and_learns(straight_run):
     assert os.path.exists(os.path.join(workdir, name)), name
   assert workdir_lock.read_owner(workdir) is None  # released: nobody holds the workdir
   with open(os.path.join(workdir, "config.json")) as f:
-    assert json.load(f)["num_classes"] == 10  # resolved from the dataset
+    stored = json.load(f)
+  assert stored["model"]["num_classes"] == 10  # resolved from the dataset
+  assert stored["input"]["image_size"] == 16
   train_rows = read_metrics(workdir, "train")
   assert [r["step"] for r in train_rows] == [4, 8]
   for row in train_rows:
@@ -82,7 +85,7 @@ def test_interrupted_and_resumed_run_is_bitwise_identical(straight_run, tmp_path
 def test_restore_for_eval(straight_run, digits_dir):
   workdir, _ = straight_run
   config, model, variables = checkpoint.restore_for_eval(workdir)
-  assert config.model == "cifar_resnet20" and config.num_classes == 10
+  assert config.model.name == "cifar_resnet20" and config.model.num_classes == 10
   assert set(variables) == {"params", "batch_stats"}
   logits = model.apply(variables, np.zeros((2, 16, 16, 3), np.float32), train=False)
   assert logits.shape == (2, 10)
@@ -99,33 +102,35 @@ def test_workdir_of_another_model_fails_before_compute(straight_run, digits_dir,
   monkeypatch.setattr(loop.setup, "create_state", no_compute)
   monkeypatch.setattr(loop.steps, "jit_for_mesh", no_compute)
   other = make_tiny_config(digits_dir, **RESUME_SETTINGS)
-  other.model_kwargs = {"stage_sizes": (1, 1, 1), "width_multiplier": 0.5}
+  other.model.kwargs = {"stage_sizes": (1, 1, 1), "width_multiplier": 0.5}
   with pytest.raises(CheckpointError, match="different model"):
     run(other, workdir)
   other = make_tiny_config(digits_dir, **RESUME_SETTINGS)
-  other.num_classes = 12
+  other.model.num_classes = 12
   with pytest.raises(CheckpointError, match="num_classes"):
     run(other, workdir)
-  other = make_tiny_config(digits_dir, **dict(RESUME_SETTINGS, ema_decay=0.0))
+  other = make_tiny_config(digits_dir, **dict(RESUME_SETTINGS, **{"optimizer.ema_decay": 0.0}))
   with pytest.raises(CheckpointError, match="ema_params"):
     run(other, workdir)
 
 
 def test_missing_or_empty_init_from(tmp_path, digits_dir):
-  config = make_tiny_config(digits_dir, model="vgg_a", model_kwargs={"width_multiplier": 0.125},
-                            init_from=str(tmp_path / "nowhere"))
+  config = make_tiny_config(digits_dir, **{"model.name": "vgg_a",
+                                            "model.kwargs": {"width_multiplier": 0.125},
+                                            "model.init_from": str(tmp_path / "nowhere")})
   with pytest.raises(ConfigError, match="init_from"):
     run(config, str(tmp_path / "w"))
   os.makedirs(tmp_path / "empty")
-  config.init_from = str(tmp_path / "empty")
+  config.model.init_from = str(tmp_path / "empty")
   with pytest.raises(CheckpointError, match="no checkpoint"):
     run(config, str(tmp_path / "w"))
 
 
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, digits_dir):
   workdir = str(tmp_path / "diverge")
-  config = make_tiny_config(digits_dir, learning_rate=1e4, num_steps=20, checkpoint_every_steps=1,
-                            log_every_steps=1)
+  config = make_tiny_config(digits_dir, **{"optimizer.learning_rate": 1e4, "run.num_steps": 20,
+                                            "checkpoint.every_steps": 1,
+                                            "run.log_every_steps": 1})
   with pytest.raises(NonFiniteError, match=r"step \d+: the .* is NaN/Inf") as info:
     run(config, workdir)
   bad_step = int(str(info.value).split("step ")[1].split(":")[0])
@@ -141,7 +146,7 @@ VGG_TINY = {"width_multiplier": 0.125, "fc_features": 16}
 def _prepared_run(config, workdir):
   """The loop's set-up without training: config checks, data, model, initial state."""
   os.makedirs(workdir, exist_ok=True)
-  r = loop.prepare(loop.config_lib.RunConfig(config), workdir)
+  r = loop.prepare(loop.config_lib.validate(config), workdir)
   state, how = loop.initial_state(r)
   return r, state, how
 
@@ -149,18 +154,19 @@ def _prepared_run(config, workdir):
 def test_vgg_warm_start_copies_the_papers_layers(tmp_path, digits_dir):
   # A stands in for a trained net A: its random init saved as a step-1 checkpoint.
   source_dir = str(tmp_path / "vgg_a")
-  config_a = make_tiny_config(digits_dir, model="vgg_a", model_kwargs=VGG_TINY, image_size=32)
+  config_a = make_tiny_config(digits_dir, **{"model.name": "vgg_a", "model.kwargs": VGG_TINY,
+                                             "input.image_size": 32})
   r, state_a, _ = _prepared_run(config_a, source_dir)
   loop.save(r, state_a, 1)
   r.store.wait()
   r.store.close()
 
-  config = make_tiny_config(digits_dir, model="vgg_b", model_kwargs=VGG_TINY, image_size=32,
-                            init_from=source_dir)
+  config = make_tiny_config(digits_dir, **{"model.name": "vgg_b", "model.kwargs": VGG_TINY,
+                                           "input.image_size": 32, "model.init_from": source_dir})
   r, state, how = _prepared_run(config, str(tmp_path / "vgg_b"))
   assert "warm start" in how
   source, _ = checkpoint.restore_variables(source_dir)
-  fresh = loop.setup.create_state(r.init_fn, r.mesh, seed=config.seed)
+  fresh = loop.setup.create_state(r.init_fn, r.mesh, seed=config.run.seed)
   copied = {"conv1_1": "conv1_1", "conv2_1": "conv2_1", "conv3_1": "conv3_1",
             "conv3_2": "conv3_2", "fc6": "fc6", "fc7": "fc7", "fc8": "fc8"}
   for layer in state.params:
@@ -188,3 +194,30 @@ def test_warm_start_mapping_for_deeper_nets():
     mapping = warm_start.vgg_layer_mapping(shapes["vgg_a"], shapes[deeper])
     assert mapping == {"conv1_1": "conv1_1", "conv2_1": "conv2_1", "conv3_1": "conv3_1",
                        "conv3_2": "conv3_2", "fc6": "fc6", "fc7": "fc7", "fc8": "fc8"}
+
+
+def test_a_workdir_with_a_flat_config_json_resumes(tmp_path, digits_dir):
+  """config.json as the flat layout wrote it (one dict, old names) still loads: the run
+  resumes from its checkpoint, evaluation rebuilds the model, and the file is rewritten
+  by subtree; a name removed before the grouping is refused with its replacement."""
+  from cnnjax.train import config as config_lib
+  workdir = str(tmp_path / "flat")
+  config = make_tiny_config(digits_dir, **{"run.num_steps": 4})
+  assert run(config, workdir, stop_after_steps=2)["step"] == 2
+  path = os.path.join(workdir, "config.json")
+  with open(path) as f:
+    flat = config_lib.to_flat(json.load(f))
+  assert flat["model"] == "cifar_resnet20" and flat["num_classes"] == 10
+  with open(path, "w") as f:
+    json.dump(flat, f)
+  settings, model, _ = checkpoint.restore_for_eval(workdir)
+  assert settings.model.num_classes == 10 and model.num_classes == 10
+  summary = run(config, workdir)
+  assert summary["step"] == 4 and not summary["interrupted"]
+  with open(path) as f:
+    assert json.load(f)["model"]["name"] == "cifar_resnet20"  # rewritten by subtree
+  with open(path, "w") as f:
+    json.dump(dict(flat, device_preprocessing="on"), f)
+  with pytest.raises(ConfigError, match="device_preprocessing was removed; use "
+                     "config.input.boundary"):
+    run(make_tiny_config(digits_dir, **{"run.num_steps": 6}), workdir)

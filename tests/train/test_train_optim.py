@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from train_helpers import optimizer_config
+from train_helpers import optimizer_settings
 
 from cnnjax.scoring import losses, metrics
 from cnnjax.train import optim
@@ -16,9 +16,15 @@ def _lr(schedule, step):
   return float(schedule(jnp.int32(step)))
 
 
+def _schedule(steps_per_epoch, total_steps, **settings):
+  optimizer, schedule, _, batch_size = optimizer_settings(**settings)
+  peak = optim.base_learning_rate(optimizer, batch_size)
+  return optim.learning_rate_schedule(schedule, peak, steps_per_epoch, total_steps)
+
+
 def test_multistep_cifar_schedule():
-  config = optimizer_config(schedule="multistep", lr_boundaries_steps=(32000, 48000))
-  schedule = optim.learning_rate_schedule(config, steps_per_epoch=352, total_steps=64000)
+  schedule = _schedule(352, 64000, **{"schedule.name": "multistep",
+                                      "schedule.multistep.boundaries_steps": (32000, 48000)})
   assert _lr(schedule, 0) == pytest.approx(0.1)
   assert _lr(schedule, 31999) == pytest.approx(0.1)
   assert _lr(schedule, 32000) == pytest.approx(0.01)
@@ -26,19 +32,21 @@ def test_multistep_cifar_schedule():
 
 
 def test_googlenet_four_percent_every_eight_epochs():
-  config = optimizer_config(schedule="exponential", learning_rate=0.01, lr_decay_factor=0.96,
-                            lr_decay_every_epochs=8.0)
-  schedule = optim.learning_rate_schedule(config, steps_per_epoch=100, total_steps=10_000)
+  schedule = _schedule(100, 10_000, **{
+      "schedule.name": "exponential", "optimizer.learning_rate": 0.01,
+      "schedule.exponential.factor": 0.96, "schedule.exponential.every_epochs": 8.0})
   assert _lr(schedule, 799) == pytest.approx(0.01)
   assert _lr(schedule, 800) == pytest.approx(0.0096)
   assert _lr(schedule, 1600) == pytest.approx(0.01 * 0.96**2)
 
 
 def test_warmup_cosine_and_linear_scaling():
-  config = optimizer_config(schedule="warmup_cosine", learning_rate=0.1, batch_size=1024,
-                            lr_scaling="linear", warmup_steps=10)
-  schedule = optim.learning_rate_schedule(config, steps_per_epoch=10, total_steps=110)
-  assert optim.base_learning_rate(config) == pytest.approx(0.4)  # 0.1 * 1024 / 256
+  values = {"schedule.name": "warmup_cosine", "optimizer.learning_rate": 0.1,
+            "run.batch_size": 1024, "optimizer.lr_scaling": "linear",
+            "schedule.warmup_steps": 10}
+  schedule = _schedule(10, 110, **values)
+  optimizer, _, _, batch_size = optimizer_settings(**values)
+  assert optim.base_learning_rate(optimizer, batch_size) == pytest.approx(0.4)  # 0.1 * 1024 / 256
   assert _lr(schedule, 0) == 0.0
   assert _lr(schedule, 5) == pytest.approx(0.2)
   assert _lr(schedule, 10) == pytest.approx(0.4)
@@ -47,16 +55,19 @@ def test_warmup_cosine_and_linear_scaling():
 
 
 def test_warmup_keeps_boundaries_absolute():
-  config = optimizer_config(schedule="multistep", lr_boundaries_steps=(20,), warmup_steps=10)
-  schedule = optim.learning_rate_schedule(config, steps_per_epoch=10, total_steps=40)
+  schedule = _schedule(10, 40, **{"schedule.name": "multistep",
+                                  "schedule.multistep.boundaries_steps": (20,),
+                                  "schedule.warmup_steps": 10})
   assert _lr(schedule, 5) == pytest.approx(0.05)
   assert _lr(schedule, 19) == pytest.approx(0.1)
   assert _lr(schedule, 20) == pytest.approx(0.01)
 
 
 def test_plateau_divides_by_ten_at_most_three_times():
-  control = optim.LearningRateControl.from_config(
-      optimizer_config(schedule="plateau", plateau_patience=2, plateau_max_reductions=3))
+  _, schedule, _, _ = optimizer_settings(**{
+      "schedule.name": "plateau", "schedule.plateau.patience": 2,
+      "schedule.plateau.max_reductions": 3})
+  control = optim.LearningRateControl.from_settings(schedule)
   state = control.init()
   scales = []
   for error in [0.9, 0.8, 0.8, 0.8] + [0.8] * 10:
@@ -68,8 +79,9 @@ def test_plateau_divides_by_ten_at_most_three_times():
 
 
 def test_error_threshold_warmup():
-  control = optim.LearningRateControl.from_config(
-      optimizer_config(error_warmup_factor=0.1, error_warmup_threshold=0.8))
+  _, schedule, _, _ = optimizer_settings(**{"schedule.error_warmup.factor": 0.1,
+                                            "schedule.error_warmup.threshold": 0.8})
+  control = optim.LearningRateControl.from_settings(schedule)
   state = control.init()
   assert float(control.multiplier(state)) == pytest.approx(0.1)
   state = control.after_train_batch(state, jnp.float32(0.85))
@@ -104,8 +116,9 @@ def test_weight_decay_masks(which, expected):
 
 def test_sgd_update_matches_the_papers_rule():
   """v <- m v + (g + wd w); w <- w - lr v, with decay only on kernels."""
-  config = optimizer_config(learning_rate=0.1, momentum=0.9, weight_decay=0.01)
-  tx = optim.create_optimizer(config)
+  optimizer, _, _, batch_size = optimizer_settings(**{
+      "optimizer.learning_rate": 0.1, "optimizer.momentum": 0.9, "optimizer.weight_decay": 0.01})
+  tx = optim.create_optimizer(optimizer, batch_size)
   params = {"fc": {"kernel": jnp.full((2, 2), 2.0), "bias": jnp.full((2,), 2.0)}}
   grads = {"fc": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones((2,))}}
   state = tx.init(params)
@@ -116,7 +129,9 @@ def test_sgd_update_matches_the_papers_rule():
   np.testing.assert_allclose(updates["fc"]["bias"], -0.1 * (1 + 0.9), rtol=1e-6)
   state = optim.set_learning_rate(state, 0.5)
   assert float(optim.current_learning_rate(state)) == 0.5
-  nesterov = optim.create_optimizer(optimizer_config(nesterov=True, weight_decay=0.0))
+  optimizer, _, _, batch_size = optimizer_settings(**{"optimizer.nesterov": True,
+                                                      "optimizer.weight_decay": 0.0})
+  nesterov = optim.create_optimizer(optimizer, batch_size)
   updates, _ = nesterov.update(grads, nesterov.init(params), params)
   np.testing.assert_allclose(updates["fc"]["bias"], -0.1 * (1 + 0.9), rtol=1e-6)
 

@@ -108,8 +108,8 @@ def test_batch_of_one_example():
 
 def test_batchnorm_group_resolution():
   from cnnjax.train import setup
-  config = {"batch_size": 256, "bn_group_size": 0}
-  assert setup.bn_group_size(config, num_devices=8) == 32  # the papers' per-GPU statistics
-  assert setup.bn_group_size(dict(config, bn_group_size=-1), num_devices=8) is None
-  assert setup.bn_group_size(dict(config, bn_group_size=16), num_devices=8) == 16
-  assert setup.bn_group_size({"batch_size": 1, "bn_group_size": 0}, num_devices=1) == 1
+  # config.model.bn_group_size, the global batch, the devices
+  assert setup.bn_group_size(0, 256, num_devices=8) == 32  # the papers' per-GPU statistics
+  assert setup.bn_group_size(-1, 256, num_devices=8) is None
+  assert setup.bn_group_size(16, 256, num_devices=8) == 16
+  assert setup.bn_group_size(0, 1, num_devices=1) == 1

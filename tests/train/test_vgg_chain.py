@@ -18,8 +18,8 @@ TINY = {"width_multiplier": 1 / 16, "fc_features": 64}
 ])
 def test_chain_learning_rates(arg, lr):
   config = vgg_imagenet.get_config(arg)
-  assert config.learning_rate == lr
-  assert config.init_from == (arg.split("init_from=")[1] if "init_from=" in arg else "")
+  assert config.optimizer.learning_rate == lr
+  assert config.model.init_from == (arg.split("init_from=")[1] if "init_from=" in arg else "")
 
 
 def test_docstring_lists_the_chain_in_order():

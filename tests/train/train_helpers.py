@@ -9,29 +9,48 @@ import flax.linen as nn
 import numpy as np
 
 
+def set_values(config, values):
+  """Sets each `values` item on `config` (a ConfigDict or nested dict), in place.
+
+  A key is a setting's path ("optimizer.learning_rate") or a name of the flat
+  layout ("learning_rate"), placed through cnnjax.train.config.FLAT_TO_NESTED
+  (the table that also reads old workdirs' config.json).
+  """
+  from cnnjax.train.config import FLAT_TO_NESTED
+  for key, value in values.items():
+    for path in FLAT_TO_NESTED.get(key, (key,)):
+      *parents, leaf = path.split(".")
+      node = config
+      for name in parents:
+        node = node[name]
+      node[leaf] = value
+  return config
+
+
 def make_tiny_config(data_dir: str, **overrides):
-  """The quickstart recipe shrunk to compile and run in seconds on a CPU."""
+  """The quickstart recipe shrunk to compile and run in seconds on a CPU
+  (overrides: see `set_values`)."""
   from cnnjax.configs import quickstart
   config = quickstart.get_config()
-  config.data_dir = data_dir
-  config.model = "cifar_resnet20"
-  config.model_kwargs = {"stage_sizes": (1, 1, 1), "width_multiplier": 0.25}
-  config.image_size = 16
-  config.batch_size = 16
-  config.eval_batch_size = 64
-  config.eval_num_batches = 2
-  config.num_steps = 6
-  config.schedule = "constant"
-  config.warmup_steps = -1
-  config.learning_rate = 0.05
-  config.log_every_steps = 2
-  config.eval_every_steps = -1
-  config.checkpoint_every_steps = -1
-  config.progress_bar = False
-  config.compilation_cache_dir = "none"
-  for key, value in overrides.items():
-    config[key] = value
-  return config
+  set_values(config, {
+      "input.data_dir": data_dir,
+      "model.name": "cifar_resnet20",
+      "model.kwargs": {"stage_sizes": (1, 1, 1), "width_multiplier": 0.25},
+      "input.image_size": 16,
+      "run.batch_size": 16,
+      "eval.batch_size": 64,
+      "eval.num_batches": 2,
+      "run.num_steps": 6,
+      "schedule.name": "constant",
+      "schedule.warmup_steps": -1,
+      "optimizer.learning_rate": 0.05,
+      "run.log_every_steps": 2,
+      "eval.every_steps": -1,
+      "checkpoint.every_steps": -1,
+      "run.progress_bar": False,
+      "run.compilation_cache_dir": "none",
+  })
+  return set_values(config, overrides)
 
 
 class TinyNet(nn.Module):
@@ -51,19 +70,47 @@ class TinyNet(nn.Module):
     return (logits, {"pre_logits": pre_logits}) if features else logits
 
 
-def optimizer_config(**overrides):
-  """A plain-dict config with the optimiser / schedule keys (no ml_collections needed)."""
-  config = dict(
-      optimizer="sgd", learning_rate=0.1, lr_scaling="none", batch_size=16,
-      lr_base_batch_size=256, momentum=0.9, nesterov=False, weight_decay=1e-4,
-      weight_decay_mask="kernels", grad_clip_norm=0.0, schedule="constant", lr_decay_factor=0.1,
-      lr_boundaries_steps=(), lr_boundaries_epochs=(), lr_decay_every_steps=-1,
-      lr_decay_every_epochs=-1.0, warmup_steps=-1, warmup_epochs=-1.0, plateau_patience=1,
-      plateau_rtol=1e-3, plateau_max_reductions=3, error_warmup_factor=0.0,
-      error_warmup_threshold=0.8, loss="categorical_cross_entropy", label_smoothing=0.0,
-      aux_loss_weight=0.3, ema_decay=0.0)
-  config.update(overrides)
-  return config
+def optimizer_settings(**overrides):
+  """(optimizer, schedule, loss) settings of the base config with `overrides` (see
+  `set_values`), validated by their own checks (no ml_collections needed)."""
+  from cnnjax.train import checks
+  from cnnjax.train import config as config_lib
+  tree = config_lib.defaults()
+  set_values(tree, {"run.batch_size": 16, "schedule.plateau.patience": 1, **overrides})
+  optimizer = checks.build(config_lib.OptimizerSettings, tree["optimizer"], "optimizer")
+  schedule = checks.build(config_lib.ScheduleSettings, tree["schedule"], "schedule")
+  loss = checks.build(config_lib.LossSettings, tree["loss"], "loss")
+  return optimizer, schedule, loss, tree["run"]["batch_size"]
+
+
+def settings_with(**overrides):
+  """The base config's Settings with `overrides` (see `set_values`), checked as
+  `validate` checks them (no devices, no ml_collections needed)."""
+  from cnnjax.train import checks
+  from cnnjax.train import config as config_lib
+  tree = config_lib.defaults()
+  set_values(tree, {"run.num_steps": 10, **overrides})
+  return checks.build(config_lib.Settings, tree, "")
+
+
+def run_objects(settings, num_devices=1, steps_per_epoch=10, total_steps=100):
+  """(model, optimiser, step rules) of `settings`, as the loop makes them."""
+  from cnnjax.train import optim, setup
+  batch_size = settings.run.batch_size
+  model = setup.create_model(settings.model, batch_size=batch_size, num_devices=num_devices)
+  tx = optim.create_optimizer(settings.optimizer, batch_size)
+  rules = setup.step_rules(settings.optimizer, settings.schedule, settings.loss,
+                           batch_size=batch_size, steps_per_epoch=steps_per_epoch,
+                           total_steps=total_steps)
+  return model, tx, rules
+
+
+def step_rules(steps_per_epoch=10, total_steps=100, **overrides):
+  """The StepRules of `optimizer_settings(**overrides)`."""
+  from cnnjax.train import setup
+  optimizer, schedule, loss, batch_size = optimizer_settings(**overrides)
+  return setup.step_rules(optimizer, schedule, loss, batch_size=batch_size,
+                          steps_per_epoch=steps_per_epoch, total_steps=total_steps)
 
 
 @functools.lru_cache(maxsize=None)
@@ -71,9 +118,9 @@ def _components(model, image_shape, overrides):
   """(init, mesh) for one setting, built once so repeated states reuse compiled programs."""
   from cnnjax import sharding
   from cnnjax.train import optim, setup
-  config = optimizer_config(**dict(overrides))
-  tx = optim.create_optimizer(config)
-  rules = setup.step_rules(config, steps_per_epoch=10, total_steps=100)
+  optimizer, _, _, batch_size = optimizer_settings(**dict(overrides))
+  tx = optim.create_optimizer(optimizer, batch_size)
+  rules = step_rules(**dict(overrides))
   return setup.state_initializer(model, tx, rules, image_shape), sharding.make_mesh()
 
 

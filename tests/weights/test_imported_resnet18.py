@@ -10,6 +10,7 @@ path (`Weights.predict`, the same views) gives image by image.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import jax
@@ -54,33 +55,35 @@ def finetune_config(weights_file, folder, **overrides):
   images, data_dir = folder
   config = get_recipe("finetune", f"weights={SOURCE},path={weights_file},"
                                   f"dataset=image_folder:{images}")
-  config.data_dir = data_dir
-  config.image_size = 32
-  config.augment = "none"
-  config.batch_size = 8
-  config.eval_batch_size = 8
-  config.num_steps = 16
-  config.num_epochs = -1.0
-  config.warmup_epochs = -1.0
-  config.warmup_steps = 2
-  config.learning_rate = 0.002
-  config.eval_every_epochs = -1.0
-  config.checkpoint_every_epochs = -1.0
-  config.log_every_steps = 1
-  config.progress_bar = False
-  config.compilation_cache_dir = "none"
-  for key, value in overrides.items():
-    config[key] = value
+  config.input.data_dir = data_dir
+  config.input.image_size = 32
+  config.input.augment = "none"
+  config.run.batch_size = 8
+  config.eval.batch_size = 8
+  config.run.num_steps = 16
+  config.run.num_epochs = -1.0
+  config.schedule.warmup_epochs = -1.0
+  config.schedule.warmup_steps = 2
+  config.optimizer.learning_rate = 0.002
+  config.eval.every_epochs = -1.0
+  config.checkpoint.every_epochs = -1.0
+  config.run.log_every_steps = 1
+  config.run.progress_bar = False
+  config.run.compilation_cache_dir = "none"
+  for path, value in overrides.items():  # "group.key": value
+    group, key = path.split(".")
+    config[group][key] = value
   return config
 
 
 @pytest.mark.slow
 def test_finetune_copies_every_layer_but_the_classifier(imported, two_classes, tmp_path, caplog):
   config = finetune_config(imported, two_classes)
-  assert config.init_from == f"{SOURCE}:{imported}" and config.normalize == "imagenet"
+  assert config.model.init_from == f"{SOURCE}:{imported}"
+  assert config.input.normalize == "imagenet"
   workdir = str(tmp_path / "run")
   os.makedirs(workdir)
-  prepared = loop.prepare(loop.config_lib.RunConfig(config), workdir)
+  prepared = loop.prepare(loop.config_lib.validate(config), workdir)
   state, how = loop.initial_state(prepared)
   prepared.store.close()
   assert "new (freshly initialised): fc" in how and "stage4/block2/conv2/bn" in how
@@ -105,18 +108,19 @@ def test_finetune_copies_every_layer_but_the_classifier(imported, two_classes, t
 def test_init_from_names_the_fix(imported, two_classes, tmp_path):
   from cnnjax.train import config as config_lib
   from cnnjax.train import workdir as workdir_lib
-  config = finetune_config(imported, two_classes)
-  wrong_model = dict(config.to_dict(), model="resnet34")
-  with pytest.raises(ConfigError, match="config.model='resnet18'"):
+  model = config_lib.validate(finetune_config(imported, two_classes), num_devices=1).model
+  wrong_model = dataclasses.replace(model, name="resnet34")
+  with pytest.raises(ConfigError, match="config.model.name='resnet18'"):
     workdir_lib.check_init_from(wrong_model, str(tmp_path))
-  keras_v1 = dict(config.to_dict(), model="resnet50", init_from="keras/resnet50:" + imported)
+  keras_v1 = dataclasses.replace(model, name="resnet50", init_from="keras/resnet50:" + imported)
   with pytest.raises(ConfigError, match="'version': '1'"):
     workdir_lib.check_init_from(keras_v1, str(tmp_path))
   with pytest.raises(ConfigError, match="keras/vgg16"):
-    config_lib.validate(dict(config.to_dict(), init_from="keras/vgg61"), num_devices=1)
+    config_lib.validate(finetune_config(imported, two_classes,
+                                        **{"model.init_from": "keras/vgg61"}), num_devices=1)
   with pytest.raises(ConfigError, match="does not exist"):
-    config_lib.validate(dict(config.to_dict(), init_from=SOURCE + ":/no/such.safetensors"),
-                        num_devices=1)
+    config_lib.validate(finetune_config(imported, two_classes, **{
+        "model.init_from": SOURCE + ":/no/such.safetensors"}), num_devices=1)
 
 
 @pytest.mark.slow
