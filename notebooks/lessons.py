@@ -100,10 +100,9 @@ class Trainer:
     key = (recipe.learning_rate, recipe.weight_decay, recipe.weight_decay_mask,
            recipe.num_steps, recipe.warmup_steps)
     if key not in _OPTIMIZERS:
-      tx = optim.create_optimizer({
-          "optimizer": "sgd", "learning_rate": recipe.learning_rate, "lr_scaling": "none",
-          "momentum": 0.9, "weight_decay": recipe.weight_decay, "nesterov": False,
-          "weight_decay_mask": recipe.weight_decay_mask, "grad_clip_norm": 0.0})
+      tx = optim.create_optimizer(optim.OptimizerSettings(
+          learning_rate=recipe.learning_rate, momentum=0.9, weight_decay=recipe.weight_decay,
+          weight_decay_mask=recipe.weight_decay_mask), recipe.batch_size)
       schedule = optax.warmup_cosine_decay_schedule(
           0.0, recipe.learning_rate, min(recipe.warmup_steps, recipe.num_steps // 2),
           recipe.num_steps)
