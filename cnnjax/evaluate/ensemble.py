@@ -272,16 +272,7 @@ def evaluate(members: Sequence[Member | tuple[nn.Module, Any]],
   report: dict[str, Any] = {"view": view}
   view_kwargs: dict[str, Any] = {}
   if view in DENSE_VIEWS or view == "150crop":
-    implied = lambda m: _view_scales(m, view, image_size)  # noqa: E731
-    chosen = tuple(scales) if scales else implied(members[0])
-    for member in members[1:]:
-      if not scales and implied(member) != chosen:
-        raise ConfigError(
-            f"ensemble members imply different dense scales ({chosen} for {members[0].name!r}, "
-            f"{implied(member)} for {member.name!r}); "
-            "pass scales= (--scales) to choose one set.")
-    view_kwargs["scales"] = list(chosen)
-    report["scales"] = list(chosen)
+    view_kwargs["scales"] = report["scales"] = _ensemble_scales(members, view, scales, image_size)
 
   batch_size = batch_size or _default_batch_size(view, num_devices, view_kwargs)
   if batch_size % num_devices:
@@ -289,29 +280,11 @@ def evaluate(members: Sequence[Member | tuple[nn.Module, Any]],
                       "it is sharded over.")
   total, device_input = None, None
   if isinstance(data, (str, DataSettings)):
-    if isinstance(data, str):
-      base = (data_settings(_subtree(members[0].config, "input"), dataset=data)
-              if members[0].config else DataSettings(dataset=data))
-    else:
-      base = data
-    settings = dataclasses.replace(base, **{k: v for k, v in {
-        "split": split, "data_dir": data_dir, "image_size": image_size,
-        "normalize": normalize}.items() if v is not None})
-    if view == "dense+150crop" or (view == "dense_multiscale" and not _native_side(settings)):
-      # Images of many shapes: the whole image at each scale, one image per batch.
-      batches, resolved_split, total = _whole_image_batches(
-          settings, view_kwargs["scales"], num_devices,
-          crop_scales=view_kwargs["scales"] if view == "dense+150crop" else None)
-      device_input, used_kwargs = None, view_kwargs
-      report["whole_images"] = True
-    else:
-      batches, resolved_split, total, device_input, used_kwargs = _eval_batches(
-          settings, view, view_kwargs, batch_size, auto_scales=not scales,
-          train_geometry=train_geometry(_subtree(members[0].config, "input")))
-    report.update(dataset=settings.dataset, split=resolved_split)
-    if "scales" in report:
-      report["scales"] = list(used_kwargs.get("scales", [settings.image_size or _native_side(
-          settings)]))
+    batches, total, device_input = _read_data(
+        data, members[0], view, view_kwargs, batch_size, num_devices, report,
+        auto_scales=not scales,
+        **{k: v for k, v in {"split": split, "data_dir": data_dir, "image_size": image_size,
+                             "normalize": normalize}.items() if v is not None})
   else:
     batches = data
 
@@ -330,6 +303,50 @@ def evaluate(members: Sequence[Member | tuple[nn.Module, Any]],
                        for member, member_sums in zip(members, totals["members"])]
   report["num_models"] = len(members)
   return report
+
+
+def _ensemble_scales(members: Sequence[Member], view: str, scales: Sequence[int] | None,
+                     image_size: int | None) -> list[int]:
+  """The scales Q of a dense or 150-crop view: those given, else the ones every member implies."""
+  implied = lambda m: _view_scales(m, view, image_size)  # noqa: E731
+  chosen = tuple(scales) if scales else implied(members[0])
+  for member in members[1:]:
+    if not scales and implied(member) != chosen:
+      raise ConfigError(
+          f"ensemble members imply different dense scales ({chosen} for {members[0].name!r}, "
+          f"{implied(member)} for {member.name!r}); "
+          "pass scales= (--scales) to choose one set.")
+  return list(chosen)
+
+
+def _read_data(data: str | DataSettings, first: Member, view: str, view_kwargs: dict[str, Any],
+               batch_size: int, num_devices: int, report: dict[str, Any], *, auto_scales: bool,
+               **overrides: Any):
+  """(batches, number of batches or None, DeviceInput or None) of a named dataset or
+  DataSettings (overrides: split, data_dir, image_size, normalize); fills report's
+  dataset, split and scales."""
+  if isinstance(data, str):
+    base = (data_settings(_subtree(first.config, "input"), dataset=data)
+            if first.config else DataSettings(dataset=data))
+  else:
+    base = data
+  settings = dataclasses.replace(base, **overrides)
+  if view == "dense+150crop" or (view == "dense_multiscale" and not _native_side(settings)):
+    # Images of many shapes: the whole image at each scale, one image per batch.
+    batches, resolved_split, total = _whole_image_batches(
+        settings, view_kwargs["scales"], num_devices,
+        crop_scales=view_kwargs["scales"] if view == "dense+150crop" else None)
+    device_input, used_kwargs = None, view_kwargs
+    report["whole_images"] = True
+  else:
+    batches, resolved_split, total, device_input, used_kwargs = _eval_batches(
+        settings, view, view_kwargs, batch_size, auto_scales=auto_scales,
+        train_geometry=train_geometry(_subtree(first.config, "input")))
+  report.update(dataset=settings.dataset, split=resolved_split)
+  if "scales" in report:
+    report["scales"] = list(used_kwargs.get("scales", [settings.image_size or _native_side(
+        settings)]))
+  return batches, total, device_input
 
 
 def _whole_image_batches(settings: DataSettings, scales: Sequence[int], rows: int, *,
