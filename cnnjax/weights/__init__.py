@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cnnjax.errors import ModelError
+from cnnjax.preprocessing.presets import VIEWS
 from cnnjax.weights.catalogue import Convention, Source, get_source, sources
 
 def list_weights(model: str | None = None) -> list[str]:
@@ -169,7 +170,6 @@ def image_view(image: Any, view: str = "center", *, image_size: int = 224, **vie
 
   See `Weights.view`; this is the same for any network input size.
   """
-  from cnnjax.preprocessing.presets import VIEWS  # pylint: disable=import-outside-toplevel
   if view not in VIEWS:
     raise ModelError(f"unknown view {view!r}; choose one of {', '.join(VIEWS)}")
   try:
