@@ -9,8 +9,9 @@ posteriors averaged over views, as the papers did). Every seed of one
 setting reuses one compiled step, so a setting costs one compilation.
 
 `REDUCED` (CNNJAX_SMOKE=1, set by notebooks/conftest.py for CI) makes every
-notebook run the same code with fewer steps and seeds, compiled with most of
-XLA's optimisations off; its numbers are only a check that the code runs.
+notebook run the same code with fewer steps, seeds and images (`steps`, `SEEDS`,
+`shapes`), compiled with most of XLA's optimisations off; its numbers are only a
+check that the code runs.
 """
 
 from __future__ import annotations
@@ -42,6 +43,15 @@ if REDUCED and "JAX_DISABLE_MOST_OPTIMIZATIONS" not in os.environ:
 def steps(full: int) -> int:
   """The number of steps of a run: `full` as committed, a handful in the reduced mode."""
   return max(4, full // 50) if REDUCED else full
+
+
+def shapes(*, train: int, test: int, size: int) -> str:
+  """A notebook's `shapes` dataset name: as committed, or in the reduced mode at most 256
+  training and 250 test images (a smoke run then spends its time compiling, not generating
+  and scoring images)."""
+  if REDUCED:
+    train, test = min(train, 256), min(test, 250)
+  return f"shapes:train={train},test={test},size={size}"
 
 
 def machine() -> str:
