@@ -6,8 +6,8 @@ here reach them:
 * `CNNJAX_SMOKE=1` makes each notebook shrink its training runs, sample
   counts and model lists (one `SMOKE = ...` switch at its top; notebooks
   07-10 read it as `lessons.REDUCED`, notebooks/lessons.py: a fiftieth of the
-  steps, two seeds, at most 256 training and 250 test images, the same code), so that the whole set stays a few
-  minutes on a 2-core CPU. Set `CNNJAX_SMOKE=0` to execute
+  steps, two seeds, at most 256 training and 250 test images, the same code),
+  so that the whole set stays a few minutes on a 2-core CPU. Set `CNNJAX_SMOKE=0` to execute
   the full versions, as committed, instead.
 * The repository root joins `PYTHONPATH`, so the notebooks import this
   checkout's `cnnjax` whether or not it is pip-installed.

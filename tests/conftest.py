@@ -33,9 +33,8 @@ def suite_compilation_cache(tmp_path_factory):
   build for `benchmarks.gpu_check.CompileCounter`, so tests/train/
   test_compile_once.py counts the same either way.)
   """
-  import jax  # pylint: disable=import-outside-toplevel
-  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  from cnnjax.train.compilation_cache import enable_compilation_cache  # pylint: disable=import-outside-toplevel
+  enable_compilation_cache(str(tmp_path_factory.mktemp("jax_cache")))
   yield
 
 

@@ -1,9 +1,9 @@
 """docs/lessons.md's claims table quotes the committed outputs of notebooks 07-10.
 
-Every figure of a comparison a lessons notebook prints (a line with a gap,
-"... gap +8.3 points (seeds +6.2 to +10.5)", or a "... vs ..." line, or a
-verdict: each gap and each "mean% (min-max)") must appear in the table, so a rerun of a notebook that changes a number fails here until the
-table says the new one.
+Every figure of a comparison a lessons notebook prints (on a line with a gap,
+"... gap +8.3 points (seeds +6.2 to +10.5)", a "... vs ..." line or a verdict:
+each gap and each "mean% (min-max)") must appear in the table, so a rerun of a
+notebook that changes a number fails here until the table says the new one.
 """
 
 from __future__ import annotations
